@@ -1,0 +1,1 @@
+//! axum/tower middleware for keyvault (in progress).

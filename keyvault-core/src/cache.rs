@@ -1,0 +1,272 @@
+//! A read-through cache in front of any key store: what makes a verification a map lookup.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use quick_cache::sync::Cache;
+use tokio::{sync::broadcast, task::JoinHandle};
+
+use crate::{
+    audit::AuditEvent,
+    changes::{Change, ChangeBus},
+    digest::KeyDigest,
+    error::Result,
+    model::{KeyId, KeyRecord},
+    store::{KeyQuery, KeyStore, KeyWrite, Page},
+};
+
+/// Cache settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// How long a found key is trusted without hearing of a change. Invalidation (local, or
+    /// from a [`ChangeBus`]) evicts sooner; this bounds staleness if a message is lost.
+    pub ttl: Duration,
+    /// How long an unknown digest is remembered as unknown.
+    pub negative_ttl: Duration,
+    /// Most entries kept (least recently used go first).
+    pub capacity: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            capacity: 100_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    record: Option<Arc<KeyRecord>>,
+    loaded: Instant,
+}
+
+/// Hit and miss counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that read the store.
+    pub misses: u64,
+}
+
+/// Wraps a [`KeyStore`]: lookups by digest are cached (found and not found), concurrent misses
+/// for one digest make a single store read, and writes through it evict what they change.
+/// Records are cached, never decisions: expiry and enabled state are checked on every
+/// verification against the current time.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use keyvault_core::{CachedKeyStore, CacheConfig, KeyStore, memory::MemoryStore};
+/// # async fn demo() -> keyvault_core::Result<()> {
+/// let cached = CachedKeyStore::new(MemoryStore::new(), CacheConfig::default());
+/// let digest = keyvault_core::KeyHasher::sha256().digest("kv_nope");
+/// assert!(cached.lookup(&digest).await?.is_none());
+/// assert!(cached.lookup(&digest).await?.is_none()); // answered from the negative cache
+/// assert_eq!(cached.stats().hits, 1);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct CachedKeyStore<S> {
+    inner: S,
+    cache: Cache<[u8; 32], Entry>,
+    config: CacheConfig,
+    // Bumped by every invalidation: a load that overlaps one is not kept, so a record read
+    // just before a disable can't be cached after the disable's eviction.
+    epoch: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("found", &self.record.is_some())
+            .finish()
+    }
+}
+
+impl<S: KeyStore> CachedKeyStore<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, config: CacheConfig) -> Self {
+        Self {
+            inner,
+            cache: Cache::new(config.capacity.max(16)),
+            config,
+            epoch: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn fresh(&self, e: &Entry) -> bool {
+        let ttl = if e.record.is_some() {
+            self.config.ttl
+        } else {
+            self.config.negative_ttl
+        };
+        e.loaded.elapsed() < ttl
+    }
+
+    /// The key with this digest, from the cache or the store.
+    pub async fn lookup(&self, digest: &KeyDigest) -> Result<Option<Arc<KeyRecord>>> {
+        let k = digest.as_bytes();
+        if let Some(e) = self.cache.get(k) {
+            if self.fresh(&e) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(e.record);
+            }
+            self.cache.remove(k);
+        }
+        loop {
+            match self.cache.get_value_or_guard_async(k).await {
+                Ok(e) if self.fresh(&e) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(e.record);
+                }
+                Ok(_) => {
+                    self.cache.remove(k);
+                }
+                Err(guard) => {
+                    self.misses.fetch_add(1, Ordering::Relaxed);
+                    let epoch = self.epoch.load(Ordering::SeqCst);
+                    // On error the guard drops unfilled and a waiter retries the load.
+                    let record = self.inner.find_by_digest(digest).await?.map(Arc::new);
+                    let entry = Entry {
+                        record: record.clone(),
+                        loaded: Instant::now(),
+                    };
+                    if self.epoch.load(Ordering::SeqCst) == epoch {
+                        let _ = guard.insert(entry);
+                        // An invalidation between the check and the insert must still win.
+                        if self.epoch.load(Ordering::SeqCst) != epoch {
+                            self.cache.remove(k);
+                        }
+                    }
+                    return Ok(record);
+                }
+            }
+        }
+    }
+
+    /// Drops one digest.
+    pub fn invalidate(&self, digest: &KeyDigest) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.remove(digest.as_bytes());
+    }
+
+    /// Drops everything.
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.clear();
+    }
+
+    /// Applies a change heard from elsewhere.
+    pub fn on_change(&self, change: &Change) {
+        match change {
+            Change::Key { digest, .. } => self.invalidate(digest),
+            Change::All => self.invalidate_all(),
+        }
+    }
+
+    /// Hit and miss counts so far.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<S: KeyStore + 'static> CachedKeyStore<S> {
+    /// Evicts whatever `bus` reports, until the cache is dropped. A subscriber that falls
+    /// behind flushes everything: a lost message must not keep a stale entry.
+    pub fn listen(self: &Arc<Self>, bus: &dyn ChangeBus) -> JoinHandle<()> {
+        let mut rx = bus.subscribe();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let msg = rx.recv().await;
+                let Some(cache) = weak.upgrade() else { return };
+                match msg {
+                    Ok(change) => cache.on_change(&change),
+                    Err(broadcast::error::RecvError::Lagged(_)) => cache.invalidate_all(),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        cache.invalidate_all();
+                        return;
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
+    async fn apply(&self, writes: &[KeyWrite], audit: &[AuditEvent]) -> Result<()> {
+        let result = self.inner.apply(writes, audit).await;
+        // Evict even on failure: the write may have committed before the error arrived.
+        for w in writes {
+            self.on_change(&w.change());
+        }
+        result
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>> {
+        self.inner.get(id).await
+    }
+
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
+        Ok(self.lookup(digest).await?.map(|r| (*r).clone()))
+    }
+
+    async fn list(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
+        self.inner.list(query).await
+    }
+
+    async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        self.inner.due_for_rotation(now, limit).await
+    }
+
+    async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        self.inner.expired_before(before, limit).await
+    }
+}
+
+/// Forwarding impls so that `Arc<dyn KeyStore>` (chosen at run time) is a store too.
+#[async_trait]
+impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
+    async fn apply(&self, writes: &[KeyWrite], audit: &[AuditEvent]) -> Result<()> {
+        (**self).apply(writes, audit).await
+    }
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>> {
+        (**self).get(id).await
+    }
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
+        (**self).find_by_digest(digest).await
+    }
+    async fn list(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
+        (**self).list(query).await
+    }
+    async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        (**self).due_for_rotation(now, limit).await
+    }
+    async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        (**self).expired_before(before, limit).await
+    }
+}

@@ -1,0 +1,99 @@
+//! # keyvault-core
+//!
+//! The domain of [keyvault](https://crates.io/crates/keyvault): the key format, the key record
+//! and its limits, the verifier, the capability traits every backend implements, in-memory
+//! backends that define their reference semantics, and a conformance suite that proves a
+//! backend behaves like them.
+//!
+//! ```
+//! use keyvault_core::{Actor, Keyvault, NewKey, Outcome, RateLimit, VerifyRequest};
+//!
+//! # async fn demo() -> keyvault_core::Result<()> {
+//! let kv = Keyvault::in_memory();
+//! let created = kv
+//!     .create_key(
+//!         NewKey::new("billing-service").ratelimit(RateLimit::new("per-minute", 100, 60_000)?),
+//!         &Actor::library(),
+//!     )
+//!     .await?;
+//! // Show `created.key.expose()` to its owner once; keyvault keeps only a digest.
+//! let v = kv.verify(&VerifyRequest::new(created.key.expose())).await?;
+//! assert_eq!(v.outcome, Outcome::Valid);
+//! assert_eq!(v.ratelimits[0].remaining, 99);
+//! # Ok(()) }
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+//! ```
+//!
+//! ## Traits
+//! | trait | what | implementations |
+//! |---|---|---|
+//! | [`KeyStore`] | key records, written with their audit events in one transaction | memory, PostgreSQL, SQLite |
+//! | [`CreditStore`] | atomic credit spends with refills | memory, PostgreSQL, SQLite, Redis |
+//! | [`RateLimiter`] | GCRA token buckets, all limits of a key at once | memory, Redis |
+//! | [`UsageSink`] / [`UsageQuery`] | usage events in, statistics out | memory, PostgreSQL, SQLite |
+//! | [`AuditLog`] | hash-chained audit records | memory, PostgreSQL, SQLite |
+//! | [`ChangeBus`] | cache invalidation between instances | memory, Redis, PostgreSQL |
+//!
+//! ## Feature flags
+//! - `testing`: the backend conformance suite ([`conformance_suite!`]).
+
+mod audit;
+mod cache;
+mod changes;
+mod clock;
+mod digest;
+mod duration;
+mod error;
+pub mod gcra;
+mod input;
+mod key;
+mod limits;
+mod manage;
+pub mod memory;
+mod model;
+mod outcome;
+mod recorder;
+mod store;
+mod usage;
+mod vault;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use audit::{
+    Actor, AuditEvent, AuditLog, AuditOutcome, AuditQuery, AuditRecord, ChainReport, ChainVerifier,
+    GENESIS_HASH, chain_hash, hex as hash_hex, link as link_audit,
+};
+pub use cache::{CacheConfig, CacheStats, CachedKeyStore};
+pub use changes::{Change, ChangeBus};
+pub use clock::{Clock, FakeClock, SharedClock, SystemClock};
+pub use digest::{KeyDigest, KeyHasher};
+pub use duration::HumanDuration;
+pub use error::{BackendError, Entity, Error, InvalidInput, Result};
+pub use input::{KeyPatch, NewKey};
+pub use key::{
+    ApiKey, BODY_LEN, CHECKSUM_LEN, DEFAULT_PREFIX, MAX_PREFIX_LEN, ParsedKey, Prefix,
+    SCANNING_REGEX, TOKEN_PREFIX, parse as parse_key,
+};
+pub use limits::{
+    CreditDecision, CreditRequest, CreditStore, LimitDecision, LimitRequest, RateLimiter,
+};
+pub use manage::{BatchAction, CreatedKey, RotatedKey};
+pub use model::{
+    Credits, DEFAULT_GRACE, KeyId, KeyRecord, MAX_CREDITS, MAX_LIMIT, MAX_NAME_LEN, MAX_PERIOD_MS,
+    RateLimit, Refill, RefillInterval, RotationPolicy, check_credit_amount, parse_allowlist,
+};
+pub use outcome::{LimitState, Outcome, Verification};
+pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
+pub use store::{KeyQuery, KeyStore, KeyWrite, Page};
+pub use usage::{
+    LATENCY_BUCKETS, LatencyHistogram, Percentiles, ProviderStats, StatsOverview, StatsQuery,
+    TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, success_rate,
+};
+pub use vault::{Keyvault, KeyvaultBuilder, VerifyRequest};
+
+// Re-exported so backends and hosts name the same versions.
+pub use async_trait::async_trait;
+pub use chrono;
+pub use ipnet;
+pub use uuid;

@@ -1,0 +1,504 @@
+//! Key management: create, change, rotate, delete, in batches and on schedule.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::json;
+
+use crate::{
+    audit::{Actor, AuditEvent, AuditOutcome},
+    changes::Change,
+    error::{Error, Result},
+    input::{KeyPatch, NewKey},
+    key::{ApiKey, Prefix},
+    model::{DEFAULT_GRACE, KeyId, KeyRecord},
+    store::{KeyQuery, KeyStore, KeyWrite, Page},
+    vault::Keyvault,
+};
+
+/// A key just created: the only time its plaintext exists.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    /// The plaintext (redacted in `Debug`).
+    pub key: ApiKey,
+    /// The stored record.
+    pub record: KeyRecord,
+}
+
+/// A key just rotated.
+#[derive(Debug, Clone)]
+pub struct RotatedKey {
+    /// The old key's id.
+    pub old_id: KeyId,
+    /// When the old key stops verifying.
+    pub old_key_expires_at: DateTime<Utc>,
+    /// The new key's plaintext (shown once).
+    pub key: ApiKey,
+    /// The new key's record.
+    pub record: KeyRecord,
+}
+
+/// A batch action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchAction {
+    /// Enable every key.
+    Enable,
+    /// Disable every key.
+    Disable,
+    /// Delete every key.
+    Delete,
+}
+
+/// Longest grace accepted for a rotation.
+const MAX_GRACE: Duration = Duration::from_secs(365 * 86_400);
+
+impl Keyvault {
+    fn now(&self) -> DateTime<Utc> {
+        // Stores keep microseconds; truncating here keeps what is returned equal to what is read.
+        self.inner.clock.now().trunc_subsecs(6)
+    }
+
+    async fn write(&self, writes: Vec<KeyWrite>, audit: Vec<AuditEvent>) -> Result<()> {
+        self.inner.keys.apply(&writes, &audit).await?;
+        if let Some(bus) = &self.inner.bus {
+            let changes: Vec<Change> = writes.iter().map(KeyWrite::change).collect();
+            // The write is committed; a lost message is bounded by the cache TTL.
+            if let Err(e) = bus.publish(&changes).await {
+                tracing::warn!(error = %e, "change not published; other instances rely on the cache TTL");
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a refused attempt (best effort: the attempt changed nothing) and returns `err`.
+    async fn refused(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: Option<String>,
+        err: Error,
+    ) -> Error {
+        if let Some(audit) = &self.inner.audit {
+            let ev = AuditEvent::new(
+                self.now(),
+                actor,
+                action,
+                target,
+                AuditOutcome::Refused,
+                json!({ "reason": err.to_string() }),
+            );
+            if let Err(e) = audit.append(&[ev]).await {
+                tracing::warn!(error = %e, action, "refused attempt not audited");
+            }
+        }
+        err
+    }
+
+    /// Creates a key. The plaintext is in the answer and nowhere else.
+    pub async fn create_key(&self, new: NewKey, actor: &Actor) -> Result<CreatedKey> {
+        let now = self.now();
+        if let Err(e) = new.validate(now) {
+            return Err(self.refused(actor, "key.create", None, e.into()).await);
+        }
+        let prefix = new.prefix.clone().unwrap_or_default();
+        let key = ApiKey::generate(&prefix);
+        let id = KeyId::new();
+        let record = KeyRecord {
+            id,
+            quota_id: id,
+            name: new.name,
+            owner_id: new.owner_id,
+            prefix,
+            start: key.parse().map(|p| p.start()).unwrap_or_default(),
+            digest: self.inner.hasher.digest(key.expose()),
+            created_at: now,
+            updated_at: now,
+            enabled: new.enabled.unwrap_or(true),
+            expires_at: new.expires_at.map(|t| t.trunc_subsecs(6)),
+            scopes: new.scopes,
+            ip_allowlist: new.ip_allowlist,
+            credits: new.credits,
+            ratelimits: new.ratelimits,
+            metadata: new.metadata,
+            next_rotation_at: new.rotation.map(|r| now + r.every.as_delta()),
+            rotation: new.rotation,
+            rotated_from: None,
+            superseded_by: None,
+            grace_until: None,
+            last_used_at: None,
+            revision: 1,
+        };
+        let audit = AuditEvent::new(
+            now,
+            actor,
+            "key.create",
+            Some(id.to_string()),
+            AuditOutcome::Success,
+            json!({ "name": record.name, "prefix": record.prefix.as_str(), "owner_id": record.owner_id }),
+        );
+        self.write(vec![KeyWrite::Insert(record.clone())], vec![audit])
+            .await?;
+        Ok(CreatedKey { key, record })
+    }
+
+    /// The key with this id (`NotFound` for an unknown or deleted id).
+    pub async fn get_key(&self, id: KeyId) -> Result<KeyRecord> {
+        self.inner
+            .keys
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::key_not_found(id))
+    }
+
+    /// A page of keys, newest first.
+    pub async fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
+        if !(1..=100).contains(&query.limit) {
+            return Err(Error::invalid("limit", "must be between 1 and 100"));
+        }
+        self.inner.keys.list(query).await
+    }
+
+    async fn load_for(&self, id: KeyId, actor: &Actor, action: &str) -> Result<KeyRecord> {
+        match self.inner.keys.get(id).await? {
+            Some(r) => Ok(r),
+            None => Err(self
+                .refused(
+                    actor,
+                    action,
+                    Some(id.to_string()),
+                    Error::key_not_found(id),
+                )
+                .await),
+        }
+    }
+
+    /// Changes a key: each field given replaces the stored one whole.
+    pub async fn update_key(&self, id: KeyId, patch: KeyPatch, actor: &Actor) -> Result<KeyRecord> {
+        let action = "key.update";
+        if let Err(e) = patch.validate() {
+            return Err(self
+                .refused(actor, action, Some(id.to_string()), e.into())
+                .await);
+        }
+        let old = self.load_for(id, actor, action).await?;
+        if let Some(successor) = old.superseded_by {
+            let e = Error::Conflict(format!(
+                "key {id} was rotated; change its successor {successor}"
+            ));
+            return Err(self.refused(actor, action, Some(id.to_string()), e).await);
+        }
+        let now = self.now();
+        let mut new = old.clone();
+        let fields = patch.fields();
+        if let Some(n) = patch.name {
+            new.name = n;
+        }
+        if let Some(e) = patch.enabled {
+            new.enabled = e;
+        }
+        if let Some(e) = patch.expires_at {
+            new.expires_at = e.map(|t| t.trunc_subsecs(6));
+        }
+        let reset_credits = patch.credits.is_some();
+        if let Some(c) = patch.credits {
+            new.credits = c;
+        }
+        if let Some(l) = patch.ratelimits {
+            // A changed limit is a new bucket (limiters key buckets by name, size and
+            // period), so it starts full.
+            new.ratelimits = l;
+        }
+        if let Some(s) = patch.scopes {
+            new.scopes = s;
+        }
+        if let Some(n) = patch.ip_allowlist {
+            new.ip_allowlist = n;
+        }
+        if let Some(m) = patch.metadata {
+            new.metadata = m;
+        }
+        if let Some(r) = patch.rotation {
+            new.next_rotation_at = r.map(|r| now + r.every.as_delta());
+            new.rotation = r;
+        }
+        new.updated_at = now;
+        new.revision = old.revision + 1;
+        let audit = AuditEvent::new(
+            now,
+            actor,
+            action,
+            Some(id.to_string()),
+            AuditOutcome::Success,
+            json!({ "fields": fields }),
+        );
+        self.write(
+            vec![KeyWrite::Update {
+                record: new.clone(),
+                reset_credits,
+            }],
+            vec![audit],
+        )
+        .await?;
+        Ok(new)
+    }
+
+    /// Enables or disables a key.
+    pub async fn set_enabled(&self, id: KeyId, enabled: bool, actor: &Actor) -> Result<KeyRecord> {
+        let action = if enabled { "key.enable" } else { "key.disable" };
+        let old = self.load_for(id, actor, action).await?;
+        let now = self.now();
+        let mut new = old.clone();
+        new.enabled = enabled;
+        new.updated_at = now;
+        new.revision = old.revision + 1;
+        let audit = AuditEvent::new(
+            now,
+            actor,
+            action,
+            Some(id.to_string()),
+            AuditOutcome::Success,
+            json!({}),
+        );
+        self.write(
+            vec![KeyWrite::Update {
+                record: new.clone(),
+                reset_credits: false,
+            }],
+            vec![audit],
+        )
+        .await?;
+        Ok(new)
+    }
+
+    /// Deletes a key: it answers `NOT_FOUND` from then on.
+    pub async fn delete_key(&self, id: KeyId, actor: &Actor) -> Result<()> {
+        let action = "key.delete";
+        let old = self.load_for(id, actor, action).await?;
+        let audit = AuditEvent::new(
+            self.now(),
+            actor,
+            action,
+            Some(id.to_string()),
+            AuditOutcome::Success,
+            json!({ "name": old.name }),
+        );
+        self.write(
+            vec![KeyWrite::Delete {
+                id,
+                digest: old.digest,
+            }],
+            vec![audit],
+        )
+        .await
+    }
+
+    /// Rotates a key: a new key with the same configuration, sharing the old one's credits and
+    /// buckets; the old one verifies until `now + grace` (default 24 h), never past its own
+    /// expiry.
+    pub async fn rotate_key(
+        &self,
+        id: KeyId,
+        grace: Option<Duration>,
+        actor: &Actor,
+    ) -> Result<RotatedKey> {
+        let action = "key.rotate";
+        let old = self.load_for(id, actor, action).await?;
+        match self.prepare_rotation(&old, grace, actor, action) {
+            Ok((rotated, writes, audit)) => {
+                self.write(writes, audit).await?;
+                Ok(rotated)
+            }
+            Err(e) => Err(self.refused(actor, action, Some(id.to_string()), e).await),
+        }
+    }
+
+    fn prepare_rotation(
+        &self,
+        old: &KeyRecord,
+        grace: Option<Duration>,
+        actor: &Actor,
+        action: &str,
+    ) -> Result<(RotatedKey, Vec<KeyWrite>, Vec<AuditEvent>)> {
+        let now = self.now();
+        let grace = grace.unwrap_or(DEFAULT_GRACE);
+        if grace > MAX_GRACE {
+            return Err(Error::invalid("grace_seconds", "must be at most a year"));
+        }
+        if old.superseded_by.is_some() {
+            return Err(Error::Conflict(format!(
+                "key {} was already rotated",
+                old.id
+            )));
+        }
+        if !old.enabled {
+            return Err(Error::Conflict(format!("key {} is disabled", old.id)));
+        }
+        if old.is_expired(now) {
+            return Err(Error::Conflict(format!("key {} has expired", old.id)));
+        }
+        let key = ApiKey::generate(&old.prefix);
+        let new_id = KeyId::new();
+        let grace_end = now + chrono::TimeDelta::from_std(grace).unwrap_or(chrono::TimeDelta::MAX);
+        let old_end = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
+        let new = KeyRecord {
+            id: new_id,
+            start: key.parse().map(|p| p.start()).unwrap_or_default(),
+            digest: self.inner.hasher.digest(key.expose()),
+            created_at: now,
+            updated_at: now,
+            next_rotation_at: old.rotation.map(|r| now + r.every.as_delta()),
+            rotated_from: Some(old.id),
+            superseded_by: None,
+            grace_until: None,
+            last_used_at: None,
+            revision: 1,
+            ..old.clone()
+        };
+        let mut retired = old.clone();
+        retired.superseded_by = Some(new_id);
+        retired.grace_until = Some(old_end);
+        retired.next_rotation_at = None;
+        retired.updated_at = now;
+        retired.revision = old.revision + 1;
+        let audit = AuditEvent::new(
+            now,
+            actor,
+            action,
+            Some(old.id.to_string()),
+            AuditOutcome::Success,
+            json!({ "new_id": new_id.to_string(), "old_key_expires_at": old_end }),
+        );
+        let rotated = RotatedKey {
+            old_id: old.id,
+            old_key_expires_at: old_end,
+            key,
+            record: new.clone(),
+        };
+        Ok((
+            rotated,
+            vec![
+                KeyWrite::Update {
+                    record: retired,
+                    reset_credits: false,
+                },
+                KeyWrite::Insert(new),
+            ],
+            vec![audit],
+        ))
+    }
+
+    /// Applies `action` to every id, one at a time; one result per id, in order.
+    pub async fn batch(
+        &self,
+        action: BatchAction,
+        ids: &[KeyId],
+        actor: &Actor,
+    ) -> Vec<(KeyId, Result<()>)> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let r = match action {
+                BatchAction::Enable => self.set_enabled(id, true, actor).await.map(drop),
+                BatchAction::Disable => self.set_enabled(id, false, actor).await.map(drop),
+                BatchAction::Delete => self.delete_key(id, actor).await,
+            };
+            out.push((id, r));
+        }
+        out
+    }
+
+    /// Rotates every key whose policy is due. `hand_out` receives each new key *before* its
+    /// rotation is committed (write it somewhere durable there); if it fails, that rotation
+    /// is not made and the error is returned. A key rotated meanwhile by another process is
+    /// skipped, so each new key is handed out exactly once.
+    pub async fn rotate_due_with<F>(
+        &self,
+        actor: &Actor,
+        mut hand_out: F,
+    ) -> Result<Vec<RotatedKey>>
+    where
+        F: FnMut(&RotatedKey) -> std::io::Result<()>,
+    {
+        let mut done = Vec::new();
+        loop {
+            let due = self.inner.keys.due_for_rotation(self.now(), 100).await?;
+            let mut progressed = false;
+            for old in due {
+                let grace = old.rotation.map(|r| r.grace.get());
+                let (rotated, writes, audit) =
+                    match self.prepare_rotation(&old, grace, actor, "key.rotate_due") {
+                        Ok(p) => p,
+                        // Disabled or expired keys with a policy are not rotated.
+                        Err(Error::Conflict(_)) => continue,
+                        Err(e) => return Err(e),
+                    };
+                hand_out(&rotated).map_err(|e| Error::backend("output", e))?;
+                match self.write(writes, audit).await {
+                    Ok(()) => {
+                        progressed = true;
+                        done.push(rotated);
+                    }
+                    Err(Error::Conflict(_)) | Err(Error::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !progressed {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Rotates every key whose policy is due and returns the new keys (shown once).
+    pub async fn rotate_due(&self, actor: &Actor) -> Result<Vec<RotatedKey>> {
+        self.rotate_due_with(actor, |_| Ok(())).await
+    }
+
+    /// Deletes keys that expired at least `older_than` ago; returns their ids.
+    pub async fn cleanup_expired(&self, older_than: Duration, actor: &Actor) -> Result<Vec<KeyId>> {
+        let before =
+            self.now() - chrono::TimeDelta::from_std(older_than).unwrap_or(chrono::TimeDelta::MAX);
+        let mut deleted = Vec::new();
+        loop {
+            let batch = self.inner.keys.expired_before(before, 500).await?;
+            if batch.is_empty() {
+                return Ok(deleted);
+            }
+            let mut progressed = false;
+            for rec in batch {
+                let audit = AuditEvent::new(
+                    self.now(),
+                    actor,
+                    "key.cleanup",
+                    Some(rec.id.to_string()),
+                    AuditOutcome::Success,
+                    json!({ "name": rec.name, "expired_at": rec.effective_expiry() }),
+                );
+                match self
+                    .write(
+                        vec![KeyWrite::Delete {
+                            id: rec.id,
+                            digest: rec.digest,
+                        }],
+                        vec![audit],
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        progressed = true;
+                        deleted.push(rec.id);
+                    }
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !progressed {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Default prefix for keys.
+    pub fn default_prefix() -> Prefix {
+        Prefix::default()
+    }
+}

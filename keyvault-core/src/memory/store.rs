@@ -1,0 +1,417 @@
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Mutex,
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::{
+    audit::{AuditEvent, AuditLog, AuditQuery, AuditRecord, ChainReport, ChainVerifier, link},
+    digest::KeyDigest,
+    error::{Error, Result},
+    limits::{CreditDecision, CreditRequest, CreditStore},
+    model::{Credits, KeyId, KeyRecord},
+    store::{KeyQuery, KeyStore, KeyWrite, Page},
+    usage::{
+        LatencyHistogram, ProviderStats, StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER,
+        UsageEvent, UsageQuery, UsageSink, success_rate,
+    },
+};
+
+/// Keys, credit balances, the audit log and usage in process memory.
+///
+/// One lock guards keys, balances and the audit log together, so a mutation and its audit
+/// record are one step, as a database transaction makes them elsewhere.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+    balances: Mutex<HashMap<KeyId, Balance>>,
+    usage: Mutex<Usage>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: BTreeMap<KeyId, KeyRecord>,
+    by_digest: HashMap<KeyDigest, KeyId>,
+    audit: Vec<AuditRecord>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Balance {
+    remaining: u64,
+    /// The start of the refill interval last applied.
+    refilled_for: Option<DateTime<Utc>>,
+}
+
+impl Balance {
+    /// A balance set at `at` (the record's `updated_at`): the refill interval holding `at`
+    /// counts as applied.
+    fn new(credits: &Credits, at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            remaining: credits.remaining,
+            refilled_for: credits
+                .refill
+                .zip(at)
+                .map(|(r, at)| r.interval.start_of(at)),
+        }
+    }
+
+    /// Sets the balance to the refill amount once per interval. The first spend only notes
+    /// the interval: the balance a key was given stands until the next one.
+    fn refill(&mut self, credits: &Credits, now: DateTime<Utc>) {
+        if let Some(r) = credits.refill {
+            let start = r.interval.start_of(now);
+            match self.refilled_for {
+                None => self.refilled_for = Some(start),
+                Some(at) if at < start => {
+                    self.remaining = r.amount;
+                    self.refilled_for = Some(start);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    seen: HashSet<String>,
+    events: Vec<UsageEvent>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn balances(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, Balance>> {
+        self.balances.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of usage events stored.
+    pub fn usage_len(&self) -> usize {
+        self.usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .events
+            .len()
+    }
+}
+
+impl State {
+    fn check(&self, writes: &[KeyWrite]) -> Result<()> {
+        // Validate the whole batch before touching anything: all or nothing.
+        let mut inserted = HashSet::new();
+        for w in writes {
+            match w {
+                KeyWrite::Insert(r) => {
+                    if self.keys.contains_key(&r.id)
+                        || self.by_digest.contains_key(&r.digest)
+                        || !inserted.insert(r.id)
+                    {
+                        return Err(Error::Conflict(format!("key {} already exists", r.id)));
+                    }
+                }
+                KeyWrite::Update { record, .. } => match self.keys.get(&record.id) {
+                    None => return Err(Error::key_not_found(record.id)),
+                    Some(cur) if cur.revision + 1 != record.revision => {
+                        return Err(Error::Conflict(format!(
+                            "key {} was changed concurrently",
+                            record.id
+                        )));
+                    }
+                    Some(_) => {}
+                },
+                KeyWrite::Delete { id, .. } => {
+                    if !self.keys.contains_key(id) {
+                        return Err(Error::key_not_found(id));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn apply(&self, writes: &[KeyWrite], audit: &[AuditEvent]) -> Result<()> {
+        let mut st = self.state();
+        st.check(writes)?;
+        let mut balances = self.balances();
+        for w in writes {
+            match w {
+                KeyWrite::Insert(r) => {
+                    if let Some(c) = &r.credits {
+                        balances
+                            .entry(r.quota_id)
+                            .or_insert_with(|| Balance::new(c, Some(r.updated_at)));
+                    }
+                    st.by_digest.insert(r.digest, r.id);
+                    st.keys.insert(r.id, r.clone());
+                }
+                KeyWrite::Update {
+                    record,
+                    reset_credits,
+                } => {
+                    if *reset_credits {
+                        match &record.credits {
+                            Some(c) => {
+                                balances.insert(
+                                    record.quota_id,
+                                    Balance::new(c, Some(record.updated_at)),
+                                );
+                            }
+                            None => {
+                                balances.remove(&record.quota_id);
+                            }
+                        }
+                    }
+                    st.keys.insert(record.id, record.clone());
+                }
+                KeyWrite::Delete { id, .. } => {
+                    if let Some(r) = st.keys.remove(id) {
+                        st.by_digest.remove(&r.digest);
+                        let shared = st.keys.values().any(|k| k.quota_id == r.quota_id);
+                        if !shared {
+                            balances.remove(&r.quota_id);
+                        }
+                    }
+                }
+            }
+        }
+        let last = st.audit.last().map(|r| (r.seq, hash_bytes(&r.hash)));
+        let records = link(last, audit);
+        st.audit.extend(records);
+        Ok(())
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>> {
+        Ok(self.state().keys.get(&id).cloned())
+    }
+
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
+        let st = self.state();
+        Ok(st
+            .by_digest
+            .get(digest)
+            .and_then(|id| st.keys.get(id))
+            .cloned())
+    }
+
+    async fn list(&self, q: &KeyQuery) -> Result<Page<KeyRecord>> {
+        let st = self.state();
+        let search = q.search.as_ref().map(|s| s.to_lowercase());
+        let mut items: Vec<KeyRecord> = st
+            .keys
+            .values()
+            .rev()
+            .filter(|k| q.before.is_none_or(|b| k.id < b))
+            .filter(|k| {
+                q.owner_id
+                    .as_ref()
+                    .is_none_or(|o| k.owner_id.as_ref() == Some(o))
+            })
+            .filter(|k| q.enabled.is_none_or(|e| k.enabled == e))
+            .filter(|k| {
+                search.as_ref().is_none_or(|s| {
+                    k.name.to_lowercase().contains(s) || k.start.to_lowercase().contains(s)
+                })
+            })
+            .take(q.limit + 1)
+            .cloned()
+            .collect();
+        let has_more = items.len() > q.limit;
+        items.truncate(q.limit);
+        Ok(Page { items, has_more })
+    }
+
+    async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        let st = self.state();
+        let mut due: Vec<KeyRecord> = st
+            .keys
+            .values()
+            .filter(|k| {
+                k.enabled
+                    && k.superseded_by.is_none()
+                    && !k.is_expired(now)
+                    && k.next_rotation_at.is_some_and(|t| t <= now)
+            })
+            .cloned()
+            .collect();
+        due.sort_by_key(|k| k.next_rotation_at);
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        let st = self.state();
+        Ok(st
+            .keys
+            .values()
+            .filter(|k| k.effective_expiry().is_some_and(|t| t <= before))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+fn hash_bytes(hex: &str) -> [u8; 32] {
+    KeyDigest::from_hex(hex)
+        .map(|d| *d.as_bytes())
+        .unwrap_or([0; 32])
+}
+
+#[async_trait]
+impl CreditStore for MemoryStore {
+    async fn spend(&self, req: &CreditRequest<'_>) -> Result<CreditDecision> {
+        let mut balances = self.balances();
+        let b = balances
+            .entry(req.quota_id)
+            .or_insert_with(|| Balance::new(req.credits, None));
+        b.refill(req.credits, req.now);
+        if b.remaining >= req.cost {
+            b.remaining -= req.cost;
+            Ok(CreditDecision::Spent {
+                remaining: b.remaining,
+            })
+        } else {
+            Ok(CreditDecision::Insufficient {
+                remaining: b.remaining,
+            })
+        }
+    }
+
+    async fn refund(&self, req: &CreditRequest<'_>) -> Result<()> {
+        if let Some(b) = self.balances().get_mut(&req.quota_id) {
+            b.remaining = b.remaining.saturating_add(req.cost);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AuditLog for MemoryStore {
+    async fn append(&self, events: &[AuditEvent]) -> Result<()> {
+        let mut st = self.state();
+        let last = st.audit.last().map(|r| (r.seq, hash_bytes(&r.hash)));
+        let records = link(last, events);
+        st.audit.extend(records);
+        Ok(())
+    }
+
+    async fn list(&self, q: &AuditQuery) -> Result<Page<AuditRecord>> {
+        let st = self.state();
+        let mut items: Vec<AuditRecord> = st
+            .audit
+            .iter()
+            .rev()
+            .filter(|r| q.before_seq.is_none_or(|b| r.seq < b))
+            .filter(|r| q.from.is_none_or(|f| r.event.at >= f))
+            .filter(|r| q.to.is_none_or(|t| r.event.at < t))
+            .filter(|r| q.actor.as_ref().is_none_or(|a| &r.event.actor == a))
+            .filter(|r| q.action.as_ref().is_none_or(|a| &r.event.action == a))
+            .filter(|r| {
+                q.target_id
+                    .as_ref()
+                    .is_none_or(|t| r.event.target_id.as_ref() == Some(t))
+            })
+            .take(q.limit + 1)
+            .cloned()
+            .collect();
+        let has_more = items.len() > q.limit;
+        items.truncate(q.limit);
+        Ok(Page { items, has_more })
+    }
+
+    async fn verify_chain(&self) -> Result<ChainReport> {
+        let st = self.state();
+        let mut v = ChainVerifier::default();
+        st.audit.iter().for_each(|r| v.push(r));
+        Ok(v.finish())
+    }
+}
+
+#[async_trait]
+impl UsageSink for MemoryStore {
+    async fn write(&self, events: &[UsageEvent]) -> Result<()> {
+        let mut last_used: HashMap<KeyId, DateTime<Utc>> = HashMap::new();
+        {
+            let mut u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+            for e in events {
+                if u.seen.insert(e.request_id.clone()) {
+                    if let Some(k) = e.key_id {
+                        let t = last_used.entry(k).or_insert(e.ts);
+                        *t = (*t).max(e.ts);
+                    }
+                    u.events.push(e.clone());
+                }
+            }
+        }
+        let mut st = self.state();
+        for (id, ts) in last_used {
+            if let Some(k) = st.keys.get_mut(&id) {
+                k.last_used_at = Some(k.last_used_at.map_or(ts, |t| t.max(ts)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl UsageQuery for MemoryStore {
+    async fn overview(&self, q: &StatsQuery) -> Result<StatsOverview> {
+        q.validate()?;
+        let u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hist = LatencyHistogram::default();
+        let (mut calls, mut ok) = (0u64, 0u64);
+        let mut providers: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut series: BTreeMap<DateTime<Utc>, (u64, u64)> = BTreeMap::new();
+        for e in u.events.iter().filter(|e| {
+            e.ts >= q.from
+                && e.ts < q.to
+                && q.key_id.is_none_or(|k| e.key_id == Some(k))
+                && q.provider
+                    .as_ref()
+                    .is_none_or(|p| e.provider.as_ref() == Some(p))
+        }) {
+            let success = e.is_success();
+            calls += 1;
+            ok += u64::from(success);
+            hist.record(e.latency_us);
+            let p = providers
+                .entry(e.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER))
+                .or_default();
+            p.0 += 1;
+            p.1 += u64::from(success);
+            let s = series.entry(q.bucket_of(e.ts)).or_default();
+            s.0 += 1;
+            s.1 += u64::from(!success);
+        }
+        let mut by_provider: Vec<ProviderStats> = providers
+            .into_iter()
+            .map(|(p, (c, o))| ProviderStats {
+                provider: p.to_owned(),
+                calls: c,
+                success_rate: success_rate(o, c),
+            })
+            .collect();
+        by_provider.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.provider.cmp(&b.provider)));
+        Ok(StatsOverview {
+            calls,
+            success_rate: success_rate(ok, calls),
+            latency_ms: hist.percentiles(),
+            by_provider,
+            timeseries: series
+                .into_iter()
+                .map(|(ts, (calls, errors))| TimePoint { ts, calls, errors })
+                .collect(),
+        })
+    }
+}

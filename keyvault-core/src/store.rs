@@ -1,0 +1,108 @@
+//! Where keys live.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::{
+    audit::AuditEvent,
+    digest::KeyDigest,
+    error::Result,
+    model::{KeyId, KeyRecord},
+};
+
+/// One change to the key table, applied with others in one transaction.
+#[derive(Debug, Clone)]
+pub enum KeyWrite {
+    /// A new key. Its credits, if any, open a balance for its `quota_id`.
+    Insert(KeyRecord),
+    /// A changed key; `record.revision` must be the stored revision + 1, else `Conflict`.
+    Update {
+        /// The new state.
+        record: KeyRecord,
+        /// The credits configuration changed: set the balance to `record.credits`.
+        reset_credits: bool,
+    },
+    /// Removes a key for good (`NotFound` when it is not there).
+    Delete {
+        /// The key.
+        id: KeyId,
+        /// Its digest, so that caches can drop it.
+        digest: KeyDigest,
+    },
+}
+
+/// Filters and a page of the key listing (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct KeyQuery {
+    /// Only this owner's keys.
+    pub owner_id: Option<String>,
+    /// Only enabled (or disabled) keys.
+    pub enabled: Option<bool>,
+    /// Case-insensitive substring of the name, or the key's start.
+    pub search: Option<String>,
+    /// Page size (1–100).
+    pub limit: usize,
+    /// Only keys older than this id (the previous page's last).
+    pub before: Option<KeyId>,
+}
+
+impl KeyWrite {
+    /// The cache invalidation this write calls for.
+    pub fn change(&self) -> crate::Change {
+        match self {
+            KeyWrite::Insert(r) | KeyWrite::Update { record: r, .. } => crate::Change::Key {
+                id: r.id,
+                digest: r.digest,
+            },
+            KeyWrite::Delete { id, digest } => crate::Change::Key {
+                id: *id,
+                digest: *digest,
+            },
+        }
+    }
+}
+
+/// A page of results.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Whether more follow.
+    pub has_more: bool,
+}
+
+/// Stores key records. Mutations come with the audit events that record them and are written
+/// in one transaction with them: no change without its record.
+///
+/// ```
+/// # use keyvault_core::{KeyStore, memory::MemoryStore};
+/// # async fn demo() -> keyvault_core::Result<()> {
+/// let store = MemoryStore::new();
+/// let digest = keyvault_core::KeyHasher::sha256().digest("kv_unknown");
+/// assert!(store.find_by_digest(&digest).await?.is_none());
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[async_trait]
+pub trait KeyStore: Send + Sync + Debug {
+    /// Applies `writes` and appends `audit`, all or nothing.
+    async fn apply(&self, writes: &[KeyWrite], audit: &[AuditEvent]) -> Result<()>;
+
+    /// The key with this id.
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>>;
+
+    /// The key with this digest: the verification lookup.
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>>;
+
+    /// A page of keys, newest first.
+    async fn list(&self, query: &KeyQuery) -> Result<Page<KeyRecord>>;
+
+    /// Up to `limit` keys whose automatic rotation is due at `now`: `next_rotation_at <= now`,
+    /// enabled, not superseded and not expired; the most overdue first.
+    async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>>;
+
+    /// Up to `limit` keys whose effective expiry is at or before `before`.
+    async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>>;
+}

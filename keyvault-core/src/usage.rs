@@ -1,0 +1,319 @@
+//! Usage events, their sinks and the statistics read back from them.
+
+use std::{collections::BTreeMap, fmt::Debug};
+
+use async_trait::async_trait;
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{InvalidInput, Result},
+    model::KeyId,
+    outcome::Outcome,
+};
+
+/// One request (or one verification) as seen by usage statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// Unique per request: a sink counts an id once, however often it is written.
+    pub request_id: String,
+    /// The key used, when one was found.
+    pub key_id: Option<KeyId>,
+    /// The key's owner.
+    pub owner_id: Option<String>,
+    /// When the request arrived.
+    pub ts: DateTime<Utc>,
+    /// Provider label (`openai`, `demo`…).
+    pub provider: Option<String>,
+    /// Route template (`/v1/chat`), never the raw path.
+    pub route: Option<String>,
+    /// HTTP method.
+    pub method: Option<String>,
+    /// Response status.
+    pub status: u16,
+    /// Response time in microseconds.
+    pub latency_us: u64,
+    /// Verification outcome.
+    pub outcome: Option<Outcome>,
+    /// Credits spent.
+    pub cost: u64,
+}
+
+impl UsageEvent {
+    /// Success for statistics: a status in 200–399.
+    pub fn is_success(&self) -> bool {
+        (200..400).contains(&self.status)
+    }
+}
+
+/// Where usage events go. Writing the same `request_id` twice counts it once (a batch retried
+/// after a timeout must not double-count).
+///
+/// ```
+/// # use keyvault_core::{UsageSink, UsageQuery, UsageEvent, StatsQuery, memory::MemoryUsage};
+/// # async fn demo() -> keyvault_core::Result<()> {
+/// let usage = MemoryUsage::new();
+/// let ev = UsageEvent { request_id: "r1".into(), key_id: None, owner_id: None,
+///     ts: chrono::Utc::now(), provider: Some("demo".into()), route: None, method: None,
+///     status: 200, latency_us: 1_500, outcome: None, cost: 1 };
+/// usage.write(&[ev.clone(), ev]).await?;
+/// let stats = usage.overview(&StatsQuery::last_24h()).await?;
+/// assert_eq!(stats.calls, 1);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[async_trait]
+pub trait UsageSink: Send + Sync + Debug {
+    /// Stores a batch, idempotently on `request_id`.
+    async fn write(&self, events: &[UsageEvent]) -> Result<()>;
+}
+
+/// Statistics over stored usage.
+#[async_trait]
+pub trait UsageQuery: Send + Sync + Debug {
+    /// CONTRACT §4's `/v1/stats/overview`.
+    async fn overview(&self, query: &StatsQuery) -> Result<StatsOverview>;
+}
+
+/// A statistics query.
+#[derive(Debug, Clone)]
+pub struct StatsQuery {
+    /// Start (inclusive).
+    pub from: DateTime<Utc>,
+    /// End (exclusive).
+    pub to: DateTime<Utc>,
+    /// Only this key.
+    pub key_id: Option<KeyId>,
+    /// Only this provider.
+    pub provider: Option<String>,
+}
+
+impl StatsQuery {
+    /// The last 24 hours.
+    pub fn last_24h() -> Self {
+        let to = Utc::now();
+        Self {
+            from: to - TimeDelta::hours(24),
+            to,
+            key_id: None,
+            provider: None,
+        }
+    }
+
+    /// Checks that `from` is before `to` and the range is at most 400 days.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.from >= self.to {
+            return Err(InvalidInput::new("from", "must be before to"));
+        }
+        if self.to - self.from > TimeDelta::days(400) {
+            return Err(InvalidInput::new(
+                "from",
+                "the range must be at most 400 days",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The time-series step: the smallest of 1 m, 5 m, 15 m, 1 h, 6 h, 1 d giving ≤ 300 points.
+    pub fn step(&self) -> TimeDelta {
+        let span = self.to - self.from;
+        [1, 5, 15, 60, 360, 1_440]
+            .into_iter()
+            .map(TimeDelta::minutes)
+            .find(|s| span.num_seconds() / s.num_seconds().max(1) <= 300)
+            .unwrap_or(TimeDelta::days(1))
+    }
+
+    /// The start of the step that holds `ts`.
+    pub fn bucket_of(&self, ts: DateTime<Utc>) -> DateTime<Utc> {
+        ts.duration_trunc(self.step()).unwrap_or(ts)
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 95th percentile.
+    pub p95: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+/// Calls and success rate of one provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderStats {
+    /// The provider label (`"unknown"` when none was set).
+    pub provider: String,
+    /// Calls.
+    pub calls: u64,
+    /// Fraction of successful calls.
+    pub success_rate: Option<f64>,
+}
+
+/// One point of the time series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimePoint {
+    /// Start of the step.
+    pub ts: DateTime<Utc>,
+    /// Calls.
+    pub calls: u64,
+    /// Calls that were not successful.
+    pub errors: u64,
+}
+
+/// CONTRACT §4's statistics overview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StatsOverview {
+    /// Calls in the range.
+    pub calls: u64,
+    /// Fraction of calls with a status in 200–399 (None without calls).
+    pub success_rate: Option<f64>,
+    /// Latency percentiles.
+    pub latency_ms: Percentiles,
+    /// Per provider, most calls first.
+    pub by_provider: Vec<ProviderStats>,
+    /// Calls and errors per step.
+    pub timeseries: Vec<TimePoint>,
+}
+
+/// Provider label for events that carry none.
+pub const UNKNOWN_PROVIDER: &str = "unknown";
+
+/// A latency histogram with buckets at most 10 % wide, shared by every backend so that
+/// rollups stored anywhere merge and answer alike.
+///
+/// Bucket 0 holds latencies under 100 µs; bucket `i ≥ 1` holds `[100·1.1^(i−1), 100·1.1^i)` µs;
+/// the last bucket (200) holds everything from about 1.9 hours up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    counts: BTreeMap<u16, u64>,
+}
+
+/// Number of histogram buckets.
+pub const LATENCY_BUCKETS: u16 = 201;
+
+impl LatencyHistogram {
+    /// The bucket of a latency.
+    pub fn bucket_of(latency_us: u64) -> u16 {
+        if latency_us < 100 {
+            return 0;
+        }
+        let i = ((latency_us as f64 / 100.0).ln() / 1.1f64.ln()).floor() as i64 + 1;
+        i.clamp(1, i64::from(LATENCY_BUCKETS - 1)) as u16
+    }
+
+    /// The value reported for a bucket, in ms: its geometric middle (within 5 % of any
+    /// latency in it).
+    pub fn representative_ms(bucket: u16) -> f64 {
+        if bucket == 0 {
+            return 0.05;
+        }
+        let lo = 100.0 * 1.1f64.powi(i32::from(bucket) - 1);
+        lo * 1.1f64.sqrt() / 1_000.0
+    }
+
+    /// Counts one latency.
+    pub fn record(&mut self, latency_us: u64) {
+        self.add(Self::bucket_of(latency_us), 1);
+    }
+
+    /// Adds `count` to a bucket (merging stored rollups).
+    pub fn add(&mut self, bucket: u16, count: u64) {
+        *self
+            .counts
+            .entry(bucket.min(LATENCY_BUCKETS - 1))
+            .or_default() += count;
+    }
+
+    /// Non-empty buckets and their counts.
+    pub fn buckets(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.counts.iter().map(|(&b, &c)| (b, c))
+    }
+
+    /// Total count.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// The `q`-quantile in ms (`q` in [0, 1]), None when empty.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        // Nearest-rank: the smallest bucket holding at least ⌈q·n⌉ values.
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (&b, &c) in &self.counts {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::representative_ms(b));
+            }
+        }
+        None
+    }
+
+    /// p50, p95 and p99.
+    pub fn percentiles(&self) -> Percentiles {
+        Percentiles {
+            p50: self.quantile_ms(0.50),
+            p95: self.quantile_ms(0.95),
+            p99: self.quantile_ms(0.99),
+        }
+    }
+}
+
+/// A fraction, or None for no calls.
+pub fn success_rate(ok: u64, calls: u64) -> Option<f64> {
+    (calls > 0).then(|| ok as f64 / calls as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_at_most_ten_percent_wide() {
+        for us in [
+            100u64, 150, 999, 1_000, 12_345, 250_000, 5_000_000, 60_000_000,
+        ] {
+            let b = LatencyHistogram::bucket_of(us);
+            let rep = LatencyHistogram::representative_ms(b) * 1_000.0;
+            let err = (rep - us as f64).abs() / us as f64;
+            assert!(err <= 0.1, "{us} µs → bucket {b} → {rep} µs");
+        }
+        assert_eq!(LatencyHistogram::bucket_of(0), 0);
+        assert_eq!(LatencyHistogram::bucket_of(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_use_nearest_rank() {
+        let mut h = LatencyHistogram::default();
+        for ms in 1..=100u64 {
+            h.record(ms * 1_000);
+        }
+        let p = h.percentiles();
+        for (got, want) in [(p.p50, 50.0), (p.p95, 95.0), (p.p99, 99.0)] {
+            let got = got.unwrap();
+            assert!((got - want).abs() / want <= 0.1, "{got} vs {want}");
+        }
+        assert_eq!(LatencyHistogram::default().quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn steps_keep_the_series_short() {
+        let to = Utc::now();
+        let q = |h| StatsQuery {
+            from: to - TimeDelta::hours(h),
+            to,
+            key_id: None,
+            provider: None,
+        };
+        assert_eq!(q(1).step(), TimeDelta::minutes(1));
+        assert_eq!(q(24).step(), TimeDelta::minutes(5));
+        assert_eq!(q(24 * 30).step(), TimeDelta::hours(6));
+        assert!(q(0).validate().is_err());
+    }
+}

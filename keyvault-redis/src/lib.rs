@@ -1,0 +1,1 @@
+//! Redis backend for keyvault (in progress: see the keyvault-core traits it will implement).

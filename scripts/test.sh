@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, doctests included, against real PostgreSQL and Redis.
+# Starts either service if it is down and creates what the tests need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/keyvault_test}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
+if ! pg_up; then
+    echo "test.sh: PostgreSQL is down; starting it" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+    for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+    pg_up || { echo "test.sh: PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
+fi
+
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+if ! redis_up; then
+    echo "test.sh: Redis is down; starting it" >&2
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    for _ in $(seq 1 30); do redis_up && break; sleep 1; done
+    redis_up || { echo "test.sh: Redis did not come up on 127.0.0.1:6379" >&2; exit 1; }
+fi
+
+# The database sqlx's test harness creates per-test databases from.
+db="${DATABASE_URL##*/}"
+if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" postgres | grep -q 1; then
+    psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE \"$db\"" postgres >/dev/null
+fi
+
+cargo nextest run --workspace --all-targets --all-features --no-fail-fast
+cargo test --workspace --all-features --doc

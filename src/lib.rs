@@ -1,0 +1,2 @@
+//! keyvault facade (filled below).
+pub use keyvault_core::*;
