@@ -1,0 +1,3 @@
+//! The standalone keyvault server (in progress).
+
+fn main() {}

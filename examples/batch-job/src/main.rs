@@ -1,0 +1,3 @@
+//! batch-job (in progress).
+
+fn main() {}

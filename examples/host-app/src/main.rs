@@ -1,0 +1,3 @@
+//! host-app (in progress).
+
+fn main() {}
