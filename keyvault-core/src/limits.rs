@@ -121,4 +121,15 @@ pub trait CreditStore: Send + Sync + Debug {
 
     /// Gives back a spend (the request was rejected or failed later on).
     async fn refund(&self, req: &CreditRequest<'_>) -> Result<()>;
+
+    /// Subtracts `amount` unconditionally, stopping at 0, after applying any due refill:
+    /// how a cache in front of this store (Redis) writes back what it has already admitted.
+    /// Returns the balance left. A quota without a balance is left alone (returns 0).
+    async fn debit(
+        &self,
+        quota_id: KeyId,
+        credits: &Credits,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
 }

@@ -294,6 +294,22 @@ impl CreditStore for MemoryStore {
         }
         Ok(())
     }
+
+    async fn debit(
+        &self,
+        quota_id: KeyId,
+        credits: &Credits,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut balances = self.balances();
+        let Some(b) = balances.get_mut(&quota_id) else {
+            return Ok(0);
+        };
+        b.refill(credits, now);
+        b.remaining = b.remaining.saturating_sub(amount);
+        Ok(b.remaining)
+    }
 }
 
 #[async_trait]
