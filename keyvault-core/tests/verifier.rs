@@ -1,0 +1,320 @@
+//! Verifier properties that need a store double: garbage never reaches a store, concurrent
+//! misses load once, and the usage recorder's delivery guarantees.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keyvault_core::{
+    Actor, ApiKey, AuditEvent, CacheConfig, CachedKeyStore, KeyDigest, KeyId, KeyQuery, KeyRecord,
+    KeyStore, KeyWrite, Keyvault, NewKey, Outcome, Page, Prefix, RecorderConfig, Result,
+    StatsQuery, UsageEvent, UsageQuery, UsageRecorder, UsageSink, VerifyRequest,
+    memory::MemoryStore,
+};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+mockall::mock! {
+    #[derive(Debug)]
+    Store {}
+    #[async_trait]
+    impl KeyStore for Store {
+        async fn apply(&self, writes: &[KeyWrite], audit: &[AuditEvent]) -> Result<()>;
+        async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>>;
+        async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>>;
+        async fn list(&self, query: &KeyQuery) -> Result<Page<KeyRecord>>;
+        async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>>;
+        async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>>;
+    }
+}
+
+#[tokio::test]
+async fn malformed_keys_never_reach_the_store() {
+    // The mock fails the test on any call: parsing must reject everything below by itself.
+    let store = MockStore::new();
+    let memory = Arc::new(MemoryStore::new());
+    let kv = Keyvault::builder()
+        .key_store(Arc::new(store))
+        .credits(memory)
+        .build()
+        .unwrap();
+    let alphabet: Vec<u8> = (0u8..=127).filter(u8::is_ascii_graphic).collect();
+    let mut rejected = 0u64;
+    for i in 0..10_000 {
+        let prefix = Prefix::new(["kv", "acme", "my_app"][i % 3]).unwrap();
+        let key = ApiKey::generate(&prefix);
+        let original = key.expose().as_bytes().to_vec();
+        let mut buf = original.clone();
+        for pos in 0..buf.len() {
+            // A few substitutions per position keep the run short; the parser's unit test
+            // covers the whole alphabet at every position.
+            for &c in alphabet.iter().skip(pos % 7).step_by(7) {
+                if c == original[pos] {
+                    continue;
+                }
+                buf[pos] = c;
+                let text = std::str::from_utf8(&buf).unwrap();
+                let v = kv.verify(&VerifyRequest::new(text)).await.unwrap();
+                assert_eq!(v.outcome, Outcome::NotFound);
+                rejected += 1;
+            }
+            buf[pos] = original[pos];
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(7);
+    const B62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut s = String::new();
+    for _ in 0..1_000_000 {
+        s.clear();
+        s.push_str("kv_");
+        for _ in 0..46 {
+            s.push(char::from(B62[rng.random_range(0..62usize)]));
+        }
+        let v = kv.verify(&VerifyRequest::new(&s)).await.unwrap();
+        assert_eq!(v.outcome, Outcome::NotFound);
+    }
+    assert!(rejected > 10_000 * 46 * 10);
+}
+
+/// A store that counts digest lookups and answers slowly, so that misses pile up.
+#[derive(Debug)]
+struct SlowCountingStore {
+    inner: MemoryStore,
+    lookups: AtomicUsize,
+}
+
+#[async_trait]
+impl KeyStore for SlowCountingStore {
+    async fn apply(&self, writes: &[KeyWrite], audit: &[AuditEvent]) -> Result<()> {
+        self.inner.apply(writes, audit).await
+    }
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>> {
+        self.inner.get(id).await
+    }
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.inner.find_by_digest(digest).await
+    }
+    async fn list(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
+        self.inner.list(query).await
+    }
+    async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        self.inner.due_for_rotation(now, limit).await
+    }
+    async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        self.inner.expired_before(before, limit).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_misses_make_one_store_read() {
+    let store = Arc::new(SlowCountingStore {
+        inner: MemoryStore::new(),
+        lookups: AtomicUsize::new(0),
+    });
+    let kv = Keyvault::builder()
+        .key_store(store.clone())
+        .credits(Arc::new(MemoryStore::new()))
+        .build()
+        .unwrap();
+    let created = kv
+        .create_key(NewKey::new("hot"), &Actor::library())
+        .await
+        .unwrap();
+    let key = created.key.expose().to_owned();
+    let tasks: Vec<_> = (0..1_000)
+        .map(|_| {
+            let kv = kv.clone();
+            let key = key.clone();
+            tokio::spawn(async move { kv.verify(&VerifyRequest::new(&key)).await.unwrap().outcome })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Outcome::Valid);
+    }
+    assert_eq!(store.lookups.load(Ordering::SeqCst), 1);
+
+    // The same for a digest nobody issued: one read, then the negative cache answers.
+    let unknown = ApiKey::generate(&Prefix::default());
+    let tasks: Vec<_> = (0..1_000)
+        .map(|_| {
+            let kv = kv.clone();
+            let key = unknown.expose().to_owned();
+            tokio::spawn(async move { kv.verify(&VerifyRequest::new(&key)).await.unwrap().outcome })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Outcome::NotFound);
+    }
+    assert_eq!(store.lookups.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn cache_entries_expire_and_invalidation_wins_over_a_load_in_flight() {
+    let store = Arc::new(SlowCountingStore {
+        inner: MemoryStore::new(),
+        lookups: AtomicUsize::new(0),
+    });
+    let cache = Arc::new(CachedKeyStore::new(
+        store.clone(),
+        CacheConfig {
+            ttl: Duration::from_millis(100),
+            negative_ttl: Duration::from_millis(100),
+            capacity: 1_000,
+        },
+    ));
+    let kv = Keyvault::builder()
+        .key_store(cache.clone())
+        .credits(Arc::new(MemoryStore::new()))
+        .build()
+        .unwrap();
+    let created = kv
+        .create_key(NewKey::new("ttl"), &Actor::library())
+        .await
+        .unwrap();
+    let digest = created.record.digest;
+    assert!(cache.lookup(&digest).await.unwrap().is_some());
+    assert!(cache.lookup(&digest).await.unwrap().is_some());
+    assert_eq!(store.lookups.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(cache.lookup(&digest).await.unwrap().is_some());
+    assert_eq!(
+        store.lookups.load(Ordering::SeqCst),
+        2,
+        "a stale entry is reloaded"
+    );
+
+    // A load that overlaps an invalidation is answered but not kept.
+    cache.invalidate(&digest);
+    let loading = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.lookup(&digest).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    cache.invalidate(&digest);
+    assert!(loading.await.unwrap().is_some());
+    assert!(cache.lookup(&digest).await.unwrap().is_some());
+    assert_eq!(
+        store.lookups.load(Ordering::SeqCst),
+        4,
+        "the overlapped load was not cached"
+    );
+}
+
+#[tokio::test]
+async fn a_disable_is_honoured_at_once_by_the_instance_that_made_it() {
+    let kv = Keyvault::in_memory();
+    let created = kv
+        .create_key(NewKey::new("k"), &Actor::library())
+        .await
+        .unwrap();
+    let key = created.key.expose();
+    assert!(
+        kv.verify(&VerifyRequest::new(key))
+            .await
+            .unwrap()
+            .is_valid()
+    );
+    kv.set_enabled(created.record.id, false, &Actor::library())
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.verify(&VerifyRequest::new(key)).await.unwrap().outcome,
+        Outcome::Disabled
+    );
+}
+
+fn event(i: usize) -> UsageEvent {
+    UsageEvent {
+        request_id: format!("r{i}"),
+        key_id: None,
+        owner_id: None,
+        ts: Utc::now(),
+        provider: Some("demo".into()),
+        route: Some("/v1/hello".into()),
+        method: Some("GET".into()),
+        status: 200,
+        latency_us: 500,
+        outcome: Some(Outcome::Valid),
+        cost: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorder_flushes_everything_on_shutdown() {
+    let store = Arc::new(MemoryStore::new());
+    let rec = UsageRecorder::spawn(
+        store.clone(),
+        RecorderConfig {
+            flush_interval: Duration::from_secs(3_600),
+            batch_size: 64,
+            ..RecorderConfig::default()
+        },
+    );
+    for i in 0..1_000 {
+        assert!(rec.record(event(i)));
+    }
+    rec.shutdown().await;
+    assert_eq!(store.usage_len(), 1_000);
+    let stats = rec.stats();
+    assert_eq!(
+        (stats.recorded, stats.written, stats.dropped),
+        (1_000, 1_000, 0)
+    );
+    // After shutdown nothing is accepted, and saying so is counted.
+    assert!(!rec.record(event(5_000)));
+    assert_eq!(rec.stats().dropped, 1);
+    rec.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_recorder_flushes_on_its_interval() {
+    let store = Arc::new(MemoryStore::new());
+    let rec = UsageRecorder::spawn(
+        store.clone(),
+        RecorderConfig {
+            flush_interval: Duration::from_millis(50),
+            ..RecorderConfig::default()
+        },
+    );
+    rec.record(event(1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = store.overview(&StatsQuery::last_24h()).await.unwrap();
+    assert_eq!(s.calls, 1, "fresh without a shutdown");
+    rec.shutdown().await;
+}
+
+/// A sink that never answers: the buffer fills and the recorder drops instead of blocking.
+#[derive(Debug)]
+struct StuckSink;
+
+#[async_trait]
+impl UsageSink for StuckSink {
+    async fn write(&self, _events: &[UsageEvent]) -> Result<()> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_full_buffer_drops_and_counts_without_blocking() {
+    let rec = UsageRecorder::spawn(
+        Arc::new(StuckSink),
+        RecorderConfig {
+            capacity: 100,
+            batch_size: 10,
+            ..RecorderConfig::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let accepted = (0..10_000).filter(|&i| rec.record(event(i))).count();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(accepted <= 100 + 10, "accepted {accepted}");
+    let stats = rec.stats();
+    assert_eq!(stats.dropped as usize, 10_000 - accepted);
+}
