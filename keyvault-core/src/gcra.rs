@@ -53,10 +53,11 @@ impl Bucket {
         let base = x.max(now_x);
         // Tokens available = (now + P − tat) / T = (now·L + P·L − x) / P.
         let capacity_x = now_x + p * l;
-        let available = (capacity_x - base) / p;
+        // Saturating: a clock that stepped backwards must not underflow (it reads as empty).
+        let available = capacity_x.saturating_sub(base) / p;
         let admitted = available >= 1;
         let x_after = if admitted && take { base + p } else { base };
-        let remaining = ((capacity_x - x_after) / p) as u64;
+        let remaining = (capacity_x.saturating_sub(x_after) / p) as u64;
         let reset_in_ns = (x_after - now_x).div_ceil(l);
         let retry_in_ns = (remaining == 0).then(|| {
             // The next token arrives when (now' + P)·L − x_after ≥ P, i.e.
@@ -148,6 +149,19 @@ mod tests {
         assert_eq!(b.check(x, now, false).remaining, 2);
         // A refund never makes more than the bucket holds.
         assert_eq!(b.check(b.release(x, now), now, false).remaining, 2);
+    }
+
+    #[test]
+    fn a_clock_stepping_back_reads_as_empty_not_as_a_panic() {
+        let b = Bucket::new(2, 1_000);
+        let now = 10_000 * MS;
+        let mut x = 0;
+        for _ in 0..2 {
+            x = b.check(x, now, true).x;
+        }
+        let s = b.check(x, now - 5_000 * MS, true);
+        assert!(!s.admitted);
+        assert_eq!(s.remaining, 0);
     }
 
     #[test]
