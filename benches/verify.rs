@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
             kv.create_key(
                 NewKey::new("limited")
                     .credits(Credits::new(u64::MAX >> 12))
-                    .ratelimit(RateLimit::new("huge", 1_000_000_000, 1_000).unwrap()),
+                    .ratelimit(RateLimit::new("huge", 1_000_000_000, 3_600_000).unwrap()),
                 &Actor::library(),
             ),
         )
