@@ -50,9 +50,9 @@ impl UsageEvent {
 /// after a timeout must not double-count).
 ///
 /// ```
-/// # use keyvault_core::{UsageSink, UsageQuery, UsageEvent, StatsQuery, memory::MemoryUsage};
+/// # use keyvault_core::{UsageSink, UsageQuery, UsageEvent, StatsQuery, memory::MemoryStore};
 /// # async fn demo() -> keyvault_core::Result<()> {
-/// let usage = MemoryUsage::new();
+/// let usage = MemoryStore::new();
 /// let ev = UsageEvent { request_id: "r1".into(), key_id: None, owner_id: None,
 ///     ts: chrono::Utc::now(), provider: Some("demo".into()), route: None, method: None,
 ///     status: 200, latency_us: 1_500, outcome: None, cost: 1 };

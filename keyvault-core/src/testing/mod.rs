@@ -4,7 +4,7 @@
 //! A backend provides a setup function that returns fresh, isolated [`Backends`] and invokes
 //! [`conformance_suite!`](crate::conformance_suite) with the test attribute it needs:
 //!
-//! ```ignore
+//! ```text
 //! async fn backends() -> keyvault_core::testing::Backends { /* … */ }
 //! keyvault_core::conformance_suite!(#[tokio::test(flavor = "multi_thread")], setup = backends);
 //!
