@@ -1,1 +1,132 @@
-//! PostgreSQL backend for keyvault (in progress: see the keyvault-core traits it will implement).
+//! # keyvault-postgres
+//!
+//! keyvault's durable backend on PostgreSQL 12+ (sqlx): [`PgStore`] keeps keys, credit
+//! balances, the hash-chained audit log and usage statistics; [`PgChangeBus`] tells every
+//! instance on the same database about key changes with `LISTEN/NOTIFY`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use keyvault_core::Keyvault;
+//! use keyvault_postgres::{PgChangeBus, PgStore};
+//!
+//! # async fn demo() -> keyvault_core::Result<()> {
+//! let store = PgStore::connect("postgres://postgres@127.0.0.1/app").await?;
+//! store.migrate().await?; // keyvault's tables only; the host's migrations are left alone
+//! let bus = PgChangeBus::connect(store.pool()).await?;
+//! let store = Arc::new(store);
+//! let kv = Keyvault::builder()
+//!     .key_store(store.clone())
+//!     .credits(store.clone())
+//!     .audit_log(store.clone())
+//!     .change_bus(Arc::new(bus))
+//!     .build()?;
+//! # let _ = kv; Ok(()) }
+//! ```
+//!
+//! ## Guarantees
+//! - A key mutation and its audit records commit in one transaction; the chain's tail is
+//!   locked inside it, so concurrent writers link one after the other.
+//! - A credit spend is one conditional `INSERT … ON CONFLICT DO UPDATE`: the refill, the check
+//!   and the subtraction happen in one row update, exact with any number of instances.
+//! - Usage batches are written in one statement that inserts the raw events (idempotent on
+//!   `request_id`) and adds only the rows actually inserted to the minute rollups, so a retried
+//!   batch counts nothing twice and statistics are as fresh as the last flush.
+//! - Every number in a key record is stored exactly (`bigint` holds every value up to 2⁶³−1;
+//!   CONTRACT bounds stop at 2⁵³−1).
+
+mod audit;
+mod bus;
+mod credits;
+mod keys;
+mod usage;
+
+use keyvault_core::{Error, Result};
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+pub use bus::{CHANNEL, PgChangeBus};
+
+/// The table that records which of keyvault's migrations ran: apart from the host's
+/// `_sqlx_migrations`, so that neither migrator sees the other's versions.
+pub const MIGRATIONS_TABLE: &str = "kv_schema_migrations";
+
+/// keyvault's tables, indexes and rollups in PostgreSQL, over a connection pool. Cloning is
+/// cheap (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Uses an existing pool (the host's, typically).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Connects a new pool to `url`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|_| Error::invalid("database_url", "not a PostgreSQL URL"))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        Ok(Self::new(pool))
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates or upgrades keyvault's tables. Safe to run from several instances at once
+    /// (the migrator takes an advisory lock) and beside the host's own sqlx migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        migrator().run(&self.pool).await.map_err(db)
+    }
+
+    /// Deletes raw usage events older than `before` (the retention setting); returns how many.
+    /// Statistics are unaffected: they read the minute rollups. Only the partial minutes at
+    /// the ends of a statistics range are read from raw events, and a retried batch older
+    /// than the retention would be counted again, so keep at least a day.
+    pub async fn purge_usage_before(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM kv_usage_events WHERE ts < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// keyvault's embedded migrations, tracked in [`MIGRATIONS_TABLE`].
+pub fn migrator() -> Migrator {
+    let mut m = sqlx::migrate!("./migrations");
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
+    m
+}
+
+/// A database failure as keyvault's error.
+fn db(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Error {
+    Error::backend("postgres", e)
+}
+
+/// A stored value that cannot be read back (edited by hand, or written by a newer version).
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
+    db(format!("unreadable {what} in the database: {detail}"))
+}
+
+/// A u64 as a `bigint`, or an error naming the field.
+fn to_i64(value: u64, field: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::invalid(field, "must be at most 9223372036854775807"))
+}
+
+/// A stored `bigint` that must not be negative.
+fn to_u64(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| corrupt(what, "negative"))
+}

@@ -1,0 +1,438 @@
+//! keyvault-postgres figures: usage ingest through the real recorder and sink against a plain
+//! binary COPY of the same rows, statistics over ~10 million events, key lookup by digest.
+//!
+//! ```sh
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/keyvault_test cargo bench -p keyvault-postgres
+//! ```
+//!
+//! It creates (and at the end drops) its own database, `<database>_bench`. `KV_BENCH_EVENTS`
+//! sets the ingest size (default 200 000), `KV_BENCH_KEYS` the number of stored keys
+//! (default 100 000).
+#![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use keyvault_core::{
+    KeyHasher, KeyId, KeyStore, LatencyHistogram, Outcome, RecorderConfig, StatsQuery, UsageEvent,
+    UsageQuery, UsageRecorder,
+};
+use keyvault_postgres::PgStore;
+use sqlx::{
+    Connection, Executor, PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgPoolCopyExt, PgPoolOptions},
+};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn fresh_database() -> (PgPool, PgConnectOptions, String) {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/keyvault_test".into());
+    let opts: PgConnectOptions = url.parse().unwrap();
+    let name = format!("{}_bench", opts.get_database().unwrap_or("keyvault"));
+    let mut admin = PgConnection::connect_with(&opts.clone().database("postgres"))
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .await
+        .unwrap();
+    let opts = opts.database(&name);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts.clone())
+        .await
+        .unwrap();
+    (pool, opts, name)
+}
+
+fn events(n: usize, keys: &[KeyId], now: DateTime<Utc>) -> Vec<UsageEvent> {
+    let providers = ["openai", "anthropic", "mistral"];
+    (0..n)
+        .map(|i| {
+            // A skewed latency spread (1–400 ms) and about 5 % errors.
+            let x = (i.wrapping_mul(2_654_435_761) % 1_000) as u64;
+            UsageEvent {
+                request_id: format!("bench-{i:09}"),
+                key_id: Some(keys[i % keys.len()]),
+                owner_id: Some(format!("owner-{}", i % 10)),
+                ts: now - TimeDelta::milliseconds((n - i) as i64 / 4),
+                provider: Some(providers[i % 3].to_owned()),
+                route: Some("/v1/chat/completions".into()),
+                method: Some("POST".into()),
+                status: if x < 50 { 503 } else { 200 },
+                latency_us: 1_000 + x * x * 400 / 1_000,
+                outcome: Some(Outcome::Valid),
+                cost: 1,
+            }
+        })
+        .collect()
+}
+
+/// PostgreSQL's binary COPY format for `kv_usage_events`.
+fn binary_copy(events: &[UsageEvent]) -> Vec<u8> {
+    fn text(buf: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                buf.extend_from_slice(&(s.len() as i32).to_be_bytes());
+                buf.extend_from_slice(s.as_bytes());
+            }
+            None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    fn fixed(buf: &mut Vec<u8>, bytes: &[u8]) {
+        buf.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        buf.extend_from_slice(bytes);
+    }
+    let pg_epoch = DateTime::<Utc>::from_timestamp(946_684_800, 0).unwrap();
+    let mut buf = Vec::with_capacity(events.len() * 160);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    for e in events {
+        buf.extend_from_slice(&12i16.to_be_bytes());
+        text(&mut buf, Some(&e.request_id));
+        match e.key_id {
+            Some(k) => fixed(&mut buf, k.as_uuid().as_bytes()),
+            None => text(&mut buf, None),
+        }
+        text(&mut buf, e.owner_id.as_deref());
+        let micros = (e.ts - pg_epoch).num_microseconds().unwrap();
+        fixed(&mut buf, &micros.to_be_bytes());
+        text(&mut buf, e.provider.as_deref());
+        text(&mut buf, e.route.as_deref());
+        text(&mut buf, e.method.as_deref());
+        fixed(&mut buf, &i32::from(e.status).to_be_bytes());
+        fixed(&mut buf, &(e.latency_us as i64).to_be_bytes());
+        fixed(
+            &mut buf,
+            &(LatencyHistogram::bucket_of(e.latency_us) as i16).to_be_bytes(),
+        );
+        text(&mut buf, e.outcome.map(|o| o.as_str()));
+        fixed(&mut buf, &(e.cost as i64).to_be_bytes());
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    buf
+}
+
+/// One statement at a time (VACUUM refuses to run in the implicit transaction of a batch).
+async fn run(pool: &PgPool, statements: &[&'static str]) {
+    for s in statements {
+        pool.execute(*s).await.unwrap();
+    }
+}
+
+async fn reset_usage(pool: &PgPool) {
+    run(
+        pool,
+        &[
+            "TRUNCATE kv_usage_events, kv_usage_rollup",
+            "VACUUM ANALYZE kv_usage_events",
+        ],
+    )
+    .await;
+}
+
+async fn copy_once(pool: &PgPool, data: &[u8], n: usize) -> Duration {
+    reset_usage(pool).await;
+    let start = Instant::now();
+    let mut copy = pool
+        .copy_in_raw(
+            "COPY kv_usage_events (request_id, key_id, owner_id, ts, provider, route, method, \
+             status, latency_us, latency_bucket, outcome, cost) FROM STDIN (FORMAT binary)",
+        )
+        .await
+        .unwrap();
+    for chunk in data.chunks(1 << 20) {
+        copy.send(chunk).await.unwrap();
+    }
+    let rows = copy.finish().await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(rows as usize, n);
+    took
+}
+
+async fn recorder_once(store: &PgStore, events: &[UsageEvent], batch_size: usize) -> Duration {
+    reset_usage(store.pool()).await;
+    let config = RecorderConfig {
+        capacity: events.len(),
+        batch_size,
+        ..RecorderConfig::default()
+    };
+    let start = Instant::now();
+    let recorder = UsageRecorder::spawn(Arc::new(store.clone()), config);
+    for e in events {
+        assert!(recorder.record(e.clone()));
+    }
+    recorder.shutdown().await;
+    let took = start.elapsed();
+    let stats = recorder.stats();
+    assert_eq!((stats.written, stats.failed), (events.len() as u64, 0));
+    let counted: i64 = sqlx::query_scalar(
+        "SELECT sum(calls)::bigint FROM kv_usage_rollup WHERE key_id = '00000000-0000-0000-0000-000000000000'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(counted as usize, events.len());
+    took
+}
+
+async fn ingest(store: &PgStore, keys: &[KeyId]) {
+    let n = env_usize("KV_BENCH_EVENTS", 200_000);
+    let evs = events(n, keys, Utc::now());
+    let data = binary_copy(&evs);
+    let default_batch = RecorderConfig::default().batch_size;
+    let (mut best_copy, mut best_rec, mut best_big) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        best_copy = best_copy.min(copy_once(store.pool(), &data, n).await);
+        best_rec = best_rec.min(recorder_once(store, &evs, default_batch).await);
+        best_big = best_big.min(recorder_once(store, &evs, 10_000).await);
+    }
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "usage ingest, {n} events over {} keys (best of 3)",
+        keys.len()
+    );
+    println!(
+        "  binary COPY into kv_usage_events:        {:>9.0} events/s ({:.2} s)",
+        rate(best_copy),
+        best_copy.as_secs_f64()
+    );
+    for (batch, took) in [(default_batch, best_rec), (10_000, best_big)] {
+        println!(
+            "  UsageRecorder + PgStore, batches of {batch:>5}: {:>9.0} events/s ({:.2} s), ratio {:.2}",
+            rate(took),
+            took.as_secs_f64(),
+            best_copy.as_secs_f64() / took.as_secs_f64()
+        );
+    }
+}
+
+/// Rollups for `keys` keys × 1440 minutes × 3 providers × 3 status classes, each cell with a
+/// 21-bucket histogram, plus the all-keys rollup; raw events for the first and last minute.
+async fn statistics(pool: &PgPool, store: &PgStore) {
+    reset_usage(pool).await;
+    let t0 = Utc::now().duration_trunc_minute() - TimeDelta::days(1);
+    let keys: Vec<uuid::Uuid> = (0..19).map(|_| *KeyId::new().as_uuid()).collect();
+    let started = Instant::now();
+    let cells = "FROM generate_series(0, 1439) AS m, \
+        unnest(ARRAY['openai', 'anthropic', 'mistral']) AS p, \
+        unnest(ARRAY[2, 4, 5]::smallint[]) AS c, \
+        LATERAL (SELECT sum(n)::bigint AS calls, array_agg(b ORDER BY b) AS hb, \
+                        array_agg(n ORDER BY b) AS hc \
+                 FROM (SELECT b::smallint AS b, (1 + (m + b) % 3)::bigint * $3 AS n \
+                       FROM generate_series(30 + m % 7, 50 + m % 7) AS b) AS s) AS h";
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO kv_usage_rollup SELECT k, $1 + make_interval(mins => m), p, c, h.calls, h.hb, h.hc \
+         {cells}, unnest($2::uuid[]) AS k"
+    )))
+    .bind(t0)
+    .bind(&keys)
+    .bind(1i64)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO kv_usage_rollup SELECT '00000000-0000-0000-0000-000000000000', \
+         $1 + make_interval(mins => m), p, c, h.calls, h.hb, h.hc {cells}, \
+         (SELECT $2::uuid[] AS unused) AS x"
+    )))
+    .bind(t0)
+    .bind(&keys)
+    .bind(keys.len() as i64)
+    .execute(pool)
+    .await
+    .unwrap();
+    // Raw events of the partial minutes at both ends of the queried range.
+    sqlx::query(
+        "INSERT INTO kv_usage_events (request_id, key_id, ts, provider, status, latency_us, \
+         latency_bucket, cost) \
+         SELECT 'raw-' || i, ($2::uuid[])[1 + i % 19], \
+                CASE WHEN i % 2 = 0 THEN $1 ELSE $1 + interval '1 day' END \
+                  + make_interval(secs => (i % 60000) / 1000.0), \
+                'openai', 200, 5000 + i % 5000, 40, 1 \
+         FROM generate_series(1, 14000) AS i",
+    )
+    .bind(t0)
+    .bind(&keys)
+    .execute(pool)
+    .await
+    .unwrap();
+    run(
+        pool,
+        &[
+            "VACUUM ANALYZE kv_usage_rollup",
+            "VACUUM ANALYZE kv_usage_events",
+        ],
+    )
+    .await;
+    let setup = started.elapsed();
+
+    let q = StatsQuery {
+        from: t0 + TimeDelta::seconds(30),
+        to: t0 + TimeDelta::days(1) + TimeDelta::seconds(30),
+        key_id: None,
+        provider: None,
+    };
+    let total = store.overview(&q).await.unwrap().calls;
+    println!(
+        "statistics overview over {total} events in 24 h (setup {:.1} s)",
+        setup.as_secs_f64()
+    );
+    let time = |q: StatsQuery| async move {
+        let mut samples = Vec::new();
+        for _ in 0..30 {
+            let s = Instant::now();
+            std::hint::black_box(store.overview(&q).await.unwrap());
+            samples.push(s.elapsed());
+        }
+        samples.sort();
+        (
+            samples[samples.len() / 2],
+            samples[samples.len() * 95 / 100],
+        )
+    };
+    let (p50, p95) = time(q.clone()).await;
+    println!(
+        "  all keys:     p50 {:>6.1} ms, p95 {:>6.1} ms",
+        ms(p50),
+        ms(p95)
+    );
+    let (p50, p95) = time(StatsQuery {
+        provider: Some("openai".into()),
+        ..q.clone()
+    })
+    .await;
+    println!(
+        "  one provider: p50 {:>6.1} ms, p95 {:>6.1} ms",
+        ms(p50),
+        ms(p95)
+    );
+    let (p50, p95) = time(StatsQuery {
+        key_id: Some(KeyId::from_uuid(keys[0])),
+        ..q.clone()
+    })
+    .await;
+    println!(
+        "  one key:      p50 {:>6.1} ms, p95 {:>6.1} ms",
+        ms(p50),
+        ms(p95)
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}
+
+trait TruncMinute {
+    fn duration_trunc_minute(self) -> Self;
+}
+
+impl TruncMinute for DateTime<Utc> {
+    fn duration_trunc_minute(self) -> Self {
+        use chrono::DurationRound;
+        self.duration_trunc(TimeDelta::minutes(1)).unwrap()
+    }
+}
+
+/// `n` keys written straight with SQL (the digest of `bench-key-<i>`), then lookups.
+async fn lookups(pool: &PgPool, store: &PgStore) -> Vec<KeyId> {
+    let n = env_usize("KV_BENCH_KEYS", 100_000);
+    sqlx::query(
+        "INSERT INTO kv_keys (id, quota_id, name, prefix, start, digest, created_at, updated_at, \
+         enabled, scopes, ip_allowlist, ratelimits, metadata, revision) \
+         SELECT u, u, 'bench ' || i, 'kv', 'kv_abcd', sha256(convert_to('bench-key-' || i, 'UTF8')), \
+                now(), now(), true, ARRAY['read'], '{}', \
+                '[{\"name\":\"m\",\"limit\":100,\"period_ms\":60000}]', '{\"team\":\"x\"}', 1 \
+         FROM generate_series(1, $1) AS i, LATERAL (SELECT md5('bench-key-' || i)::uuid AS u) AS g",
+    )
+    .bind(n as i64)
+    .execute(pool)
+    .await
+    .unwrap();
+    pool.execute("VACUUM ANALYZE kv_keys").await.unwrap();
+    let hasher = KeyHasher::sha256();
+    let digests: Vec<_> = (0..10_000)
+        .map(|i| hasher.digest(&format!("bench-key-{}", 1 + (i * 7_919) % n)))
+        .collect();
+    // Sequential: the latency of one lookup.
+    let mut samples = Vec::with_capacity(digests.len());
+    for d in &digests[..2_000] {
+        let s = Instant::now();
+        assert!(store.find_by_digest(d).await.unwrap().is_some());
+        samples.push(s.elapsed());
+    }
+    samples.sort();
+    println!("key lookup by digest among {n} keys");
+    println!(
+        "  one at a time: p50 {:.0} µs, p99 {:.0} µs",
+        samples[samples.len() / 2].as_secs_f64() * 1e6,
+        samples[samples.len() * 99 / 100].as_secs_f64() * 1e6
+    );
+    // 8 concurrent callers: throughput.
+    let digests = Arc::new(digests);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            let digests = digests.clone();
+            tokio::spawn(async move {
+                for d in digests.iter().skip(t).step_by(8) {
+                    assert!(store.find_by_digest(d).await.unwrap().is_some());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "  8 concurrent:  {:.0} lookups/s",
+        digests.len() as f64 / start.elapsed().as_secs_f64()
+    );
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM kv_keys LIMIT 50")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    ids.into_iter().map(KeyId::from_uuid).collect()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (pool, opts, name) = fresh_database().await;
+        let store = PgStore::new(pool.clone());
+        store.migrate().await.unwrap();
+        let keys = lookups(&pool, &store).await;
+        ingest(&store, &keys).await;
+        statistics(&pool, &store).await;
+        pool.close().await;
+        let mut admin = PgConnection::connect_with(&opts.database("postgres"))
+            .await
+            .unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE \"{name}\" WITH (FORCE)"
+            )))
+            .await
+            .unwrap();
+    });
+}

@@ -1,0 +1,390 @@
+//! The key store: `kv_keys`, written with its audit records in one transaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keyvault_core::{
+    AuditEvent, Credits, Error, KeyDigest, KeyId, KeyQuery, KeyRecord, KeyStore, KeyWrite, Page,
+    Prefix, RateLimit, RotationPolicy,
+};
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, Row, postgres::PgRow};
+use uuid::Uuid;
+
+use crate::{PgStore, Result, corrupt, credits, db, to_i64, to_u64};
+
+/// Every column of `kv_keys`, as [`record_from_row`] reads them.
+macro_rules! key_columns {
+    () => {
+        "id, quota_id, name, owner_id, prefix, start, digest, created_at, updated_at, enabled, \
+         expires_at, scopes, ip_allowlist, credits, ratelimits, metadata, rotation, \
+         next_rotation_at, rotated_from, superseded_by, grace_until, last_used_at, revision"
+    };
+}
+
+const INSERT_KEY: &str = "INSERT INTO kv_keys (id, quota_id, name, owner_id, prefix, start, \
+    digest, created_at, updated_at, enabled, expires_at, scopes, ip_allowlist, credits, \
+    ratelimits, metadata, rotation, next_rotation_at, rotated_from, superseded_by, grace_until, \
+    last_used_at, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+    $15, $16, $17, $18, $19, $20, $21, $22, $23)";
+
+// last_used_at only moves forward: usage sinks update it between a management read and its
+// write, and the write's older copy must not move it back.
+const UPDATE_KEY: &str = "UPDATE kv_keys SET quota_id = $2, name = $3, owner_id = $4, \
+    prefix = $5, start = $6, digest = $7, created_at = $8, updated_at = $9, enabled = $10, \
+    expires_at = $11, scopes = $12, ip_allowlist = $13, credits = $14, ratelimits = $15, \
+    metadata = $16, rotation = $17, next_rotation_at = $18, rotated_from = $19, \
+    superseded_by = $20, grace_until = $21, revision = $22, \
+    last_used_at = GREATEST(last_used_at, $24) WHERE id = $1 AND revision = $23";
+
+/// A record's columns, encoded.
+struct Encoded {
+    credits: Option<Value>,
+    ratelimits: Value,
+    metadata: Value,
+    rotation: Option<Value>,
+    allowlist: Vec<String>,
+    revision: i64,
+}
+
+fn json<T: serde::Serialize>(value: &T, field: &str) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| Error::invalid(field, e.to_string()))
+}
+
+fn encode(r: &KeyRecord) -> Result<Encoded> {
+    Ok(Encoded {
+        credits: r.credits.as_ref().map(|c| json(c, "credits")).transpose()?,
+        ratelimits: json(&r.ratelimits, "ratelimits")?,
+        metadata: Value::Object(r.metadata.clone()),
+        rotation: r
+            .rotation
+            .as_ref()
+            .map(|p| json(p, "rotation"))
+            .transpose()?,
+        allowlist: r.ip_allowlist.iter().map(ToString::to_string).collect(),
+        revision: to_i64(r.revision, "revision")?,
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value, column: &str) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| corrupt(column, e))
+}
+
+/// Reads a row selected with `key_columns!()`.
+pub(crate) fn record_from_row(row: &PgRow) -> Result<KeyRecord> {
+    let get = |e: sqlx::Error| db(e);
+    let digest: Vec<u8> = row.try_get("digest").map_err(get)?;
+    let prefix: String = row.try_get("prefix").map_err(get)?;
+    let allowlist: Vec<String> = row.try_get("ip_allowlist").map_err(get)?;
+    let metadata: Value = row.try_get("metadata").map_err(get)?;
+    let metadata: Map<String, Value> = match metadata {
+        Value::Object(m) => m,
+        other => return Err(corrupt("metadata", format!("not an object: {other}"))),
+    };
+    let credits: Option<Value> = row.try_get("credits").map_err(get)?;
+    let rotation: Option<Value> = row.try_get("rotation").map_err(get)?;
+    let id = |col: &str| -> Result<KeyId> {
+        row.try_get::<Uuid, _>(col)
+            .map(KeyId::from_uuid)
+            .map_err(get)
+    };
+    let opt_id = |col: &str| -> Result<Option<KeyId>> {
+        row.try_get::<Option<Uuid>, _>(col)
+            .map(|u| u.map(KeyId::from_uuid))
+            .map_err(get)
+    };
+    Ok(KeyRecord {
+        id: id("id")?,
+        quota_id: id("quota_id")?,
+        name: row.try_get("name").map_err(get)?,
+        owner_id: row.try_get("owner_id").map_err(get)?,
+        prefix: Prefix::any(&prefix).map_err(|e| corrupt("prefix", e))?,
+        start: row.try_get("start").map_err(get)?,
+        digest: KeyDigest::from_slice(&digest).map_err(|e| corrupt("digest", e))?,
+        created_at: row.try_get("created_at").map_err(get)?,
+        updated_at: row.try_get("updated_at").map_err(get)?,
+        enabled: row.try_get("enabled").map_err(get)?,
+        expires_at: row.try_get("expires_at").map_err(get)?,
+        scopes: row.try_get("scopes").map_err(get)?,
+        ip_allowlist: allowlist
+            .iter()
+            .map(|s| s.parse().map_err(|e| corrupt("ip_allowlist", e)))
+            .collect::<Result<_>>()?,
+        credits: credits
+            .map(|c| from_json::<Credits>(c, "credits"))
+            .transpose()?,
+        ratelimits: from_json::<Vec<RateLimit>>(
+            row.try_get("ratelimits").map_err(get)?,
+            "ratelimits",
+        )?,
+        metadata,
+        rotation: rotation
+            .map(|p| from_json::<RotationPolicy>(p, "rotation"))
+            .transpose()?,
+        next_rotation_at: row.try_get("next_rotation_at").map_err(get)?,
+        rotated_from: opt_id("rotated_from")?,
+        superseded_by: opt_id("superseded_by")?,
+        grace_until: row.try_get("grace_until").map_err(get)?,
+        last_used_at: row.try_get("last_used_at").map_err(get)?,
+        revision: to_u64(row.try_get("revision").map_err(get)?, "revision")?,
+    })
+}
+
+/// Whether a database error is a unique-constraint violation.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some("23505"))
+}
+
+async fn insert(conn: &mut PgConnection, r: &KeyRecord) -> Result<()> {
+    let e = encode(r)?;
+    let last_used = r.last_used_at;
+    let res = sqlx::query(INSERT_KEY)
+        .bind(r.id.as_uuid())
+        .bind(r.quota_id.as_uuid())
+        .bind(&r.name)
+        .bind(&r.owner_id)
+        .bind(r.prefix.as_str())
+        .bind(&r.start)
+        .bind(&r.digest.as_bytes()[..])
+        .bind(r.created_at)
+        .bind(r.updated_at)
+        .bind(r.enabled)
+        .bind(r.expires_at)
+        .bind(&r.scopes)
+        .bind(&e.allowlist)
+        .bind(&e.credits)
+        .bind(&e.ratelimits)
+        .bind(&e.metadata)
+        .bind(&e.rotation)
+        .bind(r.next_rotation_at)
+        .bind(r.rotated_from.map(|k| *k.as_uuid()))
+        .bind(r.superseded_by.map(|k| *k.as_uuid()))
+        .bind(r.grace_until)
+        .bind(last_used)
+        .bind(e.revision)
+        .execute(&mut *conn)
+        .await;
+    match res {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::Conflict(format!("key {} already exists", r.id)));
+        }
+        Err(e) => return Err(db(e)),
+    }
+    if let Some(c) = &r.credits {
+        credits::open(conn, r.quota_id, c, r.updated_at, false).await?;
+    }
+    Ok(())
+}
+
+async fn update(conn: &mut PgConnection, r: &KeyRecord, reset_credits: bool) -> Result<()> {
+    let e = encode(r)?;
+    let expected = e
+        .revision
+        .checked_sub(1)
+        .ok_or_else(|| Error::Conflict(format!("key {} was changed concurrently", r.id)))?;
+    let res = sqlx::query(UPDATE_KEY)
+        .bind(r.id.as_uuid())
+        .bind(r.quota_id.as_uuid())
+        .bind(&r.name)
+        .bind(&r.owner_id)
+        .bind(r.prefix.as_str())
+        .bind(&r.start)
+        .bind(&r.digest.as_bytes()[..])
+        .bind(r.created_at)
+        .bind(r.updated_at)
+        .bind(r.enabled)
+        .bind(r.expires_at)
+        .bind(&r.scopes)
+        .bind(&e.allowlist)
+        .bind(&e.credits)
+        .bind(&e.ratelimits)
+        .bind(&e.metadata)
+        .bind(&e.rotation)
+        .bind(r.next_rotation_at)
+        .bind(r.rotated_from.map(|k| *k.as_uuid()))
+        .bind(r.superseded_by.map(|k| *k.as_uuid()))
+        .bind(r.grace_until)
+        .bind(e.revision)
+        .bind(expected)
+        .bind(r.last_used_at)
+        .execute(&mut *conn)
+        .await;
+    let done = match res {
+        Ok(done) => done,
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::Conflict(format!(
+                "another key has the digest of key {}",
+                r.id
+            )));
+        }
+        Err(e) => return Err(db(e)),
+    };
+    if done.rows_affected() == 0 {
+        let exists = sqlx::query("SELECT 1 FROM kv_keys WHERE id = $1")
+            .bind(r.id.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?
+            .is_some();
+        return Err(if exists {
+            Error::Conflict(format!("key {} was changed concurrently", r.id))
+        } else {
+            Error::key_not_found(r.id)
+        });
+    }
+    if reset_credits {
+        match &r.credits {
+            Some(c) => credits::open(conn, r.quota_id, c, r.updated_at, true).await?,
+            None => credits::close(conn, r.quota_id).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn delete(conn: &mut PgConnection, id: KeyId) -> Result<()> {
+    let quota: Option<Uuid> =
+        sqlx::query_scalar("DELETE FROM kv_keys WHERE id = $1 RETURNING quota_id")
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+    let Some(quota) = quota else {
+        return Err(Error::key_not_found(id));
+    };
+    // The balance belongs to the quota: it goes with the last key that spends from it.
+    sqlx::query(
+        "DELETE FROM kv_credits WHERE quota_id = $1 \
+         AND NOT EXISTS (SELECT 1 FROM kv_keys WHERE quota_id = $1)",
+    )
+    .bind(quota)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+fn page_size(limit: usize, field: &str) -> Result<i64> {
+    i64::try_from(limit).map_err(|_| Error::invalid(field, "too large"))
+}
+
+#[async_trait]
+impl KeyStore for PgStore {
+    async fn apply(&self, writes: &[KeyWrite], audit: &[AuditEvent]) -> Result<()> {
+        if writes.is_empty() && audit.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for w in writes {
+            match w {
+                KeyWrite::Insert(r) => insert(&mut tx, r).await?,
+                KeyWrite::Update {
+                    record,
+                    reset_credits,
+                } => update(&mut tx, record, *reset_credits).await?,
+                KeyWrite::Delete { id, .. } => delete(&mut tx, *id).await?,
+            }
+        }
+        // Last, so that the chain's tail is locked for as short a time as possible.
+        crate::audit::append_in(&mut tx, audit).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM kv_keys WHERE id = $1"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(record_from_row)
+        .transpose()
+    }
+
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM kv_keys WHERE digest = $1"
+        ))
+        .bind(&digest.as_bytes()[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(record_from_row)
+        .transpose()
+    }
+
+    async fn list(&self, q: &KeyQuery) -> Result<Page<KeyRecord>> {
+        let limit = page_size(q.limit, "limit")?;
+        // `search` is a case-insensitive substring, as the reference store matches it: strpos on
+        // lower() rather than LIKE, so that % and _ in the search are plain characters.
+        let sql = concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM kv_keys \
+             WHERE ($1::uuid IS NULL OR id < $1) \
+               AND ($2::text IS NULL OR owner_id = $2) \
+               AND ($3::boolean IS NULL OR enabled = $3) \
+               AND ($4::text IS NULL OR strpos(lower(name), $4) > 0 OR strpos(lower(start), $4) > 0) \
+             ORDER BY id DESC LIMIT $5"
+        );
+        let rows = sqlx::query(sql)
+            .bind(q.before.map(|b| *b.as_uuid()))
+            .bind(&q.owner_id)
+            .bind(q.enabled)
+            .bind(q.search.as_ref().map(|s| s.to_lowercase()))
+            .bind(limit.saturating_add(1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut items = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let has_more = items.len() > q.limit;
+        items.truncate(q.limit);
+        Ok(Page { items, has_more })
+    }
+
+    async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        let sql = concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM kv_keys \
+             WHERE next_rotation_at <= $1 AND superseded_by IS NULL AND enabled \
+               AND (LEAST(expires_at, grace_until) <= $1) IS NOT TRUE \
+             ORDER BY next_rotation_at, id LIMIT $2"
+        );
+        let rows = sqlx::query(sql)
+            .bind(now)
+            .bind(page_size(limit, "limit")?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        let sql = concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM kv_keys \
+             WHERE (expires_at IS NOT NULL OR grace_until IS NOT NULL) \
+               AND LEAST(expires_at, grace_until) <= $1 \
+             ORDER BY id LIMIT $2"
+        );
+        let rows = sqlx::query(sql)
+            .bind(before)
+            .bind(page_size(limit, "limit")?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(record_from_row).collect()
+    }
+}

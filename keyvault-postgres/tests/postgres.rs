@@ -1,0 +1,457 @@
+//! PostgreSQL-specific guarantees: credits across instances, coexisting migrations, audit
+//! tampering, change propagation between instances.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{TimeDelta, Utc};
+use keyvault_core::{
+    Actor, AuditEvent, AuditLog, AuditOutcome, CreditDecision, CreditRequest, CreditStore, Credits,
+    KeyId, KeyStore, Keyvault, NewKey, Outcome, StatsQuery, UsageEvent, UsageQuery, UsageSink,
+    VerifyRequest, memory::MemoryRateLimiter,
+};
+use keyvault_postgres::{MIGRATIONS_TABLE, PgChangeBus, PgStore};
+use sqlx::{
+    PgPool,
+    migrate::{Migration, MigrationType, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+async fn store(pool: PgPool) -> PgStore {
+    let s = PgStore::new(pool);
+    s.migrate().await.unwrap();
+    s
+}
+
+/// A second, independent pool on the same database: another instance.
+async fn second_pool(pool: &PgPool) -> PgPool {
+    let opts: PgConnectOptions = (*pool.connect_options()).clone();
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_instances_spend_one_balance_exactly(pool: PgPool) {
+    let a = store(pool.clone()).await;
+    let b = PgStore::new(second_pool(&pool).await);
+    let quota = KeyId::new();
+    let credits = Credits::new(500);
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let rid = format!("r{i}");
+                let d = s
+                    .spend(&CreditRequest {
+                        quota_id: quota,
+                        credits: &credits,
+                        cost: 10,
+                        request_id: &rid,
+                        now: Utc::now(),
+                    })
+                    .await
+                    .unwrap();
+                matches!(d, CreditDecision::Spent { .. })
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += u32::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, 50);
+    let left: i64 = sqlx::query_scalar("SELECT remaining FROM kv_credits WHERE quota_id = $1")
+        .bind(quota.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let read = a
+        .spend(&CreditRequest {
+            quota_id: quota,
+            credits: &credits,
+            cost: 0,
+            request_id: "read",
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(read, CreditDecision::Spent { remaining: 0 });
+}
+
+#[sqlx::test(migrations = false)]
+async fn debit_refills_then_stops_at_zero(pool: PgPool) {
+    let s = store(pool).await;
+    let quota = KeyId::new();
+    let credits = Credits::new(30);
+    assert_eq!(
+        s.debit(quota, &credits, 5, Utc::now()).await.unwrap(),
+        0,
+        "no balance: left alone"
+    );
+    let req = CreditRequest {
+        quota_id: quota,
+        credits: &credits,
+        cost: 10,
+        request_id: "r",
+        now: Utc::now(),
+    };
+    assert_eq!(
+        s.spend(&req).await.unwrap(),
+        CreditDecision::Spent { remaining: 20 }
+    );
+    assert_eq!(s.debit(quota, &credits, 15, Utc::now()).await.unwrap(), 5);
+    assert_eq!(s.debit(quota, &credits, 15, Utc::now()).await.unwrap(), 0);
+    s.refund(&req).await.unwrap();
+    assert_eq!(
+        s.spend(&req).await.unwrap(),
+        CreditDecision::Spent { remaining: 0 }
+    );
+    assert_eq!(
+        s.spend(&req).await.unwrap(),
+        CreditDecision::Insufficient { remaining: 0 }
+    );
+}
+
+fn host_migrator(versions: &[(i64, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        versions
+            .iter()
+            .map(|(v, sql)| {
+                Migration::new(
+                    *v,
+                    format!("host {v}").into(),
+                    MigrationType::Simple,
+                    sqlx::SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+#[sqlx::test(migrations = false)]
+async fn host_migrations_and_keyvault_migrations_coexist(pool: PgPool) {
+    // The host's own migrations, in the default `_sqlx_migrations` table.
+    let host = host_migrator(&[(
+        1,
+        "CREATE TABLE users (id bigserial PRIMARY KEY, email text)",
+    )]);
+    host.run(&pool).await.unwrap();
+    let kv = store(pool.clone()).await;
+    // Running again, and the host migrating again (with a new version), are both no-ops for
+    // the other side.
+    kv.migrate().await.unwrap();
+    host.run(&pool).await.unwrap();
+    let host2 = host_migrator(&[
+        (
+            1,
+            "CREATE TABLE users (id bigserial PRIMARY KEY, email text)",
+        ),
+        (2, "ALTER TABLE users ADD COLUMN name text"),
+    ]);
+    host2.run(&pool).await.unwrap();
+    kv.migrate().await.unwrap();
+
+    let host_versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(host_versions, [1, 2]);
+    let kv_versions: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {MIGRATIONS_TABLE}"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(kv_versions >= 1);
+    // Both schemas work.
+    sqlx::query("INSERT INTO users (email, name) VALUES ('a@example.com', 'a')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let kv_vault = Keyvault::builder()
+        .key_store(Arc::new(kv.clone()))
+        .credits(Arc::new(kv.clone()))
+        .audit_log(Arc::new(kv.clone()))
+        .build()
+        .unwrap();
+    let created = kv_vault
+        .create_key(NewKey::new("coexisting"), &Actor::library())
+        .await
+        .unwrap();
+    let v = kv_vault
+        .verify(&VerifyRequest::new(created.key.expose()))
+        .await
+        .unwrap();
+    assert_eq!(v.outcome, Outcome::Valid);
+}
+
+async fn audited(pool: PgPool, n: u32) -> PgStore {
+    let s = store(pool).await;
+    let events: Vec<_> = (1..=n)
+        .map(|i| {
+            AuditEvent::new(
+                Utc::now(),
+                &Actor::named("alice"),
+                "key.update",
+                Some(format!("k{i}")),
+                AuditOutcome::Success,
+                serde_json::json!({"i": i, "fields": ["name"]}),
+            )
+        })
+        .collect();
+    // Two appends: the chain continues across transactions.
+    s.append(&events[..2]).await.unwrap();
+    s.append(&events[2..]).await.unwrap();
+    let r = s.verify_chain().await.unwrap();
+    assert_eq!((r.checked, r.first_broken), (u64::from(n), None));
+    s
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_edited_audit_row_is_found(pool: PgPool) {
+    let s = audited(pool.clone(), 6).await;
+    sqlx::query("UPDATE kv_audit SET actor = 'mallory' WHERE seq = 4")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(s.verify_chain().await.unwrap().first_broken, Some(4));
+}
+
+#[sqlx::test(migrations = false)]
+async fn edited_audit_details_are_found(pool: PgPool) {
+    let s = audited(pool.clone(), 6).await;
+    sqlx::query("UPDATE kv_audit SET details = jsonb_set(details, '{i}', '99') WHERE seq = 5")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(s.verify_chain().await.unwrap().first_broken, Some(5));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_deleted_audit_row_is_found(pool: PgPool) {
+    let s = audited(pool.clone(), 6).await;
+    sqlx::query("DELETE FROM kv_audit WHERE seq = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = s.verify_chain().await.unwrap();
+    assert_eq!((r.checked, r.first_broken), (5, Some(3)));
+}
+
+#[sqlx::test(migrations = false)]
+async fn reordered_audit_rows_are_found(pool: PgPool) {
+    let s = audited(pool.clone(), 6).await;
+    // Swap the positions of records 2 and 5.
+    for sql in [
+        "UPDATE kv_audit SET seq = -1 WHERE seq = 2",
+        "UPDATE kv_audit SET seq = 2 WHERE seq = 5",
+        "UPDATE kv_audit SET seq = 5 WHERE seq = -1",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    assert_eq!(s.verify_chain().await.unwrap().first_broken, Some(2));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_failed_mutation_leaves_no_audit_record(pool: PgPool) {
+    let s = store(pool).await;
+    let kv = Keyvault::builder()
+        .key_store(Arc::new(s.clone()))
+        .credits(Arc::new(s.clone()))
+        .audit_log(Arc::new(s.clone()))
+        .build()
+        .unwrap();
+    let c = kv
+        .create_key(NewKey::new("a"), &Actor::library())
+        .await
+        .unwrap();
+    let before = s.verify_chain().await.unwrap().checked;
+    // Inserting the same record again conflicts: neither the key nor its audit event lands.
+    let ev = AuditEvent::new(
+        Utc::now(),
+        &Actor::library(),
+        "key.create",
+        Some(c.record.id.to_string()),
+        AuditOutcome::Success,
+        serde_json::json!({}),
+    );
+    let err = s
+        .apply(&[keyvault_core::KeyWrite::Insert(c.record.clone())], &[ev])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, keyvault_core::Error::Conflict(_)), "{err}");
+    let after = s.verify_chain().await.unwrap();
+    assert_eq!((after.checked, after.first_broken), (before, None));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_disable_via_one_bus_reaches_the_other_within_a_second(pool: PgPool) {
+    let other_pool = second_pool(&pool).await;
+    let s1 = store(pool.clone()).await;
+    let s2 = PgStore::new(other_pool);
+    let bus1 = PgChangeBus::connect(s1.pool()).await.unwrap();
+    let bus2 = PgChangeBus::connect(s2.pool()).await.unwrap();
+    let vault = |s: &PgStore, bus: &PgChangeBus| {
+        let s = Arc::new(s.clone());
+        Keyvault::builder()
+            .key_store(s.clone())
+            .credits(s.clone())
+            .audit_log(s)
+            .limiter(Arc::new(MemoryRateLimiter::new()))
+            .change_bus(Arc::new(bus.clone()))
+            .build()
+            .unwrap()
+    };
+    let a = vault(&s1, &bus1);
+    let b = vault(&s2, &bus2);
+    let created = a
+        .create_key(NewKey::new("p"), &Actor::library())
+        .await
+        .unwrap();
+    let key = created.key.expose().to_owned();
+    for _ in 0..2 {
+        let v = b.verify(&VerifyRequest::new(&key)).await.unwrap();
+        assert_eq!(v.outcome, Outcome::Valid);
+    }
+    a.set_enabled(created.record.id, false, &Actor::library())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let v = b.verify(&VerifyRequest::new(&key)).await.unwrap();
+        if v.outcome == Outcome::Disabled {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the disable was not honoured within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn event(i: usize, key: Option<KeyId>, ts: chrono::DateTime<Utc>) -> UsageEvent {
+    UsageEvent {
+        request_id: format!("req-{i}"),
+        key_id: key,
+        owner_id: None,
+        ts,
+        provider: (i % 3 != 0).then(|| "openai".to_owned()),
+        route: Some("/v1/chat".into()),
+        method: Some("POST".into()),
+        status: if i % 4 == 0 { 503 } else { 200 },
+        latency_us: 1_000 + i as u64 * 100,
+        outcome: Some(Outcome::Valid),
+        cost: 1,
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn usage_rollups_count_each_request_once_and_outlive_raw_events(pool: PgPool) {
+    let s = store(pool.clone()).await;
+    let kv = Keyvault::builder()
+        .key_store(Arc::new(s.clone()))
+        .credits(Arc::new(s.clone()))
+        .audit_log(Arc::new(s.clone()))
+        .build()
+        .unwrap();
+    let c = kv
+        .create_key(NewKey::new("u"), &Actor::library())
+        .await
+        .unwrap();
+    let id = c.record.id;
+    let base = "2026-01-10T12:00:00Z"
+        .parse::<chrono::DateTime<Utc>>()
+        .unwrap();
+    let events: Vec<_> = (0..300)
+        .map(|i| {
+            let key = (i % 2 == 0).then_some(id);
+            event(i, key, base + TimeDelta::seconds(i as i64))
+        })
+        .collect();
+    s.write(&events[..200]).await.unwrap();
+    // Overlapping retries and a batch with a duplicate inside it.
+    s.write(&events[100..]).await.unwrap();
+    let mut dup = events[10..20].to_vec();
+    dup.push(events[10].clone());
+    s.write(&dup).await.unwrap();
+
+    // The reference: the same events in memory.
+    let mem = keyvault_core::memory::MemoryStore::new();
+    mem.write(&events).await.unwrap();
+    let queries = [
+        // Aligned whole minutes, partial ends, one key, one provider, within one minute.
+        (base, base + TimeDelta::minutes(5), None, None),
+        (
+            base + TimeDelta::seconds(17),
+            base + TimeDelta::seconds(250),
+            None,
+            None,
+        ),
+        (base, base + TimeDelta::hours(1), Some(id), None),
+        (
+            base + TimeDelta::seconds(61),
+            base + TimeDelta::hours(2),
+            None,
+            Some("openai"),
+        ),
+        (
+            base + TimeDelta::seconds(5),
+            base + TimeDelta::seconds(50),
+            Some(id),
+            None,
+        ),
+    ];
+    for (from, to, key_id, provider) in queries {
+        let q = StatsQuery {
+            from,
+            to,
+            key_id,
+            provider: provider.map(str::to_owned),
+        };
+        assert_eq!(
+            s.overview(&q).await.unwrap(),
+            mem.overview(&q).await.unwrap(),
+            "{q:?}"
+        );
+    }
+    let rec = s.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.last_used_at, Some(base + TimeDelta::seconds(298)));
+
+    // Retention: raw events go, whole-minute statistics stay.
+    let purged = s
+        .purge_usage_before(base + TimeDelta::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(purged, 300);
+    let q = StatsQuery {
+        from: base,
+        to: base + TimeDelta::minutes(5),
+        key_id: None,
+        provider: None,
+    };
+    assert_eq!(
+        s.overview(&q).await.unwrap(),
+        mem.overview(&q).await.unwrap()
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn out_of_range_values_are_refused_naming_the_field(pool: PgPool) {
+    let s = store(pool).await;
+    let mut e = event(1, None, Utc::now());
+    e.cost = u64::MAX;
+    let err = s.write(&[e]).await.unwrap_err();
+    match err {
+        keyvault_core::Error::Invalid(i) => assert_eq!(i.field, "events[0].cost"),
+        other => panic!("{other}"),
+    }
+}
