@@ -1,0 +1,170 @@
+-- keyvault: check every named rate limit of one key, and take a token from each only when all
+-- of them admit (CONTRACT §3). GCRA exactly as keyvault-core/src/gcra.rs defines it, with time
+-- from this server's TIME (never an instance's clock) in microseconds.
+--
+-- KEYS[1]      the request's idempotency record (written only when a token is taken)
+-- KEYS[1 + i]  the bucket of limit i (one key per quota id + name + limit + period, so that a
+--              changed limit starts full)
+-- ARGV[1]      1: take a token from each limit when all admit; 0: a pure check
+-- ARGV[2]      the request id ('' for none)
+-- ARGV[3]      how long the idempotency record lives, in ms
+-- ARGV[2 + 2i], ARGV[3 + 2i]   limit i's size L and period in ms
+--
+-- Returns {admitted, now_us, then per limit: remaining, reset_in_us, retry_in_us or -1}.
+--
+-- Exactness with Lua's doubles (exact integers only below 2^53):
+-- gcra.rs keeps the scaled TAT x = tat·L so that a token adds exactly the period P and no
+-- rounding accumulates. Here x·L would reach ~10^24, so a bucket stores the same value split
+-- into a whole part and a remainder: tat = q + r/L microseconds with 0 <= r < L. One token is
+-- T = P/L = t + s/L with t = floor(P/L), s = P mod L, so adding or removing a token is an
+-- addition with carry: every stored number stays below 2^53 (q ~ 1.8e15 until 2255, r < 2^30).
+-- The only product that could exceed 2^53 is the token count floor((d·L − r)/P) with d <= P
+-- (up to 3.2e13·1e9); muldiv computes it by long multiplication in 6-bit digits of L, whose
+-- partial values stay below 2^52. Values go back to Redis through string.format('%.0f'),
+-- because Lua's default number-to-string conversion keeps only 14 digits.
+
+local function fmt(n)
+  return string.format('%.0f', n)
+end
+
+-- floor((a·b − c) / m) for 0 <= a <= m < 2^45, 0 <= b < 2^30, 0 <= c < m.
+local function muldiv(a, b, c, m)
+  local digits = {}
+  local rest = b
+  for i = 5, 1, -1 do
+    digits[i] = rest % 64
+    rest = (rest - digits[i]) / 64
+  end
+  local q, r = 0, 0
+  for i = 1, 5 do
+    local y = r * 64 + a * digits[i]
+    local d = math.floor(y / m)
+    local rem = y - d * m
+    -- Division of doubles is correctly rounded, but guard the floor anyway.
+    if rem < 0 then
+      d = d - 1
+      rem = rem + m
+    elseif rem >= m then
+      d = d + 1
+      rem = rem - m
+    end
+    q = q * 64 + d
+    r = rem
+  end
+  if r < c then
+    q = q - 1
+  end
+  return q
+end
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local take = ARGV[1] == '1'
+local request_id = ARGV[2]
+local n = #KEYS - 1
+
+-- A retry of a request that already took its tokens takes nothing more and stays admitted.
+local replay = false
+if take and request_id ~= '' then
+  local prev = redis.call('GET', KEYS[1])
+  if prev == 'T' then
+    replay = true
+    take = false
+  elseif prev then
+    take = false
+  end
+end
+
+local buckets = {}
+local admitted = true
+for i = 1, n do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local period = tonumber(ARGV[3 + 2 * i]) * 1000
+  local t = math.floor(period / limit)
+  local s = period - t * limit
+  if s < 0 then
+    t = t - 1
+    s = s + limit
+  elseif s >= limit then
+    t = t + 1
+    s = s - limit
+  end
+  -- base = max(tat, now): a bucket idle long enough is full.
+  local q, r = now, 0
+  local stored = redis.call('GET', KEYS[1 + i])
+  if stored then
+    local sq, sr = string.match(stored, '^(%d+):(%d+)$')
+    sq, sr = tonumber(sq), tonumber(sr)
+    if sq and sr and (sq > now or (sq == now and sr > 0)) then
+      q, r = sq, sr
+    end
+  end
+  local available
+  if q == now and r == 0 then
+    available = limit
+  else
+    local d = now + period - q
+    if d < 0 then
+      -- The server's clock went back past the bucket's horizon: nothing is available.
+      available = 0
+    else
+      available = math.max(0, muldiv(d, limit, r, period))
+    end
+  end
+  if available < 1 then
+    admitted = false
+  end
+  buckets[i] = { limit = limit, period = period, t = t, s = s, q = q, r = r, available = available }
+end
+
+if replay then
+  admitted = true
+end
+local commit = admitted and take
+
+local reply = { admitted and 1 or 0, now }
+for i = 1, n do
+  local b = buckets[i]
+  local q, r, remaining = b.q, b.r, b.available
+  if commit then
+    q = q + b.t
+    r = r + b.s
+    if r >= b.limit then
+      q = q + 1
+      r = r - b.limit
+    end
+    remaining = remaining - 1
+  end
+  -- Full again at tat: ceil(tat − now).
+  local reset_in = q - now
+  if r > 0 then
+    reset_in = reset_in + 1
+  end
+  local retry_in = -1
+  if remaining == 0 then
+    -- The next token arrives at tat + T − P (gcra.rs: (x + P − P·L) / L, rounded up).
+    local nq, nr = q + b.t, r + b.s
+    if nr >= b.limit then
+      nq = nq + 1
+      nr = nr - b.limit
+    end
+    local needed = nq - b.period
+    if nr > 0 then
+      needed = needed + 1
+    end
+    retry_in = math.max(needed - now, 1)
+  end
+  if commit then
+    -- The bucket can vanish once it is full again: an absent bucket reads as full.
+    local ttl = math.floor(reset_in / 1000) + 2
+    redis.call('SET', KEYS[1 + i], fmt(q) .. ':' .. fmt(r), 'PX', fmt(ttl))
+  end
+  reply[#reply + 1] = remaining
+  reply[#reply + 1] = reset_in
+  reply[#reply + 1] = retry_in
+end
+
+if commit and request_id ~= '' then
+  redis.call('SET', KEYS[1], 'T', 'PX', ARGV[3])
+end
+return reply

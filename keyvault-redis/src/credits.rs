@@ -1,0 +1,527 @@
+//! [`RedisCreditStore`]: credit balances cached in Redis in front of a durable store.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keyvault_core::{
+    CreditDecision, CreditRequest, CreditStore, Credits, KeyId, Refill, RefillInterval,
+};
+use tokio::task::JoinHandle;
+
+use crate::{
+    backend::RedisBackend,
+    error::Error,
+    fail::{FailCounters, FailMode, FallbackStats},
+};
+
+/// How [`RedisCreditStore`] writes back and what it answers when Redis is unavailable.
+///
+/// ```
+/// use std::time::Duration;
+/// use keyvault_redis::{FailMode, RedisCreditConfig};
+///
+/// let config = RedisCreditConfig::default()
+///     .fail_mode(FailMode::Local) // spend on the durable store while Redis is down
+///     .writeback_interval(Duration::from_millis(200));
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisCreditConfig {
+    fail_mode: FailMode,
+    writeback_interval: Duration,
+}
+
+impl Default for RedisCreditConfig {
+    /// `closed` (an unavailable Redis answers 503), written back every 500 ms.
+    fn default() -> Self {
+        Self {
+            fail_mode: FailMode::Closed,
+            writeback_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl RedisCreditConfig {
+    /// What a spend answers while Redis is unavailable: `closed` (an error, the default),
+    /// `open` (admitted, nothing counted; the configured balance is reported) or `local`
+    /// (spent on the durable store directly, exact but at its speed; the cached balance is
+    /// reloaded once Redis is back).
+    pub fn fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// How often spends are written back to the durable store (default 500 ms, at most 1 s
+    /// recommended: it bounds the overspend when Redis loses its data).
+    pub fn writeback_interval(mut self, every: Duration) -> Self {
+        self.writeback_interval = every.max(Duration::from_millis(10));
+        self
+    }
+}
+
+/// Credit balances cached in Redis in front of a durable [`CreditStore`] (PostgreSQL, SQLite,
+/// memory).
+///
+/// - A spend is one Lua script (`lua/credits_spend.lua`): atomic and exact across every
+///   instance on the Redis, with the refill rule of keyvault-core's reference store.
+/// - A balance Redis does not hold (first use, restart, `FLUSHALL`, expiry) is loaded from the
+///   durable store with a spend of 0, so the overspend after a loss is bounded by what was
+///   spent and not yet written back: one write-back interval.
+/// - A background task writes back what was spent with [`CreditStore::debit`] every
+///   [`RedisCreditConfig::writeback_interval`]; [`Self::flush`] does it at once (call it
+///   before shutting down).
+/// - The cached balance is kept per credits configuration: after a change of a key's credits
+///   the next spend reloads it from the durable store, and spends of the old configuration
+///   not yet written back are dropped (the reset supersedes them). A reset to the very same
+///   configuration is not visible in a spend: call [`Self::invalidate`] after it.
+///
+/// Needs a Tokio runtime (the write-back task).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use keyvault_core::{CreditRequest, CreditStore, Credits, KeyId, memory::MemoryStore};
+/// use keyvault_redis::{RedisBackend, RedisConfig, RedisCreditConfig, RedisCreditStore};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = RedisBackend::connect("redis://127.0.0.1:6379", RedisConfig::default()).await?;
+/// let durable = Arc::new(MemoryStore::new()); // PostgreSQL or SQLite in production
+/// let credits = RedisCreditStore::new(&redis, durable, RedisCreditConfig::default());
+/// let config = Credits::new(10);
+/// let req = CreditRequest { quota_id: KeyId::new(), credits: &config, cost: 3,
+///                           request_id: "r1", now: chrono::Utc::now() };
+/// assert_eq!(credits.spend(&req).await?.remaining(), 7);
+/// credits.flush().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RedisCreditStore {
+    inner: Arc<Inner>,
+    writer: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    redis: RedisBackend,
+    durable: Arc<dyn CreditStore>,
+    config: RedisCreditConfig,
+    spend: redis::Script,
+    refund: redis::Script,
+    writeback: redis::Script,
+    /// Quotas this instance spent on since the last write-back.
+    dirty: Mutex<HashSet<KeyId>>,
+    /// Quotas spent on the durable store while Redis was unavailable: their cached balance is
+    /// stale and is reloaded before the next spend in Redis.
+    stale: Mutex<HashSet<KeyId>>,
+    counters: FailCounters,
+}
+
+/// The configuration a cached balance belongs to: `remaining:interval:amount`.
+fn fingerprint(c: &Credits) -> String {
+    match c.refill {
+        Some(r) => format!("{}:{}:{}", c.remaining, r.interval.as_str(), r.amount),
+        None => format!("{}:-:-", c.remaining),
+    }
+}
+
+fn parse_fingerprint(fp: &str) -> Option<Credits> {
+    let mut parts = fp.split(':');
+    let remaining = parts.next()?.parse().ok()?;
+    let (interval, amount) = (parts.next()?, parts.next()?);
+    let refill = match (interval, amount) {
+        ("-", "-") => None,
+        (i, a) => Some(Refill {
+            interval: i.parse::<RefillInterval>().ok()?,
+            amount: a.parse().ok()?,
+        }),
+    };
+    Some(Credits { remaining, refill })
+}
+
+impl RedisCreditStore {
+    /// A cache on `redis` in front of `durable`. Starts the write-back task (needs a Tokio
+    /// runtime).
+    pub fn new(
+        redis: &RedisBackend,
+        durable: Arc<dyn CreditStore>,
+        config: RedisCreditConfig,
+    ) -> Self {
+        let every = config.writeback_interval;
+        let inner = Arc::new(Inner {
+            redis: redis.clone(),
+            durable,
+            config,
+            spend: redis::Script::new(include_str!("../lua/credits_spend.lua")),
+            refund: redis::Script::new(include_str!("../lua/credits_refund.lua")),
+            writeback: redis::Script::new(include_str!("../lua/credits_writeback.lua")),
+            dirty: Mutex::new(HashSet::new()),
+            stale: Mutex::new(HashSet::new()),
+            counters: FailCounters::new("credits"),
+        });
+        let writer = tokio::spawn(write_back_loop(Arc::downgrade(&inner), every));
+        Self {
+            inner,
+            writer: Some(writer),
+        }
+    }
+
+    /// Writes back every spend this instance made that is not written back yet.
+    pub async fn flush(&self) -> keyvault_core::Result<()> {
+        self.inner.write_back().await
+    }
+
+    /// Forgets the cached balance of `quota_id`, and its spends not yet written back: call it
+    /// after resetting the key's credits on the durable store (the next spend reloads it).
+    pub async fn invalidate(&self, quota_id: KeyId) -> keyvault_core::Result<()> {
+        let key = self.inner.balance_key(quota_id);
+        let mut conn = self.inner.redis.conn();
+        self.inner
+            .redis
+            .run(async move {
+                redis::cmd("DEL")
+                    .arg(key)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// How often Redis was unavailable and what spends answered.
+    pub fn stats(&self) -> FallbackStats {
+        self.inner.counters.snapshot()
+    }
+}
+
+impl Drop for RedisCreditStore {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.abort();
+        }
+        // One last write-back, so that what was spent survives a Redis loss after shutdown.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let inner = self.inner.clone();
+            rt.spawn(async move {
+                if let Err(e) = inner.write_back().await {
+                    tracing::warn!(error = %e, "credits not written back at shutdown");
+                }
+            });
+        }
+    }
+}
+
+async fn write_back_loop(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.write_back().await {
+            tracing::warn!(error = %e, "credit write-back failed; retrying");
+        }
+    }
+}
+
+enum Spend {
+    Done(CreditDecision),
+    Miss,
+}
+
+impl Inner {
+    fn balance_key(&self, quota: KeyId) -> String {
+        self.redis.quota_key(quota, "cr")
+    }
+
+    fn mark(set: &Mutex<HashSet<KeyId>>, quota: KeyId) {
+        set.lock().unwrap_or_else(|e| e.into_inner()).insert(quota);
+    }
+
+    async fn call_spend(&self, req: &CreditRequest<'_>, load: Option<u64>) -> Result<Spend, Error> {
+        let mut inv = self.spend.prepare_invoke();
+        inv.key(self.balance_key(req.quota_id)).key(
+            self.redis
+                .quota_key(req.quota_id, &format!("cr:req:{}", req.request_id)),
+        );
+        let refill = req.credits.refill;
+        inv.arg(fingerprint(req.credits))
+            .arg(req.cost)
+            .arg(refill.map(|r| r.amount.to_string()).unwrap_or_default())
+            .arg(
+                refill
+                    .map(|r| r.interval.start_of(req.now).timestamp().to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(req.request_id)
+            .arg(self.redis.idempotency_ms())
+            .arg(load.map(|b| b.to_string()).unwrap_or_default())
+            .arg(self.redis.cache_ttl_ms());
+        let mut conn = self.redis.conn();
+        let (status, balance): (i64, i64) = self
+            .redis
+            .run(async { inv.invoke_async(&mut conn).await })
+            .await?;
+        let remaining = u64::try_from(balance).unwrap_or(0);
+        Ok(match status {
+            1 => Spend::Done(CreditDecision::Spent { remaining }),
+            0 => Spend::Done(CreditDecision::Insufficient { remaining }),
+            _ => Spend::Miss,
+        })
+    }
+
+    /// Runs the write-back script on one quota in `mode` (`claim` or `drop`) and writes what it
+    /// hands over to the durable store.
+    async fn write_back_one(&self, quota: KeyId, mode: &str) -> keyvault_core::Result<()> {
+        let key = self.balance_key(quota);
+        let mut inv = self.writeback.prepare_invoke();
+        inv.key(&key).arg(mode);
+        let mut conn = self.redis.conn();
+        let reply: Result<Vec<String>, Error> = self
+            .redis
+            .run(async { inv.invoke_async(&mut conn).await })
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                Self::mark(&self.dirty, quota);
+                return Err(e.into());
+            }
+        };
+        let Some((fp, pairs)) = reply.split_first() else {
+            return Ok(());
+        };
+        let Some(credits) = parse_fingerprint(fp) else {
+            tracing::error!(%quota, "cached credit balance has an unreadable configuration; its pending spends are dropped");
+            return Ok(());
+        };
+        let pending: Vec<(&String, i64)> = pairs
+            .chunks_exact(2)
+            .filter_map(|p| Some((&p[0], p[1].parse::<i64>().ok()?)))
+            .collect();
+        for (i, (field, amount)) in pending.iter().enumerate() {
+            let now = field
+                .strip_prefix("p:")
+                .and_then(|s| s.parse::<i64>().ok())
+                .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+                .unwrap_or_else(Utc::now);
+            let written = if *amount > 0 {
+                self.durable
+                    .debit(quota, &credits, amount.unsigned_abs(), now)
+                    .await
+                    .map(|_| ())
+            } else {
+                self.durable
+                    .refund(&CreditRequest {
+                        quota_id: quota,
+                        credits: &credits,
+                        cost: amount.unsigned_abs(),
+                        request_id: "",
+                        now,
+                    })
+                    .await
+            };
+            if let Err(e) = written {
+                self.restore(&key, fp, &pending[i..]).await;
+                Self::mark(&self.dirty, quota);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts claimed amounts back after the durable store failed.
+    async fn restore(&self, key: &str, fp: &str, pending: &[(&String, i64)]) {
+        let mut inv = self.writeback.prepare_invoke();
+        inv.key(key).arg("restore").arg(fp);
+        for (field, amount) in pending {
+            inv.arg(field.as_str()).arg(*amount);
+        }
+        let mut conn = self.redis.conn();
+        let r: Result<Vec<String>, Error> = self
+            .redis
+            .run(async { inv.invoke_async(&mut conn).await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "credit spends neither written back nor restored");
+        }
+    }
+
+    async fn write_back(&self) -> keyvault_core::Result<()> {
+        let quotas: Vec<KeyId> =
+            std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        let mut first_error = None;
+        for q in quotas {
+            if let Err(e) = self.write_back_one(q, "claim").await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Before spending in Redis again after spending on the durable store: write back what
+    /// Redis holds and drop it, so the next spend reloads the durable balance.
+    async fn resync(&self, quota: KeyId) -> keyvault_core::Result<()> {
+        let stale = self
+            .stale
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&quota);
+        if !stale {
+            return Ok(());
+        }
+        let dropped = self.write_back_one(quota, "drop").await;
+        if dropped.is_err() {
+            Self::mark(&self.stale, quota);
+        }
+        dropped
+    }
+
+    async fn fallback<T>(
+        &self,
+        error: Error,
+        local: impl Future<Output = keyvault_core::Result<T>>,
+        open: T,
+        quota: KeyId,
+    ) -> keyvault_core::Result<T> {
+        if !error.is_unavailable() {
+            return Err(error.into());
+        }
+        self.counters.unavailable(&error);
+        let mode = self.config.fail_mode;
+        self.counters.fallback(mode);
+        match mode {
+            FailMode::Open => Ok(open),
+            FailMode::Local => {
+                Self::mark(&self.stale, quota);
+                local.await
+            }
+            _ => Err(error.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl CreditStore for RedisCreditStore {
+    async fn spend(&self, req: &CreditRequest<'_>) -> keyvault_core::Result<CreditDecision> {
+        let inner = &*self.inner;
+        let open = CreditDecision::Spent {
+            remaining: req.credits.remaining,
+        };
+        let local = async { inner.durable.spend(req).await };
+        if let Err(e) = inner.resync(req.quota_id).await {
+            // Only `local` marks balances stale: keep spending on the durable store.
+            tracing::warn!(error = %e, "stale credit balance not resynchronised yet");
+            inner.counters.fallback(FailMode::Local);
+            return inner.durable.spend(req).await;
+        }
+        let first = match inner.call_spend(req, None).await {
+            Ok(s) => s,
+            Err(e) => return inner.fallback(e, local, open, req.quota_id).await,
+        };
+        let decision = match first {
+            Spend::Done(d) => d,
+            Spend::Miss => {
+                let loaded = inner
+                    .durable
+                    .spend(&CreditRequest { cost: 0, ..*req })
+                    .await?
+                    .remaining();
+                match inner.call_spend(req, Some(loaded)).await {
+                    Ok(Spend::Done(d)) => d,
+                    Ok(Spend::Miss) => {
+                        return Err(Error::Reply("credit script missed after a load").into());
+                    }
+                    Err(e) => return inner.fallback(e, local, open, req.quota_id).await,
+                }
+            }
+        };
+        if req.cost > 0 && matches!(decision, CreditDecision::Spent { .. }) {
+            Inner::mark(&inner.dirty, req.quota_id);
+        }
+        Ok(decision)
+    }
+
+    async fn refund(&self, req: &CreditRequest<'_>) -> keyvault_core::Result<()> {
+        let inner = &*self.inner;
+        let mut inv = inner.refund.prepare_invoke();
+        inv.key(inner.balance_key(req.quota_id))
+            .key(
+                inner
+                    .redis
+                    .quota_key(req.quota_id, &format!("cr:req:{}", req.request_id)),
+            )
+            .arg(fingerprint(req.credits))
+            .arg(req.cost)
+            .arg(req.request_id)
+            .arg(inner.redis.idempotency_ms());
+        let mut conn = inner.redis.conn();
+        let reply: Result<(i64, i64), Error> = inner
+            .redis
+            .run(async { inv.invoke_async(&mut conn).await })
+            .await;
+        match reply {
+            Ok((1, _)) => {
+                Inner::mark(&inner.dirty, req.quota_id);
+                Ok(())
+            }
+            Ok((2, amount)) => {
+                inner
+                    .durable
+                    .refund(&CreditRequest {
+                        cost: amount.unsigned_abs(),
+                        ..*req
+                    })
+                    .await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                inner
+                    .fallback(e, inner.durable.refund(req), (), req.quota_id)
+                    .await
+            }
+        }
+    }
+
+    async fn debit(
+        &self,
+        quota_id: KeyId,
+        credits: &Credits,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> keyvault_core::Result<u64> {
+        // Write back and forget the cached balance first: the next spend reloads the result.
+        self.inner.write_back_one(quota_id, "drop").await?;
+        self.inner
+            .durable
+            .debit(quota_id, credits, amount, now)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_round_trip() {
+        for c in [
+            Credits::new(0),
+            Credits::new(keyvault_core::MAX_CREDITS),
+            Credits {
+                remaining: 5,
+                refill: Some(Refill {
+                    interval: RefillInterval::Monthly,
+                    amount: 100,
+                }),
+            },
+        ] {
+            assert_eq!(parse_fingerprint(&fingerprint(&c)), Some(c));
+        }
+        assert_eq!(parse_fingerprint("x:-:-"), None);
+        assert_eq!(parse_fingerprint("5:weekly:3"), None);
+    }
+}

@@ -1,0 +1,303 @@
+//! [`RedisRateLimiter`]: GCRA buckets in Redis, every limit of a key checked in one script.
+
+use std::{collections::HashMap, num::NonZeroU32};
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use keyvault_core::{
+    LimitDecision, LimitRequest, LimitState, RateLimit, RateLimiter, memory::MemoryRateLimiter,
+};
+
+use crate::{
+    backend::RedisBackend,
+    error::Error,
+    fail::{FailCounters, FailMode, FallbackStats},
+};
+
+/// How [`RedisRateLimiter`] behaves when Redis is unavailable.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use keyvault_redis::{FailMode, RedisLimiterConfig};
+///
+/// let config = RedisLimiterConfig::default()
+///     .instances(NonZeroU32::new(4).unwrap())      // local fallback: ⌈L/4⌉ per instance
+///     .fail_mode_for("per-day", FailMode::Closed); // this limit must never be exceeded
+/// assert_eq!(config.mode_of("per-day"), FailMode::Closed);
+/// assert_eq!(config.mode_of("per-minute"), FailMode::Local);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisLimiterConfig {
+    fail_mode: FailMode,
+    per_limit: HashMap<String, FailMode>,
+    instances: NonZeroU32,
+}
+
+impl Default for RedisLimiterConfig {
+    /// Rate limits fall back to `local` with N = 1.
+    fn default() -> Self {
+        Self {
+            fail_mode: FailMode::Local,
+            per_limit: HashMap::new(),
+            instances: NonZeroU32::MIN,
+        }
+    }
+}
+
+impl RedisLimiterConfig {
+    /// The fail mode of every limit not named in [`Self::fail_mode_for`] (default `local`).
+    pub fn fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// The fail mode of the limits named `name`.
+    pub fn fail_mode_for(mut self, name: impl Into<String>, mode: FailMode) -> Self {
+        self.per_limit.insert(name.into(), mode);
+        self
+    }
+
+    /// How many instances share the limits: the `local` fallback admits ⌈L/N⌉ per instance
+    /// (default 1).
+    pub fn instances(mut self, n: NonZeroU32) -> Self {
+        self.instances = n;
+        self
+    }
+
+    /// The fail mode of the limits named `name`.
+    pub fn mode_of(&self, name: &str) -> FailMode {
+        self.per_limit.get(name).copied().unwrap_or(self.fail_mode)
+    }
+}
+
+/// Rate limits shared by every instance on one Redis: one Lua script (`lua/ratelimit.lua`)
+/// checks all of a key's limits with GCRA on the server's clock and takes a token from each
+/// only when all admit; exact under any concurrency across instances.
+///
+/// Buckets are `<namespace>:{<quota id>}:rl:<limit>:<period_ms>:<name>`, so a changed limit
+/// starts full and every bucket of a key sits in one Redis Cluster slot. A request id is
+/// remembered for [`crate::RedisConfig::idempotency_ttl`]: a retried check takes nothing more
+/// and a release gives back only what its check took, once.
+///
+/// ```no_run
+/// use keyvault_core::{KeyId, LimitRequest, RateLimit, RateLimiter};
+/// use keyvault_redis::{RedisBackend, RedisConfig, RedisLimiterConfig, RedisRateLimiter};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = RedisBackend::connect("redis://127.0.0.1:6379", RedisConfig::default()).await?;
+/// let limiter = RedisRateLimiter::new(&redis, RedisLimiterConfig::default());
+/// let limits = [RateLimit::new("per-minute", 100, 60_000)?];
+/// let req = LimitRequest { quota_id: KeyId::new(), limits: &limits, take: true, request_id: "r1" };
+/// assert!(limiter.check(&req).await?.admitted);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RedisRateLimiter {
+    redis: RedisBackend,
+    config: RedisLimiterConfig,
+    check: redis::Script,
+    release: redis::Script,
+    local: MemoryRateLimiter,
+    counters: FailCounters,
+}
+
+impl RedisRateLimiter {
+    /// A limiter on `redis`.
+    pub fn new(redis: &RedisBackend, config: RedisLimiterConfig) -> Self {
+        Self {
+            redis: redis.clone(),
+            config,
+            check: redis::Script::new(include_str!("../lua/ratelimit.lua")),
+            release: redis::Script::new(include_str!("../lua/release.lua")),
+            local: MemoryRateLimiter::new(),
+            counters: FailCounters::new("ratelimit"),
+        }
+    }
+
+    /// How often Redis was unavailable and what the limits answered.
+    pub fn stats(&self) -> FallbackStats {
+        self.counters.snapshot()
+    }
+
+    fn invocation<'s>(
+        &'s self,
+        script: &'s redis::Script,
+        req: &LimitRequest<'_>,
+    ) -> redis::ScriptInvocation<'s> {
+        let mut inv = script.prepare_invoke();
+        inv.key(
+            self.redis
+                .quota_key(req.quota_id, &format!("rl:req:{}", req.request_id)),
+        );
+        for l in req.limits {
+            inv.key(self.redis.quota_key(
+                req.quota_id,
+                &format!("rl:{}:{}:{}", l.limit(), l.period_ms(), l.name()),
+            ));
+        }
+        inv
+    }
+
+    async fn check_redis(&self, req: &LimitRequest<'_>) -> Result<LimitDecision, Error> {
+        let mut inv = self.invocation(&self.check, req);
+        inv.arg(if req.take { "1" } else { "0" })
+            .arg(req.request_id)
+            .arg(self.redis.idempotency_ms());
+        for l in req.limits {
+            inv.arg(l.limit()).arg(l.period_ms());
+        }
+        let mut conn = self.redis.conn();
+        let reply: Vec<i64> = self
+            .redis
+            .run(async { inv.invoke_async(&mut conn).await })
+            .await?;
+        decision(req.limits, &reply)
+    }
+
+    async fn release_redis(&self, req: &LimitRequest<'_>) -> Result<(), Error> {
+        let mut inv = self.invocation(&self.release, req);
+        inv.arg(req.request_id).arg(self.redis.idempotency_ms());
+        for l in req.limits {
+            inv.arg(l.limit()).arg(l.period_ms());
+        }
+        let mut conn = self.redis.conn();
+        let _: i64 = self
+            .redis
+            .run(async { inv.invoke_async(&mut conn).await })
+            .await?;
+        Ok(())
+    }
+
+    /// The in-process share of a limit: ⌈L/N⌉ tokens per period.
+    fn local_share(&self, l: &RateLimit) -> keyvault_core::Result<RateLimit> {
+        let share = u64::from(l.limit()).div_ceil(u64::from(self.config.instances.get()));
+        Ok(RateLimit::new(l.name(), share, l.period_ms())?)
+    }
+
+    async fn check_fallback(
+        &self,
+        req: &LimitRequest<'_>,
+        error: Error,
+    ) -> keyvault_core::Result<LimitDecision> {
+        self.counters.unavailable(&error);
+        let modes: Vec<FailMode> = req
+            .limits
+            .iter()
+            .map(|l| self.config.mode_of(l.name()))
+            .collect();
+        if modes.contains(&FailMode::Closed) {
+            self.counters.fallback(FailMode::Closed);
+            return Err(error.into());
+        }
+        let mut local = Vec::new();
+        for (l, m) in req.limits.iter().zip(&modes) {
+            if *m == FailMode::Local {
+                local.push(self.local_share(l)?);
+            }
+        }
+        let local_decision = self
+            .local
+            .check(&LimitRequest {
+                limits: &local,
+                ..*req
+            })
+            .await?;
+        let mut local_states = local_decision.states.into_iter();
+        let now = Utc::now();
+        let mut states = Vec::with_capacity(req.limits.len());
+        for (l, m) in req.limits.iter().zip(&modes) {
+            self.counters.fallback(*m);
+            let state = match m {
+                FailMode::Local => local_states.next(),
+                _ => None,
+            };
+            states.push(state.unwrap_or_else(|| LimitState {
+                name: l.name().to_owned(),
+                limit: l.limit(),
+                remaining: u64::from(l.limit()),
+                reset_at: now,
+                retry_after_ms: None,
+            }));
+        }
+        Ok(LimitDecision {
+            admitted: local_decision.admitted,
+            states,
+        })
+    }
+}
+
+fn decision(limits: &[RateLimit], reply: &[i64]) -> Result<LimitDecision, Error> {
+    if reply.len() != 2 + 3 * limits.len() {
+        return Err(Error::Reply(
+            "rate-limit script answered the wrong number of values",
+        ));
+    }
+    let now_us = reply[1];
+    let now = DateTime::<Utc>::from_timestamp_micros(now_us)
+        .ok_or(Error::Reply("rate-limit script answered a bad time"))?;
+    let states = limits
+        .iter()
+        .zip(reply[2..].chunks_exact(3))
+        .map(|(l, v)| LimitState {
+            name: l.name().to_owned(),
+            limit: l.limit(),
+            remaining: u64::try_from(v[0]).unwrap_or(0),
+            reset_at: now + TimeDelta::microseconds(v[1].max(0)),
+            retry_after_ms: (v[2] >= 0).then(|| u64::try_from(v[2]).unwrap_or(0).div_ceil(1_000)),
+        })
+        .collect();
+    Ok(LimitDecision {
+        admitted: reply[0] == 1,
+        states,
+    })
+}
+
+#[async_trait]
+impl RateLimiter for RedisRateLimiter {
+    async fn check(&self, req: &LimitRequest<'_>) -> keyvault_core::Result<LimitDecision> {
+        if req.limits.is_empty() {
+            return Ok(LimitDecision {
+                admitted: true,
+                states: Vec::new(),
+            });
+        }
+        match self.check_redis(req).await {
+            Ok(d) => Ok(d),
+            Err(e) if e.is_unavailable() => self.check_fallback(req, e).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn release(&self, req: &LimitRequest<'_>) -> keyvault_core::Result<()> {
+        if req.limits.is_empty() || !req.take {
+            return Ok(());
+        }
+        match self.release_redis(req).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_unavailable() => {
+                self.counters.unavailable(&e);
+                if req
+                    .limits
+                    .iter()
+                    .any(|l| self.config.mode_of(l.name()) == FailMode::Closed)
+                {
+                    self.counters.fallback(FailMode::Closed);
+                    return Err(e.into());
+                }
+                // The check was most likely answered in process too: give back there.
+                let mut local = Vec::new();
+                for l in req.limits {
+                    if self.config.mode_of(l.name()) == FailMode::Local {
+                        local.push(self.local_share(l)?);
+                    }
+                }
+                self.local
+                    .release(&LimitRequest {
+                        limits: &local,
+                        ..*req
+                    })
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

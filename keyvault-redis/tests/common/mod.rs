@@ -1,0 +1,161 @@
+//! Shared test setup: namespaces, two-instance setups and private redis-server processes.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use keyvault_core::{Keyvault, memory::MemoryStore};
+use keyvault_redis::{
+    RedisBackend, RedisChangeBus, RedisConfig, RedisCreditConfig, RedisCreditStore,
+    RedisLimiterConfig, RedisRateLimiter,
+};
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A namespace no other test uses.
+pub fn namespace() -> String {
+    format!("kvtest-{}", keyvault_core::uuid::Uuid::now_v7().simple())
+}
+
+/// A generous budget for tests on a shared, busy machine: a slow answer must not be mistaken
+/// for an outage in tests that count exactly. The fail-mode tests use the default budget.
+pub const TEST_BUDGET: Duration = Duration::from_secs(5);
+
+pub async fn backend(url: &str, ns: &str, budget: Duration) -> RedisBackend {
+    RedisBackend::connect(url, RedisConfig::new(ns).unwrap().timeout(budget))
+        .await
+        .unwrap()
+}
+
+/// One instance: its own connection, limiter, credit cache and bus over a shared durable store.
+pub struct Instance {
+    pub redis: RedisBackend,
+    pub kv: Keyvault,
+    pub credits: Arc<RedisCreditStore>,
+    pub limiter: Arc<RedisRateLimiter>,
+    pub bus: Arc<RedisChangeBus>,
+}
+
+pub async fn instance(
+    redis: RedisBackend,
+    durable: &Arc<MemoryStore>,
+    credits: RedisCreditConfig,
+    limits: RedisLimiterConfig,
+) -> Instance {
+    let credits = Arc::new(RedisCreditStore::new(&redis, durable.clone(), credits));
+    let limiter = Arc::new(RedisRateLimiter::new(&redis, limits));
+    let bus = Arc::new(RedisChangeBus::new(&redis));
+    let kv = Keyvault::builder()
+        .key_store(durable.clone())
+        .audit_log(durable.clone())
+        .credits(credits.clone())
+        .limiter(limiter.clone())
+        .change_bus(bus.clone())
+        .build()
+        .unwrap();
+    Instance {
+        redis,
+        kv,
+        credits,
+        limiter,
+        bus,
+    }
+}
+
+/// Two instances on one Redis namespace and one durable store.
+pub async fn two_instances() -> (Arc<MemoryStore>, Instance, Instance) {
+    let ns = namespace();
+    let durable = Arc::new(MemoryStore::new());
+    let a = instance(
+        backend(&redis_url(), &ns, TEST_BUDGET).await,
+        &durable,
+        RedisCreditConfig::default(),
+        RedisLimiterConfig::default(),
+    )
+    .await;
+    let b = instance(
+        backend(&redis_url(), &ns, TEST_BUDGET).await,
+        &durable,
+        RedisCreditConfig::default(),
+        RedisLimiterConfig::default(),
+    )
+    .await;
+    // Let both subscriptions settle before anything is published.
+    wait_subscribed(&a.bus).await;
+    wait_subscribed(&b.bus).await;
+    (durable, a, b)
+}
+
+pub async fn wait_subscribed(bus: &RedisChangeBus) {
+    for _ in 0..200 {
+        if bus.subscriptions() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the change bus never subscribed");
+}
+
+/// A redis-server of our own on a free port, so that tests may kill or flush it.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut r = Self { port, child: None };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        for _ in 0..500 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 16];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.unwrap();
+        }
+    }
+}
