@@ -1,0 +1,276 @@
+//! [`KeyStore`] on SQLite.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keyvault_core::{
+    AuditEvent, Change, Error, KeyDigest, KeyId, KeyQuery, KeyRecord, KeyStore, KeyWrite, Page,
+    Result,
+};
+use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection};
+
+use crate::{
+    SqliteStore,
+    audit::append_linked,
+    changes::log_changes,
+    codec::{KEY_COLUMNS, KeyColumns, decode_key, id_text, int, micros, opt_micros},
+    error::backend,
+};
+
+/// A key query; every piece is a constant of this crate, never input.
+fn select(filter: &str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM kv_keys {filter}"))
+}
+
+/// Checks the whole batch against the stored state before anything is written, in the order
+/// and with the errors of the in-memory reference.
+async fn check(conn: &mut SqliteConnection, writes: &[KeyWrite]) -> Result<()> {
+    let mut inserted = HashSet::new();
+    for w in writes {
+        match w {
+            KeyWrite::Insert(r) => {
+                let taken: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM kv_keys WHERE id = ?1 OR digest = ?2")
+                        .bind(id_text(r.id))
+                        .bind(r.digest.as_bytes().as_slice())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(backend)?;
+                if taken.is_some() || !inserted.insert(r.id) {
+                    return Err(Error::Conflict(format!("key {} already exists", r.id)));
+                }
+            }
+            KeyWrite::Update { record, .. } => {
+                let rev: Option<i64> =
+                    sqlx::query_scalar("SELECT revision FROM kv_keys WHERE id = ?1")
+                        .bind(id_text(record.id))
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(backend)?;
+                match rev {
+                    None => return Err(Error::key_not_found(record.id)),
+                    Some(rev) if rev.checked_add(1) != Some(int(record.revision)) => {
+                        return Err(Error::Conflict(format!(
+                            "key {} was changed concurrently",
+                            record.id
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+            KeyWrite::Delete { id, .. } => {
+                let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM kv_keys WHERE id = ?1")
+                    .bind(id_text(*id))
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(backend)?;
+                if found.is_none() {
+                    return Err(Error::key_not_found(id));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the balance of a new quota (an existing one, shared with a rotated key, stays).
+async fn open_balance(conn: &mut SqliteConnection, r: &KeyRecord, replace: bool) -> Result<()> {
+    let Some(c) = &r.credits else { return Ok(()) };
+    // The refill interval holding `updated_at` counts as applied: the balance given stands
+    // until the next interval starts.
+    let refilled_for = c
+        .refill
+        .map(|rf| micros(rf.interval.start_of(r.updated_at)));
+    let sql = if replace {
+        "INSERT INTO kv_credits (quota_id, remaining, refilled_for) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (quota_id) DO UPDATE SET remaining = excluded.remaining, \
+         refilled_for = excluded.refilled_for"
+    } else {
+        "INSERT INTO kv_credits (quota_id, remaining, refilled_for) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (quota_id) DO NOTHING"
+    };
+    sqlx::query(sql)
+        .bind(id_text(r.quota_id))
+        .bind(int(c.remaining))
+        .bind(refilled_for)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+async fn write_one(conn: &mut SqliteConnection, w: &KeyWrite) -> Result<()> {
+    match w {
+        KeyWrite::Insert(r) => {
+            open_balance(conn, r, false).await?;
+            let sql = format!(
+                "INSERT INTO kv_keys ({KEY_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
+            );
+            KeyColumns::encode(r)?
+                .bind(sqlx::query::<Sqlite>(AssertSqlSafe(sql)))
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+        }
+        KeyWrite::Update {
+            record,
+            reset_credits,
+        } => {
+            if *reset_credits {
+                if record.credits.is_some() {
+                    open_balance(conn, record, true).await?;
+                } else {
+                    sqlx::query("DELETE FROM kv_credits WHERE quota_id = ?1")
+                        .bind(id_text(record.quota_id))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(backend)?;
+                }
+            }
+            // Every column is set: an update carries the full new state.
+            let sets: Vec<String> = KEY_COLUMNS
+                .split(',')
+                .enumerate()
+                .skip(1)
+                .map(|(i, c)| format!("{} = ?{}", c.trim(), i + 1))
+                .collect();
+            let sql = format!("UPDATE kv_keys SET {} WHERE id = ?1", sets.join(", "));
+            KeyColumns::encode(record)?
+                .bind(sqlx::query::<Sqlite>(AssertSqlSafe(sql)))
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+        }
+        KeyWrite::Delete { id, .. } => {
+            let quota: Option<String> =
+                sqlx::query_scalar("DELETE FROM kv_keys WHERE id = ?1 RETURNING quota_id")
+                    .bind(id_text(*id))
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(backend)?;
+            if let Some(quota) = quota {
+                // The balance goes with the last key of its quota.
+                sqlx::query(
+                    "DELETE FROM kv_credits WHERE quota_id = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM kv_keys WHERE quota_id = ?1)",
+                )
+                .bind(quota)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn apply(&self, writes: &[KeyWrite], audit: &[AuditEvent]) -> Result<()> {
+        let mut w = self.write().await?;
+        check(&mut w.tx, writes).await?;
+        for write in writes {
+            write_one(&mut w.tx, write).await?;
+        }
+        append_linked(&mut w.tx, audit).await?;
+        let changes: Vec<Change> = writes.iter().map(KeyWrite::change).collect();
+        log_changes(&mut w.tx, &changes, None).await?;
+        // Dropping the transaction on any error above rolls everything back.
+        w.commit().await
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query(select("WHERE id = ?1"))
+            .bind(id_text(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(decode_key).transpose()
+    }
+
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query(select("WHERE digest = ?1"))
+            .bind(digest.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(decode_key).transpose()
+    }
+
+    async fn list(&self, q: &KeyQuery) -> Result<Page<KeyRecord>> {
+        let limit = q.limit;
+        let search = q.search.as_ref().map(|s| s.to_lowercase());
+        let sql = select(
+            "WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR owner_id = ?2) \
+             AND (?3 IS NULL OR enabled = ?3) \
+             AND (?4 IS NULL OR instr(name_lower, ?4) > 0 OR instr(start_lower, ?4) > 0) \
+             ORDER BY id DESC LIMIT ?5",
+        );
+        let rows = sqlx::query(sql)
+            .bind(q.before.map(id_text))
+            .bind(q.owner_id.as_deref())
+            .bind(q.enabled)
+            .bind(search)
+            .bind(int(limit as u64).saturating_add(1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut items = rows.iter().map(decode_key).collect::<Result<Vec<_>>>()?;
+        let has_more = items.len() > limit;
+        items.truncate(limit);
+        Ok(Page { items, has_more })
+    }
+
+    async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        let sql = select(
+            "WHERE next_rotation_at IS NOT NULL AND next_rotation_at <= ?1 AND enabled = 1 \
+             AND superseded_by IS NULL AND (effective_expiry IS NULL OR effective_expiry > ?1) \
+             ORDER BY next_rotation_at, id LIMIT ?2",
+        );
+        let rows = sqlx::query(sql)
+            .bind(micros(now))
+            .bind(int(limit as u64))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(decode_key).collect()
+    }
+
+    async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
+        let sql = select(
+            "WHERE effective_expiry IS NOT NULL AND effective_expiry <= ?1 ORDER BY id LIMIT ?2",
+        );
+        let rows = sqlx::query(sql)
+            .bind(opt_micros(Some(before)))
+            .bind(int(limit as u64))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(decode_key).collect()
+    }
+}
+
+impl SqliteStore {
+    /// Sets `last_used_at` of each key to the latest of its stored value and the given time
+    /// (usage sinks call this once per batch).
+    pub(crate) async fn touch_keys(
+        conn: &mut SqliteConnection,
+        last_used: impl IntoIterator<Item = (KeyId, DateTime<Utc>)>,
+    ) -> Result<()> {
+        for (id, ts) in last_used {
+            sqlx::query(
+                "UPDATE kv_keys SET last_used_at = max(coalesce(last_used_at, ?2), ?2) \
+                 WHERE id = ?1",
+            )
+            .bind(id_text(id))
+            .bind(micros(ts))
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        }
+        Ok(())
+    }
+}

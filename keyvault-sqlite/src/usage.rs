@@ -1,0 +1,437 @@
+//! [`UsageSink`] and [`UsageQuery`] on SQLite: raw events, idempotent on `request_id`, and
+//! per-minute rollups maintained as events are first inserted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keyvault_core::{
+    KeyId, LatencyHistogram, ProviderStats, Result, StatsOverview, StatsQuery, TimePoint,
+    UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, success_rate,
+};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
+
+use crate::{
+    SqliteStore,
+    codec::{from_micros, id_text, int, micros},
+    error::{backend, corrupt},
+};
+
+const MINUTE_US: i64 = 60_000_000;
+/// Rows per multi-row INSERT: 11 parameters each stays far below SQLite's 32,766.
+const INSERT_CHUNK: usize = 1_000;
+/// Rollup rows (or key ids) per statement: 7 parameters a row.
+const ROLLUP_CHUNK: usize = 1_000;
+/// Rows per DELETE when purging, so that other writers get the lock in between.
+const PURGE_CHUNK: i64 = 20_000;
+
+fn minute_of(ts_us: i64) -> i64 {
+    ts_us - ts_us.rem_euclid(MINUTE_US)
+}
+
+/// The `key_id` of the rollup over all keys: the nil UUID, never a key's id (UUIDv7).
+pub(crate) const ALL_KEYS: &str = "00000000-0000-0000-0000-000000000000";
+
+/// One rollup row's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct RollupKey {
+    key_id: String,
+    minute: i64,
+    provider_set: bool,
+    provider: String,
+    status_class: i64,
+}
+
+impl RollupKey {
+    /// The rollups an event counts in: all keys', and its key's when it has one.
+    fn of(e: &UsageEvent) -> impl Iterator<Item = Self> {
+        let all = Self {
+            key_id: ALL_KEYS.to_owned(),
+            minute: minute_of(micros(e.ts)),
+            provider_set: e.provider.is_some(),
+            provider: e.provider.clone().unwrap_or_default(),
+            status_class: i64::from(e.status / 100),
+        };
+        let own = e.key_id.map(|k| Self {
+            key_id: id_text(k),
+            ..all.clone()
+        });
+        std::iter::once(all).chain(own)
+    }
+}
+
+/// A histogram as stored: a JSON object of bucket → count.
+fn hist_to_json(h: &LatencyHistogram) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = h
+        .buckets()
+        .map(|(b, c)| (b.to_string(), c.into()))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+fn hist_from_json(s: &str) -> Result<LatencyHistogram> {
+    let map: BTreeMap<u16, u64> =
+        serde_json::from_str(s).map_err(|e| corrupt("kv_usage_rollup.hist", e))?;
+    let mut h = LatencyHistogram::default();
+    for (b, c) in map {
+        h.add(b, c);
+    }
+    Ok(h)
+}
+
+/// Inserts `events`, returning the request ids that were new.
+async fn insert_events(
+    conn: &mut SqliteConnection,
+    events: &[UsageEvent],
+) -> Result<HashSet<String>> {
+    let mut inserted = HashSet::with_capacity(events.len());
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO kv_usage_events (request_id, key_id, owner_id, ts, provider, route, \
+             method, status, latency_us, outcome, cost) ",
+        );
+        qb.push_values(chunk, |mut b, e| {
+            b.push_bind(e.request_id.clone())
+                .push_bind(e.key_id.map(id_text))
+                .push_bind(e.owner_id.clone())
+                .push_bind(micros(e.ts))
+                .push_bind(e.provider.clone())
+                .push_bind(e.route.clone())
+                .push_bind(e.method.clone())
+                .push_bind(i64::from(e.status))
+                .push_bind(int(e.latency_us))
+                .push_bind(e.outcome.map(|o| o.as_str()))
+                .push_bind(int(e.cost));
+        });
+        // DO NOTHING also skips a repeat inside the same statement, so RETURNING names each
+        // new id once: exactly the events the rollups must count.
+        qb.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+        let ids: Vec<String> = qb
+            .build_query_scalar()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+        inserted.extend(ids);
+    }
+    Ok(inserted)
+}
+
+/// A stored rollup row: its identity's columns, calls and histogram.
+type RollupRow = (String, i64, bool, String, i64, i64, String);
+
+/// Adds `groups` to the stored rollups: one read of the rows they touch, merged here, and
+/// multi-row writes (a statement per row would cost more than the events' own insert).
+async fn add_rollups(
+    conn: &mut SqliteConnection,
+    mut groups: BTreeMap<RollupKey, (u64, LatencyHistogram)>,
+) -> Result<()> {
+    let (Some(first), Some(last)) = (
+        groups.keys().map(|k| k.minute).min(),
+        groups.keys().map(|k| k.minute).max(),
+    ) else {
+        return Ok(());
+    };
+    let key_ids: Vec<&str> = {
+        let set: std::collections::BTreeSet<&str> =
+            groups.keys().map(|k| k.key_id.as_str()).collect();
+        set.into_iter().collect()
+    };
+    let mut stored: Vec<RollupRow> = Vec::new();
+    for ids in key_ids.chunks(ROLLUP_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT key_id, minute, provider_set, provider, status_class, calls, hist \
+             FROM kv_usage_rollup WHERE minute >= ",
+        );
+        qb.push_bind(first)
+            .push(" AND minute <= ")
+            .push_bind(last)
+            .push(" AND key_id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(id.to_string());
+        }
+        qb.push(")");
+        stored.extend(
+            qb.build_query_as::<RollupRow>()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(backend)?,
+        );
+    }
+    for (key_id, minute, provider_set, provider, status_class, calls, hist) in stored {
+        let key = RollupKey {
+            key_id,
+            minute,
+            provider_set,
+            provider,
+            status_class,
+        };
+        if let Some(g) = groups.get_mut(&key) {
+            g.0 =
+                g.0.saturating_add(u64::try_from(calls).map_err(|e| corrupt("calls", e))?);
+            for (b, n) in hist_from_json(&hist)?.buckets() {
+                g.1.add(b, n);
+            }
+        }
+    }
+    let rows: Vec<_> = groups.into_iter().collect();
+    for chunk in rows.chunks(ROLLUP_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR REPLACE INTO kv_usage_rollup \
+             (key_id, minute, provider_set, provider, status_class, calls, hist) ",
+        );
+        qb.push_values(chunk, |mut b, (k, (calls, hist))| {
+            b.push_bind(k.key_id.clone())
+                .push_bind(k.minute)
+                .push_bind(k.provider_set)
+                .push_bind(k.provider.clone())
+                .push_bind(k.status_class)
+                .push_bind(int(*calls))
+                .push_bind(hist_to_json(hist));
+        });
+        qb.build().execute(&mut *conn).await.map_err(backend)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl UsageSink for SqliteStore {
+    async fn write(&self, events: &[UsageEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.write().await?;
+        let mut new_ids = insert_events(&mut w.tx, events).await?;
+        let mut groups: BTreeMap<RollupKey, (u64, LatencyHistogram)> = BTreeMap::new();
+        let mut last_used: HashMap<KeyId, DateTime<Utc>> = HashMap::new();
+        for e in events {
+            // `remove`: of repeats inside one batch, the first is the one that was stored.
+            if !new_ids.remove(&e.request_id) {
+                continue;
+            }
+            for key in RollupKey::of(e) {
+                let g = groups.entry(key).or_default();
+                g.0 += 1;
+                g.1.record(e.latency_us);
+            }
+            if let Some(k) = e.key_id {
+                let t = last_used.entry(k).or_insert(e.ts);
+                *t = (*t).max(e.ts);
+            }
+        }
+        add_rollups(&mut w.tx, groups).await?;
+        SqliteStore::touch_keys(&mut w.tx, last_used).await?;
+        w.commit().await
+    }
+}
+
+/// What the overview adds up, from rollups or from raw events alike.
+#[derive(Debug, Default)]
+struct Tally {
+    calls: u64,
+    ok: u64,
+    hist: LatencyHistogram,
+    providers: HashMap<String, (u64, u64)>,
+    series: BTreeMap<i64, (u64, u64)>,
+}
+
+impl Tally {
+    fn add(&mut self, bucket: i64, provider: Option<String>, success: bool, calls: u64) {
+        self.calls += calls;
+        let ok = if success { calls } else { 0 };
+        self.ok += ok;
+        let p = self
+            .providers
+            .entry(provider.unwrap_or_else(|| UNKNOWN_PROVIDER.to_owned()))
+            .or_default();
+        p.0 += calls;
+        p.1 += ok;
+        let s = self.series.entry(bucket).or_default();
+        s.0 += calls;
+        s.1 += calls - ok;
+    }
+
+    fn finish(self) -> Result<StatsOverview> {
+        let mut by_provider: Vec<ProviderStats> = self
+            .providers
+            .into_iter()
+            .map(|(provider, (calls, ok))| ProviderStats {
+                provider,
+                calls,
+                success_rate: success_rate(ok, calls),
+            })
+            .collect();
+        by_provider.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.provider.cmp(&b.provider)));
+        Ok(StatsOverview {
+            calls: self.calls,
+            success_rate: success_rate(self.ok, self.calls),
+            latency_ms: self.hist.percentiles(),
+            by_provider,
+            timeseries: self
+                .series
+                .into_iter()
+                .map(|(ts, (calls, errors))| {
+                    Ok(TimePoint {
+                        ts: from_micros(ts, "timeseries")?,
+                        calls,
+                        errors,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// The rollup filter shared by the overview's queries (`?1`–`?4`).
+const ROLLUP_FILTER: &str = "key_id = ?3 AND minute >= ?1 AND minute < ?2 \
+    AND (?4 IS NULL OR (provider_set = 1 AND provider = ?4))";
+
+impl SqliteStore {
+    /// Adds the whole minutes `[from, to)` from the rollups.
+    async fn tally_rollups(&self, q: &StatsQuery, from: i64, to: i64, t: &mut Tally) -> Result<()> {
+        let step = q
+            .step()
+            .num_microseconds()
+            .unwrap_or(MINUTE_US)
+            .max(MINUTE_US);
+        let key = q.key_id.map_or_else(|| ALL_KEYS.to_owned(), id_text);
+        let sql = format!(
+            "SELECT minute - (((minute % ?5) + ?5) % ?5), provider_set, provider, \
+             status_class BETWEEN 2 AND 3, SUM(calls) FROM kv_usage_rollup \
+             WHERE {ROLLUP_FILTER} GROUP BY 1, 2, 3, 4"
+        );
+        let rows: Vec<(i64, bool, String, bool, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(from)
+            .bind(to)
+            .bind(&key)
+            .bind(q.provider.as_deref())
+            .bind(step)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        for (bucket, provider_set, provider, ok, calls) in rows {
+            let calls = u64::try_from(calls).map_err(|e| corrupt("kv_usage_rollup.calls", e))?;
+            t.add(bucket, provider_set.then_some(provider), ok, calls);
+        }
+        // The histograms merge inside SQLite: one row per bucket comes back, not one per
+        // rollup.
+        let sql = format!(
+            "SELECT CAST(j.key AS INTEGER), SUM(j.value) FROM kv_usage_rollup, \
+             json_each(kv_usage_rollup.hist) AS j WHERE {ROLLUP_FILTER} GROUP BY 1"
+        );
+        let rows: Vec<(i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(from)
+            .bind(to)
+            .bind(&key)
+            .bind(q.provider.as_deref())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        for (bucket, count) in rows {
+            let bucket = u16::try_from(bucket).map_err(|e| corrupt("kv_usage_rollup.hist", e))?;
+            let count = u64::try_from(count).map_err(|e| corrupt("kv_usage_rollup.hist", e))?;
+            t.hist.add(bucket, count);
+        }
+        Ok(())
+    }
+
+    /// Adds the raw events in `[from, to)` (the partial minutes at the range's ends).
+    async fn tally_events(&self, q: &StatsQuery, from: i64, to: i64, t: &mut Tally) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let rows: Vec<(i64, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT ts, provider, status, latency_us FROM kv_usage_events \
+             WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR key_id = ?3) \
+             AND (?4 IS NULL OR provider = ?4)",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(q.key_id.map(id_text))
+        .bind(q.provider.as_deref())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        for (ts, provider, status, latency_us) in rows {
+            let bucket = micros(q.bucket_of(from_micros(ts, "kv_usage_events.ts")?));
+            t.add(bucket, provider, (200..400).contains(&status), 1);
+            t.hist.record(u64::try_from(latency_us).unwrap_or(0));
+        }
+        Ok(())
+    }
+
+    /// Deletes raw usage events older than `before` (the retention setting) and returns how
+    /// many, in chunks so that other writers are not held up. Statistics are unaffected: they
+    /// read the minute rollups, and raw events only for the partial minutes at the ends of a
+    /// range. A retried batch older than the retention would be counted again, so keep at
+    /// least a day.
+    pub async fn purge_usage_before(&self, before: DateTime<Utc>) -> Result<u64> {
+        let cut = micros(before);
+        let mut deleted = 0u64;
+        loop {
+            let mut w = self.write().await?;
+            let n = sqlx::query(
+                "DELETE FROM kv_usage_events WHERE rowid IN \
+                 (SELECT rowid FROM kv_usage_events WHERE ts < ?1 LIMIT ?2)",
+            )
+            .bind(cut)
+            .bind(PURGE_CHUNK)
+            .execute(&mut *w.tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+            w.commit().await?;
+            deleted += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl UsageQuery for SqliteStore {
+    async fn overview(&self, q: &StatsQuery) -> Result<StatsOverview> {
+        q.validate()?;
+        let (from, to) = (micros(q.from), micros(q.to));
+        // Whole minutes come from the rollups, the partial minutes at either end from the
+        // raw events: exact for any range, and cheap for long ones.
+        let first_full = minute_of(from)
+            + if from.rem_euclid(MINUTE_US) == 0 {
+                0
+            } else {
+                MINUTE_US
+            };
+        let last_full = minute_of(to);
+        let mut t = Tally::default();
+        if first_full < last_full {
+            self.tally_rollups(q, first_full, last_full, &mut t).await?;
+            self.tally_events(q, from, first_full, &mut t).await?;
+            self.tally_events(q, last_full, to, &mut t).await?;
+        } else {
+            self.tally_events(q, from, to, &mut t).await?;
+        }
+        t.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_round_trip_through_json() {
+        let mut h = LatencyHistogram::default();
+        for us in [50, 150, 150, 9_000, 2_000_000] {
+            h.record(us);
+        }
+        assert_eq!(hist_from_json(&hist_to_json(&h)).unwrap(), h);
+        assert!(hist_from_json("{\"x\":1}").is_err());
+    }
+
+    #[test]
+    fn minutes_floor_before_the_epoch_too() {
+        assert_eq!(minute_of(61_000_000), 60_000_000);
+        assert_eq!(minute_of(-1), -60_000_000);
+    }
+}
