@@ -1,0 +1,232 @@
+//! The REST API (CONTRACT §4).
+
+mod admin;
+mod extract;
+mod keys;
+mod openapi;
+mod reports;
+mod tokens;
+mod verify;
+
+use std::{sync::OnceLock, time::Instant};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use keyvault_core::UsageRecorder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+
+pub(crate) use extract::{Caller, Ctx, RequestId};
+
+use crate::{
+    app::App,
+    auth::Need,
+    error::{Error, Problem},
+};
+
+/// Largest request body accepted.
+pub(crate) const BODY_LIMIT: usize = 1 << 20;
+
+/// What every handler sees.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) app: App,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) recorder: UsageRecorder,
+}
+
+/// The process-wide Prometheus recorder (installed once).
+pub(crate) fn metrics_handle() -> Result<PrometheusHandle, Error> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("keyvault_http_request_duration_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+        .map_err(|e| Error::Internal(format!("metrics: {e}")))?;
+    let handle = builder
+        .install_recorder()
+        .map_err(|e| Error::Internal(format!("metrics: {e}")))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// The whole application.
+pub(crate) fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin", get(admin::index))
+        .route("/admin/login", post(admin::login))
+        .route("/admin/logout", post(admin::logout))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/batch", post(keys::batch))
+        .route("/v1/keys/verify", post(verify::verify))
+        .route(
+            "/v1/keys/{id}",
+            get(keys::get).patch(keys::update).delete(keys::delete),
+        )
+        .route("/v1/keys/{id}/rotate", post(keys::rotate))
+        .route("/v1/usage", post(verify::usage))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/v1/stats/overview", get(reports::stats))
+        .route("/v1/audit", get(reports::audit))
+        .route_layer(middleware::from_fn(note_route))
+        .with_state(state.clone());
+    Router::new()
+        .merge(api)
+        .merge(openapi::docs())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(observe))
+}
+
+/// Copies the matched route template into the response, for the outer layer's labels.
+async fn note_route(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let mut res = next.run(req).await;
+    if let Some(r) = route {
+        res.extensions_mut().insert(r);
+    }
+    res
+}
+
+fn sane_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    // A client could send a secret as its request id; ids that look like keys are replaced.
+    (ok && extract::redact(s) == s).then(|| s.to_owned())
+}
+
+/// Request ids, metrics and the access log. Only the route template is logged: never the
+/// raw path or query (a client may put a key there), headers or bodies.
+async fn observe(mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(sane_request_id)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let method = req.method().as_str().to_owned();
+    let mut res = next.run(req).await;
+    let route = res
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let status = res.status().as_u16();
+    let elapsed = start.elapsed();
+    let labels = [
+        ("method", method.clone()),
+        ("route", route.clone()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("keyvault_http_requests_total", &labels).increment(1);
+    metrics::histogram!("keyvault_http_request_duration_seconds", &labels)
+        .record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "keyvault::http",
+        method,
+        route,
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1e3,
+        request_id,
+        "request"
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not answer this method",
+    )
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = openapi::Status)))]
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The database (and Redis) answer", body = openapi::Status),
+        (status = 503, description = "A backend is down", body = openapi::ProblemDoc, content_type = "application/problem+json")))]
+pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
+    st.app.db.ping().await?;
+    st.app.backends.ping().await?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+        (status = 401, description = "Not a loopback peer and no valid token", body = openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Role too low", body = openapi::ProblemDoc, content_type = "application/problem+json")),
+    security((), ("bearer" = [])))]
+pub(crate) async fn metrics(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    req: Request,
+) -> Result<Response, Error> {
+    let local = ctx.peer.is_some_and(|p| p.is_loopback()) && !ctx.forwarded;
+    if !local {
+        let (mut parts, _) = req.into_parts();
+        use axum::extract::FromRequestParts;
+        let caller = Caller::from_request_parts(&mut parts, &st).await?;
+        caller.require(&st, Need::Viewer, "metrics.read").await?;
+    }
+    let cache = st.app.kv.cache_stats();
+    metrics::counter!("keyvault_key_cache_hits_total").absolute(cache.hits);
+    metrics::counter!("keyvault_key_cache_misses_total").absolute(cache.misses);
+    let lookups = cache.hits + cache.misses;
+    metrics::gauge!("keyvault_key_cache_hit_ratio").set(if lookups == 0 {
+        0.0
+    } else {
+        cache.hits as f64 / lookups as f64
+    });
+    let usage = st.recorder.stats();
+    metrics::counter!("keyvault_usage_events_dropped_total").absolute(usage.dropped);
+    metrics::counter!("keyvault_usage_events_failed_total").absolute(usage.failed);
+    metrics::counter!("keyvault_usage_events_written_total").absolute(usage.written);
+    metrics::counter!("keyvault_limiter_fallbacks_total")
+        .absolute(st.app.backends.limiter_fallbacks());
+    let mut res = st.metrics.render().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(res)
+}
+
+/// Starts the usage recorder over the configured sink.
+pub(crate) fn recorder(app: &App) -> UsageRecorder {
+    UsageRecorder::spawn(
+        app.backends.usage.clone(),
+        keyvault_core::RecorderConfig::default(),
+    )
+}

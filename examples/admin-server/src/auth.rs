@@ -1,0 +1,227 @@
+//! Roles, API tokens and admin passwords.
+
+use std::{fmt, str::FromStr, sync::LazyLock};
+
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
+    password_hash::SaltString,
+};
+use keyvault_core::{ApiKey, KeyDigest, KeyHasher, Prefix, TOKEN_PREFIX};
+use rand::{TryRng, rngs::SysRng};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, Result};
+
+/// What a token or an admin user may do. `admin` ⊃ `operator` ⊃ `viewer`; `verifier` may only
+/// verify keys and report usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    Admin,
+    Operator,
+    Viewer,
+    Verifier,
+}
+
+/// The access an endpoint needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Read keys, statistics and metrics.
+    Viewer,
+    /// Change keys, read the audit log.
+    Operator,
+    /// Manage API tokens.
+    Admin,
+    /// Verify keys and report usage.
+    Verify,
+}
+
+impl Role {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Verifier => "verifier",
+        }
+    }
+
+    pub(crate) fn allows(self, need: Need) -> bool {
+        use Role::*;
+        match need {
+            Need::Viewer => matches!(self, Admin | Operator | Viewer),
+            Need::Operator => matches!(self, Admin | Operator),
+            Need::Admin => matches!(self, Admin),
+            Need::Verify => matches!(self, Admin | Operator | Verifier),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "viewer" => Ok(Role::Viewer),
+            "verifier" => Ok(Role::Verifier),
+            _ => Err(Error::input(
+                "role",
+                "must be one of admin, operator, viewer, verifier",
+            )),
+        }
+    }
+}
+
+/// A freshly generated API token: the plaintext (shown once), its digest and display start.
+#[derive(Debug)]
+pub(crate) struct NewToken {
+    pub(crate) token: ApiKey,
+    pub(crate) digest: KeyDigest,
+    pub(crate) start: String,
+}
+
+impl NewToken {
+    pub(crate) fn generate(hasher: &KeyHasher) -> Result<Self> {
+        let prefix = Prefix::any(TOKEN_PREFIX).map_err(keyvault_core::Error::from)?;
+        let token = ApiKey::generate(&prefix);
+        let start = token.parse().map(|p| p.start()).unwrap_or_default();
+        let digest = hasher.digest(token.expose());
+        Ok(Self {
+            token,
+            digest,
+            start,
+        })
+    }
+}
+
+/// The digest of a presented token, or None when the text is not a well-formed `kvt` token
+/// (refused without touching the database).
+pub(crate) fn token_digest(hasher: &KeyHasher, presented: &str) -> Option<KeyDigest> {
+    let parsed = keyvault_core::parse_key(presented)?;
+    (parsed.prefix == TOKEN_PREFIX).then(|| hasher.digest(parsed.full))
+}
+
+/// Shortest password accepted.
+pub(crate) const MIN_PASSWORD_CHARS: usize = 12;
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Checks a password's length (the only rule: long passphrases beat composition rules).
+pub(crate) fn check_password(pw: &str) -> Result<()> {
+    if pw.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(Error::input(
+            "password",
+            format!("must be at least {MIN_PASSWORD_CHARS} characters"),
+        ));
+    }
+    if pw.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::input(
+            "password",
+            format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+// argon2id at OWASP's minimum: 19 MiB, 2 passes, 1 lane. Each hash holds 19 MiB and ~15 ms of
+// a core, so at most two run at once: a burst of logins queues instead of exhausting memory.
+static HASH_PERMITS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(2));
+
+fn argon2() -> Result<Argon2<'static>> {
+    let params = Params::new(19 * 1024, 2, 1, None)
+        .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// Hashes a password off the async runtime; returns the PHC string.
+pub(crate) async fn hash_password(password: String) -> Result<String> {
+    let _permit = HASH_PERMITS
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal("hash semaphore closed".into()))?;
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        SysRng
+            .try_fill_bytes(&mut salt)
+            .map_err(|e| Error::Internal(format!("no randomness for a salt: {e}")))?;
+        let salt =
+            SaltString::encode_b64(&salt).map_err(|e| Error::Internal(format!("salt: {e}")))?;
+        argon2()?
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::Internal(format!("argon2: {e}")))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("hash task: {e}")))?
+}
+
+/// Checks a password against a stored PHC string, off the async runtime.
+pub(crate) async fn verify_password(password: String, phc: String) -> Result<bool> {
+    let _permit = HASH_PERMITS
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal("hash semaphore closed".into()))?;
+    tokio::task::spawn_blocking(move || {
+        let Ok(parsed) = PasswordHash::new(&phc) else {
+            return Ok(false);
+        };
+        Ok(argon2()?
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("hash task: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_nest_and_verifiers_only_verify() {
+        assert!(Role::Admin.allows(Need::Admin));
+        assert!(!Role::Operator.allows(Need::Admin));
+        assert!(Role::Operator.allows(Need::Viewer));
+        assert!(!Role::Viewer.allows(Need::Operator));
+        assert!(!Role::Viewer.allows(Need::Verify));
+        assert!(Role::Verifier.allows(Need::Verify));
+        assert!(!Role::Verifier.allows(Need::Viewer));
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn tokens_have_the_reserved_prefix_and_keys_are_not_tokens() {
+        let hasher = KeyHasher::sha256();
+        let t = NewToken::generate(&hasher).unwrap();
+        assert!(t.token.expose().starts_with("kvt_"));
+        assert_eq!(token_digest(&hasher, t.token.expose()), Some(t.digest));
+        let key = ApiKey::generate(&Prefix::default());
+        assert_eq!(token_digest(&hasher, key.expose()), None);
+        assert_eq!(token_digest(&hasher, "kvt_short"), None);
+    }
+
+    #[tokio::test]
+    async fn passwords_hash_with_argon2id_at_owasp_parameters() {
+        let phc = hash_password("correct horse battery".into()).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        assert!(
+            verify_password("correct horse battery".into(), phc.clone())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify_password("wrong horse battery".into(), phc)
+                .await
+                .unwrap()
+        );
+        assert!(check_password("short").is_err());
+        assert!(check_password("twelve chars").is_ok());
+    }
+}

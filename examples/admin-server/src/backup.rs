@@ -1,0 +1,414 @@
+//! `keyvault backup` and `keyvault restore`: everything needed to rebuild a server, as
+//! versioned NDJSON — one JSON object a line, a header first and a footer with counts last
+//! (so that a truncated file is refused).
+//!
+//! Keys are written with their digests (never plaintexts) and live credit balances; tokens
+//! with their digests; admin users with their password hashes; the audit log record by
+//! record, so that the restored chain hashes to the same values.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+};
+
+use chrono::{DateTime, Utc};
+use keyvault_core::{AuditQuery, AuditRecord, KeyDigest, KeyQuery, KeyRecord, KeyWrite};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    app::App,
+    commands::open_secret_file,
+    db::{TokenRow, UserRow},
+    error::{Error, Result},
+    out::stderr_line,
+};
+
+/// The format's name and version: a reader refuses versions it does not know.
+const FORMAT: &str = "keyvault-backup";
+const VERSION: u32 = 1;
+/// A fixed text whose digest tells whether two processes hash keys alike (same pepper).
+const HASHER_PROBE: &str = "keyvault backup hasher probe";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Line {
+    Header {
+        format: String,
+        version: u32,
+        created_at: DateTime<Utc>,
+        source: String,
+        hasher_check: String,
+    },
+    Setting {
+        name: String,
+        value: String,
+    },
+    User(UserRow),
+    Token {
+        #[serde(flatten)]
+        row: TokenRow,
+        digest: String,
+    },
+    Key {
+        record: Box<KeyRecord>,
+        digest: String,
+        /// The live balance of the key's credits when the backup was taken.
+        balance: Option<u64>,
+    },
+    Audit(AuditRecord),
+    Footer {
+        counts: BTreeMap<String, u64>,
+    },
+}
+
+impl Line {
+    fn kind(&self) -> &'static str {
+        match self {
+            Line::Header { .. } => "header",
+            Line::Setting { .. } => "setting",
+            Line::User(_) => "user",
+            Line::Token { .. } => "token",
+            Line::Key { .. } => "key",
+            Line::Audit(_) => "audit",
+            Line::Footer { .. } => "footer",
+        }
+    }
+}
+
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_owned();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// Writes the backup to `out` (mode 0600; refused if `out` exists).
+pub(crate) async fn backup(app: &App, out: &Path) -> Result<()> {
+    if out.exists() {
+        return Err(Error::input(
+            "out",
+            format!("{} exists already", out.display()),
+        ));
+    }
+    let tmp = partial_path(out);
+    let _ = std::fs::remove_file(&tmp);
+    let file = open_secret_file(&tmp, false)?;
+    let mut w = std::io::BufWriter::new(file);
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut write = |line: &Line, counts: &mut BTreeMap<String, u64>| -> Result<()> {
+        *counts.entry(line.kind().to_owned()).or_default() += 1;
+        let text =
+            serde_json::to_string(line).map_err(|e| Error::Internal(format!("json: {e}")))?;
+        writeln!(w, "{text}").map_err(|e| Error::io(tmp.display().to_string(), e))
+    };
+    let result = async {
+        write(
+            &Line::Header {
+                format: FORMAT.into(),
+                version: VERSION,
+                created_at: App::now(),
+                source: app.config.db.kind().into(),
+                hasher_check: app.config.hasher.digest(HASHER_PROBE).to_hex(),
+            },
+            &mut counts,
+        )?;
+        for (name, value) in app.db.settings().await? {
+            write(&Line::Setting { name, value }, &mut counts)?;
+        }
+        for u in app.db.users().await? {
+            write(&Line::User(u), &mut counts)?;
+        }
+        for (row, digest) in app.db.all_tokens().await? {
+            write(&Line::Token { row, digest }, &mut counts)?;
+        }
+        let mut keys = Vec::new();
+        let mut before = None;
+        loop {
+            let page = app
+                .kv
+                .list_keys(&KeyQuery {
+                    limit: 100,
+                    before,
+                    ..KeyQuery::default()
+                })
+                .await?;
+            before = page.items.last().map(|r| r.id);
+            keys.extend(page.items);
+            if !page.has_more {
+                break;
+            }
+        }
+        // Oldest first: a rotated key's predecessor comes before it, as in a live store.
+        keys.reverse();
+        for record in keys {
+            let balance = app.kv.credits_remaining(&record).await?;
+            let digest = record.digest.to_hex();
+            write(
+                &Line::Key {
+                    record: Box::new(record),
+                    digest,
+                    balance,
+                },
+                &mut counts,
+            )?;
+        }
+        let mut records = Vec::new();
+        let mut before_seq = None;
+        loop {
+            let page = app
+                .backends
+                .audit
+                .list(&AuditQuery {
+                    limit: 500,
+                    before_seq,
+                    ..AuditQuery::default()
+                })
+                .await?;
+            before_seq = page.items.last().map(|r| r.seq);
+            records.extend(page.items);
+            if !page.has_more {
+                break;
+            }
+        }
+        records.reverse();
+        for r in records {
+            write(&Line::Audit(r), &mut counts)?;
+        }
+        let footer = Line::Footer {
+            counts: counts.clone(),
+        };
+        write(&footer, &mut counts)?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io(tmp.display().to_string(), e.into_error()));
+    let finished = result.and_then(|()| {
+        let f = file?;
+        f.sync_all()
+            .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out.display().to_string(), e))
+    });
+    if finished.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    finished?;
+    stderr_line(&format!(
+        "Backup written to {}: {} key(s), {} token(s), {} admin user(s), {} audit record(s).",
+        out.display(),
+        counts.get("key").unwrap_or(&0),
+        counts.get("token").unwrap_or(&0),
+        counts.get("user").unwrap_or(&0),
+        counts.get("audit").unwrap_or(&0),
+    ));
+    Ok(())
+}
+
+fn read_lines(path: &Path) -> Result<Vec<Line>> {
+    let ctx = || path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| Error::io(ctx(), e))?;
+    let mut lines = Vec::new();
+    for (i, text) in BufReader::new(file).lines().enumerate() {
+        let text = text.map_err(|e| Error::io(ctx(), e))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let line: Line = serde_json::from_str(&text).map_err(|e| {
+            Error::input(
+                "in",
+                format!(
+                    "line {} is not a backup record: {}",
+                    i + 1,
+                    e.classify_text()
+                ),
+            )
+        })?;
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+trait ClassifyText {
+    fn classify_text(&self) -> &'static str;
+}
+
+impl ClassifyText for serde_json::Error {
+    // The message of a JSON error may quote the line, which holds digests and hashes: only
+    // its category is shown.
+    fn classify_text(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "malformed JSON",
+            serde_json::error::Category::Data => "unexpected content",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+/// Restores a backup into an empty (or freshly migrated) database.
+pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
+    let lines = read_lines(input)?;
+    let bad = |msg: &str| Error::input("in", msg.to_owned());
+    let Some(Line::Header {
+        format,
+        version,
+        created_at,
+        hasher_check,
+        ..
+    }) = lines.first()
+    else {
+        return Err(bad("not a keyvault backup (no header)"));
+    };
+    if format != FORMAT {
+        return Err(bad("not a keyvault backup"));
+    }
+    if *version != VERSION {
+        return Err(bad(&format!(
+            "backup format version {version} is not supported (this keyvault reads {VERSION})"
+        )));
+    }
+    let Some(Line::Footer { counts }) = lines.last() else {
+        return Err(bad("the backup is truncated (no footer)"));
+    };
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    for l in &lines[..lines.len() - 1] {
+        *seen.entry(l.kind().to_owned()).or_default() += 1;
+    }
+    if &seen != counts {
+        return Err(bad("the backup's records do not match its footer"));
+    }
+    if app.config.hasher.digest(HASHER_PROBE).to_hex() != *hasher_check {
+        return Err(Error::input(
+            "KEYVAULT_PEPPER",
+            "differs from the one the backup was made with: its keys would not verify",
+        ));
+    }
+    ensure_empty(app).await?;
+
+    let backup_time = *created_at;
+    let mut quotas = HashSet::new();
+    let mut audit = Vec::new();
+    let (mut n_keys, mut n_tokens, mut n_users) = (0u64, 0u64, 0u64);
+    for line in &lines {
+        match line {
+            Line::Header { .. } | Line::Footer { .. } => {}
+            Line::Setting { name, value } => app.db.put_setting(name, value).await?,
+            Line::User(u) => {
+                app.db.insert_user(u).await?;
+                n_users += 1;
+            }
+            Line::Token { row, digest } => {
+                KeyDigest::from_hex(digest).map_err(|_| bad("a token digest is malformed"))?;
+                app.db.insert_token(row, digest).await?;
+                n_tokens += 1;
+            }
+            Line::Key {
+                record,
+                digest,
+                balance,
+            } => {
+                let mut record = (**record).clone();
+                // A balance cached in Redis under this quota (by an earlier deployment) would
+                // override the restored one.
+                app.backends.invalidate_balance(record.quota_id).await?;
+                record.digest =
+                    KeyDigest::from_hex(digest).map_err(|_| bad("a key digest is malformed"))?;
+                // One write at a time: an update is checked against what is stored.
+                for w in key_writes(record, *balance, backup_time, &mut quotas) {
+                    app.backends.store.apply(&[w], &[]).await?;
+                }
+                n_keys += 1;
+            }
+            Line::Audit(r) => audit.push(r.clone()),
+        }
+    }
+    audit.sort_by_key(|r| r.seq);
+    for chunk in audit.chunks(500) {
+        let events: Vec<_> = chunk.iter().map(|r| r.event.clone()).collect();
+        app.backends.audit.append(&events).await?;
+    }
+    let report = app.backends.audit.verify_chain().await?;
+    if report.first_broken.is_some() || report.checked != audit.len() as u64 {
+        return Err(Error::Conflict(
+            "the restored audit chain does not verify: the backup was altered".into(),
+        ));
+    }
+    if let Some(last) = audit.last() {
+        let restored = app
+            .backends
+            .audit
+            .list(&AuditQuery {
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .await?;
+        if restored.items.first().map(|r| &r.hash) != Some(&last.hash) {
+            return Err(Error::Conflict(
+                "the restored audit chain differs from the backup's: the backup was altered".into(),
+            ));
+        }
+    }
+    stderr_line(&format!(
+        "Restored {n_keys} key(s), {n_tokens} token(s), {n_users} admin user(s) and {} audit record(s).",
+        audit.len()
+    ));
+    Ok(())
+}
+
+/// The writes that recreate a key with its balance. The first key of a credit balance
+/// (its `quota_id`) opens the balance: it is inserted with the backed-up balance as its
+/// credits, stamped at the backup's time (so that a refill already applied is not applied
+/// again), then set back to its real configuration without touching the balance.
+fn key_writes(
+    record: KeyRecord,
+    balance: Option<u64>,
+    backup_time: DateTime<Utc>,
+    quotas: &mut HashSet<keyvault_core::KeyId>,
+) -> Vec<KeyWrite> {
+    let first_of_quota = quotas.insert(record.quota_id);
+    match (record.credits, balance) {
+        (Some(credits), Some(balance)) if first_of_quota => {
+            let mut opening = record.clone();
+            opening.credits = Some(keyvault_core::Credits {
+                remaining: balance,
+                ..credits
+            });
+            opening.updated_at = backup_time.max(record.updated_at);
+            opening.revision = record.revision.saturating_sub(1);
+            let revision = opening.revision + 1;
+            vec![
+                KeyWrite::Insert(opening),
+                KeyWrite::Update {
+                    record: KeyRecord { revision, ..record },
+                    reset_credits: false,
+                },
+            ]
+        }
+        _ => vec![KeyWrite::Insert(record)],
+    }
+}
+
+async fn ensure_empty(app: &App) -> Result<()> {
+    let keys = app
+        .kv
+        .list_keys(&KeyQuery {
+            limit: 1,
+            ..KeyQuery::default()
+        })
+        .await?;
+    let audit = app
+        .backends
+        .audit
+        .list(&AuditQuery {
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await?;
+    if !keys.items.is_empty() || !audit.items.is_empty() || app.db.holds_data().await? {
+        return Err(Error::Conflict(
+            "the database holds data; restore only into an empty or freshly migrated one".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! The administration commands (everything but `serve`, `backup` and `restore`).
+
+use std::{
+    fs::OpenOptions,
+    io::{BufRead, Write},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use keyvault_core::{
+    Actor, Credits, HumanDuration, KeyQuery, NewKey, Prefix, RateLimit, RotatedKey,
+};
+use serde_json::json;
+
+use crate::{
+    app::App,
+    auth::Role,
+    cli::{KeysCommand, KeysCreateArgs, TokenCommand},
+    error::{Error, Result},
+    out::{stderr_line, stdout_line},
+    views::{KeyView, TokenView},
+};
+
+/// The actor for commands: the command line, with an id per invocation.
+pub(crate) fn cli_actor() -> Actor {
+    Actor {
+        name: "cli".into(),
+        source_ip: None,
+        request_id: Some(uuid::Uuid::now_v7().to_string()),
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::Internal(format!("json: {e}")))
+}
+
+/// Reads a password from one line of standard input, or from a hidden prompt (twice).
+pub(crate) fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
+    let pw = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Error::io("standard input", e))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        let no_tty = |_| {
+            Error::input(
+                "password",
+                "cannot prompt without a terminal; pipe it with --password-stdin",
+            )
+        };
+        let pw = rpassword::prompt_password("Password: ").map_err(no_tty)?;
+        if confirm {
+            crate::auth::check_password(&pw)?;
+            let again = rpassword::prompt_password("Repeat password: ").map_err(no_tty)?;
+            if again != pw {
+                return Err(Error::input("password", "the two entries differ"));
+            }
+        }
+        pw
+    };
+    crate::auth::check_password(&pw)?;
+    Ok(pw)
+}
+
+pub(crate) async fn create_admin(app: &App, username: &str, role: &str, stdin: bool) -> Result<()> {
+    let role: Role = role.parse()?;
+    if role == Role::Verifier {
+        return Err(Error::input(
+            "role",
+            "must be one of admin, operator, viewer",
+        ));
+    }
+    let password = read_password(stdin, true)?;
+    app.create_admin(username, role, password, &cli_actor())
+        .await?;
+    stderr_line(&format!("Created admin user {username:?} ({role})."));
+    Ok(())
+}
+
+pub(crate) async fn reset_password(app: &App, username: &str, stdin: bool) -> Result<()> {
+    // Fail before asking for a password when the user does not exist.
+    if app.db.user(username).await?.is_none() {
+        let e = Error::NotFound(format!("admin user {username:?}"));
+        return Err(app
+            .refused(
+                &cli_actor(),
+                "user.reset_password",
+                Some(username.to_owned()),
+                e,
+            )
+            .await);
+    }
+    let password = read_password(stdin, true)?;
+    app.reset_password(username, password, &cli_actor()).await?;
+    stderr_line(&format!("Password of {username:?} changed."));
+    Ok(())
+}
+
+fn duration(text: &str, field: &str) -> Result<HumanDuration> {
+    HumanDuration::parse(text, field).map_err(|e| Error::input(e.field, e.message))
+}
+
+pub(crate) async fn token(app: &App, cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            name,
+            role,
+            expires_in,
+        } => {
+            let parsed = role.parse::<Role>().and_then(|role| {
+                let at = expires_in
+                    .as_deref()
+                    .map(|d| duration(d, "expires-in").map(|d| App::now() + d.as_delta()))
+                    .transpose()?;
+                Ok((role, at))
+            });
+            let (role, expires_at) = refuse(app, "token.create", None, parsed).await?;
+            let created = app
+                .create_token(&name, role, expires_at, &cli_actor())
+                .await?;
+            stdout_line(created.token.expose());
+            stderr_line(&format!(
+                "Created API token {} ({}, role {role}). It is shown once: store it now.",
+                created.row.id, created.row.start
+            ));
+        }
+        TokenCommand::List { json } => {
+            let mut all = Vec::new();
+            let mut before = None;
+            loop {
+                let page = app.db.tokens(before, 500).await?;
+                let done = page.len() < 500;
+                before = page.last().map(|t| t.id);
+                all.extend(page);
+                if done {
+                    break;
+                }
+            }
+            if json {
+                let views: Vec<TokenView> = all.iter().map(TokenView::from).collect();
+                stdout_line(&to_json(&views)?);
+            } else {
+                stdout_line("ID                                    START     ROLE      NAME");
+                for t in &all {
+                    stdout_line(&format!(
+                        "{}  {:<8}  {:<8}  {}",
+                        t.id, t.start, t.role, t.name
+                    ));
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            app.revoke_token(&id, &cli_actor()).await?;
+            stderr_line(&format!("Revoked API token {id}."));
+        }
+    }
+    Ok(())
+}
+
+fn new_key(args: &KeysCreateArgs) -> Result<NewKey> {
+    let mut new = NewKey::new(args.name.clone());
+    if let Some(p) = &args.prefix {
+        new = new.prefix(Prefix::new(p).map_err(|e| Error::input("prefix", e.message))?);
+    }
+    if let Some(o) = &args.owner {
+        new = new.owner(o.clone());
+    }
+    if let Some(d) = &args.expires_in {
+        new = new.expires_at(App::now() + duration(d, "expires-in")?.as_delta());
+    }
+    if let Some(c) = &args.credits {
+        let n: u64 = c
+            .parse()
+            .map_err(|_| Error::input("credits", "must be a whole number"))?;
+        new = new.credits(Credits::new(n));
+    }
+    for spec in &args.rate_limits {
+        new = new
+            .ratelimit(RateLimit::parse_spec(spec).map_err(|e| Error::input(e.field, e.message))?);
+    }
+    for s in &args.scopes {
+        new = new.scope(s.clone());
+    }
+    Ok(new)
+}
+
+fn key_id(text: &str) -> Result<keyvault_core::KeyId> {
+    text.parse()
+        .map_err(|_| Error::input("ID", format!("{text:?} is not a key id")))
+}
+
+/// Audits a refused attempt made from the command line and returns the error.
+async fn refuse<T>(app: &App, action: &str, target: Option<&str>, r: Result<T>) -> Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) => Err(app
+            .refused(&cli_actor(), action, target.map(str::to_owned), e)
+            .await),
+    }
+}
+
+pub(crate) async fn keys(app: &App, cmd: KeysCommand) -> Result<()> {
+    let kv = &app.kv;
+    match cmd {
+        KeysCommand::Create(args) => {
+            let new = refuse(app, "key.create", None, new_key(&args)).await?;
+            let created = kv.create_key(new, &cli_actor()).await?;
+            let view = KeyView::load(kv, &created.record).await?;
+            if args.json {
+                let mut doc = serde_json::to_value(&view)
+                    .map_err(|e| Error::Internal(format!("json: {e}")))?;
+                doc["key"] = json!(created.key.expose());
+                stdout_line(&to_json(&doc)?);
+            } else {
+                stdout_line(created.key.expose());
+                stderr_line(&format!(
+                    "Created key {} ({}). It is shown once: store it now.",
+                    view.id, view.start
+                ));
+            }
+        }
+        KeysCommand::List { json } => {
+            let mut views = Vec::new();
+            let mut before = None;
+            loop {
+                let page = kv
+                    .list_keys(&KeyQuery {
+                        limit: 100,
+                        before,
+                        ..KeyQuery::default()
+                    })
+                    .await?;
+                for r in &page.items {
+                    views.push(KeyView::load(kv, r).await?);
+                }
+                before = page.items.last().map(|r| r.id);
+                if !page.has_more {
+                    break;
+                }
+            }
+            if json {
+                stdout_line(&to_json(&views)?);
+            } else {
+                stdout_line(
+                    "ID                                    START        ENABLED  CREDITS       NAME",
+                );
+                for v in &views {
+                    let credits = v
+                        .credits
+                        .as_ref()
+                        .map_or_else(|| "unlimited".to_owned(), |c| c.remaining.to_string());
+                    stdout_line(&format!(
+                        "{}  {:<11}  {:<7}  {:<12}  {}",
+                        v.id, v.start, v.enabled, credits, v.name
+                    ));
+                }
+            }
+        }
+        KeysCommand::Show { id } => {
+            let r = kv.get_key(key_id(&id)?).await?;
+            stdout_line(&to_json(&KeyView::load(kv, &r).await?)?);
+        }
+        KeysCommand::Enable { id } => {
+            let kid = refuse(app, "key.enable", None, key_id(&id)).await?;
+            kv.set_enabled(kid, true, &cli_actor()).await?;
+            stderr_line(&format!("Enabled key {id}."));
+        }
+        KeysCommand::Disable { id } => {
+            let kid = refuse(app, "key.disable", None, key_id(&id)).await?;
+            kv.set_enabled(kid, false, &cli_actor()).await?;
+            stderr_line(&format!("Disabled key {id}."));
+        }
+        KeysCommand::Delete { id } => {
+            let kid = refuse(app, "key.delete", None, key_id(&id)).await?;
+            kv.delete_key(kid, &cli_actor()).await?;
+            stderr_line(&format!("Deleted key {id}."));
+        }
+        KeysCommand::Rotate { id, grace } => {
+            let grace = grace.as_deref().map(|g| duration(g, "grace")).transpose()?;
+            let r = kv
+                .rotate_key(key_id(&id)?, grace.map(HumanDuration::get), &cli_actor())
+                .await?;
+            stdout_line(r.key.expose());
+            stderr_line(&format!(
+                "Rotated key {id}: the new key is {} ({}), shown once; the old key works until {}.",
+                r.record.id,
+                r.record.start,
+                r.old_key_expires_at.to_rfc3339()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn rotated_line(r: &RotatedKey) -> String {
+    json!({ "id": r.record.id.to_string(), "old_id": r.old_id.to_string(), "key": r.key.expose() })
+        .to_string()
+}
+
+/// Opens (creating, mode 0600) a file that receives secrets.
+pub(crate) fn open_secret_file(path: &Path, append: bool) -> Result<std::fs::File> {
+    let ctx = || path.display().to_string();
+    let mut opts = OpenOptions::new();
+    opts.mode(0o600);
+    if append {
+        opts.append(true).create(true);
+    } else {
+        opts.write(true).create_new(true);
+    }
+    let file = opts.open(path).map_err(|e| Error::io(ctx(), e))?;
+    // An existing file keeps its mode on open: tighten it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(ctx(), e))?;
+    Ok(file)
+}
+
+pub(crate) async fn rotate_due(app: &App, out: Option<&Path>) -> Result<()> {
+    let mut file = out.map(|p| open_secret_file(p, true)).transpose()?;
+    let done = app
+        .kv
+        .rotate_due_with(&cli_actor(), |r| {
+            let line = rotated_line(r);
+            match &mut file {
+                // Written and synced before the rotation commits: a crash afterwards cannot
+                // lose a key that is already in force.
+                Some(f) => {
+                    writeln!(f, "{line}")?;
+                    f.sync_all()
+                }
+                None => {
+                    let mut o = std::io::stdout().lock();
+                    writeln!(o, "{line}")?;
+                    o.flush()
+                }
+            }
+        })
+        .await?;
+    stderr_line(&format!("Rotated {} key(s).", done.len()));
+    Ok(())
+}
+
+pub(crate) async fn cleanup_expired(app: &App, older_than: &str) -> Result<()> {
+    let d = duration(older_than, "older-than")?;
+    let deleted = app.kv.cleanup_expired(d.get(), &cli_actor()).await?;
+    for id in &deleted {
+        stdout_line(&id.to_string());
+    }
+    stderr_line(&format!("Deleted {} expired key(s).", deleted.len()));
+    Ok(())
+}
+
+pub(crate) async fn audit_verify(app: &App) -> Result<()> {
+    let report = app.backends.audit.verify_chain().await?;
+    match report.first_broken {
+        None => {
+            stdout_line(&format!(
+                "audit chain intact: {} record(s) verified",
+                report.checked
+            ));
+            Ok(())
+        }
+        Some(n) => Err(Error::Conflict(format!(
+            "audit chain broken at record {n} of {}: it was edited, moved or follows a deleted record",
+            report.checked
+        ))),
+    }
+}

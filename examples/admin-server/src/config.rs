@@ -1,0 +1,175 @@
+//! Resolved configuration: what the flags and environment mean.
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use keyvault_core::KeyHasher;
+
+use crate::{
+    cli::Global,
+    error::{Error, Result},
+};
+
+/// Where the data lives.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum DbUrl {
+    /// An SQLite file (created if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+// The URL may hold a password: Debug shows only the kind.
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbUrl::Sqlite(p) => write!(f, "Sqlite({})", p.display()),
+            DbUrl::Postgres(_) => f.write_str("Postgres(…)"),
+        }
+    }
+}
+
+impl DbUrl {
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, `postgres://…` or `postgresql://…`.
+    pub(crate) fn parse(url: &str) -> Result<Self> {
+        let bad = || {
+            Error::input(
+                "DATABASE_URL",
+                "must start with sqlite://, postgres:// or postgresql://",
+            )
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DbUrl::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(bad)?;
+        // Options after `?` are not ours to interpret; the path is what matters.
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() || path == ":memory:" {
+            return Err(Error::input(
+                "DATABASE_URL",
+                "an SQLite URL needs a file path (sqlite://keyvault.db)",
+            ));
+        }
+        Ok(DbUrl::Sqlite(PathBuf::from(path)))
+    }
+
+    /// A label for logs (never the URL: it may carry a password).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            DbUrl::Sqlite(_) => "sqlite",
+            DbUrl::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Everything the commands need from the flags and environment.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) db: DbUrl,
+    pub(crate) redis: Option<String>,
+    pub(crate) secret_key: Option<String>,
+    pub(crate) hasher: KeyHasher,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("db", &self.db)
+            .field("redis", &self.redis.is_some())
+            .field("peppered", &self.hasher.is_peppered())
+            .field("trusted_proxies", &self.trusted_proxies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub(crate) fn from_args(g: &Global) -> Result<Self> {
+        let db = DbUrl::parse(g.database_url.trim())?;
+        let redis = g
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                if s.starts_with("redis://") || s.starts_with("rediss://") {
+                    Ok(s.to_owned())
+                } else {
+                    Err(Error::input(
+                        "REDIS_URL",
+                        "must start with redis:// or rediss://",
+                    ))
+                }
+            })
+            .transpose()?;
+        let hasher = match g.pepper.as_deref().filter(|p| !p.is_empty()) {
+            Some(p) => KeyHasher::with_pepper(p.as_bytes())
+                .map_err(|e| Error::input("KEYVAULT_PEPPER", e.message))?,
+            None => KeyHasher::sha256(),
+        };
+        let secret_key = g.secret_key.clone().filter(|s| !s.is_empty());
+        if let Some(s) = &secret_key
+            && s.len() < 32
+        {
+            return Err(Error::input(
+                "SECRET_KEY",
+                "must be at least 32 characters (leave it unset to have one generated)",
+            ));
+        }
+        let trusted_proxies = parse_proxies(g.trusted_proxies.as_deref().unwrap_or(""))?;
+        Ok(Self {
+            db,
+            redis,
+            secret_key,
+            hasher,
+            trusted_proxies,
+        })
+    }
+}
+
+fn parse_proxies(text: &str) -> Result<Vec<IpNet>> {
+    let items: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    keyvault_core::parse_allowlist(&items)
+        .map_err(|e| Error::input("KEYVAULT_TRUSTED_PROXIES", e.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_name_their_backend() {
+        assert_eq!(
+            DbUrl::parse("sqlite://keyvault.db").unwrap(),
+            DbUrl::Sqlite("keyvault.db".into())
+        );
+        assert_eq!(
+            DbUrl::parse("sqlite:///tmp/x/kv.db?mode=rwc").unwrap(),
+            DbUrl::Sqlite("/tmp/x/kv.db".into())
+        );
+        assert!(matches!(
+            DbUrl::parse("postgres://u@h/db").unwrap(),
+            DbUrl::Postgres(_)
+        ));
+        assert!(matches!(
+            DbUrl::parse("postgresql://u@h/db").unwrap(),
+            DbUrl::Postgres(_)
+        ));
+        assert!(DbUrl::parse("mysql://x").is_err());
+        assert!(DbUrl::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn proxies_are_cidrs() {
+        assert_eq!(parse_proxies("10.0.0.0/8, ::1").unwrap().len(), 2);
+        assert!(parse_proxies("nope").is_err());
+        assert!(parse_proxies("").unwrap().is_empty());
+    }
+}
