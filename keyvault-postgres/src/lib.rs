@@ -28,9 +28,12 @@
 //!   locked inside it, so concurrent writers link one after the other.
 //! - A credit spend is one conditional `INSERT … ON CONFLICT DO UPDATE`: the refill, the check
 //!   and the subtraction happen in one row update, exact with any number of instances.
-//! - Usage batches are written in one statement that inserts the raw events (idempotent on
-//!   `request_id`) and adds only the rows actually inserted to the minute rollups, so a retried
-//!   batch counts nothing twice and statistics are as fresh as the last flush.
+//! - Usage batches are written in one transaction that inserts the raw events (binary `COPY`
+//!   for a batch of new request ids, `INSERT … ON CONFLICT DO NOTHING` when one is already
+//!   stored) and adds only the rows actually inserted to the minute and hour rollups, so a
+//!   retried batch counts nothing twice and statistics are as fresh as the last flush. The
+//!   rollup cost is per cell (key × minute × provider × status class), not per event: feed
+//!   the sink large batches (`RecorderConfig::batch_size` of 10 000 or so) under heavy load.
 //! - Every number in a key record is stored exactly (`bigint` holds every value up to 2⁶³−1;
 //!   CONTRACT bounds stop at 2⁵³−1).
 
@@ -91,9 +94,9 @@ impl PgStore {
     }
 
     /// Deletes raw usage events older than `before` (the retention setting); returns how many.
-    /// Statistics are unaffected: they read the minute rollups. Only the partial minutes at
-    /// the ends of a statistics range are read from raw events, and a retried batch older
-    /// than the retention would be counted again, so keep at least a day.
+    /// Statistics are unaffected: they read the minute and hour rollups. Only the partial
+    /// minutes at the ends of a statistics range are read from raw events, and a retried
+    /// batch older than the retention would be counted again, so keep at least a day.
     pub async fn purge_usage_before(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {
         let done = sqlx::query("DELETE FROM kv_usage_events WHERE ts < $1")
             .bind(before)

@@ -455,3 +455,157 @@ async fn out_of_range_values_are_refused_naming_the_field(pool: PgPool) {
         other => panic!("{other}"),
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn hourly_rollups_answer_like_the_reference_across_hours(pool: PgPool) {
+    let s = store(pool.clone()).await;
+    let mem = keyvault_core::memory::MemoryStore::new();
+    let (a, b) = (KeyId::new(), KeyId::new());
+    let base = "2026-01-10T12:00:00Z"
+        .parse::<chrono::DateTime<Utc>>()
+        .unwrap();
+    // 3 h 20 min of traffic, one event every 20 s, over two keys and no key.
+    let events: Vec<_> = (0..600)
+        .map(|i| {
+            let key = [Some(a), Some(b), None][i % 3];
+            let mut e = event(i, key, base + TimeDelta::seconds(i as i64 * 20));
+            e.latency_us = 50 + (i as u64 * 7_919) % 900_000;
+            e.status = [200, 204, 302, 404, 500][i % 5];
+            e
+        })
+        .collect();
+    // New batches (binary COPY), a retried overlapping batch and one with an in-batch
+    // duplicate (the careful path): each event counted once.
+    s.write(&events[..250]).await.unwrap();
+    s.write(&events[250..400]).await.unwrap();
+    s.write(&events[200..450]).await.unwrap();
+    let mut dup = events[450..].to_vec();
+    dup.push(events[460].clone());
+    s.write(&dup).await.unwrap();
+    mem.write(&events).await.unwrap();
+
+    let q = |from: chrono::DateTime<Utc>, to, key_id, provider: Option<&str>| StatsQuery {
+        from,
+        to,
+        key_id,
+        provider: provider.map(str::to_owned),
+    };
+    let m = TimeDelta::minutes;
+    let queries = [
+        // Hour steps (4 days): hours, minutes on both sides, raw ends.
+        q(
+            base - TimeDelta::days(1),
+            base + TimeDelta::days(3),
+            None,
+            None,
+        ),
+        q(
+            base + TimeDelta::seconds(17),
+            base + TimeDelta::days(3) + m(75) + TimeDelta::seconds(3),
+            Some(a),
+            None,
+        ),
+        // Minute steps over partial hours; one provider; one key.
+        q(
+            base + m(25) + TimeDelta::seconds(7),
+            base + m(170),
+            None,
+            None,
+        ),
+        q(base + m(61), base + m(200), None, Some("openai")),
+        q(base + m(59), base + m(121), Some(b), None),
+        q(base + m(60), base + m(180), Some(a), Some("openai")),
+    ];
+    for q in &queries {
+        assert_eq!(
+            s.overview(q).await.unwrap(),
+            mem.overview(q).await.unwrap(),
+            "{q:?}"
+        );
+    }
+
+    // Without raw events, whole minutes and hours still answer exactly.
+    assert_eq!(
+        s.purge_usage_before(base + TimeDelta::days(1))
+            .await
+            .unwrap(),
+        600
+    );
+    for q in [
+        q(
+            base - TimeDelta::days(1),
+            base + TimeDelta::days(3),
+            None,
+            None,
+        ),
+        q(base + m(25), base + m(170), Some(a), None),
+        q(base + m(60), base + m(180), None, Some("openai")),
+    ] {
+        assert_eq!(
+            s.overview(&q).await.unwrap(),
+            mem.overview(&q).await.unwrap(),
+            "{q:?}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn upgrading_folds_existing_minute_rollups_into_hours(pool: PgPool) {
+    // Usage written by the schema before hourly rollups existed.
+    let m = keyvault_postgres::migrator();
+    m.run_to(20260101000001, &pool).await.unwrap();
+    let base = "2026-01-10T12:00:00Z"
+        .parse::<chrono::DateTime<Utc>>()
+        .unwrap();
+    let events: Vec<_> = (0..400)
+        .map(|i| {
+            let mut e = event(i, None, base + TimeDelta::seconds(i as i64 * 23));
+            e.status = [200, 301, 404, 503][i % 4];
+            e
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO kv_usage_rollup \
+         SELECT '00000000-0000-0000-0000-000000000000'::uuid, date_trunc('minute', e.ts), \
+                e.provider, e.class, count(*), array_agg(e.b ORDER BY e.b), array_agg(1::bigint ORDER BY e.b) \
+         FROM (SELECT to_timestamp(t) AS ts, coalesce(p, '') AS provider, (s / 100)::smallint AS class, b \
+               FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[]) AS u(t, p, s, b)) AS e \
+         GROUP BY 1, 2, 3, 4",
+    )
+    .bind(events.iter().map(|e| e.ts.timestamp()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.provider.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| i32::from(e.status)).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| keyvault_core::LatencyHistogram::bucket_of(e.latency_us) as i16)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let s = store(pool).await;
+    let mem = keyvault_core::memory::MemoryStore::new();
+    mem.write(&events).await.unwrap();
+    // Whole hours and minutes only (no raw events were kept): the hours come from the fold.
+    for q in [
+        StatsQuery {
+            from: base,
+            to: base + TimeDelta::hours(3),
+            key_id: None,
+            provider: None,
+        },
+        StatsQuery {
+            from: base - TimeDelta::days(2),
+            to: base + TimeDelta::days(2),
+            key_id: None,
+            provider: Some("openai".into()),
+        },
+    ] {
+        assert_eq!(
+            s.overview(&q).await.unwrap(),
+            mem.overview(&q).await.unwrap(),
+            "{q:?}"
+        );
+    }
+}
