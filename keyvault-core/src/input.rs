@@ -155,17 +155,17 @@ pub struct KeyPatch {
     /// New credits (the balance is set to `remaining`), or `null` for unlimited.
     #[serde(default, deserialize_with = "de_nullable")]
     pub credits: Option<Option<Credits>>,
-    /// New rate limits (a changed limit starts full).
-    #[serde(default, deserialize_with = "de_not_null")]
+    /// New rate limits (a changed limit starts full); `null` clears them.
+    #[serde(default, deserialize_with = "de_null_is_empty")]
     pub ratelimits: Option<Vec<RateLimit>>,
-    /// New scopes.
-    #[serde(default, deserialize_with = "de_not_null")]
+    /// New scopes; `null` clears them.
+    #[serde(default, deserialize_with = "de_null_is_empty")]
     pub scopes: Option<Vec<String>>,
-    /// New allow-list.
+    /// New allow-list; `null` clears it (any address).
     #[serde(default, deserialize_with = "de_opt_allowlist")]
     pub ip_allowlist: Option<Vec<IpNet>>,
-    /// New metadata.
-    #[serde(default, deserialize_with = "de_not_null")]
+    /// New metadata; `null` clears it.
+    #[serde(default, deserialize_with = "de_null_is_empty")]
     pub metadata: Option<Map<String, Value>>,
     /// New rotation policy, or `null` for none.
     #[serde(default, deserialize_with = "de_nullable")]
@@ -249,13 +249,25 @@ where
     }
 }
 
+/// A present field whose `null` stands for its empty value (a list or a map is cleared).
+fn de_null_is_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(|v| Some(v.unwrap_or_default()))
+}
+
 fn de_allowlist<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     let items = Vec::<String>::deserialize(d)?;
     parse_allowlist(&items).map_err(serde::de::Error::custom)
 }
 
 fn de_opt_allowlist<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
-    de_allowlist(d).map(Some)
+    let items = Option::<Vec<String>>::deserialize(d)?.unwrap_or_default();
+    parse_allowlist(&items)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -273,6 +285,14 @@ mod tests {
         assert!(serde_json::from_str::<KeyPatch>(r#"{"name": null}"#).is_err());
         assert!(serde_json::from_str::<KeyPatch>(r#"{"enabled": null}"#).is_err());
         assert!(serde_json::from_str::<KeyPatch>(r#"{"nmae": "x"}"#).is_err());
+        let cleared: KeyPatch = serde_json::from_str(
+            r#"{"ratelimits": null, "scopes": null, "ip_allowlist": null, "metadata": null}"#,
+        )
+        .unwrap();
+        assert_eq!(cleared.ratelimits, Some(vec![]));
+        assert_eq!(cleared.scopes, Some(vec![]));
+        assert_eq!(cleared.ip_allowlist, Some(vec![]));
+        assert_eq!(cleared.metadata, Some(Map::new()));
     }
 
     #[test]

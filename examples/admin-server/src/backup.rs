@@ -84,10 +84,14 @@ fn partial_path(out: &Path) -> PathBuf {
 
 /// Writes the backup to `out` (mode 0600; refused if `out` exists).
 pub(crate) async fn backup(app: &App, out: &Path) -> Result<()> {
-    if out.exists() {
+    // An earlier backup is never overwritten; an empty file (one made by `mktemp` to
+    // reserve the name) is replaced by the new backup, mode 0600.
+    if let Ok(meta) = std::fs::symlink_metadata(out)
+        && !(meta.is_file() && meta.len() == 0)
+    {
         return Err(Error::input(
             "out",
-            format!("{} exists already", out.display()),
+            format!("{} exists already and is not empty", out.display()),
         ));
     }
     let tmp = partial_path(out);

@@ -210,7 +210,7 @@ pub(crate) struct CleanupArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct BackupArgs {
-    /// The file to write (mode 0600); refused if it exists.
+    /// The file to write (mode 0600); refused if it exists and is not empty.
     #[arg(long)]
     pub(crate) out: PathBuf,
 }

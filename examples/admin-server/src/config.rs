@@ -65,6 +65,9 @@ impl DbUrl {
     }
 }
 
+/// The length below which `SECRET_KEY` is flagged as weak.
+pub(crate) const MIN_SECRET_KEY_BYTES: usize = 32;
+
 /// Everything the commands need from the flags and environment.
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -110,15 +113,8 @@ impl Config {
                 .map_err(|e| Error::input("KEYVAULT_PEPPER", e.message))?,
             None => KeyHasher::sha256(),
         };
+        // Any value is a valid secret (the deployment chose it); `serve` flags a short one.
         let secret_key = g.secret_key.clone().filter(|s| !s.is_empty());
-        if let Some(s) = &secret_key
-            && s.len() < 32
-        {
-            return Err(Error::input(
-                "SECRET_KEY",
-                "must be at least 32 characters (leave it unset to have one generated)",
-            ));
-        }
         let trusted_proxies = parse_proxies(g.trusted_proxies.as_deref().unwrap_or(""))?;
         Ok(Self {
             db,

@@ -65,9 +65,19 @@ fn main() -> ExitCode {
 /// Help and version go out as clap writes them; a usage error becomes one line.
 fn clap_exit(e: &clap::Error) -> ExitCode {
     match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        // `keyvault keys` alone is bad input like any other: one line naming the fix.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let text = e.render().to_string();
+            let usage = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Usage:"))
+                .map_or("keyvault <COMMAND>", str::trim);
+            stderr_line(&format!(
+                "error: a subcommand is required: {usage} (add --help to list them)"
+            ));
+            ExitCode::from(2)
+        }
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = e.print();
             if e.use_stderr() {
                 ExitCode::from(2)

@@ -7,11 +7,23 @@ use tokio::net::TcpListener;
 use crate::{
     api::{self, AppState},
     app::App,
+    config::MIN_SECRET_KEY_BYTES,
     error::{Error, Result},
     out::stderr_line,
 };
 
 pub(crate) async fn serve(app: App, bind: SocketAddr) -> Result<()> {
+    if app
+        .config
+        .secret_key
+        .as_ref()
+        .is_some_and(|s| s.len() < MIN_SECRET_KEY_BYTES)
+    {
+        tracing::warn!(
+            "SECRET_KEY is shorter than {MIN_SECRET_KEY_BYTES} characters: sessions are only \
+             as safe as it is long (leave it unset to have one generated)"
+        );
+    }
     let metrics = api::metrics_handle()?;
     let recorder = api::recorder(&app);
     if app.db.tokens(None, 1).await?.is_empty() && app.db.users().await?.is_empty() {

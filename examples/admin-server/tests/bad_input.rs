@@ -92,7 +92,7 @@ fn bad_requests_get_documented_client_errors() {
             ),
             400,
             "invalid_field",
-            Some("ratelimits[0]"),
+            Some("ratelimits[0].limit"),
         ),
         (
             "POST",
@@ -114,7 +114,37 @@ fn bad_requests_get_documented_client_errors() {
             ),
             400,
             "invalid_field",
-            Some("ratelimits[0]"),
+            Some("ratelimits[0].period_ms"),
+        ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            Some(
+                r#"{"name": "a", "ratelimits": [{"name": "m", "limit": 5, "period_ms": 1000}, {"name": "n", "limit": 5}]}"#
+                    .into(),
+            ),
+            400,
+            "invalid_field",
+            Some("ratelimits[1].period_ms"),
+        ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            Some(
+                r#"{"name": "a", "ratelimits": [{"name": "m", "limit": 2000001, "period_ms": 2}]}"#
+                    .into(),
+            ),
+            400,
+            "invalid_field",
+            Some("ratelimits[0].limit"),
+        ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            Some(r#"{"name": "a", "credits": {"refill": {"interval": "daily", "amount": 1}}}"#.into()),
+            400,
+            "invalid_field",
+            Some("credits.remaining"),
         ),
         (
             "POST",
@@ -167,10 +197,10 @@ fn bad_requests_get_documented_client_errors() {
         (
             "POST",
             "/v1/keys".into(),
-            Some(r#"{"name": "a", "ip_allowlist": ["10.0.0.0/33"]}"#.into()),
+            Some(r#"{"name": "a", "ip_allowlist": ["10.0.0.0/8", "10.0.0.0/33"]}"#.into()),
             400,
             "invalid_field",
-            Some("ip_allowlist"),
+            Some("ip_allowlist[1]"),
         ),
         (
             "POST",

@@ -123,7 +123,6 @@ fn help_and_one_line_errors() {
             "Redis unreachable",
         ),
         (&["--redis-url", "http://x", "migrate"], "not a Redis URL"),
-        (&["--secret-key", "short", "migrate"], "short secret"),
         (&["serve", "--bind", "nowhere"], "bad bind address"),
         (
             &["restore", "--in", "/nonexistent/backup.ndjson"],

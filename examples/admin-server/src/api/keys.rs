@@ -26,6 +26,7 @@ use crate::{
 impl Required for NewKey {
     const REQUIRED: &'static [&'static str] = &["name"];
 }
+// CONTRACT §3: in a PATCH, `null` clears a field; `KeyPatch` reads it so.
 impl Required for KeyPatch {}
 
 /// The key ids of the API: a malformed one is simply unknown.
