@@ -1,0 +1,43 @@
+//! The host application's error.
+
+/// Why the host application could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is wrong; names the setting.
+    #[error("{setting}: {message}")]
+    Config {
+        /// The environment variable or flag.
+        setting: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// keyvault refused or a backend failed.
+    #[error(transparent)]
+    Keyvault(#[from] keyvault_core::Error),
+    /// A file or socket failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn config(setting: &'static str, message: impl Into<String>) -> Self {
+        Error::Config {
+            setting,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The routes of CONTRACT §5.
+
+use axum::{
+    Json, Router,
+    routing::{get, post},
+};
+use keyvault_axum::{KeyvaultLayer, RouteConfig, VerifiedKey};
+use serde_json::{Value, json};
+
+/// The application: three protected routes and an unprotected health check. `layer` is the
+/// keyvault layer with the host's settings (recorder, proxies); the per-route providers and
+/// costs are added here.
+pub fn router(layer: KeyvaultLayer) -> Router {
+    Router::new()
+        .route("/v1/hello", get(hello))
+        .route("/v1/chat", post(echo))
+        .route("/v1/embed", post(echo))
+        .layer(
+            layer
+                .with_route("/v1/hello", RouteConfig::new().with_provider("demo"))
+                .with_route("/v1/chat", RouteConfig::new().with_provider("openai"))
+                .with_route("/v1/embed", RouteConfig::new().with_provider("anthropic")),
+        )
+        // Added after the layer, so it is not behind it.
+        .route("/healthz", get(healthz))
+}
+
+async fn hello(key: VerifiedKey) -> Json<Value> {
+    Json(json!({ "message": "hello", "key_id": key.id() }))
+}
+
+async fn echo(Json(body): Json<Value>) -> Json<Value> {
+    Json(body)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}

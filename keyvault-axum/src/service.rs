@@ -1,0 +1,289 @@
+//! [`KeyvaultService`]: the per-request work.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::extract::MatchedPath;
+use axum_core::response::Response;
+use chrono::{DateTime, Utc};
+use http::Request;
+use keyvault_core::{Error, KeyRecord, Outcome, UsageEvent, VerifyRequest, check_credit_amount};
+use tower::Service;
+
+use crate::{
+    extract::{Provider, VerifiedKey},
+    layer::Shared,
+    problem,
+    source::{Presented, client_ip, presented_key},
+};
+
+/// The service [`crate::KeyvaultLayer`] wraps around a handler or router.
+#[derive(Clone)]
+pub struct KeyvaultService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> KeyvaultService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for KeyvaultService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyvaultService")
+            .field("inner", &self.inner)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The boxed future of [`KeyvaultService`].
+pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send + 'static>>;
+
+impl<S, B> Service<Request<B>> for KeyvaultService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Latency is only measured for usage events; a clock read is not free.
+        let started = self.shared.recorder.as_ref().map(|_| Instant::now());
+        // The service that was polled ready is the one that must be called.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(handle(shared, inner, req, started))
+    }
+}
+
+/// What the usage event of a request needs besides the response.
+struct Usage {
+    started: Instant,
+    ts: DateTime<Utc>,
+    request_id: String,
+    route: Option<MatchedPath>,
+    method: http::Method,
+}
+
+async fn handle<S, B>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request<B>,
+    started: Option<Instant>,
+) -> Result<Response, S::Error>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    let (mut parts, body) = req.into_parts();
+    let config = &shared.config;
+    let template = parts.extensions.get::<MatchedPath>().cloned();
+    let route = config.route(template.as_ref().map(MatchedPath::as_str), &parts.method);
+    let usage = started.map(|started| Usage {
+        started,
+        ts: Utc::now(),
+        request_id: request_id(),
+        route: template.clone(),
+        method: parts.method.clone(),
+    });
+    let provider = route.provider.as_deref();
+
+    let key = match presented_key(
+        &parts.headers,
+        config.bearer,
+        config.api_key_header.as_ref(),
+    ) {
+        Presented::Key(key) => key,
+        Presented::Missing if config.optional => {
+            let res = inner.call(Request::from_parts(parts, body)).await;
+            record(&shared, usage, res.as_ref().ok(), None, None, provider, 0);
+            return res;
+        }
+        Presented::Missing => {
+            let res = problem::rejection(Outcome::Missing, None, shared.vault.clock().now());
+            record(
+                &shared,
+                usage,
+                Some(&res),
+                None,
+                Some(Outcome::Missing),
+                provider,
+                0,
+            );
+            return Ok(res);
+        }
+    };
+    let cost = route.cost.of(&parts);
+    if check_credit_amount(cost, "cost").is_err() {
+        let res = problem::invalid_cost();
+        record(&shared, usage, Some(&res), None, None, provider, 0);
+        return Ok(res);
+    }
+    let ip = client_ip(&parts, config.proxies.as_ref());
+    let mut verify = VerifyRequest::new(key)
+        .cost(cost)
+        .scopes(&route.scopes)
+        .ip(ip)
+        // Rejected keys' limits are not shown to callers, so reading them is wasted work.
+        .report_state(false);
+    if let Some(u) = &usage {
+        verify = verify.request_id(&u.request_id);
+    }
+    let verified = shared.vault.verify(&verify).await;
+    let mut v = match verified {
+        Ok(v) => v,
+        Err(e) => {
+            let res = match e {
+                Error::Invalid(_) => problem::invalid_cost(),
+                e => {
+                    tracing::error!(error = %e, "key verification failed; answering 503");
+                    problem::unavailable()
+                }
+            };
+            record(&shared, usage, Some(&res), None, None, provider, 0);
+            return Ok(res);
+        }
+    };
+    if !v.is_valid() {
+        let res = problem::rejection(v.outcome, Some(&v), shared.vault.clock().now());
+        record(
+            &shared,
+            usage,
+            Some(&res),
+            v.key.as_deref(),
+            Some(v.outcome),
+            provider,
+            0,
+        );
+        return Ok(res);
+    }
+    let Some(record_arc) = v.key.clone() else {
+        // A valid verification always names its key; answer as for an unknown one otherwise.
+        let res = problem::rejection(Outcome::NotFound, None, shared.vault.clock().now());
+        record(
+            &shared,
+            usage,
+            Some(&res),
+            None,
+            Some(Outcome::NotFound),
+            provider,
+            0,
+        );
+        return Ok(res);
+    };
+    let (headers, ratelimits) = if v.ratelimits.is_empty() {
+        (None, None)
+    } else {
+        let h = problem::RateLimitHeaders::of(&v, shared.vault.clock().now());
+        (h, Some(Arc::from(std::mem::take(&mut v.ratelimits))))
+    };
+    let verified_key = VerifiedKey {
+        record: record_arc.clone(),
+        credits_remaining: v.credits_remaining,
+        ratelimits,
+        cost,
+    };
+    parts.extensions.insert(verified_key);
+    let mut result = inner.call(Request::from_parts(parts, body)).await;
+    if let (Ok(res), Some(h)) = (&mut result, headers) {
+        h.apply(res.headers_mut());
+    }
+    record(
+        &shared,
+        usage,
+        result.as_ref().ok(),
+        Some(&record_arc),
+        Some(Outcome::Valid),
+        provider,
+        cost,
+    );
+    result
+}
+
+/// Queues the request's usage event; never waits (a full buffer drops and counts it).
+fn record(
+    shared: &Shared,
+    usage: Option<Usage>,
+    res: Option<&Response>,
+    key: Option<&KeyRecord>,
+    outcome: Option<Outcome>,
+    route_provider: Option<&str>,
+    cost: u64,
+) {
+    let (Some(recorder), Some(usage)) = (&shared.recorder, usage) else {
+        return;
+    };
+    // A handler's label for this response wins over the route's.
+    let provider = res
+        .and_then(|r| r.extensions().get::<Provider>())
+        .map(|p| p.as_str().to_owned())
+        .or_else(|| route_provider.map(str::to_owned));
+    recorder.record(UsageEvent {
+        request_id: usage.request_id,
+        key_id: key.map(|k| k.id),
+        owner_id: key.and_then(|k| k.owner_id.clone()),
+        ts: usage.ts,
+        provider,
+        route: usage.route.map(|m| m.as_str().to_owned()),
+        method: Some(usage.method.as_str().to_owned()),
+        // The inner service failed without a response: the server answers 500.
+        status: res.map_or(500, |r| r.status().as_u16()),
+        latency_us: u64::try_from(usage.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        outcome,
+        cost,
+    });
+}
+
+/// A request id unique across processes: 64 random bits chosen once per process, then a
+/// counter. Cheaper than a UUID per request, and sinks only need uniqueness.
+fn request_id() -> String {
+    static PROCESS: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(rand::random::<u64>);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [b'-'; 33];
+    hex16(&mut buf[..16], process);
+    hex16(&mut buf[17..], n);
+    // Only ASCII digits, letters and '-' were written.
+    std::str::from_utf8(&buf).unwrap_or_default().to_owned()
+}
+
+fn hex16(out: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> ((15 - i) * 4)) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct() {
+        let a = request_id();
+        let b = request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 33);
+        assert_eq!(a[..16], b[..16], "one process prefix");
+    }
+}
