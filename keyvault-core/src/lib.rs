@@ -65,7 +65,7 @@ pub use audit::{
     GENESIS_HASH, chain_hash, hex as hash_hex, link as link_audit,
 };
 pub use cache::{CacheConfig, CacheStats, CachedKeyStore};
-pub use changes::{Change, ChangeBus};
+pub use changes::{Change, ChangeBus, FanOutBus};
 pub use clock::{Clock, FakeClock, SharedClock, SystemClock};
 pub use digest::{KeyDigest, KeyHasher};
 pub use duration::HumanDuration;
