@@ -24,7 +24,7 @@ use keyvault_core::{
     UsageQuery, UsageRecorder,
 };
 use keyvault_sqlite::SqliteStore;
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqlitePool};
 
 /// Whether this is a real benchmark run (`cargo bench` passes `--bench`) or a smoke test.
 fn full() -> bool {
@@ -70,7 +70,8 @@ fn events(n: usize, keys: &[KeyId], now: DateTime<Utc>) -> Vec<UsageEvent> {
 
 async fn reset_usage(pool: &SqlitePool) {
     sqlx::query(
-        "DELETE FROM kv_usage_events; DELETE FROM kv_usage_rollup; DELETE FROM bench_events",
+        "DELETE FROM kv_usage_events; DELETE FROM kv_usage_rollup; \
+         DELETE FROM kv_usage_rollup_hour; DELETE FROM bench_events",
     )
     .execute(pool)
     .await
@@ -78,11 +79,11 @@ async fn reset_usage(pool: &SqlitePool) {
 }
 
 /// The baseline: the same rows as multi-row INSERTs (1,000 a statement, one transaction per
-/// 2,000 as the recorder batches) into a table without rollups or ids to check.
+/// batch of the recorder's default size) into a table without rollups or ids to check.
 async fn plain_insert_once(pool: &SqlitePool, events: &[UsageEvent]) -> Duration {
     reset_usage(pool).await;
     let start = Instant::now();
-    for batch in events.chunks(2_000) {
+    for batch in events.chunks(RecorderConfig::default().batch_size) {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
         for chunk in batch.chunks(1_000) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -124,13 +125,16 @@ async fn recorder_once(store: &SqliteStore, events: &[UsageEvent]) -> Duration {
     let took = start.elapsed();
     let stats = recorder.stats();
     assert_eq!((stats.written, stats.failed), (events.len() as u64, 0));
-    let counted: i64 = sqlx::query_scalar(
-        "SELECT sum(calls) FROM kv_usage_rollup WHERE key_id = '00000000-0000-0000-0000-000000000000'",
-    )
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(counted as usize, events.len());
+    for table in ["kv_usage_rollup", "kv_usage_rollup_hour"] {
+        let counted: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT sum(calls) FROM {table} \
+             WHERE key_id = '00000000-0000-0000-0000-000000000000'"
+        )))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(counted as usize, events.len(), "{table}");
+    }
     took
 }
 
@@ -166,20 +170,55 @@ async fn ingest(store: &SqliteStore, keys: &[KeyId]) {
 
 /// The histogram of one rollup cell: buckets 30+m%7 … 50+m%7, each with (1 + (m+b)%3)·mult
 /// calls (the same cells keyvault-postgres's bench writes).
-fn cell(m: i64, mult: u64) -> (u64, String) {
+fn cell(m: i64, mult: u64) -> LatencyHistogram {
     let mut h = LatencyHistogram::default();
     for b in (30 + m % 7)..=(50 + m % 7) {
         h.add(b as u16, (1 + ((m + b) % 3) as u64) * mult);
     }
-    let json: serde_json::Map<String, serde_json::Value> = h
+    h
+}
+
+/// A histogram as the rollups store it: a JSON object of bucket → count.
+fn json(h: &LatencyHistogram) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = h
         .buckets()
         .map(|(b, c)| (b.to_string(), c.into()))
         .collect();
-    (h.total(), serde_json::Value::Object(json).to_string())
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Writes one rollup row of every provider and status class for `key` at `at`.
+async fn rollup_cells(
+    tx: &mut sqlx::SqliteConnection,
+    table: &str,
+    time: &str,
+    key: &str,
+    at: i64,
+    h: &LatencyHistogram,
+) {
+    let hist = json(h);
+    for p in ["openai", "anthropic", "mistral"] {
+        for c in [2i64, 4, 5] {
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {table} (key_id, {time}, provider_set, provider, status_class, \
+                 calls, hist) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)"
+            )))
+            .bind(key)
+            .bind(at)
+            .bind(p)
+            .bind(c)
+            .bind(h.total() as i64)
+            .bind(&hist)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+    }
 }
 
 /// Rollups for 19 keys × 1440 minutes × 3 providers × 3 status classes, each cell with a
-/// 21-bucket histogram, plus the all-keys rollup; raw events for the first and last minute.
+/// 21-bucket histogram, plus the all-keys rollup, and the hourly rollups they add up to (as
+/// ingest writes them); raw events for the first and last minute.
 async fn statistics(store: &SqliteStore) {
     let pool = store.pool();
     reset_usage(pool).await;
@@ -193,27 +232,22 @@ async fn statistics(store: &SqliteStore) {
         .map(|k| (k.to_string(), 1))
         .chain([("00000000-0000-0000-0000-000000000000".to_owned(), 19)])
         .collect();
+    const HOUR_US: i64 = 3_600_000_000;
     for (key, mult) in &owners {
+        let mut hours: std::collections::BTreeMap<i64, LatencyHistogram> = Default::default();
         for m in 0..minutes {
-            let (calls, hist) = cell(m, *mult);
+            let h = cell(m, *mult);
             let minute = (t0 + TimeDelta::minutes(m)).timestamp_micros();
-            for p in ["openai", "anthropic", "mistral"] {
-                for c in [2i64, 4, 5] {
-                    sqlx::query(
-                        "INSERT INTO kv_usage_rollup (key_id, minute, provider_set, provider, \
-                         status_class, calls, hist) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)",
-                    )
-                    .bind(key)
-                    .bind(minute)
-                    .bind(p)
-                    .bind(c)
-                    .bind(calls as i64)
-                    .bind(&hist)
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                }
+            rollup_cells(&mut tx, "kv_usage_rollup", "minute", key, minute, &h).await;
+            let hour = hours
+                .entry(minute - minute.rem_euclid(HOUR_US))
+                .or_default();
+            for (b, c) in h.buckets() {
+                hour.add(b, c);
             }
+        }
+        for (hour, h) in &hours {
+            rollup_cells(&mut tx, "kv_usage_rollup_hour", "hour", key, *hour, h).await;
         }
     }
     // Raw events of the partial minutes at both ends of the queried range.

@@ -1,5 +1,5 @@
 //! [`UsageSink`] and [`UsageQuery`] on SQLite: raw events, idempotent on `request_id`, and
-//! per-minute rollups maintained as events are first inserted.
+//! per-minute and per-hour rollups maintained as events are first inserted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -18,6 +18,7 @@ use crate::{
 };
 
 const MINUTE_US: i64 = 60_000_000;
+const HOUR_US: i64 = 3_600_000_000;
 /// Rows per multi-row INSERT: 11 parameters each stays far below SQLite's 32,766.
 const INSERT_CHUNK: usize = 1_000;
 /// Rollup rows (or key ids) per statement: 7 parameters a row.
@@ -29,25 +30,45 @@ fn minute_of(ts_us: i64) -> i64 {
     ts_us - ts_us.rem_euclid(MINUTE_US)
 }
 
+fn hour_of(ts_us: i64) -> i64 {
+    ts_us - ts_us.rem_euclid(HOUR_US)
+}
+
+/// One level of rollups. Both tables have the same columns but the time's name.
+#[derive(Debug)]
+struct Level {
+    table: &'static str,
+    time: &'static str,
+}
+
+const MINUTES: Level = Level {
+    table: "kv_usage_rollup",
+    time: "minute",
+};
+const HOURS: Level = Level {
+    table: "kv_usage_rollup_hour",
+    time: "hour",
+};
+
 /// The `key_id` of the rollup over all keys: the nil UUID, never a key's id (UUIDv7).
 pub(crate) const ALL_KEYS: &str = "00000000-0000-0000-0000-000000000000";
 
-/// One rollup row's identity.
+/// One rollup row's identity; `at` is the start of its minute or hour.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct RollupKey {
     key_id: String,
-    minute: i64,
+    at: i64,
     provider_set: bool,
     provider: String,
     status_class: i64,
 }
 
 impl RollupKey {
-    /// The rollups an event counts in: all keys', and its key's when it has one.
+    /// The minute rollups an event counts in: all keys', and its key's when it has one.
     fn of(e: &UsageEvent) -> impl Iterator<Item = Self> {
         let all = Self {
             key_id: ALL_KEYS.to_owned(),
-            minute: minute_of(micros(e.ts)),
+            at: minute_of(micros(e.ts)),
             provider_set: e.provider.is_some(),
             provider: e.provider.clone().unwrap_or_default(),
             status_class: i64::from(e.status / 100),
@@ -119,15 +140,39 @@ async fn insert_events(
 /// A stored rollup row: its identity's columns, calls and histogram.
 type RollupRow = (String, i64, bool, String, i64, i64, String);
 
-/// Adds `groups` to the stored rollups: one read of the rows they touch, merged here, and
-/// multi-row writes (a statement per row would cost more than the events' own insert).
+/// Calls and latencies of one rollup row, or of the part a batch adds to it.
+type Cell = (u64, LatencyHistogram);
+
+/// The hourly cells of a batch's minute cells: each minute cell folded into its hour.
+fn hours_of(minutes: &BTreeMap<RollupKey, Cell>) -> BTreeMap<RollupKey, Cell> {
+    let mut hours: BTreeMap<RollupKey, Cell> = BTreeMap::new();
+    for (k, (calls, hist)) in minutes {
+        let h = hours
+            .entry(RollupKey {
+                at: hour_of(k.at),
+                ..k.clone()
+            })
+            .or_default();
+        h.0 += calls;
+        for (b, n) in hist.buckets() {
+            h.1.add(b, n);
+        }
+    }
+    hours
+}
+
+/// Adds `groups` to the stored rollups of `level`: one read of the rows they touch, merged
+/// here, and multi-row writes (a statement per row would cost more than the events' own
+/// insert). A batch's events are summed per cell beforehand, so each row is written once.
 async fn add_rollups(
     conn: &mut SqliteConnection,
-    mut groups: BTreeMap<RollupKey, (u64, LatencyHistogram)>,
+    level: &Level,
+    mut groups: BTreeMap<RollupKey, Cell>,
 ) -> Result<()> {
+    let Level { table, time } = level;
     let (Some(first), Some(last)) = (
-        groups.keys().map(|k| k.minute).min(),
-        groups.keys().map(|k| k.minute).max(),
+        groups.keys().map(|k| k.at).min(),
+        groups.keys().map(|k| k.at).max(),
     ) else {
         return Ok(());
     };
@@ -138,12 +183,12 @@ async fn add_rollups(
     };
     let mut stored: Vec<RollupRow> = Vec::new();
     for ids in key_ids.chunks(ROLLUP_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT key_id, minute, provider_set, provider, status_class, calls, hist \
-             FROM kv_usage_rollup WHERE minute >= ",
-        );
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT key_id, {time}, provider_set, provider, status_class, calls, hist \
+             FROM {table} WHERE {time} >= "
+        ));
         qb.push_bind(first)
-            .push(" AND minute <= ")
+            .push(format_args!(" AND {time} <= "))
             .push_bind(last)
             .push(" AND key_id IN (");
         let mut list = qb.separated(", ");
@@ -158,10 +203,10 @@ async fn add_rollups(
                 .map_err(backend)?,
         );
     }
-    for (key_id, minute, provider_set, provider, status_class, calls, hist) in stored {
+    for (key_id, at, provider_set, provider, status_class, calls, hist) in stored {
         let key = RollupKey {
             key_id,
-            minute,
+            at,
             provider_set,
             provider,
             status_class,
@@ -176,13 +221,13 @@ async fn add_rollups(
     }
     let rows: Vec<_> = groups.into_iter().collect();
     for chunk in rows.chunks(ROLLUP_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT OR REPLACE INTO kv_usage_rollup \
-             (key_id, minute, provider_set, provider, status_class, calls, hist) ",
-        );
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "INSERT OR REPLACE INTO {table} \
+             (key_id, {time}, provider_set, provider, status_class, calls, hist) "
+        ));
         qb.push_values(chunk, |mut b, (k, (calls, hist))| {
             b.push_bind(k.key_id.clone())
-                .push_bind(k.minute)
+                .push_bind(k.at)
                 .push_bind(k.provider_set)
                 .push_bind(k.provider.clone())
                 .push_bind(k.status_class)
@@ -202,7 +247,7 @@ impl UsageSink for SqliteStore {
         }
         let mut w = self.write().await?;
         let mut new_ids = insert_events(&mut w.tx, events).await?;
-        let mut groups: BTreeMap<RollupKey, (u64, LatencyHistogram)> = BTreeMap::new();
+        let mut groups: BTreeMap<RollupKey, Cell> = BTreeMap::new();
         let mut last_used: HashMap<KeyId, DateTime<Utc>> = HashMap::new();
         for e in events {
             // `remove`: of repeats inside one batch, the first is the one that was stored.
@@ -219,7 +264,8 @@ impl UsageSink for SqliteStore {
                 *t = (*t).max(e.ts);
             }
         }
-        add_rollups(&mut w.tx, groups).await?;
+        add_rollups(&mut w.tx, &HOURS, hours_of(&groups)).await?;
+        add_rollups(&mut w.tx, &MINUTES, groups).await?;
         SqliteStore::touch_keys(&mut w.tx, last_used).await?;
         w.commit().await
     }
@@ -282,12 +328,63 @@ impl Tally {
     }
 }
 
-/// The rollup filter shared by the overview's queries (`?1`–`?4`).
-const ROLLUP_FILTER: &str = "key_id = ?3 AND minute >= ?1 AND minute < ?2 \
-    AND (?4 IS NULL OR (provider_set = 1 AND provider = ?4))";
+/// The rollup rows of a statistics range, as three time ranges (`[start, end)`, in µs): whole
+/// minutes before the first whole hour, whole hours, whole minutes after the last one. An
+/// empty range (`start == end`) reads nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ranges {
+    before: (i64, i64),
+    hours: (i64, i64),
+    after: (i64, i64),
+}
+
+impl Ranges {
+    /// The whole minutes `[from, to)` split at whole UTC hours.
+    fn split(from: i64, to: i64) -> Self {
+        let first = if from.rem_euclid(HOUR_US) == 0 {
+            from
+        } else {
+            hour_of(from) + HOUR_US
+        };
+        let last = hour_of(to);
+        if first < last {
+            Self {
+                before: (from, first),
+                hours: (first, last),
+                after: (last, to),
+            }
+        } else {
+            Self::minutes_only(from, to)
+        }
+    }
+
+    /// The whole minutes `[from, to)`, all read from the minute rollups.
+    fn minutes_only(from: i64, to: i64) -> Self {
+        Self {
+            before: (from, to),
+            hours: (to, to),
+            after: (to, to),
+        }
+    }
+}
+
+/// The rollup rows the overview reads (binds `?1` key, `?2` provider, `?3`–`?8` the three
+/// ranges of [`Ranges`]): UNION ALL of simple primary-key range scans.
+fn rollup_rows(columns: &str) -> String {
+    let filter = "key_id = ?1 AND (?2 IS NULL OR (provider_set = 1 AND provider = ?2))";
+    format!(
+        "SELECT minute AS t, {columns} FROM kv_usage_rollup \
+         WHERE {filter} AND minute >= ?3 AND minute < ?4 \
+         UNION ALL SELECT minute, {columns} FROM kv_usage_rollup \
+         WHERE {filter} AND minute >= ?7 AND minute < ?8 \
+         UNION ALL SELECT hour, {columns} FROM kv_usage_rollup_hour \
+         WHERE {filter} AND hour >= ?5 AND hour < ?6"
+    )
+}
 
 impl SqliteStore {
-    /// Adds the whole minutes `[from, to)` from the rollups.
+    /// Adds the whole minutes `[from, to)` from the rollups: whole hours from the hourly
+    /// ones, the rest from the minute ones.
     async fn tally_rollups(&self, q: &StatsQuery, from: i64, to: i64, t: &mut Tally) -> Result<()> {
         let step = q
             .step()
@@ -295,16 +392,29 @@ impl SqliteStore {
             .unwrap_or(MINUTE_US)
             .max(MINUTE_US);
         let key = q.key_id.map_or_else(|| ALL_KEYS.to_owned(), id_text);
+        let ranges = Ranges::split(from, to);
+        // An hour falls inside one step of the time series only when the step is a whole
+        // number of hours (steps and hours both start at the epoch); finer series need the
+        // minutes throughout. The histogram has no time axis and always reads hours.
+        let series = if step % HOUR_US == 0 {
+            ranges
+        } else {
+            Ranges::minutes_only(from, to)
+        };
         let sql = format!(
-            "SELECT minute - (((minute % ?5) + ?5) % ?5), provider_set, provider, \
-             status_class BETWEEN 2 AND 3, SUM(calls) FROM kv_usage_rollup \
-             WHERE {ROLLUP_FILTER} GROUP BY 1, 2, 3, 4"
+            "SELECT t - (((t % ?9) + ?9) % ?9), provider_set, provider, \
+             status_class BETWEEN 2 AND 3, SUM(calls) FROM ({}) GROUP BY 1, 2, 3, 4",
+            rollup_rows("provider_set, provider, status_class, calls")
         );
         let rows: Vec<(i64, bool, String, bool, i64)> = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(from)
-            .bind(to)
             .bind(&key)
             .bind(q.provider.as_deref())
+            .bind(series.before.0)
+            .bind(series.before.1)
+            .bind(series.hours.0)
+            .bind(series.hours.1)
+            .bind(series.after.0)
+            .bind(series.after.1)
             .bind(step)
             .fetch_all(&self.pool)
             .await
@@ -316,14 +426,19 @@ impl SqliteStore {
         // The histograms merge inside SQLite: one row per bucket comes back, not one per
         // rollup.
         let sql = format!(
-            "SELECT CAST(j.key AS INTEGER), SUM(j.value) FROM kv_usage_rollup, \
-             json_each(kv_usage_rollup.hist) AS j WHERE {ROLLUP_FILTER} GROUP BY 1"
+            "SELECT CAST(j.key AS INTEGER), SUM(j.value) FROM ({}) AS r, json_each(r.hist) AS j \
+             GROUP BY 1",
+            rollup_rows("hist")
         );
         let rows: Vec<(i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(from)
-            .bind(to)
             .bind(&key)
             .bind(q.provider.as_deref())
+            .bind(ranges.before.0)
+            .bind(ranges.before.1)
+            .bind(ranges.hours.0)
+            .bind(ranges.hours.1)
+            .bind(ranges.after.0)
+            .bind(ranges.after.1)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
@@ -362,8 +477,8 @@ impl SqliteStore {
 
     /// Deletes raw usage events older than `before` (the retention setting) and returns how
     /// many, in chunks so that other writers are not held up. Statistics are unaffected: they
-    /// read the minute rollups, and raw events only for the partial minutes at the ends of a
-    /// range. A retried batch older than the retention would be counted again, so keep at
+    /// read the hour and minute rollups, and raw events only for the partial minutes at the
+    /// ends of a range. A retried batch older than the retention would be counted again, so keep at
     /// least a day.
     pub async fn purge_usage_before(&self, before: DateTime<Utc>) -> Result<u64> {
         let cut = micros(before);
@@ -394,8 +509,8 @@ impl UsageQuery for SqliteStore {
     async fn overview(&self, q: &StatsQuery) -> Result<StatsOverview> {
         q.validate()?;
         let (from, to) = (micros(q.from), micros(q.to));
-        // Whole minutes come from the rollups, the partial minutes at either end from the
-        // raw events: exact for any range, and cheap for long ones.
+        // Whole hours and minutes come from the rollups, the partial minutes at either end
+        // from the raw events: exact for any range, and cheap for long ones.
         let first_full = minute_of(from)
             + if from.rem_euclid(MINUTE_US) == 0 {
                 0
@@ -430,8 +545,61 @@ mod tests {
     }
 
     #[test]
-    fn minutes_floor_before_the_epoch_too() {
+    fn minutes_and_hours_floor_before_the_epoch_too() {
         assert_eq!(minute_of(61_000_000), 60_000_000);
         assert_eq!(minute_of(-1), -60_000_000);
+        assert_eq!(hour_of(HOUR_US + 1), HOUR_US);
+        assert_eq!(hour_of(-1), -HOUR_US);
+    }
+
+    #[test]
+    fn whole_minutes_split_at_whole_hours() {
+        let m = MINUTE_US;
+        let h = HOUR_US;
+        // 10:05 .. 13:20: minutes to 11:00, hours 11:00 .. 13:00, minutes to 13:20.
+        let r = Ranges::split(10 * h + 5 * m, 13 * h + 20 * m);
+        assert_eq!(r.before, (10 * h + 5 * m, 11 * h));
+        assert_eq!(r.hours, (11 * h, 13 * h));
+        assert_eq!(r.after, (13 * h, 13 * h + 20 * m));
+        // Exactly whole hours: no minutes at all.
+        let r = Ranges::split(10 * h, 12 * h);
+        assert_eq!((r.before.0, r.before.1), (10 * h, 10 * h));
+        assert_eq!(r.hours, (10 * h, 12 * h));
+        assert_eq!(r.after.0, r.after.1);
+        // No whole hour inside: minutes only.
+        let r = Ranges::split(10 * h + 5 * m, 11 * h + 4 * m);
+        assert_eq!(r, Ranges::minutes_only(10 * h + 5 * m, 11 * h + 4 * m));
+        assert_eq!(r.hours.0, r.hours.1);
+    }
+
+    #[test]
+    fn hourly_cells_sum_their_minutes() {
+        let cell = |at: i64, lat: u64| {
+            let mut h = LatencyHistogram::default();
+            h.record(lat);
+            (
+                RollupKey {
+                    key_id: ALL_KEYS.to_owned(),
+                    at,
+                    provider_set: true,
+                    provider: "p".into(),
+                    status_class: 2,
+                },
+                (1, h),
+            )
+        };
+        let minutes: BTreeMap<RollupKey, Cell> = [
+            cell(HOUR_US - MINUTE_US, 100),
+            cell(HOUR_US, 200),
+            cell(HOUR_US + 59 * MINUTE_US, 5_000),
+        ]
+        .into_iter()
+        .collect();
+        let hours = hours_of(&minutes);
+        let got: Vec<(i64, u64, u64)> = hours
+            .iter()
+            .map(|(k, (calls, hist))| (k.at, *calls, hist.total()))
+            .collect();
+        assert_eq!(got, vec![(0, 1, 1), (HOUR_US, 2, 2)]);
     }
 }
