@@ -35,6 +35,8 @@
 //! |---|---|
 //! | `postgres` | [`postgres`]: the PostgreSQL backend |
 //! | `redis` | [`redis`]: exact limits across instances, credit caching, invalidation |
+//! | `sqlite` | [`sqlite`]: the SQLite backend |
+//! | `deploy` | [`deploy`]: backends wired from `DATABASE_URL` and `REDIS_URL` (all three backends) |
 //! | `axum` | [`axum`]: the tower/axum middleware |
 //! | `testing` | the backend conformance suite |
 
@@ -47,6 +49,13 @@ pub use keyvault_postgres as postgres;
 /// The Redis backend.
 #[cfg(feature = "redis")]
 pub use keyvault_redis as redis;
+
+/// The SQLite backend.
+#[cfg(feature = "sqlite")]
+pub use keyvault_sqlite as sqlite;
+
+#[cfg(feature = "deploy")]
+pub mod deploy;
 
 /// The axum/tower middleware.
 #[cfg(feature = "axum")]

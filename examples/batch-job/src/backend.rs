@@ -3,12 +3,10 @@
 
 use std::sync::Arc;
 
-use keyvault_core::{ChangeBus, KeyHasher, Keyvault, UsageQuery, memory::MemoryStore};
-use keyvault_postgres::{PgChangeBus, PgStore};
-use keyvault_redis::{RedisBackend, RedisChangeBus, RedisConfig};
-use keyvault_sqlite::{SqliteChangeBus, SqliteStore};
+use keyvault::deploy::{self, Durable};
+use keyvault_core::{Keyvault, UsageQuery, memory::MemoryStore};
 
-use crate::{Global, error::Error, fanout::FanOutBus};
+use crate::{Global, error::Error};
 
 /// The key manager and the statistics of one database.
 pub(crate) struct Backend {
@@ -17,11 +15,7 @@ pub(crate) struct Backend {
 }
 
 pub(crate) async fn connect(global: &Global) -> Result<Backend, Error> {
-    let hasher = match &global.pepper {
-        Some(p) => KeyHasher::with_pepper(p.as_bytes())
-            .map_err(|e| Error::config("KEYVAULT_PEPPER", e.message))?,
-        None => KeyHasher::sha256(),
-    };
+    let hasher = deploy::hasher(global.pepper.as_deref())?;
     let Some(url) = global.database_url.as_deref() else {
         crate::warn(
             "DATABASE_URL is unset: working on an in-memory database that is gone when this \
@@ -38,43 +32,19 @@ pub(crate) async fn connect(global: &Global) -> Result<Backend, Error> {
             stats: store,
         });
     };
-    let builder = Keyvault::builder().hasher(hasher);
-    let (builder, stats, db_bus): (_, Arc<dyn UsageQuery>, Arc<dyn ChangeBus>) =
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let s = PgStore::connect(url).await?;
-            s.migrate().await?;
-            let bus = PgChangeBus::connect(s.pool()).await?;
-            let s = Arc::new(s);
-            (builder.backend(s.clone()), s, Arc::new(bus))
-        } else if url.starts_with("sqlite:") {
-            let s = SqliteStore::connect(url).await?;
-            s.migrate().await?;
-            let bus = SqliteChangeBus::new(s.clone()).await?;
-            let s = Arc::new(s);
-            (builder.backend(s.clone()), s, Arc::new(bus))
-        } else {
-            return Err(Error::config(
-                "DATABASE_URL",
-                "must start with postgres://, postgresql:// or sqlite://",
-            ));
-        };
+    let mut durable = Durable::open(url).await?;
     // Rotations must reach every verifying process at once (their caches hold the old
     // record): announce on the database and, when set, on Redis too.
-    let bus: Arc<dyn ChangeBus> = match &global.redis_url {
-        Some(redis_url) => {
-            let redis = RedisBackend::connect(redis_url, RedisConfig::default())
-                .await
-                .map_err(keyvault_core::Error::from)?;
-            Arc::new(FanOutBus::new(vec![
-                Arc::new(RedisChangeBus::new(&redis)),
-                db_bus,
-            ]))
-        }
-        None => db_bus,
-    };
-    let vault = builder
-        .change_bus(bus)
+    if let Some(redis_url) = &global.redis_url {
+        durable = durable.announce_on_redis(redis_url).await?;
+    }
+    let vault = durable
+        .builder()
+        .hasher(hasher)
         .build()
         .map_err(keyvault_core::Error::from)?;
-    Ok(Backend { vault, stats })
+    Ok(Backend {
+        vault,
+        stats: durable.stats,
+    })
 }

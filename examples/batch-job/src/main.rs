@@ -4,7 +4,6 @@
 mod backend;
 mod create;
 mod error;
-mod fanout;
 mod report;
 mod rotate;
 mod secret_file;

@@ -4,15 +4,8 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A setting is wrong; names the setting.
-    #[error("{setting}: {message}")]
-    Config {
-        /// The environment variable or flag.
-        setting: &'static str,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// keyvault refused or a backend failed.
+    /// keyvault refused (a bad setting is named: `DATABASE_URL: …`, `KEYVAULT_PEPPER: …`) or
+    /// a backend failed.
     #[error(transparent)]
     Keyvault(#[from] keyvault_core::Error),
     /// A file or socket failed.
@@ -27,13 +20,6 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn config(setting: &'static str, message: impl Into<String>) -> Self {
-        Error::Config {
-            setting,
-            message: message.into(),
-        }
-    }
-
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -12,7 +12,6 @@
 mod backend;
 mod config;
 mod error;
-mod fanout;
 mod metrics;
 mod routes;
 mod serve;

@@ -1,0 +1,433 @@
+//! Backends wired from a deployment's settings: `DATABASE_URL` picks PostgreSQL or SQLite for
+//! keys, balances, audit and usage; `REDIS_URL`, when set, adds exact limits across instances,
+//! a credit cache in front of the database and change propagation over pub/sub.
+//!
+//! Every process on the same database and Redis (the standalone server, an application that
+//! embeds keyvault, a batch job) wires them the same way, so keys created by one verify in the
+//! others and changes made by one reach the others.
+//!
+//! ```no_run
+//! use keyvault::deploy::{self, Deployment, Durable};
+//!
+//! # async fn demo() -> keyvault::Result<()> {
+//! let durable = Durable::open("postgres://localhost/keyvault").await?;
+//! let deployment = Deployment::connect(durable, Some("redis://localhost:6379")).await?;
+//! let vault = deployment
+//!     .builder()
+//!     .hasher(deploy::hasher(std::env::var("KEYVAULT_PEPPER").ok().as_deref())?)
+//!     .build()?;
+//! // … serve requests with `vault` …
+//! deployment.flush().await?; // on shutdown: balances cached in Redis go back to the database
+//! # drop(vault);
+//! # Ok(()) }
+//! ```
+
+use std::{sync::Arc, time::Duration};
+
+use keyvault_core::{
+    AuditLog, CacheConfig, ChangeBus, CreditStore, Error, FanOutBus, KeyHasher, KeyStore,
+    KeyvaultBuilder, RateLimiter, Result, UsageQuery, UsageSink,
+};
+use keyvault_postgres::{PgChangeBus, PgStore};
+use keyvault_redis::{
+    RedisBackend, RedisChangeBus, RedisConfig, RedisCreditConfig, RedisCreditStore,
+    RedisLimiterConfig, RedisRateLimiter,
+};
+use keyvault_sqlite::{SqliteChangeBus, SqliteStore};
+
+/// The digest function for `KEYVAULT_PEPPER`: peppered when set, plain SHA-256 otherwise.
+///
+/// # Errors
+/// [`Error::Invalid`] naming `KEYVAULT_PEPPER` when the pepper is unusable (empty).
+pub fn hasher(pepper: Option<&str>) -> Result<KeyHasher> {
+    match pepper {
+        Some(p) => KeyHasher::with_pepper(p.as_bytes())
+            .map_err(|e| Error::invalid("KEYVAULT_PEPPER", e.message)),
+        None => Ok(KeyHasher::sha256()),
+    }
+}
+
+/// The database behind a [`Durable`], kept concrete for what only it offers (its pool for an
+/// application's own tables, readiness checks).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Database {
+    /// PostgreSQL.
+    Postgres(PgStore),
+    /// SQLite.
+    Sqlite(SqliteStore),
+}
+
+impl Database {
+    /// Checks the database answers.
+    ///
+    /// # Errors
+    /// The backend's error when it does not.
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            Database::Postgres(s) => {
+                sqlx::query("SELECT 1")
+                    .execute(s.pool())
+                    .await
+                    .map_err(|e| Error::backend("postgres", e))?;
+                Ok(())
+            }
+            Database::Sqlite(s) => s.ping().await,
+        }
+    }
+}
+
+/// Every role of the database, played by one migrated store, and its change bus.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Durable {
+    /// Where keys live.
+    pub store: Arc<dyn KeyStore>,
+    /// Credit balances.
+    pub credits: Arc<dyn CreditStore>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditLog>,
+    /// Where usage events go.
+    pub usage: Arc<dyn UsageSink>,
+    /// Statistics over them.
+    pub stats: Arc<dyn UsageQuery>,
+    /// Changes announced through the database (the only bus without Redis).
+    pub bus: Arc<dyn ChangeBus>,
+    database: Database,
+}
+
+impl Durable {
+    /// Connects to `database_url` (`postgres://`, `postgresql://` or `sqlite:`) and applies
+    /// the backend's migrations. Must run inside a Tokio runtime (the change bus listens in a
+    /// task).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `DATABASE_URL` for another scheme; the backend's error when
+    /// it cannot connect or migrate.
+    pub async fn open(database_url: &str) -> Result<Self> {
+        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            Self::postgres(PgStore::connect(database_url).await?).await
+        } else if database_url.starts_with("sqlite:") {
+            let store = SqliteStore::connect(database_url).await?;
+            Self::sqlite(store, keyvault_sqlite::DEFAULT_POLL_INTERVAL).await
+        } else {
+            Err(Error::invalid(
+                "DATABASE_URL",
+                "must start with postgres://, postgresql:// or sqlite://",
+            ))
+        }
+    }
+
+    /// Migrates a connected PostgreSQL store and listens for its changes.
+    ///
+    /// # Errors
+    /// The backend's error when it cannot migrate or listen.
+    pub async fn postgres(store: PgStore) -> Result<Self> {
+        store.migrate().await?;
+        let bus = PgChangeBus::connect(store.pool()).await?;
+        Ok(Self::over(
+            Arc::new(store.clone()),
+            Database::Postgres(store),
+            Arc::new(bus),
+        ))
+    }
+
+    /// Migrates a connected SQLite store and polls its change log every `poll` (other
+    /// processes on the same file are heard within that interval).
+    ///
+    /// # Errors
+    /// The backend's error when it cannot migrate or read the change log.
+    pub async fn sqlite(store: SqliteStore, poll: Duration) -> Result<Self> {
+        store.migrate().await?;
+        let bus = SqliteChangeBus::with_interval(store.clone(), poll).await?;
+        Ok(Self::over(
+            Arc::new(store.clone()),
+            Database::Sqlite(store),
+            Arc::new(bus),
+        ))
+    }
+
+    fn over<S>(s: Arc<S>, database: Database, bus: Arc<dyn ChangeBus>) -> Self
+    where
+        S: KeyStore + CreditStore + AuditLog + UsageSink + UsageQuery + 'static,
+    {
+        Self {
+            store: s.clone(),
+            credits: s.clone(),
+            audit: s.clone(),
+            usage: s.clone(),
+            stats: s,
+            bus,
+            database,
+        }
+    }
+
+    /// The concrete database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Also announces and hears changes on Redis at `redis_url`, and nothing else from Redis:
+    /// for a process that changes keys but does not verify them (a batch job), so that its
+    /// changes reach verifying processes listening on either bus. [`Deployment::connect`]
+    /// does this itself: do not combine the two.
+    ///
+    /// # Errors
+    /// The Redis error when it cannot connect.
+    pub async fn announce_on_redis(mut self, redis_url: &str) -> Result<Self> {
+        let redis = RedisBackend::connect(redis_url, RedisConfig::default()).await?;
+        self.bus = Arc::new(FanOutBus::new(vec![
+            Arc::new(RedisChangeBus::new(&redis)),
+            self.bus,
+        ]));
+        Ok(self)
+    }
+
+    /// A [`keyvault_core::Keyvault`] builder over the database's roles and its change bus;
+    /// the rate limiter stays in memory.
+    pub fn builder(&self) -> KeyvaultBuilder {
+        keyvault_core::Keyvault::builder()
+            .key_store(self.store.clone())
+            .credits(self.credits.clone())
+            .audit_log(self.audit.clone())
+            .change_bus(self.bus.clone())
+    }
+}
+
+/// What Redis adds in front of a [`Durable`], kept concrete for flushing, invalidation and
+/// statistics.
+#[derive(Debug, Clone)]
+pub struct Redis {
+    backend: RedisBackend,
+    credits: Arc<RedisCreditStore>,
+    limiter: Arc<RedisRateLimiter>,
+    bus: Arc<dyn ChangeBus>,
+}
+
+impl Redis {
+    /// Connects to `redis_url`: a rate limiter, a credit cache over `durable`'s balances, and
+    /// a bus over Redis pub/sub and `durable`'s bus. Redis reaches every instance at once; the
+    /// database's bus stays for processes that run without Redis.
+    ///
+    /// # Errors
+    /// The Redis error when it cannot connect.
+    pub async fn connect(redis_url: &str, durable: &Durable) -> Result<Self> {
+        let backend = RedisBackend::connect(redis_url, RedisConfig::default()).await?;
+        let credits = Arc::new(RedisCreditStore::new(
+            &backend,
+            durable.credits.clone(),
+            RedisCreditConfig::default(),
+        ));
+        let limiter = Arc::new(RedisRateLimiter::new(
+            &backend,
+            RedisLimiterConfig::default(),
+        ));
+        let bus = Arc::new(FanOutBus::new(vec![
+            Arc::new(RedisChangeBus::new(&backend)),
+            durable.bus.clone(),
+        ]));
+        Ok(Self {
+            backend,
+            credits,
+            limiter,
+            bus,
+        })
+    }
+
+    /// The connection.
+    pub fn backend(&self) -> &RedisBackend {
+        &self.backend
+    }
+
+    /// The credit cache (flush it on shutdown; invalidate a balance set behind its back).
+    pub fn credits(&self) -> &Arc<RedisCreditStore> {
+        &self.credits
+    }
+
+    /// The rate limiter.
+    pub fn limiter(&self) -> &Arc<RedisRateLimiter> {
+        &self.limiter
+    }
+
+    /// Redis's bus and the database's, as one.
+    pub fn bus(&self) -> &Arc<dyn ChangeBus> {
+        &self.bus
+    }
+}
+
+/// A [`Durable`] database and, when configured, [`Redis`] in front of it: what a verifying
+/// process runs on.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    durable: Durable,
+    redis: Option<Redis>,
+}
+
+impl Deployment {
+    /// Puts Redis at `redis_url` (when given) in front of `durable`.
+    ///
+    /// # Errors
+    /// The Redis error when it cannot connect.
+    pub async fn connect(durable: Durable, redis_url: Option<&str>) -> Result<Self> {
+        let redis = match redis_url {
+            Some(url) => Some(Redis::connect(url, &durable).await?),
+            None => None,
+        };
+        Ok(Self { durable, redis })
+    }
+
+    /// The database.
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    /// Redis, when configured.
+    pub fn redis(&self) -> Option<&Redis> {
+        self.redis.as_ref()
+    }
+
+    /// Credit balances: Redis's cache when configured, else the database.
+    pub fn credits(&self) -> Arc<dyn CreditStore> {
+        match &self.redis {
+            Some(r) => r.credits.clone(),
+            None => self.durable.credits.clone(),
+        }
+    }
+
+    /// The rate limiter shared across instances, when Redis is configured.
+    pub fn limiter(&self) -> Option<Arc<dyn RateLimiter>> {
+        self.redis
+            .as_ref()
+            .map(|r| r.limiter.clone() as Arc<dyn RateLimiter>)
+    }
+
+    /// The change bus: Redis's and the database's together, or the database's alone.
+    pub fn bus(&self) -> Arc<dyn ChangeBus> {
+        match &self.redis {
+            Some(r) => r.bus.clone(),
+            None => self.durable.bus.clone(),
+        }
+    }
+
+    /// A [`keyvault_core::Keyvault`] builder over these backends. Cached keys live 30
+    /// seconds: changes reach every process through the bus within a second, so the TTL only
+    /// bounds staleness if a message is lost.
+    pub fn builder(&self) -> KeyvaultBuilder {
+        let cache = CacheConfig {
+            ttl: Duration::from_secs(30),
+            ..CacheConfig::default()
+        };
+        let builder = keyvault_core::Keyvault::builder()
+            .key_store(self.durable.store.clone())
+            .credits(self.credits())
+            .audit_log(self.durable.audit.clone())
+            .change_bus(self.bus())
+            .cache(cache);
+        match self.limiter() {
+            Some(l) => builder.limiter(l),
+            None => builder,
+        }
+    }
+
+    /// Checks the database and Redis answer (for readiness probes).
+    ///
+    /// # Errors
+    /// The first backend's error.
+    pub async fn ping(&self) -> Result<()> {
+        self.durable.database.ping().await?;
+        if let Some(r) = &self.redis {
+            r.backend.ping().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes back credit spends cached in Redis (on shutdown).
+    ///
+    /// # Errors
+    /// The backend's error when a balance could not be written.
+    pub async fn flush(&self) -> Result<()> {
+        if let Some(r) = &self.redis {
+            r.credits.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyvault_core::{Actor, Credits, NewKey, Outcome, VerifyRequest};
+
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_named() {
+        assert!(!hasher(None).unwrap().is_peppered());
+        assert!(hasher(Some("pepper")).unwrap().is_peppered());
+        match hasher(Some("")) {
+            Err(Error::Invalid(e)) => assert_eq!(e.field, "KEYVAULT_PEPPER"),
+            other => panic!("expected an invalid pepper, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_scheme_names_database_url() {
+        match Durable::open("mysql://nowhere").await {
+            Err(Error::Invalid(e)) => assert_eq!(e.field, "DATABASE_URL"),
+            other => panic!("expected an invalid database URL, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sqlite_deployment_verifies_what_it_creates_and_keeps_it() {
+        let path = std::env::temp_dir().join(format!("keyvault-deploy-{}.db", uuid_like()));
+        let url = format!("sqlite://{}", path.display());
+        let deployment = Deployment::connect(Durable::open(&url).await.unwrap(), None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            deployment.durable().database(),
+            Database::Sqlite(_)
+        ));
+        assert!(deployment.redis().is_none() && deployment.limiter().is_none());
+        deployment.ping().await.unwrap();
+        let vault = deployment.builder().build().unwrap();
+        let created = vault
+            .create_key(
+                NewKey::new("deploy").credits(Credits::new(2)),
+                &Actor::library(),
+            )
+            .await
+            .unwrap();
+        let v = vault
+            .verify(&VerifyRequest::new(created.key.expose()))
+            .await
+            .unwrap();
+        assert_eq!(v.outcome, Outcome::Valid);
+        assert_eq!(v.credits_remaining, Some(1));
+        deployment.flush().await.unwrap();
+        drop((vault, deployment));
+
+        // A second process on the same file sees the key and its spent credit.
+        let again = Durable::open(&url).await.unwrap();
+        let stored = again.store.get(created.record.id).await.unwrap();
+        assert_eq!(stored.map(|r| r.name), Some("deploy".to_owned()));
+        let vault = again.builder().build().unwrap();
+        let v = vault
+            .verify(&VerifyRequest::new(created.key.expose()))
+            .await
+            .unwrap();
+        assert_eq!(v.credits_remaining, Some(0));
+        drop((vault, again));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    /// A name no other test run uses at the same time.
+    fn uuid_like() -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{nanos}", std::process::id())
+    }
+}
