@@ -2,7 +2,9 @@
 //!
 //! `cargo bench -p keyvault-redis --bench limiter` (REDIS_URL, default redis://127.0.0.1:6379;
 //! BENCH_SECS per measurement, default 2; BENCH_ROUNDS, default 3). Workloads are interleaved
-//! in rounds so drift hits all of them alike; the median of the rounds is reported.
+//! in rounds so drift hits all of them alike; the median of the rounds is reported. The
+//! limiter workloads check one quota (concurrent checks coalesce into shared script calls),
+//! or spread over 64 quotas (nothing to coalesce).
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
 use std::{
@@ -30,6 +32,8 @@ struct Ctx {
     one: Arc<Vec<RateLimit>>,
     three: Arc<Vec<RateLimit>>,
     quota: KeyId,
+    /// Quotas for the workload that spreads checks over many keys (nothing to coalesce).
+    spread: Arc<Vec<KeyId>>,
     counter: Arc<AtomicU64>,
 }
 
@@ -38,6 +42,7 @@ enum Op {
     Incr,
     Check1,
     Check3,
+    Check1Spread,
     Spend,
 }
 
@@ -53,16 +58,21 @@ async fn run_op(ctx: &Ctx, op: Op) {
                 .await
                 .unwrap();
         }
-        Op::Check1 | Op::Check3 => {
-            let limits = if op == Op::Check1 {
-                &ctx.one
-            } else {
+        Op::Check1 | Op::Check3 | Op::Check1Spread => {
+            let limits = if op == Op::Check3 {
                 &ctx.three
+            } else {
+                &ctx.one
+            };
+            let quota = if op == Op::Check1Spread {
+                ctx.spread[n as usize % ctx.spread.len()]
+            } else {
+                ctx.quota
             };
             let d = ctx
                 .limiter
                 .check(&LimitRequest {
-                    quota_id: ctx.quota,
+                    quota_id: quota,
                     limits,
                     take: true,
                     request_id: &id,
@@ -171,6 +181,7 @@ fn main() {
                 RateLimit::new("d", 1_000_000_000, 86_400_000).unwrap(),
             ]),
             quota: KeyId::new(),
+            spread: Arc::new((0..64).map(|_| KeyId::new()).collect()),
             counter: Arc::new(AtomicU64::new(0)),
         };
         let configs = [
@@ -181,6 +192,7 @@ fn main() {
             (Op::Incr, 64),
             (Op::Check1, 64),
             (Op::Check3, 64),
+            (Op::Check1Spread, 64),
             (Op::Spend, 64),
         ];
         // Warm-up: load the scripts, open the connections.
@@ -204,8 +216,9 @@ fn main() {
                 .unwrap();
             let name = match op {
                 Op::Incr => "plain `INCR` round trip",
-                Op::Check1 => "`RedisRateLimiter::check`, 1 limit",
-                Op::Check3 => "`RedisRateLimiter::check`, 3 limits",
+                Op::Check1 => "`RedisRateLimiter::check`, 1 limit, one quota",
+                Op::Check3 => "`RedisRateLimiter::check`, 3 limits, one quota",
+                Op::Check1Spread => "`RedisRateLimiter::check`, 1 limit, 64 quotas",
                 Op::Spend => "`RedisCreditStore::spend` (cached balance)",
             };
             println!(

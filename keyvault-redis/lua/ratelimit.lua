@@ -2,15 +2,23 @@
 -- of them admit (CONTRACT §3). GCRA exactly as keyvault-core/src/gcra.rs defines it, with time
 -- from this server's TIME (never an instance's clock) in microseconds.
 --
--- KEYS[1]      the request's idempotency record (written only when a token is taken)
+-- One call may carry several requests for the same key and limits (concurrent checks that the
+-- client coalesced): they are applied strictly in order, each seeing the buckets as the ones
+-- before it left them, exactly as if each had been its own call at the same instant.
+--
+-- KEYS[1]      the first request's idempotency record (written only when a token is taken)
 -- KEYS[1 + i]  the bucket of limit i (one key per quota id + name + limit + period, so that a
---              changed limit starts full)
+--              changed limit starts full), i = 1..n
+-- KEYS[1 + n + j]  the idempotency record of request 1 + j, j = 1..k
 -- ARGV[1]      1: take a token from each limit when all admit; 0: a pure check
 -- ARGV[2]      the request id ('' for none)
 -- ARGV[3]      how long the idempotency record lives, in ms
 -- ARGV[2 + 2i], ARGV[3 + 2i]   limit i's size L and period in ms
+-- ARGV[1 + 2n + 3j .. 3 + 2n + 3j]   request 1 + j's take flag, request id and record lifetime
+-- (so k = #ARGV − 2·#KEYS − 1; a single request is the layout with k = 0)
 --
--- Returns {admitted, now_us, then per limit: remaining, reset_in_us, retry_in_us or -1}.
+-- Returns, per request in order: {admitted, now_us, then per limit: remaining, reset_in_us,
+-- retry_in_us or -1}.
 --
 -- Exactness with Lua's doubles (exact integers only below 2^53):
 -- gcra.rs keeps the scaled TAT x = tat·L so that a token adds exactly the period P and no
@@ -59,24 +67,15 @@ end
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local take = ARGV[1] == '1'
-local request_id = ARGV[2]
-local n = #KEYS - 1
-
--- A retry of a request that already took its tokens takes nothing more and stays admitted.
-local replay = false
-if take and request_id ~= '' then
-  local prev = redis.call('GET', KEYS[1])
-  if prev == 'T' then
-    replay = true
-    take = false
-  elseif prev then
-    take = false
-  end
+local k = #ARGV - 2 * #KEYS - 1
+local n = #KEYS - 1 - k
+if k < 0 or n < 0 then
+  return redis.error_reply('ERR keyvault ratelimit: wrong number of keys or arguments')
 end
 
+-- Each bucket is read once and written once per call; the requests in between work on the
+-- values held here.
 local buckets = {}
-local admitted = true
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local period = tonumber(ARGV[3 + 2 * i]) * 1000
@@ -89,82 +88,125 @@ for i = 1, n do
     t = t + 1
     s = s - limit
   end
-  -- base = max(tat, now): a bucket idle long enough is full.
-  local q, r = now, 0
+  -- An absent or unreadable bucket is full: its tat is at most now.
+  local q, r = 0, 0
   local stored = redis.call('GET', KEYS[1 + i])
   if stored then
     local sq, sr = string.match(stored, '^(%d+):(%d+)$')
     sq, sr = tonumber(sq), tonumber(sr)
-    if sq and sr and (sq > now or (sq == now and sr > 0)) then
+    if sq and sr then
       q, r = sq, sr
     end
   end
-  local available
-  if q == now and r == 0 then
-    available = limit
-  else
-    local d = now + period - q
-    if d < 0 then
-      -- The server's clock went back past the bucket's horizon: nothing is available.
-      available = 0
-    else
-      available = math.max(0, muldiv(d, limit, r, period))
+  buckets[i] = { limit = limit, period = period, t = t, s = s, q = q, r = r, dirty = false }
+end
+
+local reply = {}
+
+local function apply(record, take, request_id, record_ms)
+  -- A retry of a request that already took its tokens takes nothing more and stays admitted.
+  local replay = false
+  if take and request_id ~= '' then
+    local prev = redis.call('GET', record)
+    if prev == 'T' then
+      replay = true
+      take = false
+    elseif prev then
+      take = false
     end
   end
-  if available < 1 then
-    admitted = false
+
+  local base = {}
+  local admitted = true
+  for i = 1, n do
+    local b = buckets[i]
+    -- base = max(tat, now): a bucket idle long enough is full.
+    local q, r = now, 0
+    if b.q > now or (b.q == now and b.r > 0) then
+      q, r = b.q, b.r
+    end
+    local available
+    if q == now and r == 0 then
+      available = b.limit
+    else
+      local d = now + b.period - q
+      if d < 0 then
+        -- The server's clock went back past the bucket's horizon: nothing is available.
+        available = 0
+      else
+        available = math.max(0, muldiv(d, b.limit, r, b.period))
+      end
+    end
+    if available < 1 then
+      admitted = false
+    end
+    base[i] = { q = q, r = r, available = available }
   end
-  buckets[i] = { limit = limit, period = period, t = t, s = s, q = q, r = r, available = available }
+
+  if replay then
+    admitted = true
+  end
+  local commit = admitted and take
+
+  reply[#reply + 1] = admitted and 1 or 0
+  reply[#reply + 1] = now
+  for i = 1, n do
+    local b = buckets[i]
+    local q, r, remaining = base[i].q, base[i].r, base[i].available
+    if commit then
+      q = q + b.t
+      r = r + b.s
+      if r >= b.limit then
+        q = q + 1
+        r = r - b.limit
+      end
+      remaining = remaining - 1
+      b.q, b.r, b.dirty = q, r, true
+    end
+    -- Full again at tat: ceil(tat − now).
+    local reset_in = q - now
+    if r > 0 then
+      reset_in = reset_in + 1
+    end
+    local retry_in = -1
+    if remaining == 0 then
+      -- The next token arrives at tat + T − P (gcra.rs: (x + P − P·L) / L, rounded up).
+      local nq, nr = q + b.t, r + b.s
+      if nr >= b.limit then
+        nq = nq + 1
+        nr = nr - b.limit
+      end
+      local needed = nq - b.period
+      if nr > 0 then
+        needed = needed + 1
+      end
+      retry_in = math.max(needed - now, 1)
+    end
+    reply[#reply + 1] = remaining
+    reply[#reply + 1] = reset_in
+    reply[#reply + 1] = retry_in
+  end
+
+  if commit and request_id ~= '' then
+    redis.call('SET', record, 'T', 'PX', record_ms)
+  end
 end
 
-if replay then
-  admitted = true
+apply(KEYS[1], ARGV[1] == '1', ARGV[2], ARGV[3])
+for j = 1, k do
+  local a = 1 + 2 * n + 3 * j
+  apply(KEYS[1 + n + j], ARGV[a] == '1', ARGV[a + 1], ARGV[a + 2])
 end
-local commit = admitted and take
 
-local reply = { admitted and 1 or 0, now }
 for i = 1, n do
   local b = buckets[i]
-  local q, r, remaining = b.q, b.r, b.available
-  if commit then
-    q = q + b.t
-    r = r + b.s
-    if r >= b.limit then
-      q = q + 1
-      r = r - b.limit
-    end
-    remaining = remaining - 1
-  end
-  -- Full again at tat: ceil(tat − now).
-  local reset_in = q - now
-  if r > 0 then
-    reset_in = reset_in + 1
-  end
-  local retry_in = -1
-  if remaining == 0 then
-    -- The next token arrives at tat + T − P (gcra.rs: (x + P − P·L) / L, rounded up).
-    local nq, nr = q + b.t, r + b.s
-    if nr >= b.limit then
-      nq = nq + 1
-      nr = nr - b.limit
-    end
-    local needed = nq - b.period
-    if nr > 0 then
-      needed = needed + 1
-    end
-    retry_in = math.max(needed - now, 1)
-  end
-  if commit then
+  if b.dirty then
     -- The bucket can vanish once it is full again: an absent bucket reads as full.
-    local ttl = math.floor(reset_in / 1000) + 2
-    redis.call('SET', KEYS[1 + i], fmt(q) .. ':' .. fmt(r), 'PX', fmt(ttl))
+    local reset_in = b.q - now
+    if b.r > 0 then
+      reset_in = reset_in + 1
+    end
+    redis.call('SET', KEYS[1 + i], fmt(b.q) .. ':' .. fmt(b.r), 'PX', fmt(math.floor(reset_in / 1000) + 2))
   end
-  reply[#reply + 1] = remaining
-  reply[#reply + 1] = reset_in
-  reply[#reply + 1] = retry_in
-end
-
-if commit and request_id ~= '' then
-  redis.call('SET', KEYS[1], 'T', 'PX', ARGV[3])
 end
 return reply

@@ -5,7 +5,7 @@ use std::time::Duration;
 use keyvault_core::{BackendError, InvalidInput};
 
 /// A failure of the Redis backend.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Redis did not answer within the time budget.

@@ -4,7 +4,7 @@
 //!
 //! | type | implements | what |
 //! |---|---|---|
-//! | [`RedisRateLimiter`] | [`RateLimiter`](keyvault_core::RateLimiter) | GCRA buckets in one Lua script: every limit of a key checked on the server's clock and taken only when all admit; exact across instances |
+//! | [`RedisRateLimiter`] | [`RateLimiter`](keyvault_core::RateLimiter) | GCRA buckets in one Lua script: every limit of a key checked on the server's clock and taken only when all admit; concurrent checks of a key coalesced into one call; exact across instances |
 //! | [`RedisCreditStore`] | [`CreditStore`](keyvault_core::CreditStore) | live balances in Redis in front of a durable store, spent atomically in Lua, written back every 500 ms, rebuilt after a loss |
 //! | [`RedisChangeBus`] | [`ChangeBus`](keyvault_core::ChangeBus) | cache invalidation over pub/sub; a reconnect flushes every cache |
 //! | [`LiveCounters`] | | calls and errors per second and minute, per key and provider, expiring by themselves |
@@ -57,7 +57,7 @@ pub use bus::RedisChangeBus;
 pub use credits::{RedisCreditConfig, RedisCreditStore};
 pub use error::Error;
 pub use fail::{FailMode, FallbackStats};
-pub use limiter::{RedisLimiterConfig, RedisRateLimiter};
+pub use limiter::{BatchStats, MAX_BATCH, RedisLimiterConfig, RedisRateLimiter};
 pub use live::{LiveCounters, LivePoint, LiveScope, LiveSnapshot};
 
 // Re-exported so hosts name the same version.

@@ -1,12 +1,21 @@
 //! [`RedisRateLimiter`]: GCRA buckets in Redis, every limit of a key checked in one script.
 
-use std::{collections::HashMap, num::NonZeroU32};
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use keyvault_core::{
-    LimitDecision, LimitRequest, LimitState, RateLimit, RateLimiter, memory::MemoryRateLimiter,
+    KeyId, LimitDecision, LimitRequest, LimitState, RateLimit, RateLimiter,
+    memory::MemoryRateLimiter,
 };
+use tokio::sync::oneshot;
 
 use crate::{
     backend::RedisBackend,
@@ -79,6 +88,14 @@ impl RedisLimiterConfig {
 /// remembered for [`crate::RedisConfig::idempotency_ttl`]: a retried check takes nothing more
 /// and a release gives back only what its check took, once.
 ///
+/// Concurrent checks of one key with the same limits are coalesced: while one script call for
+/// them is on its way, the checks that arrive queue up, and the next call carries up to
+/// [`MAX_BATCH`] of them, which the script applies strictly in arrival order in one atomic
+/// step. A lone check never waits: it is sent at once. A call that fails or runs past the time
+/// budget applies the fail mode to each check it carried, so a queued check waits at most for
+/// the call ahead of it and its own (twice the budget). [`RedisRateLimiter::batch_stats`]
+/// counts checks and script calls.
+///
 /// ```no_run
 /// use keyvault_core::{KeyId, LimitRequest, RateLimit, RateLimiter};
 /// use keyvault_redis::{RedisBackend, RedisConfig, RedisLimiterConfig, RedisRateLimiter};
@@ -94,10 +111,172 @@ impl RedisLimiterConfig {
 pub struct RedisRateLimiter {
     redis: RedisBackend,
     config: RedisLimiterConfig,
-    check: redis::Script,
+    lanes: Arc<Lanes>,
     release: redis::Script,
     local: MemoryRateLimiter,
     counters: FailCounters,
+}
+
+/// The most checks one script call carries: bounds the script's run time (Redis serves nothing
+/// else meanwhile) and its reply.
+pub const MAX_BATCH: usize = 128;
+
+/// How [`RedisRateLimiter`] coalesced its checks into script calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Checks sent to Redis (whatever the answer).
+    pub checks: u64,
+    /// Script calls that carried them.
+    pub script_calls: u64,
+    /// The most checks one call carried.
+    pub largest_batch: u64,
+}
+
+/// Checks of one quota id with one list of limits: they share every bucket, so one script call
+/// can apply them in order.
+type LaneKey = (KeyId, Vec<RateLimit>);
+
+/// A script reply for one check, or why there is none.
+type Answer = Result<Vec<i64>, Error>;
+
+/// A check waiting for the call in flight on its lane to return.
+#[derive(Debug)]
+struct Pending {
+    take: bool,
+    request_id: String,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// The lanes with a call in flight (an entry exists exactly while one does), each with the
+/// checks queued behind it.
+#[derive(Debug)]
+struct Lanes {
+    redis: RedisBackend,
+    script: redis::Script,
+    busy: Mutex<HashMap<LaneKey, Vec<Pending>>>,
+    checks: AtomicU64,
+    calls: AtomicU64,
+    largest: AtomicU64,
+}
+
+impl Lanes {
+    fn busy(&self) -> std::sync::MutexGuard<'_, HashMap<LaneKey, Vec<Pending>>> {
+        // Nothing panics while the lock is held; a poisoned map is still consistent.
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One script call applying `checks` (take flag, request id) in order.
+    async fn call(&self, lane: &LaneKey, checks: &[(bool, &str)]) -> Result<Vec<Vec<i64>>, Error> {
+        let (quota, limits) = lane;
+        let Some(((first_take, first_id), rest)) = checks.split_first() else {
+            return Ok(Vec::new());
+        };
+        let record = |id: &str| self.redis.quota_key(*quota, &format!("rl:req:{id}"));
+        let ttl = self.redis.idempotency_ms();
+        let mut inv = self.script.prepare_invoke();
+        inv.key(record(first_id));
+        for l in limits {
+            inv.key(self.redis.quota_key(
+                *quota,
+                &format!("rl:{}:{}:{}", l.limit(), l.period_ms(), l.name()),
+            ));
+        }
+        for (_, id) in rest {
+            inv.key(record(id));
+        }
+        inv.arg(take_arg(*first_take)).arg(*first_id).arg(ttl);
+        for l in limits {
+            inv.arg(l.limit()).arg(l.period_ms());
+        }
+        for (take, id) in rest {
+            inv.arg(take_arg(*take)).arg(*id).arg(ttl);
+        }
+        let n = checks.len() as u64;
+        self.checks.fetch_add(n, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.largest.fetch_max(n, Ordering::Relaxed);
+        let mut conn = self.redis.conn();
+        let reply: Vec<i64> = self
+            .redis
+            .run(async { inv.invoke_async(&mut conn).await })
+            .await?;
+        let width = 2 + 3 * limits.len();
+        if reply.len() != width * checks.len() {
+            return Err(Error::Reply(
+                "rate-limit script answered the wrong number of values",
+            ));
+        }
+        Ok(reply.chunks_exact(width).map(<[i64]>::to_vec).collect())
+    }
+
+    /// Sends the checks queued on `lane`, a batch per call, until none is left; then the lane
+    /// is idle again.
+    async fn drain(self: Arc<Self>, lane: LaneKey) {
+        loop {
+            let batch: Vec<Pending> = {
+                let mut busy = self.busy();
+                match busy.get_mut(&lane) {
+                    Some(queue) if !queue.is_empty() => {
+                        let n = queue.len().min(MAX_BATCH);
+                        queue.drain(..n).collect()
+                    }
+                    _ => {
+                        busy.remove(&lane);
+                        return;
+                    }
+                }
+            };
+            let checks: Vec<(bool, &str)> = batch
+                .iter()
+                .map(|p| (p.take, p.request_id.as_str()))
+                .collect();
+            match self.call(&lane, &checks).await {
+                Ok(replies) => {
+                    for (p, reply) in batch.into_iter().zip(replies) {
+                        // A caller that gave up no longer listens; its check was applied.
+                        let _ = p.answer.send(Ok(reply));
+                    }
+                }
+                Err(e) => {
+                    for p in batch {
+                        let _ = p.answer.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn take_arg(take: bool) -> &'static str {
+    if take { "1" } else { "0" }
+}
+
+/// Held by a check that sends its own call: when it is done (or given up), the checks queued
+/// behind it are sent by a task of their own, so they never depend on this caller.
+struct Lead {
+    lanes: Arc<Lanes>,
+    lane: LaneKey,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        let mut busy = self.lanes.busy();
+        let queued = busy.get(&self.lane).is_some_and(|q| !q.is_empty());
+        if !queued {
+            busy.remove(&self.lane);
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                drop(busy);
+                rt.spawn(self.lanes.clone().drain(self.lane.clone()));
+            }
+            // Only while the runtime shuts down: the queued checks end with an error.
+            Err(_) => {
+                busy.remove(&self.lane);
+            }
+        }
+    }
 }
 
 impl RedisRateLimiter {
@@ -106,7 +285,14 @@ impl RedisRateLimiter {
         Self {
             redis: redis.clone(),
             config,
-            check: redis::Script::new(include_str!("../lua/ratelimit.lua")),
+            lanes: Arc::new(Lanes {
+                redis: redis.clone(),
+                script: redis::Script::new(include_str!("../lua/ratelimit.lua")),
+                busy: Mutex::new(HashMap::new()),
+                checks: AtomicU64::new(0),
+                calls: AtomicU64::new(0),
+                largest: AtomicU64::new(0),
+            }),
             release: redis::Script::new(include_str!("../lua/release.lua")),
             local: MemoryRateLimiter::new(),
             counters: FailCounters::new("ratelimit"),
@@ -118,12 +304,17 @@ impl RedisRateLimiter {
         self.counters.snapshot()
     }
 
-    fn invocation<'s>(
-        &'s self,
-        script: &'s redis::Script,
-        req: &LimitRequest<'_>,
-    ) -> redis::ScriptInvocation<'s> {
-        let mut inv = script.prepare_invoke();
+    /// How many checks went to Redis and in how many script calls.
+    pub fn batch_stats(&self) -> BatchStats {
+        BatchStats {
+            checks: self.lanes.checks.load(Ordering::Relaxed),
+            script_calls: self.lanes.calls.load(Ordering::Relaxed),
+            largest_batch: self.lanes.largest.load(Ordering::Relaxed),
+        }
+    }
+
+    fn release_invocation<'s>(&'s self, req: &LimitRequest<'_>) -> redis::ScriptInvocation<'s> {
+        let mut inv = self.release.prepare_invoke();
         inv.key(
             self.redis
                 .quota_key(req.quota_id, &format!("rl:req:{}", req.request_id)),
@@ -138,23 +329,51 @@ impl RedisRateLimiter {
     }
 
     async fn check_redis(&self, req: &LimitRequest<'_>) -> Result<LimitDecision, Error> {
-        let mut inv = self.invocation(&self.check, req);
-        inv.arg(if req.take { "1" } else { "0" })
-            .arg(req.request_id)
-            .arg(self.redis.idempotency_ms());
-        for l in req.limits {
-            inv.arg(l.limit()).arg(l.period_ms());
-        }
-        let mut conn = self.redis.conn();
-        let reply: Vec<i64> = self
-            .redis
-            .run(async { inv.invoke_async(&mut conn).await })
-            .await?;
+        let lane: LaneKey = (req.quota_id, req.limits.to_vec());
+        let queued = {
+            let mut busy = self.lanes.busy();
+            match busy.get_mut(&lane) {
+                Some(queue) => {
+                    let (answer, rx) = oneshot::channel();
+                    queue.push(Pending {
+                        take: req.take,
+                        request_id: req.request_id.to_owned(),
+                        answer,
+                    });
+                    Some(rx)
+                }
+                None => {
+                    busy.insert(lane.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        let reply = match queued {
+            Some(rx) => rx.await.map_err(|_| {
+                Error::Reply("rate-limit batch ended without an answer (runtime shutting down)")
+            })??,
+            None => {
+                let lead = Lead {
+                    lanes: self.lanes.clone(),
+                    lane,
+                };
+                let replies = self
+                    .lanes
+                    .call(&lead.lane, &[(req.take, req.request_id)])
+                    .await;
+                // Hands the queued checks on before this one is answered.
+                drop(lead);
+                let mut replies = replies?;
+                replies.pop().ok_or(Error::Reply(
+                    "rate-limit script answered the wrong number of values",
+                ))?
+            }
+        };
         decision(req.limits, &reply)
     }
 
     async fn release_redis(&self, req: &LimitRequest<'_>) -> Result<(), Error> {
-        let mut inv = self.invocation(&self.release, req);
+        let mut inv = self.release_invocation(req);
         inv.arg(req.request_id).arg(self.redis.idempotency_ms());
         for l in req.limits {
             inv.arg(l.limit()).arg(l.period_ms());
