@@ -32,11 +32,11 @@ pub struct RecorderConfig {
 impl Default for RecorderConfig {
     fn default() -> Self {
         Self {
-            capacity: 131_072,
+            capacity: 65_536,
             // Large batches keep a database sink's per-batch work (rollup upserts) small
             // against the rows it writes; under light load the interval flushes first anyway.
             batch_size: 10_000,
-            flush_interval: Duration::from_millis(250),
+            flush_interval: Duration::from_millis(500),
             max_attempts: 5,
         }
     }
@@ -68,9 +68,6 @@ struct Shared {
     tx: mpsc::Sender<UsageEvent>,
     counters: Arc<Counters>,
     shutdown: Arc<Notify>,
-    // Wakes the writer before its tick when the buffer is half full.
-    drain: Arc<Notify>,
-    half: usize,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -102,22 +99,12 @@ impl UsageRecorder {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let counters = Arc::new(Counters::default());
         let shutdown = Arc::new(Notify::new());
-        let drain = Arc::new(Notify::new());
-        let task = tokio::spawn(run(
-            rx,
-            sink,
-            config,
-            counters.clone(),
-            shutdown.clone(),
-            drain.clone(),
-        ));
+        let task = tokio::spawn(run(rx, sink, config, counters.clone(), shutdown.clone()));
         Self {
             shared: Arc::new(Shared {
                 tx,
                 counters,
                 shutdown,
-                drain,
-                half: config.capacity.max(1) / 2,
                 task: Mutex::new(Some(task)),
             }),
         }
@@ -129,9 +116,6 @@ impl UsageRecorder {
         match self.shared.tx.try_send(event) {
             Ok(()) => {
                 c.recorded.fetch_add(1, Ordering::Relaxed);
-                if self.shared.tx.capacity() < self.shared.half {
-                    self.shared.drain.notify_one();
-                }
                 true
             }
             Err(_) => {
@@ -170,46 +154,37 @@ impl UsageRecorder {
     }
 }
 
-// The writer sleeps until its tick (or until the buffer is half full) and then drains in
-// bulk: waking once per event would put a task wake-up on every request's account.
 async fn run(
     mut rx: mpsc::Receiver<UsageEvent>,
     sink: Arc<dyn UsageSink>,
     config: RecorderConfig,
     counters: Arc<Counters>,
     shutdown: Arc<Notify>,
-    drain: Arc<Notify>,
 ) {
     let batch_size = config.batch_size.max(1);
-    let mut buf: Vec<UsageEvent> = Vec::with_capacity(batch_size.min(16_384));
+    let mut buf: Vec<UsageEvent> = Vec::with_capacity(batch_size);
     let mut tick = tokio::time::interval(config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let stop = tokio::select! {
+        tokio::select! {
             biased;
-            () = shutdown.notified() => true,
-            () = drain.notified() => false,
-            _ = tick.tick() => false,
-        };
-        if stop {
-            break;
-        }
-        // Drain what is there now, a batch at a time.
-        loop {
-            while buf.len() < batch_size {
-                match rx.try_recv() {
-                    Ok(ev) => buf.push(ev),
-                    Err(_) => break,
+            () = shutdown.notified() => break,
+            msg = rx.recv() => match msg {
+                Some(ev) => {
+                    buf.push(ev);
+                    while buf.len() < batch_size {
+                        match rx.try_recv() {
+                            Ok(ev) => buf.push(ev),
+                            Err(_) => break,
+                        }
+                    }
+                    if buf.len() >= batch_size {
+                        flush(&*sink, &mut buf, &config, &counters).await;
+                    }
                 }
-            }
-            let full = buf.len() >= batch_size;
-            flush(&*sink, &mut buf, &config, &counters).await;
-            if !full {
-                break;
-            }
-        }
-        if rx.is_closed() && rx.is_empty() {
-            return;
+                None => break,
+            },
+            _ = tick.tick() => flush(&*sink, &mut buf, &config, &counters).await,
         }
     }
     // Refuse new events, then drain what was accepted: nothing acknowledged is lost.
