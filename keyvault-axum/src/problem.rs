@@ -112,7 +112,9 @@ impl RateLimitHeaders {
         let tight = v.tightest_limit()?;
         let until_ms = (tight.reset_at - now).num_milliseconds().max(0);
         let mut reset = whole_seconds_up(until_ms as u64);
-        if v.outcome == Outcome::RateLimited {
+        // CONTRACT §2: at least 1 on every 429, credits exhausted included (its limits may
+        // well be full again by now).
+        if matches!(v.outcome, Outcome::RateLimited | Outcome::UsageExceeded) {
             reset = reset.max(1);
         }
         Some(Self {

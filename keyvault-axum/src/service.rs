@@ -143,8 +143,10 @@ where
         .cost(cost)
         .scopes(&route.scopes)
         .ip(ip)
-        // Rejected keys' limits are not shown to callers, so reading them is wasted work.
-        .report_state(false);
+        // CONTRACT §2: every response for a key with rate limits carries `RateLimit-*`,
+        // rejections before the limits are checked (disabled, expired, forbidden, missing
+        // scope) included, so their state is read (without taking anything) for those too.
+        .report_state(true);
     if let Some(u) = &usage {
         verify = verify.request_id(&u.request_id);
     }

@@ -678,3 +678,93 @@ async fn a_cost_out_of_range_is_refused_with_400() {
         .unwrap();
     assert_problem(send(&app, req).await, 400, "INVALID_COST").await;
 }
+
+/// CONTRACT §2: responses for keys with rate limits carry `RateLimit-*`, including the
+/// rejections decided before the limits are checked; reading them takes nothing.
+#[tokio::test]
+async fn early_rejections_of_rate_limited_keys_carry_ratelimit_headers() {
+    let f = Fixture::new();
+    let limited = || NewKey::new("k").ratelimit(RateLimit::new("burst", 4, 8_000).unwrap());
+    let (disabled, _) = f.key(limited().disabled()).await;
+    let (expiring, _) = f
+        .key(limited().expires_at(f.clock.now_plus(TimeDelta::minutes(5))))
+        .await;
+    let (office, _) = f
+        .key(limited().allow("198.51.100.0/24".parse().unwrap()))
+        .await;
+    let (plain, _) = f.key(limited()).await;
+    f.clock.advance(TimeDelta::minutes(6));
+    let app = f.app();
+    let admin = |k: &str| {
+        Request::post("/v1/admin")
+            .header("authorization", format!("Bearer {k}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (req, status, code) in [
+        (bearer("/v1/hello", &disabled), 401, "DISABLED"),
+        (bearer("/v1/hello", &expiring), 401, "EXPIRED"),
+        (bearer("/v1/hello", &office), 403, "FORBIDDEN"),
+        (admin(&plain), 403, "INSUFFICIENT_PERMISSIONS"),
+        (admin(&plain), 403, "INSUFFICIENT_PERMISSIONS"),
+    ] {
+        let res = send(&app, req).await;
+        assert_eq!(header(&res, "ratelimit-limit"), Some("4"), "{code}");
+        // Nothing was taken, by this rejection or the ones before it.
+        assert_eq!(header(&res, "ratelimit-remaining"), Some("4"), "{code}");
+        assert_eq!(header(&res, "ratelimit-reset"), Some("0"), "{code}");
+        assert_problem(res, status, code).await;
+    }
+    let res = send(&app, bearer("/v1/hello", &plain)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "ratelimit-remaining"), Some("3"));
+    assert_eq!(header(&res, "ratelimit-reset"), Some("2"));
+}
+
+/// Admits everything and reports every bucket full.
+#[derive(Debug)]
+struct FullLimiter;
+
+#[async_trait]
+impl RateLimiter for FullLimiter {
+    async fn check(&self, req: &LimitRequest<'_>) -> keyvault_core::Result<LimitDecision> {
+        Ok(LimitDecision {
+            admitted: true,
+            states: req
+                .limits
+                .iter()
+                .map(|l| keyvault_core::LimitState {
+                    name: l.name().to_owned(),
+                    limit: l.limit(),
+                    remaining: u64::from(l.limit()),
+                    reset_at: Utc::now() - TimeDelta::hours(1),
+                    retry_after_ms: None,
+                })
+                .collect(),
+        })
+    }
+    async fn release(&self, _: &LimitRequest<'_>) -> keyvault_core::Result<()> {
+        Ok(())
+    }
+}
+
+/// CONTRACT §2: `RateLimit-Reset` is at least 1 on a 429, also when credits ran out while
+/// the key's rate limits are full.
+#[tokio::test]
+async fn ratelimit_reset_is_at_least_one_on_usage_exceeded() {
+    let f = Fixture::with_limiter(Some(Arc::new(FullLimiter)));
+    let (key, _) = f
+        .key(
+            NewKey::new("k")
+                .credits(Credits::new(0))
+                .ratelimit(RateLimit::new("m", 10, 60_000).unwrap()),
+        )
+        .await;
+    let app = f.app();
+    let res = send(&app, bearer("/v1/hello", &key)).await;
+    assert_eq!(header(&res, "ratelimit-limit"), Some("10"));
+    assert_eq!(header(&res, "ratelimit-remaining"), Some("10"));
+    assert_eq!(header(&res, "ratelimit-reset"), Some("1"));
+    assert!(header(&res, "retry-after").is_none());
+    assert_problem(res, 429, "USAGE_EXCEEDED").await;
+}

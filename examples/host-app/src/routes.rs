@@ -2,6 +2,9 @@
 
 use axum::{
     Json, Router,
+    body::Bytes,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use keyvault_axum::{KeyvaultLayer, RouteConfig, VerifiedKey};
@@ -29,8 +32,25 @@ async fn hello(key: VerifiedKey) -> Json<Value> {
     Json(json!({ "message": "hello", "key_id": key.id() }))
 }
 
-async fn echo(Json(body): Json<Value>) -> Json<Value> {
-    Json(body)
+/// Echoes the JSON body back byte for byte (key order and number formatting included).
+/// Any body that parses as JSON is accepted whatever its `Content-Type`, so that a client
+/// such as `curl -d '{…}'`, which labels it as a form, is answered too.
+async fn echo(body: Bytes) -> Response {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        let problem = json!({
+            "type": "urn:keyvault:problem:invalid-json",
+            "title": "The request body is not JSON",
+            "status": 400,
+            "code": "INVALID_JSON",
+        });
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            problem.to_string(),
+        )
+            .into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn healthz() -> Json<Value> {

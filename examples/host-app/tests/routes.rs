@@ -154,3 +154,60 @@ async fn usage_is_counted_per_provider() {
         .unwrap();
     assert_eq!(anthropic.success_rate, Some(0.5));
 }
+
+/// The echo routes return the body as sent (key order and number formatting kept), whatever
+/// `Content-Type` labels it; a body that is not JSON is a 400 problem.
+#[tokio::test]
+async fn echo_routes_return_the_body_as_sent() {
+    let app = app().await;
+    let raw = r#"{"z": 1, "a": [1.50, "x"], "m": {"b": null, "a": true}}"#;
+    for route in ["/v1/chat", "/v1/embed"] {
+        for content_type in [
+            Some("application/json"),
+            Some("application/x-www-form-urlencoded"),
+            None,
+        ] {
+            let mut b = Request::post(route).header("x-api-key", &app.key);
+            if let Some(ct) = content_type {
+                b = b.header("content-type", ct);
+            }
+            let res = app
+                .router
+                .clone()
+                .oneshot(b.body(Body::from(raw)).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{route} {content_type:?}");
+            assert_eq!(
+                res.headers()["content-type"],
+                "application/json",
+                "{route} {content_type:?}"
+            );
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(bytes, raw.as_bytes(), "{route} {content_type:?}");
+        }
+        for bad in ["", "{", "{} {}", "not json"] {
+            let res = app
+                .router
+                .clone()
+                .oneshot(
+                    Request::post(route)
+                        .header("x-api-key", &app.key)
+                        .header("content-type", "application/json")
+                        .body(Body::from(bad))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{route} {bad:?}");
+            assert_eq!(
+                res.headers()["content-type"],
+                "application/problem+json",
+                "{route} {bad:?}"
+            );
+            let body = json_of(res).await;
+            assert_eq!(body["status"], 400);
+            assert_eq!(body["code"], "INVALID_JSON");
+        }
+    }
+}
