@@ -364,8 +364,17 @@ impl Keyvault {
             if undo && take && !record.ratelimits.is_empty() {
                 // Reserve-and-refund: the tokens taken above go back.
                 self.inner.limiter.release(&limit_req).await?;
+                let now = self.inner.clock.now();
                 for (state, limit) in v.ratelimits.iter_mut().zip(&record.ratelimits) {
                     state.remaining = (state.remaining + 1).min(u64::from(limit.limit()));
+                    // The bucket is full again one emission interval sooner.
+                    let interval_ns =
+                        i128::from(limit.period_ms()) * 1_000_000 / i128::from(limit.limit());
+                    let back = chrono::TimeDelta::nanoseconds(
+                        i64::try_from(interval_ns).unwrap_or(i64::MAX),
+                    );
+                    state.reset_at = (state.reset_at - back).max(now);
+                    state.retry_after_ms = None;
                 }
             }
             let spent = spent?;

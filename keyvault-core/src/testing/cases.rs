@@ -369,6 +369,18 @@ pub async fn rejected_requests_consume_nothing(b: Backends) {
     let v = kv.verify(&VerifyRequest::new(&key).cost(0)).await.unwrap();
     assert_eq!(v.ratelimits[0].remaining, 8);
     assert_eq!(v.credits_remaining, Some(0));
+    // The refused answer reports the buckets as the refund left them.
+    let refused = verify(&kv, &key).await;
+    assert_eq!(refused.outcome, Outcome::UsageExceeded);
+    assert_eq!(refused.ratelimits[0].remaining, 8);
+    let pure = kv.verify(&VerifyRequest::new(&key).cost(0)).await.unwrap();
+    let drift = (refused.ratelimits[0].reset_at - pure.ratelimits[0].reset_at)
+        .num_milliseconds()
+        .abs();
+    assert!(
+        drift < 1_000,
+        "reset_at after a refund is off by {drift} ms"
+    );
     // Early rejections take nothing either.
     let (key, id) = create(
         &kv,
