@@ -135,11 +135,13 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|d| d.code().as_deref() == Some("23505"))
 }
 
-async fn insert(conn: &mut PgConnection, r: &KeyRecord) -> Result<()> {
-    let e = encode(r)?;
-    let last_used = r.last_used_at;
-    let res = sqlx::query(INSERT_KEY)
-        .bind(r.id.as_uuid())
+/// Binds `$1`–`$21`, the columns `INSERT_KEY` and `UPDATE_KEY` share, in table order.
+fn bind_record<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    r: &'q KeyRecord,
+    e: &'q Encoded,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(r.id.as_uuid())
         .bind(r.quota_id.as_uuid())
         .bind(&r.name)
         .bind(&r.owner_id)
@@ -160,6 +162,12 @@ async fn insert(conn: &mut PgConnection, r: &KeyRecord) -> Result<()> {
         .bind(r.rotated_from.map(|k| *k.as_uuid()))
         .bind(r.superseded_by.map(|k| *k.as_uuid()))
         .bind(r.grace_until)
+}
+
+async fn insert(conn: &mut PgConnection, r: &KeyRecord) -> Result<()> {
+    let e = encode(r)?;
+    let last_used = r.last_used_at;
+    let res = bind_record(sqlx::query(INSERT_KEY), r, &e)
         .bind(last_used)
         .bind(e.revision)
         .execute(&mut *conn)
@@ -183,28 +191,7 @@ async fn update(conn: &mut PgConnection, r: &KeyRecord, reset_credits: bool) -> 
         .revision
         .checked_sub(1)
         .ok_or_else(|| Error::Conflict(format!("key {} was changed concurrently", r.id)))?;
-    let res = sqlx::query(UPDATE_KEY)
-        .bind(r.id.as_uuid())
-        .bind(r.quota_id.as_uuid())
-        .bind(&r.name)
-        .bind(&r.owner_id)
-        .bind(r.prefix.as_str())
-        .bind(&r.start)
-        .bind(&r.digest.as_bytes()[..])
-        .bind(r.created_at)
-        .bind(r.updated_at)
-        .bind(r.enabled)
-        .bind(r.expires_at)
-        .bind(&r.scopes)
-        .bind(&e.allowlist)
-        .bind(&e.credits)
-        .bind(&e.ratelimits)
-        .bind(&e.metadata)
-        .bind(&e.rotation)
-        .bind(r.next_rotation_at)
-        .bind(r.rotated_from.map(|k| *k.as_uuid()))
-        .bind(r.superseded_by.map(|k| *k.as_uuid()))
-        .bind(r.grace_until)
+    let res = bind_record(sqlx::query(UPDATE_KEY), r, &e)
         .bind(e.revision)
         .bind(expected)
         .bind(r.last_used_at)
