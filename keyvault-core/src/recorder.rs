@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Notify, mpsc},
+    sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 
@@ -67,8 +67,8 @@ struct Counters {
 struct Shared {
     tx: mpsc::Sender<UsageEvent>,
     counters: Arc<Counters>,
-    shutdown: Arc<Notify>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The writer, and what tells it to stop.
+    task: Mutex<Option<(JoinHandle<()>, oneshot::Sender<()>)>>,
 }
 
 /// Records usage without blocking: [`record`](Self::record) never waits; a full buffer drops
@@ -98,14 +98,13 @@ impl UsageRecorder {
     pub fn spawn(sink: Arc<dyn UsageSink>, config: RecorderConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let counters = Arc::new(Counters::default());
-        let shutdown = Arc::new(Notify::new());
-        let task = tokio::spawn(run(rx, sink, config, counters.clone(), shutdown.clone()));
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(rx, sink, config, counters.clone(), stopped));
         Self {
             shared: Arc::new(Shared {
                 tx,
                 counters,
-                shutdown,
-                task: Mutex::new(Some(task)),
+                task: Mutex::new(Some((task, stop))),
             }),
         }
     }
@@ -145,8 +144,9 @@ impl UsageRecorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(task) = task {
-            self.shared.shutdown.notify_one();
+        if let Some((task, stop)) = task {
+            // The writer only ends after this, or after every sender is gone.
+            let _ = stop.send(());
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "usage writer task failed");
             }
@@ -159,31 +159,33 @@ async fn run(
     sink: Arc<dyn UsageSink>,
     config: RecorderConfig,
     counters: Arc<Counters>,
-    shutdown: Arc<Notify>,
+    mut stop: oneshot::Receiver<()>,
 ) {
     let batch_size = config.batch_size.max(1);
     let mut buf: Vec<UsageEvent> = Vec::with_capacity(batch_size);
     let mut tick = tokio::time::interval(config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // `buf` is below a batch here: it is flushed as soon as it reaches one.
+        let room = batch_size.saturating_sub(buf.len()).max(1);
         tokio::select! {
             biased;
-            () = shutdown.notified() => break,
-            msg = rx.recv() => match msg {
-                Some(ev) => {
-                    buf.push(ev);
-                    while buf.len() < batch_size {
-                        match rx.try_recv() {
-                            Ok(ev) => buf.push(ev),
-                            Err(_) => break,
-                        }
-                    }
-                    if buf.len() >= batch_size {
-                        flush(&*sink, &mut buf, &config, &counters).await;
-                    }
+            // A one-shot channel rather than a `Notify`: it is polled on every wake-up (once per
+            // event under load), and polling a waiting `Notified` takes the notifier's lock.
+            // A dropped sender (the recorder gone without `shutdown`) also ends the loop, and
+            // what was accepted is still written below.
+            _ = &mut stop => break,
+            // Takes every queued event up to a batch in one call: most wake-ups find a single
+            // event, and a `try_recv` after it to learn that the queue is empty costs as much
+            // as receiving it.
+            n = rx.recv_many(&mut buf, room) => {
+                if n == 0 {
+                    break;
                 }
-                None => break,
-            },
+                if buf.len() >= batch_size {
+                    flush(&*sink, &mut buf, &config, &counters).await;
+                }
+            }
             _ = tick.tick() => flush(&*sink, &mut buf, &config, &counters).await,
         }
     }
