@@ -87,8 +87,8 @@ pub use outcome::{LimitState, Outcome, Verification};
 pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
 pub use store::{KeyQuery, KeyStore, KeyWrite, Page};
 pub use usage::{
-    LATENCY_BUCKETS, LatencyHistogram, Percentiles, ProviderStats, StatsOverview, StatsQuery,
-    TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, success_rate,
+    LATENCY_BUCKETS, LatencyHistogram, OverviewBuilder, Percentiles, ProviderStats, StatsOverview,
+    StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, success_rate,
 };
 pub use vault::{Keyvault, KeyvaultBuilder, VerifyRequest};
 

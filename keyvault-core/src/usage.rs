@@ -265,6 +265,68 @@ impl LatencyHistogram {
     }
 }
 
+/// Assembles a [`StatsOverview`] from counted calls: what every [`UsageQuery`] that counts
+/// in process (raw events, rollup cells) does the same way.
+#[derive(Debug, Clone, Default)]
+pub struct OverviewBuilder {
+    calls: u64,
+    ok: u64,
+    latency: LatencyHistogram,
+    providers: std::collections::HashMap<String, (u64, u64)>,
+    series: BTreeMap<DateTime<Utc>, (u64, u64)>,
+}
+
+impl OverviewBuilder {
+    /// Counts `calls` calls (`ok` of them successful) of `provider` in the step starting at
+    /// `step` (see [`StatsQuery::bucket_of`]).
+    pub fn add(&mut self, provider: &str, step: DateTime<Utc>, calls: u64, ok: u64) {
+        self.calls += calls;
+        self.ok += ok;
+        match self.providers.get_mut(provider) {
+            Some(p) => {
+                p.0 += calls;
+                p.1 += ok;
+            }
+            None => {
+                self.providers.insert(provider.to_owned(), (calls, ok));
+            }
+        }
+        let s = self.series.entry(step).or_default();
+        s.0 += calls;
+        s.1 += calls - ok.min(calls);
+    }
+
+    /// The latency histogram the calls are added to.
+    pub fn latency(&mut self) -> &mut LatencyHistogram {
+        &mut self.latency
+    }
+
+    /// The overview: providers by most calls (then name), steps in time order.
+    pub fn finish(self) -> StatsOverview {
+        let mut by_provider: Vec<ProviderStats> = self
+            .providers
+            .into_iter()
+            .map(|(provider, (calls, ok))| ProviderStats {
+                provider,
+                calls,
+                success_rate: success_rate(ok, calls),
+            })
+            .collect();
+        by_provider.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.provider.cmp(&b.provider)));
+        StatsOverview {
+            calls: self.calls,
+            success_rate: success_rate(self.ok, self.calls),
+            latency_ms: self.latency.percentiles(),
+            by_provider,
+            timeseries: self
+                .series
+                .into_iter()
+                .map(|(ts, (calls, errors))| TimePoint { ts, calls, errors })
+                .collect(),
+        }
+    }
+}
+
 /// A fraction, or None for no calls.
 pub fn success_rate(ok: u64, calls: u64) -> Option<f64> {
     (calls > 0).then(|| ok as f64 / calls as f64)

@@ -12,8 +12,8 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keyvault_core::{
-    KeyId, LatencyHistogram, ProviderStats, Result, StatsOverview, StatsQuery, TimePoint,
-    UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, async_trait, success_rate,
+    KeyId, LatencyHistogram, OverviewBuilder, Result, StatsOverview, StatsQuery, UNKNOWN_PROVIDER,
+    UsageEvent, UsageQuery, UsageSink, async_trait,
 };
 
 /// How many recent request ids are remembered to refuse duplicates. Duplicates come from a
@@ -199,10 +199,7 @@ impl UsageQuery for RollupUsage {
     async fn overview(&self, q: &StatsQuery) -> Result<StatsOverview> {
         q.validate()?;
         let st = self.state();
-        let (mut calls, mut ok) = (0u64, 0u64);
-        let mut hist = LatencyHistogram::default();
-        let mut providers: HashMap<&str, (u64, u64)> = HashMap::new();
-        let mut series: BTreeMap<DateTime<Utc>, (u64, u64)> = BTreeMap::new();
+        let mut out = OverviewBuilder::default();
         // Minutes are the resolution: a minute belongs to the range when it starts in it.
         let first = minute_of(q.from) + i64::from(minute_start(minute_of(q.from)) < q.from);
         let last = minute_of(q.to) - i64::from(minute_start(minute_of(q.to)) == q.to);
@@ -217,39 +214,14 @@ impl UsageQuery for RollupUsage {
                     if q.key_id.is_some_and(|k| *key != Some(k)) {
                         continue;
                     }
-                    calls += agg.calls;
-                    ok += agg.ok;
+                    out.add(provider, q.bucket_of(at), agg.calls, agg.ok);
                     for (b, n) in agg.latency.buckets() {
-                        hist.add(b, n);
+                        out.latency().add(b, n);
                     }
-                    let p = providers.entry(provider).or_default();
-                    p.0 += agg.calls;
-                    p.1 += agg.ok;
-                    let s = series.entry(q.bucket_of(at)).or_default();
-                    s.0 += agg.calls;
-                    s.1 += agg.calls - agg.ok;
                 }
             }
         }
-        let mut by_provider: Vec<ProviderStats> = providers
-            .into_iter()
-            .map(|(p, (c, o))| ProviderStats {
-                provider: p.to_owned(),
-                calls: c,
-                success_rate: success_rate(o, c),
-            })
-            .collect();
-        by_provider.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.provider.cmp(&b.provider)));
-        Ok(StatsOverview {
-            calls,
-            success_rate: success_rate(ok, calls),
-            latency_ms: hist.percentiles(),
-            by_provider,
-            timeseries: series
-                .into_iter()
-                .map(|(ts, (calls, errors))| TimePoint { ts, calls, errors })
-                .collect(),
-        })
+        Ok(out.finish())
     }
 }
 

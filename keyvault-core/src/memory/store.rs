@@ -14,8 +14,8 @@ use crate::{
     model::{Credits, KeyId, KeyRecord},
     store::{KeyQuery, KeyStore, KeyWrite, Page},
     usage::{
-        LatencyHistogram, ProviderStats, StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER,
-        UsageEvent, UsageQuery, UsageSink, success_rate,
+        OverviewBuilder, StatsOverview, StatsQuery, UNKNOWN_PROVIDER, UsageEvent, UsageQuery,
+        UsageSink,
     },
 };
 
@@ -385,10 +385,7 @@ impl UsageQuery for MemoryStore {
     async fn overview(&self, q: &StatsQuery) -> Result<StatsOverview> {
         q.validate()?;
         let u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let mut hist = LatencyHistogram::default();
-        let (mut calls, mut ok) = (0u64, 0u64);
-        let mut providers: HashMap<&str, (u64, u64)> = HashMap::new();
-        let mut series: BTreeMap<DateTime<Utc>, (u64, u64)> = BTreeMap::new();
+        let mut out = OverviewBuilder::default();
         for e in u.events.iter().filter(|e| {
             e.ts >= q.from
                 && e.ts < q.to
@@ -397,37 +394,10 @@ impl UsageQuery for MemoryStore {
                     .as_ref()
                     .is_none_or(|p| e.provider.as_ref() == Some(p))
         }) {
-            let success = e.is_success();
-            calls += 1;
-            ok += u64::from(success);
-            hist.record(e.latency_us);
-            let p = providers
-                .entry(e.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER))
-                .or_default();
-            p.0 += 1;
-            p.1 += u64::from(success);
-            let s = series.entry(q.bucket_of(e.ts)).or_default();
-            s.0 += 1;
-            s.1 += u64::from(!success);
+            let provider = e.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER);
+            out.add(provider, q.bucket_of(e.ts), 1, u64::from(e.is_success()));
+            out.latency().record(e.latency_us);
         }
-        let mut by_provider: Vec<ProviderStats> = providers
-            .into_iter()
-            .map(|(p, (c, o))| ProviderStats {
-                provider: p.to_owned(),
-                calls: c,
-                success_rate: success_rate(o, c),
-            })
-            .collect();
-        by_provider.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.provider.cmp(&b.provider)));
-        Ok(StatsOverview {
-            calls,
-            success_rate: success_rate(ok, calls),
-            latency_ms: hist.percentiles(),
-            by_provider,
-            timeseries: series
-                .into_iter()
-                .map(|(ts, (calls, errors))| TimePoint { ts, calls, errors })
-                .collect(),
-        })
+        Ok(out.finish())
     }
 }
