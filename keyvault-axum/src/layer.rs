@@ -8,7 +8,7 @@ use std::{
 
 use http::{HeaderName, Method};
 use ipnet::IpNet;
-use keyvault_core::{Keyvault, UsageRecorder};
+use keyvault_core::{Keyvault, Label, UsageRecorder};
 use tower::Layer;
 
 use crate::{
@@ -325,7 +325,8 @@ impl KeyvaultLayer {
         self
     }
 
-    fn add_route(&mut self, method: Option<Method>, template: String, config: RouteConfig) {
+    fn add_route(&mut self, method: Option<Method>, template: String, mut config: RouteConfig) {
+        config.template = Some(Label::from(template.as_str()));
         let list = self
             .config()
             .routes

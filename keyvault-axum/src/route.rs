@@ -3,6 +3,7 @@
 use std::{fmt, sync::Arc};
 
 use http::request::Parts;
+use keyvault_core::Label;
 
 /// How many credits a request costs.
 #[derive(Clone)]
@@ -70,7 +71,10 @@ impl fmt::Debug for Cost {
 pub struct RouteConfig {
     pub(crate) cost: Cost,
     pub(crate) scopes: Arc<[String]>,
-    pub(crate) provider: Option<Arc<str>>,
+    pub(crate) provider: Option<Label>,
+    /// The route template these settings were registered for (`None` for the defaults):
+    /// usage events share it rather than copying the template for every request.
+    pub(crate) template: Option<Label>,
 }
 
 impl RouteConfig {
@@ -114,7 +118,7 @@ impl RouteConfig {
     /// # let _ = embed;
     /// ```
     pub fn with_provider(mut self, provider: impl Into<String>) -> Self {
-        self.provider = Some(Arc::from(provider.into()));
+        self.provider = Some(Label::from(provider.into()));
         self
     }
 }

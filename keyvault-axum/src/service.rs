@@ -16,7 +16,9 @@ use axum::extract::MatchedPath;
 use axum_core::response::Response;
 use chrono::{DateTime, Utc};
 use http::Request;
-use keyvault_core::{Error, KeyRecord, Outcome, UsageEvent, VerifyRequest, check_credit_amount};
+use keyvault_core::{
+    Error, KeyRecord, Label, Outcome, UsageEvent, VerifyRequest, check_credit_amount,
+};
 use tower::Service;
 
 use crate::{
@@ -84,8 +86,8 @@ struct Usage {
     started: Instant,
     ts: DateTime<Utc>,
     request_id: String,
-    route: Option<MatchedPath>,
-    method: http::Method,
+    route: Option<Label>,
+    method: Label,
 }
 
 async fn handle<S, B>(
@@ -105,10 +107,14 @@ where
         started,
         ts: Utc::now(),
         request_id: request_id(),
-        route: template,
-        method: parts.method.clone(),
+        // A configured route's label is shared; others' templates are copied.
+        route: route
+            .template
+            .clone()
+            .or_else(|| template.as_ref().map(|t| Label::from(t.as_str()))),
+        method: method_label(&parts.method),
     });
-    let provider = route.provider.as_deref();
+    let provider = route.provider.as_ref();
 
     let key = match presented_key(
         &parts.headers,
@@ -235,7 +241,7 @@ fn record(
     res: Option<&Response>,
     key: Option<&KeyRecord>,
     outcome: Option<Outcome>,
-    route_provider: Option<&str>,
+    route_provider: Option<&Label>,
     cost: u64,
 ) {
     let (Some(recorder), Some(usage)) = (&shared.recorder, usage) else {
@@ -244,22 +250,48 @@ fn record(
     // A handler's label for this response wins over the route's.
     let provider = res
         .and_then(|r| r.extensions().get::<Provider>())
-        .map(|p| p.as_str().to_owned())
-        .or_else(|| route_provider.map(str::to_owned));
+        .map(|p| Label::from(p.as_str()))
+        .or_else(|| route_provider.cloned());
     recorder.record(UsageEvent {
         request_id: usage.request_id,
         key_id: key.map(|k| k.id),
         owner_id: key.and_then(|k| k.owner_id.clone()),
         ts: usage.ts,
         provider,
-        route: usage.route.map(|m| m.as_str().to_owned()),
-        method: Some(usage.method.as_str().to_owned()),
+        route: usage.route,
+        method: Some(usage.method),
         // The inner service failed without a response: the server answers 500.
         status: res.map_or(500, |r| r.status().as_u16()),
         latency_us: u64::try_from(usage.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         outcome,
         cost,
     });
+}
+
+/// The method's label: shared for the standard methods, copied for extension methods.
+fn method_label(method: &http::Method) -> Label {
+    static STANDARD: OnceLock<[(http::Method, Label); 9]> = OnceLock::new();
+    let standard = STANDARD.get_or_init(|| {
+        [
+            http::Method::GET,
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::DELETE,
+            http::Method::PATCH,
+            http::Method::HEAD,
+            http::Method::OPTIONS,
+            http::Method::CONNECT,
+            http::Method::TRACE,
+        ]
+        .map(|m| {
+            let label = Label::from(m.as_str());
+            (m, label)
+        })
+    });
+    standard
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or_else(|| Label::from(method.as_str()), |(_, l)| l.clone())
 }
 
 /// A request id unique across processes: 64 random bits chosen once per process, then a
@@ -305,6 +337,14 @@ fn hex16(out: &mut [u8], v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_labels_name_the_method() {
+        for m in ["GET", "POST", "DELETE", "TRACE", "PURGE"] {
+            let method = http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), m);
+        }
+    }
 
     #[test]
     fn request_ids_are_distinct() {

@@ -87,8 +87,9 @@ pub use outcome::{LimitState, Outcome, Verification};
 pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
 pub use store::{KeyQuery, KeyStore, KeyWrite, Page};
 pub use usage::{
-    LATENCY_BUCKETS, LatencyHistogram, OverviewBuilder, Percentiles, ProviderStats, StatsOverview,
-    StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, success_rate,
+    LATENCY_BUCKETS, Label, LatencyHistogram, OverviewBuilder, Percentiles, ProviderStats,
+    StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink,
+    success_rate,
 };
 pub use vault::{Keyvault, KeyvaultBuilder, VerifyRequest};
 

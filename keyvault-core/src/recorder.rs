@@ -4,13 +4,13 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot},
     task::JoinHandle,
 };
 
@@ -21,7 +21,8 @@ use crate::usage::{UsageEvent, UsageSink};
 pub struct RecorderConfig {
     /// Events buffered before new ones are dropped (and counted).
     pub capacity: usize,
-    /// Most events per write to the sink.
+    /// Most events per write to the sink; the writer is also woken when this many are queued
+    /// (otherwise it writes on the flush interval).
     pub batch_size: usize,
     /// Longest an event waits before it is written: statistics are this fresh.
     pub flush_interval: Duration,
@@ -63,10 +64,21 @@ struct Counters {
     failed: AtomicU64,
 }
 
+/// How [`UsageRecorder::record`] wakes the writer: once per queued batch, not per event.
+#[derive(Debug, Default)]
+struct Wake {
+    notify: Notify,
+    /// Set when the writer has been told; cleared by the writer when it takes events.
+    pending: AtomicBool,
+}
+
 #[derive(Debug)]
 struct Shared {
     tx: mpsc::Sender<UsageEvent>,
     counters: Arc<Counters>,
+    wake: Arc<Wake>,
+    /// Events queued before the writer is woken ahead of its interval: a batch.
+    wake_at: usize,
     /// The writer, and what tells it to stop.
     task: Mutex<Option<(JoinHandle<()>, oneshot::Sender<()>)>>,
 }
@@ -99,11 +111,21 @@ impl UsageRecorder {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let counters = Arc::new(Counters::default());
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(rx, sink, config, counters.clone(), stopped));
+        let wake = Arc::new(Wake::default());
+        let task = tokio::spawn(run(
+            rx,
+            sink,
+            config,
+            counters.clone(),
+            wake.clone(),
+            stopped,
+        ));
         Self {
             shared: Arc::new(Shared {
+                wake_at: config.batch_size.clamp(1, config.capacity.max(1)),
                 tx,
                 counters,
+                wake,
                 task: Mutex::new(Some((task, stop))),
             }),
         }
@@ -111,10 +133,18 @@ impl UsageRecorder {
 
     /// Queues an event; returns false (and counts it) when it had to be dropped.
     pub fn record(&self, event: UsageEvent) -> bool {
-        let c = &self.shared.counters;
-        match self.shared.tx.try_send(event) {
+        let shared = &*self.shared;
+        let c = &shared.counters;
+        match shared.tx.try_send(event) {
             Ok(()) => {
                 c.recorded.fetch_add(1, Ordering::Relaxed);
+                let queued = shared.tx.max_capacity() - shared.tx.capacity();
+                if queued >= shared.wake_at
+                    && !shared.wake.pending.load(Ordering::Relaxed)
+                    && !shared.wake.pending.swap(true, Ordering::AcqRel)
+                {
+                    shared.wake.notify.notify_one();
+                }
                 true
             }
             Err(_) => {
@@ -159,6 +189,7 @@ async fn run(
     sink: Arc<dyn UsageSink>,
     config: RecorderConfig,
     counters: Arc<Counters>,
+    wake: Arc<Wake>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let batch_size = config.batch_size.max(1);
@@ -166,27 +197,33 @@ async fn run(
     let mut tick = tokio::time::interval(config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // `buf` is below a batch here: it is flushed as soon as it reaches one.
-        let room = batch_size.saturating_sub(buf.len()).max(1);
-        tokio::select! {
+        // The writer does not wait on the channel itself: that would wake it for every event,
+        // a task switch per request. It sleeps until a batch is queued or the interval ends.
+        let ticked = tokio::select! {
             biased;
-            // A one-shot channel rather than a `Notify`: it is polled on every wake-up (once per
-            // event under load), and polling a waiting `Notified` takes the notifier's lock.
             // A dropped sender (the recorder gone without `shutdown`) also ends the loop, and
             // what was accepted is still written below.
             _ = &mut stop => break,
-            // Takes every queued event up to a batch in one call: most wake-ups find a single
-            // event, and a `try_recv` after it to learn that the queue is empty costs as much
-            // as receiving it.
-            n = rx.recv_many(&mut buf, room) => {
-                if n == 0 {
-                    break;
-                }
-                if buf.len() >= batch_size {
-                    flush(&*sink, &mut buf, &config, &counters).await;
-                }
+            () = wake.notify.notified() => false,
+            _ = tick.tick() => true,
+        };
+        // Cleared before taking events, so that a batch queued meanwhile wakes the writer again.
+        wake.pending.store(false, Ordering::Release);
+        // Only what is queued now: waiting on an empty channel would register for wake-ups.
+        let mut queued = rx.len();
+        while queued > 0 {
+            let room = batch_size.saturating_sub(buf.len()).max(1);
+            let n = rx.recv_many(&mut buf, room.min(queued)).await;
+            if n == 0 {
+                break;
             }
-            _ = tick.tick() => flush(&*sink, &mut buf, &config, &counters).await,
+            queued -= n;
+            if buf.len() >= batch_size {
+                flush(&*sink, &mut buf, &config, &counters).await;
+            }
+        }
+        if ticked {
+            flush(&*sink, &mut buf, &config, &counters).await;
         }
     }
     // Refuse new events, then drain what was accepted: nothing acknowledged is lost.

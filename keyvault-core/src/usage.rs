@@ -1,6 +1,12 @@
 //! Usage events, their sinks and the statistics read back from them.
 
-use std::{collections::BTreeMap, fmt::Debug};
+use std::{
+    borrow::Borrow,
+    collections::BTreeMap,
+    fmt,
+    ops::Deref,
+    sync::{Arc, OnceLock},
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -24,11 +30,11 @@ pub struct UsageEvent {
     /// When the request arrived.
     pub ts: DateTime<Utc>,
     /// Provider label (`openai`, `demo`…).
-    pub provider: Option<String>,
+    pub provider: Option<Label>,
     /// Route template (`/v1/chat`), never the raw path.
-    pub route: Option<String>,
+    pub route: Option<Label>,
     /// HTTP method.
-    pub method: Option<String>,
+    pub method: Option<Label>,
     /// Response status.
     pub status: u16,
     /// Response time in microseconds.
@@ -43,6 +49,101 @@ impl UsageEvent {
     /// Success for statistics: a status in 200–399.
     pub fn is_success(&self) -> bool {
         (200..400).contains(&self.status)
+    }
+}
+
+/// A shared, immutable string for the few distinct values a usage event repeats on every
+/// request (provider, route template, method): cloning one is a reference-count increment,
+/// not an allocation and a copy.
+///
+/// ```
+/// # use keyvault_core::Label;
+/// let demo = Label::from("demo");
+/// let again = demo.clone(); // no allocation
+/// assert_eq!(again, "demo");
+/// assert_eq!(again.as_str(), "demo");
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Label(Arc<str>);
+
+impl Label {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for Label {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Label {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Label {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Label {
+    fn from(s: &str) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl From<String> for Label {
+    fn from(s: String) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl From<Arc<str>> for Label {
+    fn from(s: Arc<str>) -> Self {
+        Self(s)
+    }
+}
+
+impl PartialEq<str> for Label {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Label {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Label {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Label {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
     }
 }
 
@@ -63,14 +164,14 @@ impl UsageEvent {
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
 /// ```
 #[async_trait]
-pub trait UsageSink: Send + Sync + Debug {
+pub trait UsageSink: Send + Sync + fmt::Debug {
     /// Stores a batch, idempotently on `request_id`.
     async fn write(&self, events: &[UsageEvent]) -> Result<()>;
 }
 
 /// Statistics over stored usage.
 #[async_trait]
-pub trait UsageQuery: Send + Sync + Debug {
+pub trait UsageQuery: Send + Sync + fmt::Debug {
     /// CONTRACT §4's `/v1/stats/overview`.
     async fn overview(&self, query: &StatsQuery) -> Result<StatsOverview>;
 }
@@ -197,6 +298,32 @@ pub const LATENCY_BUCKETS: u16 = 201;
 impl LatencyHistogram {
     /// The bucket of a latency.
     pub fn bucket_of(latency_us: u64) -> u16 {
+        // The bucket formula is monotonic, so its lower bounds, computed once, answer it
+        // exactly with a binary search instead of a logarithm per event.
+        static LOWER_BOUNDS: OnceLock<Vec<u64>> = OnceLock::new();
+        let bounds = LOWER_BOUNDS.get_or_init(|| {
+            (1..LATENCY_BUCKETS)
+                .map(|b| {
+                    // The smallest latency whose bucket is at least `b`.
+                    let (mut lo, mut hi) = (0u64, u64::MAX);
+                    while lo < hi {
+                        let mid = lo + (hi - lo) / 2;
+                        if Self::bucket_by_formula(mid) >= b {
+                            hi = mid;
+                        } else {
+                            lo = mid + 1;
+                        }
+                    }
+                    lo
+                })
+                .collect()
+        });
+        // Buckets 1..=200 start at bounds[0..200].
+        bounds.partition_point(|&start| start <= latency_us) as u16
+    }
+
+    /// The definition of the buckets.
+    fn bucket_by_formula(latency_us: u64) -> u16 {
         if latency_us < 100 {
             return 0;
         }
@@ -348,6 +475,28 @@ mod tests {
         }
         assert_eq!(LatencyHistogram::bucket_of(0), 0);
         assert_eq!(LatencyHistogram::bucket_of(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+
+    /// The table answers exactly as the formula that defines the buckets (stored rollups
+    /// depend on it): every latency up to 10 s, each bucket's edges, and a spread beyond.
+    #[test]
+    fn bucket_lookup_matches_the_formula() {
+        let edges = (1..LATENCY_BUCKETS).flat_map(|b| {
+            let lo = (100.0 * 1.1f64.powi(i32::from(b) - 1)) as u64;
+            lo.saturating_sub(2)..lo.saturating_add(3)
+        });
+        let spread = (0..4_000u32).map(|i| (1.011f64.powi(i as i32)) as u64);
+        for us in (0..10_000_000u64)
+            .chain(edges)
+            .chain(spread)
+            .chain([u64::MAX])
+        {
+            assert_eq!(
+                LatencyHistogram::bucket_of(us),
+                LatencyHistogram::bucket_by_formula(us),
+                "{us} µs"
+            );
+        }
     }
 
     #[test]

@@ -290,6 +290,33 @@ async fn the_recorder_flushes_on_its_interval() {
     rec.shutdown().await;
 }
 
+/// A full batch is written without waiting for the interval, and batches keep being written
+/// while events keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_batch_wakes_the_writer_before_its_interval() {
+    let store = Arc::new(MemoryStore::new());
+    let rec = UsageRecorder::spawn(
+        store.clone(),
+        RecorderConfig {
+            flush_interval: Duration::from_secs(3_600),
+            batch_size: 64,
+            ..RecorderConfig::default()
+        },
+    );
+    for round in 1..=3 {
+        for i in 0..64 {
+            assert!(rec.record(event(round * 1_000 + i)));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while store.usage_len() < round * 64 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.usage_len(), round * 64, "batch {round} written");
+    }
+    assert_eq!(rec.stats().written, 3 * 64);
+    rec.shutdown().await;
+}
+
 /// A sink that never answers: the buffer fills and the recorder drops instead of blocking.
 #[derive(Debug)]
 struct StuckSink;

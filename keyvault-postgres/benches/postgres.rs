@@ -71,7 +71,7 @@ fn events(n: usize, keys: &[KeyId], now: DateTime<Utc>) -> Vec<UsageEvent> {
                 key_id: Some(keys[i % keys.len()]),
                 owner_id: Some(format!("owner-{}", i % 10)),
                 ts: now - TimeDelta::milliseconds((n - i) as i64 / 4),
-                provider: Some(providers[i % 3].to_owned()),
+                provider: Some(providers[i % 3].into()),
                 route: Some("/v1/chat/completions".into()),
                 method: Some("POST".into()),
                 status: if x < 50 { 503 } else { 200 },

@@ -344,7 +344,7 @@ fn event(i: usize, key: Option<KeyId>, ts: chrono::DateTime<Utc>) -> UsageEvent 
         key_id: key,
         owner_id: None,
         ts,
-        provider: (i % 3 != 0).then(|| "openai".to_owned()),
+        provider: (i % 3 != 0).then(|| "openai".into()),
         route: Some("/v1/chat".into()),
         method: Some("POST".into()),
         status: if i % 4 == 0 { 503 } else { 200 },
@@ -415,7 +415,7 @@ async fn usage_rollups_count_each_request_once_and_outlive_raw_events(pool: PgPo
             from,
             to,
             key_id,
-            provider: provider.map(str::to_owned),
+            provider: provider.map(Into::into),
         };
         assert_eq!(
             s.overview(&q).await.unwrap(),
@@ -488,7 +488,7 @@ async fn hourly_rollups_answer_like_the_reference_across_hours(pool: PgPool) {
         from,
         to,
         key_id,
-        provider: provider.map(str::to_owned),
+        provider: provider.map(Into::into),
     };
     let m = TimeDelta::minutes;
     let queries = [
@@ -573,7 +573,7 @@ async fn upgrading_folds_existing_minute_rollups_into_hours(pool: PgPool) {
          GROUP BY 1, 2, 3, 4",
     )
     .bind(events.iter().map(|e| e.ts.timestamp()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.provider.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.provider.as_deref().map(str::to_owned)).collect::<Vec<_>>())
     .bind(events.iter().map(|e| i32::from(e.status)).collect::<Vec<_>>())
     .bind(
         events

@@ -122,12 +122,8 @@ impl LiveCounters {
             let error = u64::from(!e.is_success());
             let mut scopes = vec![
                 LiveScope::All.tag(),
-                LiveScope::Provider(
-                    e.provider
-                        .clone()
-                        .unwrap_or_else(|| UNKNOWN_PROVIDER.to_owned()),
-                )
-                .tag(),
+                LiveScope::Provider(e.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER).to_owned())
+                    .tag(),
             ];
             if let Some(k) = e.key_id {
                 scopes.push(LiveScope::Key(k).tag());

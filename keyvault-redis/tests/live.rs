@@ -12,7 +12,7 @@ fn event(key: KeyId, provider: &str, status: u16, ts: DateTime<Utc>) -> UsageEve
         key_id: Some(key),
         owner_id: None,
         ts,
-        provider: Some(provider.to_owned()),
+        provider: Some(provider.into()),
         route: None,
         method: None,
         status,

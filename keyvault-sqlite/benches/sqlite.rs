@@ -56,7 +56,7 @@ fn events(n: usize, keys: &[KeyId], now: DateTime<Utc>) -> Vec<UsageEvent> {
                 key_id: Some(keys[i % keys.len()]),
                 owner_id: Some(format!("owner-{}", i % 10)),
                 ts: now - TimeDelta::milliseconds((n - i) as i64 / 4),
-                provider: Some(providers[i % 3].to_owned()),
+                provider: Some(providers[i % 3].into()),
                 route: Some("/v1/chat/completions".into()),
                 method: Some("POST".into()),
                 status: if x < 50 { 503 } else { 200 },
@@ -95,9 +95,9 @@ async fn plain_insert_once(pool: &SqlitePool, events: &[UsageEvent]) -> Duration
                     .push_bind(e.key_id.map(|k| k.to_string()))
                     .push_bind(e.owner_id.clone())
                     .push_bind(e.ts.timestamp_micros())
-                    .push_bind(e.provider.clone())
-                    .push_bind(e.route.clone())
-                    .push_bind(e.method.clone())
+                    .push_bind(e.provider.as_deref().map(str::to_owned))
+                    .push_bind(e.route.as_deref().map(str::to_owned))
+                    .push_bind(e.method.as_deref().map(str::to_owned))
                     .push_bind(i64::from(e.status))
                     .push_bind(e.latency_us as i64)
                     .push_bind(e.outcome.map(|o| o.as_str()))

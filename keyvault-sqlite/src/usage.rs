@@ -70,7 +70,7 @@ impl RollupKey {
             key_id: ALL_KEYS.to_owned(),
             at: minute_of(micros(e.ts)),
             provider_set: e.provider.is_some(),
-            provider: e.provider.clone().unwrap_or_default(),
+            provider: e.provider.as_deref().unwrap_or_default().to_owned(),
             status_class: i64::from(e.status / 100),
         };
         let own = e.key_id.map(|k| Self {
@@ -116,9 +116,9 @@ async fn insert_events(
                 .push_bind(e.key_id.map(id_text))
                 .push_bind(e.owner_id.clone())
                 .push_bind(micros(e.ts))
-                .push_bind(e.provider.clone())
-                .push_bind(e.route.clone())
-                .push_bind(e.method.clone())
+                .push_bind(e.provider.as_deref().map(str::to_owned))
+                .push_bind(e.route.as_deref().map(str::to_owned))
+                .push_bind(e.method.as_deref().map(str::to_owned))
                 .push_bind(i64::from(e.status))
                 .push_bind(int(e.latency_us))
                 .push_bind(e.outcome.map(|o| o.as_str()))

@@ -83,7 +83,7 @@ async fn overview_matches_the_in_memory_reference_for_any_range() {
             key_id: (i % 5 != 0).then(|| keys[rng.next(3) as usize]),
             owner_id: None,
             ts: t0 + TimeDelta::microseconds(rng.next(3 * 3_600_000_000) as i64),
-            provider: providers[rng.next(4) as usize].map(str::to_owned),
+            provider: providers[rng.next(4) as usize].map(Into::into),
             route: None,
             method: None,
             status: [200, 201, 302, 404, 500, 99][rng.next(6) as usize],

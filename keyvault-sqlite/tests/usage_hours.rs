@@ -46,7 +46,7 @@ fn events(rng: &mut Lcg, keys: &[KeyId], prefix: &str, n: usize) -> Vec<UsageEve
             key_id: (i % 5 != 0).then(|| keys[rng.next(keys.len() as u64) as usize]),
             owner_id: None,
             ts: t0() + TimeDelta::microseconds(rng.wide(SPAN_US) as i64),
-            provider: providers[rng.next(4) as usize].map(str::to_owned),
+            provider: providers[rng.next(4) as usize].map(Into::into),
             route: None,
             method: None,
             status: [200, 201, 302, 404, 500, 99][rng.next(6) as usize],
@@ -198,7 +198,7 @@ async fn write_as_version_1(store: &SqliteStore, events: &[UsageEvent]) {
                     key,
                     ts - ts.rem_euclid(60_000_000),
                     e.provider.is_some(),
-                    e.provider.clone().unwrap_or_default(),
+                    e.provider.as_deref().unwrap_or_default().to_owned(),
                     i64::from(e.status / 100),
                 ))
                 .or_default();

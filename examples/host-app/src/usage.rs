@@ -12,8 +12,8 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keyvault_core::{
-    KeyId, LatencyHistogram, OverviewBuilder, Result, StatsOverview, StatsQuery, UNKNOWN_PROVIDER,
-    UsageEvent, UsageQuery, UsageSink, async_trait,
+    KeyId, Label, LatencyHistogram, OverviewBuilder, Result, StatsOverview, StatsQuery,
+    UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, async_trait,
 };
 
 /// How many recent request ids are remembered to refuse duplicates. Duplicates come from a
@@ -33,7 +33,7 @@ struct Agg {
 /// provider → key → counts, for one minute. Providers and key ids are chosen by the
 /// application and its administrators, not by callers, so these maps use FNV rather than
 /// SipHash, which would cost more than the rest of the per-event work.
-type Minute = HashMap<String, HashMap<Option<KeyId>, Agg, Fnv>, Fnv>;
+type Minute = HashMap<Label, HashMap<Option<KeyId>, Agg, Fnv>, Fnv>;
 
 type Fnv = BuildHasherDefault<FnvHasher>;
 
@@ -66,6 +66,23 @@ struct State {
     /// Hashes of recent request ids, and their order for eviction.
     seen: HashSet<u64, BuildHasherDefault<Prehashed>>,
     order: VecDeque<u64>,
+}
+
+impl State {
+    /// Adds a run's counts to its minute, provider and key.
+    fn add(&mut self, minute: i64, provider: &str, key: Option<KeyId>, run: Agg) {
+        let by_provider = self.minutes.entry(minute).or_default();
+        let by_key = match by_provider.get_mut(provider) {
+            Some(m) => m,
+            None => by_provider.entry(Label::from(provider)).or_default(),
+        };
+        let agg = by_key.entry(key).or_default();
+        agg.calls += run.calls;
+        agg.ok += run.ok;
+        for (b, n) in run.latency.buckets() {
+            agg.latency.add(b, n);
+        }
+    }
 }
 
 /// Usage statistics in memory, per minute, provider and key.
@@ -157,6 +174,9 @@ fn minute_start(m: i64) -> DateTime<Utc> {
 impl UsageSink for RollupUsage {
     async fn write(&self, events: &[UsageEvent]) -> Result<()> {
         let mut st = self.state();
+        // Events of one batch mostly share their minute, provider and key: each run of them
+        // is counted apart and added to the maps once.
+        let mut run: Option<(i64, &str, Option<KeyId>, Agg)> = None;
         for e in events {
             let id = id_hash(self.seed, &e.request_id);
             if !st.seen.insert(id) {
@@ -168,16 +188,23 @@ impl UsageSink for RollupUsage {
             {
                 st.seen.remove(&old);
             }
+            let minute = minute_of(e.ts);
             let provider = e.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER);
-            let by_provider = st.minutes.entry(minute_of(e.ts)).or_default();
-            let by_key = match by_provider.get_mut(provider) {
-                Some(m) => m,
-                None => by_provider.entry(provider.to_owned()).or_default(),
+            let agg = match &mut run {
+                Some((m, p, k, agg)) if *m == minute && *p == provider && *k == e.key_id => agg,
+                _ => {
+                    if let Some((m, p, k, agg)) = run.take() {
+                        st.add(m, p, k, agg);
+                    }
+                    &mut run.insert((minute, provider, e.key_id, Agg::default())).3
+                }
             };
-            let agg = by_key.entry(e.key_id).or_default();
             agg.calls += 1;
             agg.ok += u64::from(e.is_success());
             agg.latency.record(e.latency_us);
+        }
+        if let Some((m, p, k, agg)) = run {
+            st.add(m, p, k, agg);
         }
         if let Some(&last) = st.minutes.keys().next_back() {
             let keep_from = last - RETENTION.num_minutes();
@@ -207,7 +234,10 @@ impl UsageQuery for RollupUsage {
         for (&m, by_provider) in minutes.into_iter().flatten() {
             let at = minute_start(m);
             for (provider, by_key) in by_provider {
-                if q.provider.as_ref().is_some_and(|p| p != provider) {
+                if q.provider
+                    .as_ref()
+                    .is_some_and(|p| p.as_str() != provider.as_str())
+                {
                     continue;
                 }
                 for (key, agg) in by_key {
@@ -237,9 +267,9 @@ mod tests {
             key_id: key,
             owner_id: None,
             ts: Utc::now() - TimeDelta::minutes((i % 30) as i64 + 2),
-            provider: provider.map(str::to_owned),
-            route: Some("/v1/hello".to_owned()),
-            method: Some("GET".to_owned()),
+            provider: provider.map(Into::into),
+            route: Some("/v1/hello".into()),
+            method: Some("GET".into()),
             status,
             latency_us: 100 + (i as u64 * 37) % 5_000,
             outcome: None,
@@ -296,11 +326,11 @@ mod tests {
                 ..base.clone()
             },
             StatsQuery {
-                provider: Some("openai".to_owned()),
+                provider: Some("openai".into()),
                 ..base.clone()
             },
             StatsQuery {
-                provider: Some(UNKNOWN_PROVIDER.to_owned()),
+                provider: Some(UNKNOWN_PROVIDER.into()),
                 ..base.clone()
             },
         ] {

@@ -392,7 +392,7 @@ impl UsageQuery for MemoryStore {
                 && q.key_id.is_none_or(|k| e.key_id == Some(k))
                 && q.provider
                     .as_ref()
-                    .is_none_or(|p| e.provider.as_ref() == Some(p))
+                    .is_none_or(|p| e.provider.as_deref() == Some(p.as_str()))
         }) {
             let provider = e.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER);
             out.add(provider, q.bucket_of(e.ts), 1, u64::from(e.is_success()));

@@ -178,7 +178,7 @@ fn usage_event(i: usize, item: UsageItem, now: DateTime<Utc>) -> Result<UsageEve
         key_id: Some(key_id),
         owner_id: None,
         ts,
-        provider: Some(provider),
+        provider: Some(provider.into()),
         route: None,
         method: None,
         status,
