@@ -91,7 +91,8 @@ impl RedisLimiterConfig {
 /// Concurrent checks of one key with the same limits are coalesced: while one script call for
 /// them is on its way, the checks that arrive queue up, and the next call carries up to
 /// [`MAX_BATCH`] of them, which the script applies strictly in arrival order in one atomic
-/// step. A lone check never waits: it is sent at once. A call that fails or runs past the time
+/// step; once a few checks wait, a second call may go out before the first returns, so that
+/// the lane's round trips overlap. A lone check never waits: it is sent at once. A call that fails or runs past the time
 /// budget applies the fail mode to each check it carried, so a queued check waits at most for
 /// the call ahead of it and its own (twice the budget). [`RedisRateLimiter::batch_stats`]
 /// counts checks and script calls.
@@ -147,20 +148,36 @@ struct Pending {
     answer: oneshot::Sender<Answer>,
 }
 
-/// The lanes with a call in flight (an entry exists exactly while one does), each with the
-/// checks queued behind it.
+/// A lane with calls in flight: how many, and the checks queued behind them.
+#[derive(Debug, Default)]
+struct Lane {
+    calls: usize,
+    queue: Vec<Pending>,
+}
+
+/// Calls one lane may have in flight. A second call overlaps the first's round trip once
+/// enough checks wait behind it; each call is still one atomic script, and Redis applies calls
+/// in the order they were sent, so exactness does not depend on this number.
+const MAX_CALLS_PER_LANE: usize = 2;
+
+/// Checks that must be waiting before a lane's second call is sent: below this they wait for
+/// the call in flight, which keeps batches large.
+const SECOND_CALL_AT: usize = 8;
+
+/// The lanes with calls in flight (an entry exists exactly while one does), each with the
+/// checks queued behind them.
 #[derive(Debug)]
 struct Lanes {
     redis: RedisBackend,
     script: redis::Script,
-    busy: Mutex<HashMap<LaneKey, Vec<Pending>>>,
+    busy: Mutex<HashMap<LaneKey, Lane>>,
     checks: AtomicU64,
     calls: AtomicU64,
     largest: AtomicU64,
 }
 
 impl Lanes {
-    fn busy(&self) -> std::sync::MutexGuard<'_, HashMap<LaneKey, Vec<Pending>>> {
+    fn busy(&self) -> std::sync::MutexGuard<'_, HashMap<LaneKey, Lane>> {
         // Nothing panics while the lock is held; a poisoned map is still consistent.
         self.busy.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -209,21 +226,25 @@ impl Lanes {
         Ok(reply.chunks_exact(width).map(<[i64]>::to_vec).collect())
     }
 
-    /// Sends the checks queued on `lane`, a batch per call, until none is left; then the lane
-    /// is idle again.
+    /// Sends the checks queued on `lane`, a batch per call, until none is left; then gives up
+    /// its place among the lane's calls (the lane is idle once no call is left).
     async fn drain(self: Arc<Self>, lane: LaneKey) {
         loop {
             let batch: Vec<Pending> = {
                 let mut busy = self.busy();
                 match busy.get_mut(&lane) {
-                    Some(queue) if !queue.is_empty() => {
-                        let n = queue.len().min(MAX_BATCH);
-                        queue.drain(..n).collect()
+                    Some(l) if !l.queue.is_empty() => {
+                        let n = l.queue.len().min(MAX_BATCH);
+                        l.queue.drain(..n).collect()
                     }
-                    _ => {
-                        busy.remove(&lane);
+                    Some(l) => {
+                        l.calls -= 1;
+                        if l.calls == 0 {
+                            busy.remove(&lane);
+                        }
                         return;
                     }
+                    None => return,
                 }
             };
             let checks: Vec<(bool, &str)> = batch
@@ -261,13 +282,19 @@ struct Lead {
 impl Drop for Lead {
     fn drop(&mut self) {
         let mut busy = self.lanes.busy();
-        let queued = busy.get(&self.lane).is_some_and(|q| !q.is_empty());
-        if !queued {
-            busy.remove(&self.lane);
+        let Some(lane) = busy.get_mut(&self.lane) else {
+            return;
+        };
+        if lane.queue.is_empty() {
+            lane.calls -= 1;
+            if lane.calls == 0 {
+                busy.remove(&self.lane);
+            }
             return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                // This call's place passes to the task that sends the queued checks.
                 drop(busy);
                 rt.spawn(self.lanes.clone().drain(self.lane.clone()));
             }
@@ -333,17 +360,31 @@ impl RedisRateLimiter {
         let queued = {
             let mut busy = self.lanes.busy();
             match busy.get_mut(&lane) {
-                Some(queue) => {
+                Some(l) => {
                     let (answer, rx) = oneshot::channel();
-                    queue.push(Pending {
+                    l.queue.push(Pending {
                         take: req.take,
                         request_id: req.request_id.to_owned(),
                         answer,
                     });
+                    if l.calls < MAX_CALLS_PER_LANE && l.queue.len() >= SECOND_CALL_AT {
+                        l.calls += 1;
+                        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                            rt.spawn(self.lanes.clone().drain(lane.clone()));
+                        } else {
+                            l.calls -= 1;
+                        }
+                    }
                     Some(rx)
                 }
                 None => {
-                    busy.insert(lane.clone(), Vec::new());
+                    busy.insert(
+                        lane.clone(),
+                        Lane {
+                            calls: 1,
+                            queue: Vec::new(),
+                        },
+                    );
                     None
                 }
             }
