@@ -148,11 +148,36 @@ struct Pending {
     answer: oneshot::Sender<Answer>,
 }
 
-/// A lane with calls in flight: how many, and the checks queued behind them.
-#[derive(Debug, Default)]
+/// A lane with calls in flight: its limits, how many calls, and the checks queued behind them.
+#[derive(Debug)]
 struct Lane {
+    limits: Vec<RateLimit>,
     calls: usize,
     queue: Vec<Pending>,
+}
+
+/// Lanes with calls in flight, by quota id (then told apart by their limits: a key has one
+/// list of limits but a changed configuration may briefly meet the old one). Looking a lane up
+/// this way copies nothing, which a map keyed by the limits themselves would for every check.
+type BusyLanes = HashMap<KeyId, Vec<Lane>>;
+
+fn lane_mut<'a>(
+    busy: &'a mut BusyLanes,
+    quota: KeyId,
+    limits: &[RateLimit],
+) -> Option<&'a mut Lane> {
+    busy.get_mut(&quota)?
+        .iter_mut()
+        .find(|l| l.limits == limits)
+}
+
+fn remove_lane(busy: &mut BusyLanes, quota: KeyId, limits: &[RateLimit]) {
+    if let Some(lanes) = busy.get_mut(&quota) {
+        lanes.retain(|l| l.limits != limits);
+        if lanes.is_empty() {
+            busy.remove(&quota);
+        }
+    }
 }
 
 /// Calls one lane may have in flight. A second call overlaps the first's round trip once
@@ -170,14 +195,14 @@ const SECOND_CALL_AT: usize = 8;
 struct Lanes {
     redis: RedisBackend,
     script: redis::Script,
-    busy: Mutex<HashMap<LaneKey, Lane>>,
+    busy: Mutex<BusyLanes>,
     checks: AtomicU64,
     calls: AtomicU64,
     largest: AtomicU64,
 }
 
 impl Lanes {
-    fn busy(&self) -> std::sync::MutexGuard<'_, HashMap<LaneKey, Lane>> {
+    fn busy(&self) -> std::sync::MutexGuard<'_, BusyLanes> {
         // Nothing panics while the lock is held; a poisoned map is still consistent.
         self.busy.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -188,25 +213,42 @@ impl Lanes {
         let Some(((first_take, first_id), rest)) = checks.split_first() else {
             return Ok(Vec::new());
         };
-        let record = |id: &str| self.redis.quota_key(*quota, &format!("rl:req:{id}"));
-        let ttl = self.redis.idempotency_ms();
-        let mut inv = self.script.prepare_invoke();
-        inv.key(record(first_id));
+        // EVALSHA built in one buffer, each key written into one reused string: a script
+        // invocation would allocate every key and argument on its own, per check.
+        let nkeys = 1 + limits.len() + rest.len();
+        let mut cmd = redis::Cmd::with_capacity(
+            3 + nkeys + 3 * checks.len() + 2 * limits.len(),
+            160 * checks.len() + 64 * limits.len() + 64,
+        );
+        cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(nkeys);
+        let prefix = self.redis.quota_key(*quota, "");
+        let mut key = String::with_capacity(prefix.len() + 64);
+        let mut record = |cmd: &mut redis::Cmd, id: &str| {
+            key.clear();
+            key.push_str(&prefix);
+            key.push_str("rl:req:");
+            key.push_str(id);
+            cmd.arg(key.as_str());
+        };
+        record(&mut cmd, first_id);
         for l in limits {
-            inv.key(self.redis.quota_key(
-                *quota,
-                &format!("rl:{}:{}:{}", l.limit(), l.period_ms(), l.name()),
+            cmd.arg(format!(
+                "{prefix}rl:{}:{}:{}",
+                l.limit(),
+                l.period_ms(),
+                l.name()
             ));
         }
         for (_, id) in rest {
-            inv.key(record(id));
+            record(&mut cmd, id);
         }
-        inv.arg(take_arg(*first_take)).arg(*first_id).arg(ttl);
+        let ttl = self.redis.idempotency_ms();
+        cmd.arg(take_arg(*first_take)).arg(*first_id).arg(ttl);
         for l in limits {
-            inv.arg(l.limit()).arg(l.period_ms());
+            cmd.arg(l.limit()).arg(l.period_ms());
         }
         for (take, id) in rest {
-            inv.arg(take_arg(*take)).arg(*id).arg(ttl);
+            cmd.arg(take_arg(*take)).arg(*id).arg(ttl);
         }
         let n = checks.len() as u64;
         self.checks.fetch_add(n, Ordering::Relaxed);
@@ -215,7 +257,19 @@ impl Lanes {
         let mut conn = self.redis.conn();
         let reply: Vec<i64> = self
             .redis
-            .run(async { inv.invoke_async(&mut conn).await })
+            .run(async {
+                match cmd.query_async(&mut conn).await {
+                    // A restarted or flushed Redis has lost the script: load it, call again.
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        self.script.load_async(&mut conn).await?;
+                        cmd.query_async(&mut conn).await
+                    }
+                    r => r,
+                }
+            })
             .await?;
         let width = 2 + 3 * limits.len();
         if reply.len() != width * checks.len() {
@@ -232,7 +286,7 @@ impl Lanes {
         loop {
             let batch: Vec<Pending> = {
                 let mut busy = self.busy();
-                match busy.get_mut(&lane) {
+                match lane_mut(&mut busy, lane.0, &lane.1) {
                     Some(l) if !l.queue.is_empty() => {
                         let n = l.queue.len().min(MAX_BATCH);
                         l.queue.drain(..n).collect()
@@ -240,7 +294,7 @@ impl Lanes {
                     Some(l) => {
                         l.calls -= 1;
                         if l.calls == 0 {
-                            busy.remove(&lane);
+                            remove_lane(&mut busy, lane.0, &lane.1);
                         }
                         return;
                     }
@@ -282,13 +336,14 @@ struct Lead {
 impl Drop for Lead {
     fn drop(&mut self) {
         let mut busy = self.lanes.busy();
-        let Some(lane) = busy.get_mut(&self.lane) else {
+        let (quota, limits) = &self.lane;
+        let Some(lane) = lane_mut(&mut busy, *quota, limits) else {
             return;
         };
         if lane.queue.is_empty() {
             lane.calls -= 1;
             if lane.calls == 0 {
-                busy.remove(&self.lane);
+                remove_lane(&mut busy, *quota, limits);
             }
             return;
         }
@@ -299,9 +354,7 @@ impl Drop for Lead {
                 rt.spawn(self.lanes.clone().drain(self.lane.clone()));
             }
             // Only while the runtime shuts down: the queued checks end with an error.
-            Err(_) => {
-                busy.remove(&self.lane);
-            }
+            Err(_) => remove_lane(&mut busy, *quota, limits),
         }
     }
 }
@@ -356,10 +409,9 @@ impl RedisRateLimiter {
     }
 
     async fn check_redis(&self, req: &LimitRequest<'_>) -> Result<LimitDecision, Error> {
-        let lane: LaneKey = (req.quota_id, req.limits.to_vec());
         let queued = {
             let mut busy = self.lanes.busy();
-            match busy.get_mut(&lane) {
+            match lane_mut(&mut busy, req.quota_id, req.limits) {
                 Some(l) => {
                     let (answer, rx) = oneshot::channel();
                     l.queue.push(Pending {
@@ -370,7 +422,11 @@ impl RedisRateLimiter {
                     if l.calls < MAX_CALLS_PER_LANE && l.queue.len() >= SECOND_CALL_AT {
                         l.calls += 1;
                         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                            rt.spawn(self.lanes.clone().drain(lane.clone()));
+                            rt.spawn(
+                                self.lanes
+                                    .clone()
+                                    .drain((req.quota_id, req.limits.to_vec())),
+                            );
                         } else {
                             l.calls -= 1;
                         }
@@ -378,13 +434,11 @@ impl RedisRateLimiter {
                     Some(rx)
                 }
                 None => {
-                    busy.insert(
-                        lane.clone(),
-                        Lane {
-                            calls: 1,
-                            queue: Vec::new(),
-                        },
-                    );
+                    busy.entry(req.quota_id).or_default().push(Lane {
+                        limits: req.limits.to_vec(),
+                        calls: 1,
+                        queue: Vec::new(),
+                    });
                     None
                 }
             }
@@ -396,7 +450,7 @@ impl RedisRateLimiter {
             None => {
                 let lead = Lead {
                     lanes: self.lanes.clone(),
-                    lane,
+                    lane: (req.quota_id, req.limits.to_vec()),
                 };
                 let replies = self
                     .lanes

@@ -218,3 +218,33 @@ async fn a_batched_call_matches_the_reference_maths_check_by_check() {
         }
     }
 }
+
+/// Redis forgets its scripts on restart or `SCRIPT FLUSH`: the next check loads the script
+/// again and is answered, without an error and without taking a token twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_after_the_script_cache_was_flushed_loads_the_script_again() {
+    use keyvault_redis::redis;
+
+    // A server of its own: flushing the shared one's scripts would touch other tests.
+    let server = common::OwnRedis::start().await;
+    let redis_backend =
+        common::backend(&server.url(), &common::namespace(), common::TEST_BUDGET).await;
+    let limiter = RedisRateLimiter::new(&redis_backend, RedisLimiterConfig::default());
+    let limits = [RateLimit::new("d", 3, DAY).unwrap()];
+    let quota = KeyId::new();
+    let first = check(&limiter, quota, &limits, true, "r1").await.unwrap();
+    assert_eq!(first.states[0].remaining, 2);
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let second = check(&limiter, quota, &limits, true, "r2").await.unwrap();
+    assert!(second.admitted);
+    assert_eq!(second.states[0].remaining, 1, "one token taken, once");
+    assert_eq!(limiter.stats().unavailable, 0);
+}
