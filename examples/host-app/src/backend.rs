@@ -4,10 +4,11 @@ use std::{fs, io::Write, os::unix::fs::OpenOptionsExt, path::Path, sync::Arc};
 
 use keyvault::deploy::{self, Deployment, Durable};
 use keyvault_core::{
-    Actor, ApiKey, KeyHasher, Keyvault, NewKey, UsageQuery, UsageSink, memory::MemoryStore,
+    Actor, ApiKey, KeyHasher, Keyvault, NewKey, UsageQuery, UsageSink,
+    memory::{MemoryStore, MemoryUsage},
 };
 
-use crate::{config::Config, error::Error, usage::RollupUsage};
+use crate::{config::Config, error::Error};
 
 /// What the application runs on.
 #[derive(Debug)]
@@ -68,7 +69,7 @@ async fn in_memory(config: &Config, hasher: KeyHasher) -> Result<Backends, Error
     }
     // Per-minute rollups rather than the reference store's event list, whose memory grows
     // with every request.
-    let usage = Arc::new(RollupUsage::new());
+    let usage = Arc::new(MemoryUsage::new());
     Ok(Backends {
         vault,
         usage: usage.clone(),

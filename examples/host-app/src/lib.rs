@@ -15,7 +15,6 @@ mod error;
 mod metrics;
 mod routes;
 mod serve;
-mod usage;
 
 pub use backend::{Backends, connect};
 pub use config::Config;

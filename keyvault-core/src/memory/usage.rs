@@ -1,8 +1,4 @@
-//! In-memory usage statistics kept as per-minute rollups. Storing every event (as the
-//! reference memory backend does) grows without bound under load — hundreds of bytes per
-//! request — and resizing its index stalls the one thread that also serves requests. A
-//! rollup costs a few map updates per event and its size depends on minutes × providers ×
-//! keys, not on traffic.
+//! [`MemoryUsage`]: usage statistics in memory as per-minute rollups.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -10,16 +6,22 @@ use std::{
     sync::Mutex,
 };
 
+use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use keyvault_core::{
-    KeyId, Label, LatencyHistogram, OverviewBuilder, Result, StatsOverview, StatsQuery,
-    UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, async_trait,
+
+use crate::{
+    error::Result,
+    model::KeyId,
+    usage::{
+        Label, LatencyHistogram, OverviewBuilder, StatsOverview, StatsQuery, UNKNOWN_PROVIDER,
+        UsageEvent, UsageQuery, UsageSink,
+    },
 };
 
-/// How many recent request ids are remembered to refuse duplicates. Duplicates come from a
-/// recorder retrying a batch (at most 2,000 events) right after a failed write, so a window a
-/// few batches deep catches them, and stays small enough for the CPU's cache.
-const DEDUP_WINDOW: usize = 1 << 13;
+/// How many recent request ids are remembered to refuse duplicates, by default. An in-memory
+/// write never fails, so a recorder never retries one; duplicates come only from a caller
+/// writing an event twice soon after. A window this size stays in the CPU's cache.
+pub const DEFAULT_DEDUP_WINDOW: usize = 1 << 13;
 /// How long minutes are kept.
 const RETENTION: TimeDelta = TimeDelta::days(8);
 
@@ -85,27 +87,64 @@ impl State {
     }
 }
 
-/// Usage statistics in memory, per minute, provider and key.
+/// Usage statistics in memory, per minute, provider and key: the bounded choice for a
+/// long-running process. [`MemoryStore`](super::MemoryStore)'s usage keeps every event (the
+/// reference semantics, exact to the microsecond) and so grows by hundreds of bytes per
+/// request; these rollups cost a few map updates per event, and their size depends on minutes ×
+/// providers × keys, not on traffic.
+///
+/// Statistics have a resolution of one minute (a minute counts in a range when it starts in
+/// it), minutes older than eight days are dropped, and a request id written again is counted
+/// once as long as it is among the last [`DEFAULT_DEDUP_WINDOW`] events written (see
+/// [`with_dedup_window`](Self::with_dedup_window)). Keys' `last_used_at` is not updated.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use keyvault_core::{UsageEvent, UsageQuery, UsageRecorder, RecorderConfig, StatsQuery, memory::MemoryUsage};
+/// # async fn demo() -> keyvault_core::Result<()> {
+/// let usage = Arc::new(MemoryUsage::new());
+/// let recorder = UsageRecorder::spawn(usage.clone(), RecorderConfig::default());
+/// recorder.record(UsageEvent { request_id: "r1".into(), key_id: None, owner_id: None,
+///     ts: chrono::Utc::now() - chrono::TimeDelta::minutes(2), provider: Some("demo".into()),
+///     route: None, method: None, status: 200, latency_us: 900, outcome: None, cost: 1 });
+/// recorder.shutdown().await;
+/// assert_eq!(usage.overview(&StatsQuery::last_24h()).await?.calls, 1);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(demo()).unwrap();
+/// ```
 #[derive(Debug)]
-pub(crate) struct RollupUsage {
+pub struct MemoryUsage {
     state: Mutex<State>,
     /// Random per process, so that which ids share a hash cannot be known in advance.
     seed: u64,
+    window: usize,
 }
 
-impl RollupUsage {
-    pub(crate) fn new() -> Self {
+impl Default for MemoryUsage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryUsage {
+    /// Empty rollups that recognise a repeat among the last [`DEFAULT_DEDUP_WINDOW`] events.
+    pub fn new() -> Self {
+        Self::with_dedup_window(DEFAULT_DEDUP_WINDOW)
+    }
+
+    /// Empty rollups that recognise a repeated request id among the last `window` events
+    /// written (at least one); its memory is about 24 bytes per event of the window.
+    pub fn with_dedup_window(window: usize) -> Self {
+        let window = window.max(1);
         Self {
             state: Mutex::new(State {
                 // Sized once, so that the index never resizes while requests wait.
-                seen: HashSet::with_capacity_and_hasher(
-                    DEDUP_WINDOW,
-                    BuildHasherDefault::default(),
-                ),
-                order: VecDeque::with_capacity(DEDUP_WINDOW),
+                seen: HashSet::with_capacity_and_hasher(window, BuildHasherDefault::default()),
+                order: VecDeque::with_capacity(window),
                 ..State::default()
             }),
             seed: RandomState::new().build_hasher().finish(),
+            window,
         }
     }
 
@@ -171,7 +210,7 @@ fn minute_start(m: i64) -> DateTime<Utc> {
 }
 
 #[async_trait]
-impl UsageSink for RollupUsage {
+impl UsageSink for MemoryUsage {
     async fn write(&self, events: &[UsageEvent]) -> Result<()> {
         let mut st = self.state();
         // Events of one batch mostly share their minute, provider and key: each run of them
@@ -183,7 +222,7 @@ impl UsageSink for RollupUsage {
                 continue;
             }
             st.order.push_back(id);
-            if st.order.len() > DEDUP_WINDOW
+            if st.order.len() > self.window
                 && let Some(old) = st.order.pop_front()
             {
                 st.seen.remove(&old);
@@ -222,7 +261,7 @@ impl UsageSink for RollupUsage {
 }
 
 #[async_trait]
-impl UsageQuery for RollupUsage {
+impl UsageQuery for MemoryUsage {
     async fn overview(&self, q: &StatsQuery) -> Result<StatsOverview> {
         q.validate()?;
         let st = self.state();
@@ -257,7 +296,7 @@ impl UsageQuery for RollupUsage {
 
 #[cfg(test)]
 mod tests {
-    use keyvault_core::{StatsQuery, memory::MemoryStore};
+    use crate::{StatsQuery, memory::MemoryStore};
 
     use super::*;
 
@@ -289,6 +328,23 @@ mod tests {
         assert_ne!(id_hash(seed, "r1"), id_hash(seed, "r1\0"));
     }
 
+    /// A repeat is counted once while its id is among the last `window` events written; the
+    /// window is what bounds the memory of ids.
+    #[tokio::test]
+    async fn repeats_within_the_window_count_once() {
+        let usage = MemoryUsage::with_dedup_window(4);
+        let batch: Vec<UsageEvent> = (0..4).map(|i| event(i, Some("demo"), None, 200)).collect();
+        usage.write(&batch).await.unwrap();
+        usage.write(&batch[..1]).await.unwrap();
+        let q = StatsQuery::last_24h();
+        assert_eq!(usage.overview(&q).await.unwrap().calls, 4);
+        let later: Vec<UsageEvent> = (4..8).map(|i| event(i, Some("demo"), None, 200)).collect();
+        usage.write(&later).await.unwrap();
+        // r0 left the window: written again, it counts.
+        usage.write(&batch[..1]).await.unwrap();
+        assert_eq!(usage.overview(&q).await.unwrap().calls, 9);
+    }
+
     /// Answers as the reference memory backend does, queries at whole minutes.
     #[tokio::test]
     async fn answers_like_the_reference_backend() {
@@ -300,7 +356,7 @@ mod tests {
                 event(i, provider, key, if i % 7 == 0 { 503 } else { 200 })
             })
             .collect();
-        let rollup = RollupUsage::new();
+        let rollup = MemoryUsage::new();
         let reference = MemoryStore::new();
         for chunk in events.chunks(64) {
             rollup.write(chunk).await.unwrap();
