@@ -1,4 +1,4 @@
-//! The usage recorder: events leave the request path through a bounded channel and reach a
+//! The usage recorder: events leave the request path through a bounded queue and reach a
 //! sink in batches, from a background task.
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Notify, mpsc, oneshot},
+    sync::{Notify, oneshot},
     task::JoinHandle,
 };
 
@@ -64,19 +64,42 @@ struct Counters {
     failed: AtomicU64,
 }
 
-/// How [`UsageRecorder::record`] wakes the writer: once per queued batch, not per event.
+/// Where [`UsageRecorder::record`] leaves events for the writer: one vector behind a lock,
+/// which the writer swaps for an empty one (keeping both allocations), and a wake-up once per
+/// queued batch rather than per event.
 #[derive(Debug, Default)]
-struct Wake {
+struct Queue {
+    state: Mutex<QueueState>,
     notify: Notify,
     /// Set when the writer has been told; cleared by the writer when it takes events.
     pending: AtomicBool,
 }
 
+#[derive(Debug, Default)]
+struct QueueState {
+    events: Vec<UsageEvent>,
+    /// After shutdown nothing more is accepted.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // Nothing panics while the lock is held; a poisoned queue is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything queued, in exchange for `empty` (whose capacity the queue keeps).
+    fn take(&self, empty: &mut Vec<UsageEvent>) {
+        std::mem::swap(&mut self.lock().events, empty);
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
-    tx: mpsc::Sender<UsageEvent>,
+    queue: Arc<Queue>,
     counters: Arc<Counters>,
-    wake: Arc<Wake>,
+    /// Events buffered before new ones are dropped.
+    capacity: usize,
     /// Events queued before the writer is woken ahead of its interval: a batch.
     wake_at: usize,
     /// The writer, and what tells it to stop.
@@ -108,24 +131,17 @@ pub struct UsageRecorder {
 impl UsageRecorder {
     /// Starts the background writer on the current Tokio runtime.
     pub fn spawn(sink: Arc<dyn UsageSink>, config: RecorderConfig) -> Self {
-        let (tx, rx) = mpsc::channel(config.capacity.max(1));
+        let capacity = config.capacity.max(1);
+        let queue = Arc::new(Queue::default());
         let counters = Arc::new(Counters::default());
         let (stop, stopped) = oneshot::channel();
-        let wake = Arc::new(Wake::default());
-        let task = tokio::spawn(run(
-            rx,
-            sink,
-            config,
-            counters.clone(),
-            wake.clone(),
-            stopped,
-        ));
+        let task = tokio::spawn(run(queue.clone(), sink, config, counters.clone(), stopped));
         Self {
             shared: Arc::new(Shared {
-                wake_at: config.batch_size.clamp(1, config.capacity.max(1)),
-                tx,
+                queue,
                 counters,
-                wake,
+                capacity,
+                wake_at: config.batch_size.clamp(1, capacity),
                 task: Mutex::new(Some((task, stop))),
             }),
         }
@@ -135,23 +151,24 @@ impl UsageRecorder {
     pub fn record(&self, event: UsageEvent) -> bool {
         let shared = &*self.shared;
         let c = &shared.counters;
-        match shared.tx.try_send(event) {
-            Ok(()) => {
-                c.recorded.fetch_add(1, Ordering::Relaxed);
-                let queued = shared.tx.max_capacity() - shared.tx.capacity();
-                if queued >= shared.wake_at
-                    && !shared.wake.pending.load(Ordering::Relaxed)
-                    && !shared.wake.pending.swap(true, Ordering::AcqRel)
-                {
-                    shared.wake.notify.notify_one();
-                }
-                true
-            }
-            Err(_) => {
-                c.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+        let mut q = shared.queue.lock();
+        if q.closed || q.events.len() >= shared.capacity {
+            drop(q);
+            c.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        q.events.push(event);
+        let queued = q.events.len();
+        drop(q);
+        c.recorded.fetch_add(1, Ordering::Relaxed);
+        let queue = &shared.queue;
+        if queued >= shared.wake_at
+            && !queue.pending.load(Ordering::Relaxed)
+            && !queue.pending.swap(true, Ordering::AcqRel)
+        {
+            queue.notify.notify_one();
+        }
+        true
     }
 
     /// The counters so far.
@@ -185,81 +202,79 @@ impl UsageRecorder {
 }
 
 async fn run(
-    mut rx: mpsc::Receiver<UsageEvent>,
+    queue: Arc<Queue>,
     sink: Arc<dyn UsageSink>,
     config: RecorderConfig,
     counters: Arc<Counters>,
-    wake: Arc<Wake>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let batch_size = config.batch_size.max(1);
+    // Events taken from the queue and not yet written, and the vector swapped into the queue.
     let mut buf: Vec<UsageEvent> = Vec::with_capacity(batch_size);
+    let mut spare: Vec<UsageEvent> = Vec::new();
     let mut tick = tokio::time::interval(config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // The writer does not wait on the channel itself: that would wake it for every event,
-        // a task switch per request. It sleeps until a batch is queued or the interval ends.
+        // The writer sleeps until a batch is queued or the interval ends: woken for every
+        // event, it would cost a task switch per request.
         let ticked = tokio::select! {
             biased;
             // A dropped sender (the recorder gone without `shutdown`) also ends the loop, and
             // what was accepted is still written below.
             _ = &mut stop => break,
-            () = wake.notify.notified() => false,
+            () = queue.notify.notified() => false,
             _ = tick.tick() => true,
         };
         // Cleared before taking events, so that a batch queued meanwhile wakes the writer again.
-        wake.pending.store(false, Ordering::Release);
-        // Only what is queued now: waiting on an empty channel would register for wake-ups.
-        let mut queued = rx.len();
-        while queued > 0 {
-            let room = batch_size.saturating_sub(buf.len()).max(1);
-            let n = rx.recv_many(&mut buf, room.min(queued)).await;
-            if n == 0 {
-                break;
-            }
-            queued -= n;
-            if buf.len() >= batch_size {
-                flush(&*sink, &mut buf, &config, &counters).await;
-            }
-        }
-        if ticked {
-            flush(&*sink, &mut buf, &config, &counters).await;
-        }
+        queue.pending.store(false, Ordering::Release);
+        queue.take(&mut spare);
+        buf.append(&mut spare);
+        write_batches(&*sink, &mut buf, batch_size, ticked, &config, &counters).await;
     }
-    // Refuse new events, then drain what was accepted: nothing acknowledged is lost.
-    rx.close();
-    while let Some(ev) = rx.recv().await {
-        buf.push(ev);
-        if buf.len() >= batch_size {
-            flush(&*sink, &mut buf, &config, &counters).await;
-        }
+    // Refuse new events, then write what was accepted: nothing acknowledged is lost.
+    queue.lock().closed = true;
+    queue.take(&mut spare);
+    buf.append(&mut spare);
+    write_batches(&*sink, &mut buf, batch_size, true, &config, &counters).await;
+}
+
+/// Writes `buf` in batches of `batch_size`; a last, smaller batch only when `all`.
+async fn write_batches(
+    sink: &dyn UsageSink,
+    buf: &mut Vec<UsageEvent>,
+    batch_size: usize,
+    all: bool,
+    config: &RecorderConfig,
+    counters: &Counters,
+) {
+    let mut done = 0;
+    while buf.len() - done >= batch_size || (all && done < buf.len()) {
+        let end = (done + batch_size).min(buf.len());
+        flush(sink, &buf[done..end], config, counters).await;
+        done = end;
     }
-    flush(&*sink, &mut buf, &config, &counters).await;
+    buf.drain(..done);
 }
 
 async fn flush(
     sink: &dyn UsageSink,
-    buf: &mut Vec<UsageEvent>,
+    batch: &[UsageEvent],
     config: &RecorderConfig,
     counters: &Counters,
 ) {
-    if buf.is_empty() {
-        return;
-    }
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=config.max_attempts.max(1) {
         // Sinks are idempotent on request ids, so a retry after an ambiguous failure
         // (a timeout after commit) does not double-count.
-        match sink.write(buf).await {
+        match sink.write(batch).await {
             Ok(()) => {
                 counters
                     .written
-                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                buf.clear();
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, attempt, events = buf.len(), "usage write failed");
+                tracing::warn!(error = %e, attempt, events = batch.len(), "usage write failed");
                 if attempt < config.max_attempts {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
@@ -268,11 +283,10 @@ async fn flush(
         }
     }
     tracing::error!(
-        events = buf.len(),
+        events = batch.len(),
         "usage events lost: the sink kept failing"
     );
     counters
         .failed
-        .fetch_add(buf.len() as u64, Ordering::Relaxed);
-    buf.clear();
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
 }

@@ -1,7 +1,7 @@
 //! [`MemoryUsage`]: usage statistics in memory as per-minute rollups.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet},
     hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
     sync::Mutex,
 };
@@ -65,9 +65,11 @@ impl Hasher for FnvHasher {
 struct State {
     /// Keyed by minutes since the Unix epoch.
     minutes: BTreeMap<i64, Minute>,
-    /// Hashes of recent request ids, and their order for eviction.
-    seen: HashSet<u64, BuildHasherDefault<Prehashed>>,
-    order: VecDeque<u64>,
+    /// Hashes of recent request ids in two generations: new ids go into `current`; when it
+    /// holds a window's worth, `previous` is emptied and the two swap. No id is removed one by
+    /// one (a removal per event cost as much as the rest of the write).
+    current: HashSet<u64, BuildHasherDefault<Prehashed>>,
+    previous: HashSet<u64, BuildHasherDefault<Prehashed>>,
 }
 
 impl State {
@@ -95,7 +97,8 @@ impl State {
 ///
 /// Statistics have a resolution of one minute (a minute counts in a range when it starts in
 /// it), minutes older than eight days are dropped, and a request id written again is counted
-/// once as long as it is among the last [`DEFAULT_DEDUP_WINDOW`] events written (see
+/// once as long as it is among the last [`DEFAULT_DEDUP_WINDOW`] events written (older ones
+/// may be recognised too, up to twice as many; see
 /// [`with_dedup_window`](Self::with_dedup_window)). Keys' `last_used_at` is not updated.
 ///
 /// ```
@@ -133,14 +136,15 @@ impl MemoryUsage {
     }
 
     /// Empty rollups that recognise a repeated request id among the last `window` events
-    /// written (at least one); its memory is about 24 bytes per event of the window.
+    /// written (at least one; older ones may be recognised too, up to twice as many); its
+    /// memory is about 20 bytes per event of the window.
     pub fn with_dedup_window(window: usize) -> Self {
         let window = window.max(1);
         Self {
             state: Mutex::new(State {
                 // Sized once, so that the index never resizes while requests wait.
-                seen: HashSet::with_capacity_and_hasher(window, BuildHasherDefault::default()),
-                order: VecDeque::with_capacity(window),
+                current: HashSet::with_capacity_and_hasher(window, BuildHasherDefault::default()),
+                previous: HashSet::with_capacity_and_hasher(window, BuildHasherDefault::default()),
                 ..State::default()
             }),
             seed: RandomState::new().build_hasher().finish(),
@@ -218,14 +222,13 @@ impl UsageSink for MemoryUsage {
         let mut run: Option<(i64, &str, Option<KeyId>, Agg)> = None;
         for e in events {
             let id = id_hash(self.seed, &e.request_id);
-            if !st.seen.insert(id) {
+            if st.previous.contains(&id) || !st.current.insert(id) {
                 continue;
             }
-            st.order.push_back(id);
-            if st.order.len() > self.window
-                && let Some(old) = st.order.pop_front()
-            {
-                st.seen.remove(&old);
+            if st.current.len() >= self.window {
+                let st = &mut *st;
+                std::mem::swap(&mut st.current, &mut st.previous);
+                st.current.clear();
             }
             let minute = minute_of(e.ts);
             let provider = e.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER);
