@@ -13,7 +13,9 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use keyvault_core::{AuditQuery, AuditRecord, KeyDigest, KeyQuery, KeyRecord, KeyWrite};
+use keyvault_core::{
+    AuditQuery, AuditRecord, ChainVerifier, KeyDigest, KeyQuery, KeyRecord, KeyWrite,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -288,11 +290,45 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
             "differs from the one the backup was made with: its keys would not verify",
         ));
     }
+    // Everything that can be wrong with the file is found before anything is written, so
+    // that a refused backup leaves the database as it was.
+    let mut audit: Vec<AuditRecord> = lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Audit(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    audit.sort_by_key(|r| r.seq);
+    let mut chain = ChainVerifier::default();
+    for r in &audit {
+        chain.push(r);
+    }
+    if let Some(at) = chain.finish().first_broken {
+        return Err(bad(&format!(
+            "the audit chain breaks at record {at}: the backup was altered"
+        )));
+    }
+    let (mut key_ids, mut digests) = (HashSet::new(), HashSet::new());
+    for line in &lines {
+        match line {
+            Line::Token { digest, .. } => {
+                KeyDigest::from_hex(digest).map_err(|_| bad("a token digest is malformed"))?;
+            }
+            Line::Key { record, digest, .. } => {
+                let d =
+                    KeyDigest::from_hex(digest).map_err(|_| bad("a key digest is malformed"))?;
+                if !key_ids.insert(record.id) || !digests.insert(d) {
+                    return Err(bad("a key appears twice"));
+                }
+            }
+            _ => {}
+        }
+    }
     ensure_empty(app).await?;
 
     let backup_time = *created_at;
     let mut quotas = HashSet::new();
-    let mut audit = Vec::new();
     let (mut n_keys, mut n_tokens, mut n_users) = (0u64, 0u64, 0u64);
     for line in &lines {
         match line {
@@ -324,10 +360,9 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
                 }
                 n_keys += 1;
             }
-            Line::Audit(r) => audit.push(r.clone()),
+            Line::Audit(_) => {}
         }
     }
-    audit.sort_by_key(|r| r.seq);
     for chunk in audit.chunks(500) {
         let events: Vec<_> = chunk.iter().map(|r| r.event.clone()).collect();
         app.backends.audit.append(&events).await?;

@@ -148,6 +148,33 @@ fn backup_then_restore_into_a_fresh_database_keeps_keys_tokens_and_balances() {
     std::fs::create_dir_all(&dst.dir).unwrap();
     dst.run(&["restore", "--in", cut.to_str().unwrap()])
         .assert_one_line_error("truncated backup");
+    // Backups altered after their keys' lines are refused before anything is written: the
+    // good backup still restores below, into a database that must be empty.
+    let altered = |name: &str, edit: &dyn Fn(&mut Vec<Value>)| {
+        let mut lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        edit(&mut lines);
+        let path = dir.path().join(name);
+        let body: Vec<String> = lines.iter().map(Value::to_string).collect();
+        std::fs::write(&path, body.join("\n") + "\n").unwrap();
+        path
+    };
+    let edited_audit = altered("edited.ndjson", &|lines| {
+        let last = lines.iter().rposition(|l| l["type"] == "audit").unwrap();
+        lines[last]["actor"] = json!("someone else");
+    });
+    let o = dst.run(&["restore", "--in", edited_audit.to_str().unwrap()]);
+    o.assert_one_line_error("altered audit chain");
+    assert!(o.stderr.contains("audit chain"), "{}", o.stderr);
+    let bad_digest = altered("digest.ndjson", &|lines| {
+        let last = lines.iter().rposition(|l| l["type"] == "key").unwrap();
+        lines[last]["digest"] = json!("not a digest");
+    });
+    let o = dst.run(&["restore", "--in", bad_digest.to_str().unwrap()]);
+    o.assert_one_line_error("malformed key digest");
+    assert!(o.stderr.contains("key digest"), "{}", o.stderr);
     let o = dst.run(&["restore", "--in", file.to_str().unwrap()]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(dst.run(&["audit", "verify"]).code, 0);
