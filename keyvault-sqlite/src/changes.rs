@@ -136,7 +136,7 @@ async fn poll(inner: Weak<Inner>, mut last: i64, interval: Duration) {
         }
         polls += 1;
         // About once a minute, drop entries every poller has long seen.
-        if polls % (60_000 / interval.as_millis().max(1) as u64).max(1) == 0
+        if polls.is_multiple_of((60_000 / interval.as_millis().max(1) as u64).max(1))
             && let Err(e) = prune(&bus.store).await
         {
             tracing::warn!(error = %e, "change log not pruned");

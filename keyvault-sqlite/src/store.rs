@@ -24,6 +24,49 @@ pub fn migrator() -> Migrator {
     m
 }
 
+/// Whether a connection's file name is an in-memory database.
+fn is_in_memory(file: &std::path::Path) -> bool {
+    file.as_os_str().is_empty()
+        || file
+            .to_str()
+            .is_some_and(|f| f.starts_with("file:sqlx-in-memory"))
+}
+
+/// How long [`SqliteStore::migrate`] waits for another process's migrations.
+const MIGRATE_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes an exclusive advisory lock on `path` (created if missing), waiting without blocking
+/// the runtime; the lock is released when the file is dropped.
+async fn lock_exclusive(path: std::path::PathBuf) -> Result<std::fs::File> {
+    let io = |e: std::io::Error| {
+        backend(std::io::Error::new(
+            e.kind(),
+            format!("locking {} for migrations: {e}", path.display()),
+        ))
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    let deadline = tokio::time::Instant::now() + MIGRATE_LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io(std::io::Error::other(
+                    "another process kept migrating this database for a minute",
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+    }
+}
+
 fn bad_url(message: &str) -> Error {
     Error::invalid("database_url", message)
 }
@@ -101,11 +144,7 @@ impl SqliteStore {
     /// Opens a database with explicit options (see [`connect_options`]).
     pub async fn connect_with(options: SqliteConnectOptions, max_connections: u32) -> Result<Self> {
         let file = options.get_filename();
-        let in_memory = file.as_os_str().is_empty()
-            || file
-                .to_str()
-                .is_some_and(|f| f.starts_with("file:sqlx-in-memory"));
-        if !in_memory {
+        if !is_in_memory(file) {
             create_parent(file)?;
         }
         let pool = SqlitePoolOptions::new()
@@ -126,9 +165,21 @@ impl SqliteStore {
         }
     }
 
-    /// Creates or upgrades keyvault's tables (idempotent; see [`migrator`]).
+    /// Creates or upgrades keyvault's tables (idempotent; see [`migrator`]). Processes that
+    /// start together on one file take turns, so each migration is applied once.
     pub async fn migrate(&self) -> Result<()> {
         let _turn = self.write_lock.lock().await;
+        // SQLite's migrator takes no lock of its own: two processes would both find a
+        // migration missing and both apply it. An advisory lock on a file beside the database
+        // makes them take turns.
+        let file = self.pool.connect_options().get_filename().to_path_buf();
+        let _lock = if is_in_memory(&file) {
+            None
+        } else {
+            let mut name = file.into_os_string();
+            name.push(".migrate-lock");
+            Some(lock_exclusive(std::path::PathBuf::from(name)).await?)
+        };
         migrator().run(&self.pool).await.map_err(backend)
     }
 

@@ -233,3 +233,39 @@ async fn changes_reach_a_bus_on_another_pool_within_a_second() {
     }
     assert!(!b.get(created.record.id).await.unwrap().unwrap().enabled);
 }
+
+/// Processes starting together on one new file all migrate it, and each migration is applied
+/// once (SQLite's migrator takes no lock of its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn pools_migrating_one_new_file_at_once_apply_each_migration_once() {
+    for _ in 0..5 {
+        let db = common::TestDb::new();
+        let mut pools = Vec::new();
+        for _ in 0..4 {
+            pools.push(SqliteStore::connect(&db.url).await.unwrap());
+        }
+        let runs: Vec<_> = pools
+            .iter()
+            .cloned()
+            .map(|s| tokio::spawn(async move { s.migrate().await }))
+            .collect();
+        for r in runs {
+            r.await.unwrap().expect("every pool migrates");
+        }
+        assert_eq!(keyvault_sqlite::MIGRATIONS_TABLE, "kv_schema_migrations");
+        let applied: Vec<(i64,)> =
+            sqlx::query_as("SELECT version FROM kv_schema_migrations ORDER BY version")
+                .fetch_all(pools[0].pool())
+                .await
+                .unwrap();
+        let versions: Vec<i64> = applied.into_iter().map(|(v,)| v).collect();
+        assert_eq!(versions, vec![1, 2]);
+        // And the schema works from every pool.
+        for s in &pools {
+            keyvault(s, None)
+                .create_key(NewKey::new("k"), &Actor::library())
+                .await
+                .unwrap();
+        }
+    }
+}
