@@ -11,16 +11,21 @@
 //! use std::sync::Arc;
 //! use axum::{Router, routing::get};
 //! use keyvault_axum::{KeyvaultLayer, RouteConfig, VerifiedKey};
-//! use keyvault_core::{Keyvault, RecorderConfig, UsageRecorder, memory::MemoryStore};
+//! use keyvault_core::{
+//!     Keyvault, RecorderConfig, UsageRecorder,
+//!     memory::{MemoryStore, MemoryUsage},
+//! };
 //!
 //! async fn hello(key: VerifiedKey) -> String {
 //!     format!("hello, key {}", key.id())
 //! }
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-//! let store = Arc::new(MemoryStore::new());
-//! let vault = Keyvault::builder().backend(store.clone()).build().unwrap();
-//! let recorder = UsageRecorder::spawn(store, RecorderConfig::default());
+//! let vault = Keyvault::builder().backend(Arc::new(MemoryStore::new())).build().unwrap();
+//! // Usage as per-minute rollups, whose memory does not grow with traffic; a database
+//! // backend's store is a sink too.
+//! let usage = Arc::new(MemoryUsage::new());
+//! let recorder = UsageRecorder::spawn(usage, RecorderConfig::default());
 //!
 //! let app: Router = Router::new()
 //!     .route("/v1/hello", get(hello))
