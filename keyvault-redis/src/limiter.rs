@@ -171,6 +171,16 @@ fn lane_mut<'a>(
         .find(|l| l.limits == limits)
 }
 
+/// Gives up one call's place on a lane; the lane is gone once no call is left.
+fn end_call(busy: &mut BusyLanes, quota: KeyId, limits: &[RateLimit]) {
+    if let Some(l) = lane_mut(busy, quota, limits) {
+        l.calls -= 1;
+        if l.calls == 0 {
+            remove_lane(busy, quota, limits);
+        }
+    }
+}
+
 fn remove_lane(busy: &mut BusyLanes, quota: KeyId, limits: &[RateLimit]) {
     if let Some(lanes) = busy.get_mut(&quota) {
         lanes.retain(|l| l.limits != limits);
@@ -291,14 +301,10 @@ impl Lanes {
                         let n = l.queue.len().min(MAX_BATCH);
                         l.queue.drain(..n).collect()
                     }
-                    Some(l) => {
-                        l.calls -= 1;
-                        if l.calls == 0 {
-                            remove_lane(&mut busy, lane.0, &lane.1);
-                        }
+                    _ => {
+                        end_call(&mut busy, lane.0, &lane.1);
                         return;
                     }
-                    None => return,
                 }
             };
             let checks: Vec<(bool, &str)> = batch
@@ -337,14 +343,8 @@ impl Drop for Lead {
     fn drop(&mut self) {
         let mut busy = self.lanes.busy();
         let (quota, limits) = &self.lane;
-        let Some(lane) = lane_mut(&mut busy, *quota, limits) else {
-            return;
-        };
-        if lane.queue.is_empty() {
-            lane.calls -= 1;
-            if lane.calls == 0 {
-                remove_lane(&mut busy, *quota, limits);
-            }
+        if lane_mut(&mut busy, *quota, limits).is_none_or(|l| l.queue.is_empty()) {
+            end_call(&mut busy, *quota, limits);
             return;
         }
         match tokio::runtime::Handle::try_current() {
