@@ -309,7 +309,9 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
             "the audit chain breaks at record {at}: the backup was altered"
         )));
     }
+    // Key digests, parsed here once, in the order of the key lines.
     let (mut key_ids, mut digests) = (HashSet::new(), HashSet::new());
+    let mut key_digests = Vec::new();
     for line in &lines {
         match line {
             Line::Token { digest, .. } => {
@@ -321,10 +323,12 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
                 if !key_ids.insert(record.id) || !digests.insert(d) {
                     return Err(bad("a key appears twice"));
                 }
+                key_digests.push(d);
             }
             _ => {}
         }
     }
+    let mut key_digests = key_digests.into_iter();
     ensure_empty(app).await?;
 
     let backup_time = *created_at;
@@ -339,21 +343,19 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
                 n_users += 1;
             }
             Line::Token { row, digest } => {
-                KeyDigest::from_hex(digest).map_err(|_| bad("a token digest is malformed"))?;
                 app.db.insert_token(row, digest).await?;
                 n_tokens += 1;
             }
             Line::Key {
-                record,
-                digest,
-                balance,
+                record, balance, ..
             } => {
                 let mut record = (**record).clone();
                 // A balance cached in Redis under this quota (by an earlier deployment) would
                 // override the restored one.
                 app.backends.invalidate_balance(record.quota_id).await?;
-                record.digest =
-                    KeyDigest::from_hex(digest).map_err(|_| bad("a key digest is malformed"))?;
+                record.digest = key_digests
+                    .next()
+                    .ok_or_else(|| bad("a key line has no digest"))?;
                 // One write at a time: an update is checked against what is stored.
                 for w in key_writes(record, *balance, backup_time, &mut quotas) {
                     app.backends.store.apply(&[w], &[]).await?;
