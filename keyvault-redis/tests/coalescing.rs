@@ -193,28 +193,13 @@ async fn a_batched_call_matches_the_reference_maths_check_by_check() {
                 let now_ns = r[1] as u128 * 1_000;
                 let want = bucket.check(x, now_ns, *take);
                 let ctx = format!("{limit}/{period} call {call} check {j} (seed {seed})");
-                assert_eq!(r[0] == 1, want.admitted, "{ctx}");
-                assert_eq!(r[2] as u64, want.remaining, "{ctx}");
-                assert_eq!(r[3] as u128, want.reset_in_ns.div_ceil(1_000), "{ctx}");
-                assert_eq!(
-                    (r[4] >= 0).then_some(r[4] as u128),
-                    want.retry_in_ns.map(|ns| ns.div_ceil(1_000)),
-                    "{ctx}"
-                );
+                common::assert_reply_is_reference(r, &want, &ctx);
                 if want.admitted && *take {
                     x = want.x;
                 }
             }
-            let stored: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            if let Some(s) = stored {
-                let (q, r) = s.split_once(':').unwrap();
-                let (q, r): (u128, u128) = (q.parse().unwrap(), r.parse().unwrap());
-                assert_eq!((q * u128::from(limit) + r) * 1_000, x, "{limit}/{period}");
-            }
+            common::assert_stored_tat(&mut conn, &key, limit, x, &format!("{limit}/{period}"))
+                .await;
         }
     }
 }

@@ -159,3 +159,41 @@ impl OwnRedis {
         }
     }
 }
+
+/// Asserts one check's reply from `ratelimit.lua` (admitted, now, then remaining, reset and
+/// retry in µs) against keyvault-core's reference maths for the same check.
+pub fn assert_reply_is_reference(
+    reply: &[i64],
+    want: &keyvault_core::gcra::BucketState,
+    ctx: &str,
+) {
+    assert_eq!(reply[0] == 1, want.admitted, "{ctx}");
+    assert_eq!(reply[2] as u64, want.remaining, "{ctx}");
+    assert_eq!(reply[3] as u128, want.reset_in_ns.div_ceil(1_000), "{ctx}");
+    assert_eq!(
+        (reply[4] >= 0).then_some(reply[4] as u128),
+        want.retry_in_ns.map(|ns| ns.div_ceil(1_000)),
+        "{ctx}"
+    );
+}
+
+/// Asserts that the bucket stored at `key` holds exactly the reference's scaled TAT `x`
+/// (an absent bucket is full, and says nothing).
+pub async fn assert_stored_tat(
+    conn: &mut keyvault_redis::redis::aio::MultiplexedConnection,
+    key: &str,
+    limit: u32,
+    x: u128,
+    ctx: &str,
+) {
+    let stored: Option<String> = keyvault_redis::redis::cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap();
+    if let Some(s) = stored {
+        let (q, r) = s.split_once(':').unwrap();
+        let (q, r): (u128, u128) = (q.parse().unwrap(), r.parse().unwrap());
+        assert_eq!((q * u128::from(limit) + r) * 1_000, x, "{ctx}");
+    }
+}
