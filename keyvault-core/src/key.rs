@@ -85,12 +85,38 @@ impl<'de> serde::Deserialize<'de> for Prefix {
     }
 }
 
+/// Character classes, one table lookup per byte: every key is parsed on the request path.
+const BODY_CHAR: u8 = 1;
+const PREFIX_CHAR: u8 = 2;
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() {
+            t[c] |= BODY_CHAR;
+        }
+        if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' {
+            t[c] |= PREFIX_CHAR;
+        }
+        c += 1;
+    }
+    t
+};
+
+fn all_of_class(bytes: &[u8], class: u8) -> bool {
+    // `fold` rather than `all`: no early exit, so the loop has no branch per byte (a key
+    // that fails is rare, and short).
+    bytes
+        .iter()
+        .fold(class, |acc, &b| acc & CLASSES[usize::from(b)])
+        == class
+}
+
 fn is_valid_prefix(p: &[u8]) -> bool {
     matches!(p.first(), Some(b'a'..=b'z'))
         && p.len() <= MAX_PREFIX_LEN
-        && p[1..]
-            .iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        && all_of_class(&p[1..], PREFIX_CHAR)
 }
 
 /// A plaintext key. Its `Debug` is redacted and it has neither `Display` nor `Serialize`:
@@ -178,12 +204,11 @@ impl fmt::Debug for ParsedKey<'_> {
 /// Returns `None` for anything that is not a well-formed key.
 pub fn parse(key: &str) -> Option<ParsedKey<'_>> {
     let bytes = key.as_bytes();
-    let sep = bytes.iter().rposition(|&b| b == b'_')?;
+    // The body and checksum are alphanumeric, so the last `_` (if the key is well formed)
+    // sits just before them: found by position, not by a scan.
+    let sep = bytes.len().checked_sub(BODY_LEN + CHECKSUM_LEN + 1)?;
     let (prefix, rest) = (&bytes[..sep], &bytes[sep + 1..]);
-    if rest.len() != BODY_LEN + CHECKSUM_LEN
-        || !is_valid_prefix(prefix)
-        || !rest.iter().all(u8::is_ascii_alphanumeric)
-    {
+    if bytes[sep] != b'_' || !all_of_class(rest, BODY_CHAR) || !is_valid_prefix(prefix) {
         return None;
     }
     let (signed, checksum) = bytes.split_at(sep + 1 + BODY_LEN);
@@ -270,6 +295,36 @@ mod tests {
             }
         }
         assert!(mutated > 10_000 * 40 * 90);
+    }
+
+    #[test]
+    fn a_correct_checksum_does_not_make_a_bad_shape_valid() {
+        // Each text carries the right checksum for what precedes it, so only the shape checks
+        // can refuse it.
+        let body = "A".repeat(BODY_LEN);
+        let with_checksum = |signed: &str| {
+            let sum = base62_checksum(crc32fast::hash(signed.as_bytes()));
+            format!("{signed}{}", std::str::from_utf8(&sum).unwrap())
+        };
+        assert!(parse(&with_checksum(&format!("kv_{body}"))).is_some());
+        for signed in [
+            format!("kv_{}_{}", &body[..20], &body[21..]),
+            format!("kv_{}-", &body[..39]),
+            format!("kv_{}é", &body[..38]),
+            format!("kv-{body}"),
+            format!("Kv_{body}"),
+            format!("_{body}"),
+            format!("{}_{body}", "k".repeat(MAX_PREFIX_LEN + 1)),
+            format!("kv__{}", &body[..39]),
+            body.clone(),
+        ] {
+            let text = with_checksum(&signed);
+            assert!(parse(&text).is_none(), "accepted: {text}");
+        }
+        // A prefix may itself contain `_`: the last one separates.
+        let text = with_checksum(&format!("my_app_{body}"));
+        let p = parse(&text).unwrap();
+        assert_eq!((p.prefix, p.body), ("my_app", body.as_str()));
     }
 
     #[test]
