@@ -4,10 +4,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -17,7 +14,7 @@ use axum_core::response::Response;
 use chrono::{DateTime, Utc};
 use http::Request;
 use keyvault_core::{
-    Error, KeyRecord, Label, Outcome, UsageEvent, VerifyRequest, check_credit_amount,
+    Error, KeyRecord, Label, Outcome, RequestId, UsageEvent, VerifyRequest, check_credit_amount,
 };
 use tower::Service;
 
@@ -85,7 +82,7 @@ where
 struct Usage {
     started: Instant,
     ts: DateTime<Utc>,
-    request_id: String,
+    request_id: RequestId,
     route: Option<Label>,
     method: Label,
 }
@@ -106,7 +103,7 @@ where
     let usage = started.map(|started| Usage {
         started,
         ts: Utc::now(),
-        request_id: request_id(),
+        request_id: RequestId::generate(),
         // A configured route's label is shared; others' templates are copied.
         route: route
             .template
@@ -294,46 +291,6 @@ fn method_label(method: &http::Method) -> Label {
         .map_or_else(|| Label::from(method.as_str()), |(_, l)| l.clone())
 }
 
-/// A request id unique across processes: 64 random bits chosen once per process, then a
-/// counter. Cheaper than a UUID per request, and sinks only need uniqueness.
-fn request_id() -> String {
-    // The prefix (process bits in hex and the '-') is formatted once.
-    static PREFIX: OnceLock<String> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| {
-        let mut buf = [b'-'; 17];
-        hex16(&mut buf[..16], rand::random::<u64>());
-        // Only ASCII hex digits and '-' were written.
-        std::str::from_utf8(&buf).unwrap_or_default().to_owned()
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut counter = [0u8; 16];
-    hex16(&mut counter, n);
-    let mut id = String::with_capacity(prefix.len() + counter.len());
-    id.push_str(prefix);
-    // Only ASCII hex digits were written.
-    id.push_str(std::str::from_utf8(&counter).unwrap_or_default());
-    id
-}
-
-fn hex16(out: &mut [u8], v: u64) {
-    // Two characters per byte from one table: half the steps of a nibble loop, and this runs
-    // for every request.
-    const PAIRS: [[u8; 2]; 256] = {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut t = [[0u8; 2]; 256];
-        let mut i = 0;
-        while i < 256 {
-            t[i] = [HEX[i >> 4], HEX[i & 0xf]];
-            i += 1;
-        }
-        t
-    };
-    for (pair, b) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
-        pair.copy_from_slice(&PAIRS[usize::from(b)]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,23 +301,5 @@ mod tests {
             let method = http::Method::from_bytes(m.as_bytes()).unwrap();
             assert_eq!(method_label(&method), m);
         }
-    }
-
-    #[test]
-    fn request_ids_are_distinct() {
-        let a = request_id();
-        let b = request_id();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 33);
-        assert_eq!(a[..16], b[..16], "one process prefix");
-    }
-
-    #[test]
-    fn hex16_writes_every_nibble_big_endian() {
-        let mut out = [0u8; 16];
-        hex16(&mut out, 0x0123_4567_89ab_cdef);
-        assert_eq!(&out, b"0123456789abcdef");
-        hex16(&mut out, u64::MAX);
-        assert_eq!(&out, b"ffffffffffffffff");
     }
 }

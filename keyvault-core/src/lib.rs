@@ -88,8 +88,8 @@ pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
 pub use store::{KeyQuery, KeyStore, KeyWrite, Page};
 pub use usage::{
     LATENCY_BUCKETS, Label, LatencyHistogram, OverviewBuilder, Percentiles, ProviderStats,
-    StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink,
-    success_rate,
+    RequestId, StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery,
+    UsageSink, success_rate,
 };
 pub use vault::{Keyvault, KeyvaultBuilder, VerifyRequest};
 

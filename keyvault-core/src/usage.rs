@@ -5,12 +5,16 @@ use std::{
     collections::BTreeMap,
     fmt,
     ops::Deref,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::{
     error::{InvalidInput, Result},
@@ -22,7 +26,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageEvent {
     /// Unique per request: a sink counts an id once, however often it is written.
-    pub request_id: String,
+    pub request_id: RequestId,
     /// The key used, when one was found.
     pub key_id: Option<KeyId>,
     /// The key's owner.
@@ -52,98 +56,155 @@ impl UsageEvent {
     }
 }
 
-/// A shared, immutable string for the few distinct values a usage event repeats on every
-/// request (provider, route template, method): cloning one is a reference-count increment,
-/// not an allocation and a copy.
-///
-/// ```
-/// # use keyvault_core::Label;
-/// let demo = Label::from("demo");
-/// let again = demo.clone(); // no allocation
-/// assert_eq!(again, "demo");
-/// assert_eq!(again.as_str(), "demo");
-/// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Label(Arc<str>);
+/// Defines an immutable text type over [`SmolStr`]: text of up to 23 bytes is kept inline, so
+/// making, cloning and dropping one neither allocates nor touches a shared counter (longer
+/// text shares one allocation between clones).
+macro_rules! text_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(SmolStr);
 
-impl Label {
-    /// The text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl $name {
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(SmolStr::new(s))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(SmolStr::from(s))
+            }
+        }
+
+        impl From<Arc<str>> for $name {
+            fn from(s: Arc<str>) -> Self {
+                Self(SmolStr::from(&*s))
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                String::deserialize(d).map(Self::from)
+            }
+        }
+    };
 }
 
-impl Deref for Label {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
+text_type! {
+    /// An immutable string for the few distinct values a usage event repeats on every request
+    /// (provider, route template, method): short ones (up to 23 bytes) are copied inline, longer
+    /// ones share one allocation, so a clone never allocates.
+    ///
+    /// ```
+    /// # use keyvault_core::Label;
+    /// let demo = Label::from("demo");
+    /// let again = demo.clone(); // no allocation
+    /// assert_eq!(again, "demo");
+    /// assert_eq!(again.as_str(), "demo");
+    /// ```
+    Label
 }
 
-impl AsRef<str> for Label {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
+text_type! {
+    /// A request's id, unique per request: sinks count an id once however often it is written.
+    /// Ids of up to 23 bytes (those [`RequestId::generate`] makes) are kept inline, so an id
+    /// per request costs no allocation.
+    ///
+    /// ```
+    /// # use keyvault_core::RequestId;
+    /// let given = RequestId::from("req-1");
+    /// assert_eq!(given, "req-1");
+    /// let (a, b) = (RequestId::generate(), RequestId::generate());
+    /// assert_ne!(a, b);
+    /// assert_eq!(a.len(), 23);
+    /// ```
+    RequestId
 }
 
-impl Borrow<str> for Label {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for Label {
-    fn from(s: &str) -> Self {
-        Self(Arc::from(s))
-    }
-}
-
-impl From<String> for Label {
-    fn from(s: String) -> Self {
-        Self(Arc::from(s))
-    }
-}
-
-impl From<Arc<str>> for Label {
-    fn from(s: Arc<str>) -> Self {
-        Self(s)
-    }
-}
-
-impl PartialEq<str> for Label {
-    fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
-    }
-}
-
-impl PartialEq<&str> for Label {
-    fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
-    }
-}
-
-impl fmt::Debug for Label {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for Label {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Serialize for Label {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Label {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d).map(Self::from)
+impl RequestId {
+    /// A new id, unique across processes: 50 random bits chosen once per process, then a
+    /// 60-bit counter that starts at a random value, both in lowercase base32
+    /// (`<10 characters>-<12 characters>`). Cheaper than a UUID per request; sinks only need
+    /// uniqueness.
+    pub fn generate() -> Self {
+        // Digits first: ids sort by counter within a process.
+        const ALPHABET: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+        const COUNTER_BITS: u32 = 60;
+        static PROCESS: OnceLock<[u8; 10]> = OnceLock::new();
+        static COUNTER: OnceLock<AtomicU64> = OnceLock::new();
+        let process = PROCESS.get_or_init(|| {
+            let bits = rand::random::<u64>();
+            std::array::from_fn(|i| ALPHABET[((bits >> (5 * i)) & 31) as usize])
+        });
+        let n = COUNTER
+            .get_or_init(|| AtomicU64::new(rand::random::<u64>()))
+            .fetch_add(1, Ordering::Relaxed)
+            & ((1 << COUNTER_BITS) - 1);
+        let mut id = [b'-'; 23];
+        id[..10].copy_from_slice(process);
+        for (i, c) in id[11..].iter_mut().enumerate() {
+            *c = ALPHABET[((n >> (5 * (11 - i))) & 31) as usize];
+        }
+        // Only ASCII was written.
+        Self(SmolStr::new(std::str::from_utf8(&id).unwrap_or_default()))
     }
 }
 
@@ -289,7 +350,9 @@ pub const UNKNOWN_PROVIDER: &str = "unknown";
 /// the last bucket (200) holds everything from about 1.9 hours up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LatencyHistogram {
-    counts: BTreeMap<u16, u64>,
+    /// Sorted by bucket. Latencies cluster in a few buckets, so a search and (rarely) an
+    /// insert into a short vector cost less per event than a tree's node walk.
+    counts: Vec<(u16, u64)>,
 }
 
 /// Number of histogram buckets.
@@ -348,20 +411,21 @@ impl LatencyHistogram {
 
     /// Adds `count` to a bucket (merging stored rollups).
     pub fn add(&mut self, bucket: u16, count: u64) {
-        *self
-            .counts
-            .entry(bucket.min(LATENCY_BUCKETS - 1))
-            .or_default() += count;
+        let bucket = bucket.min(LATENCY_BUCKETS - 1);
+        match self.counts.binary_search_by_key(&bucket, |&(b, _)| b) {
+            Ok(i) => self.counts[i].1 += count,
+            Err(i) => self.counts.insert(i, (bucket, count)),
+        }
     }
 
     /// Non-empty buckets and their counts.
     pub fn buckets(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        self.counts.iter().map(|(&b, &c)| (b, c))
+        self.counts.iter().copied()
     }
 
     /// Total count.
     pub fn total(&self) -> u64 {
-        self.counts.values().sum()
+        self.counts.iter().map(|&(_, c)| c).sum()
     }
 
     /// The `q`-quantile in ms (`q` in [0, 1]), None when empty.
@@ -373,7 +437,7 @@ impl LatencyHistogram {
         // Nearest-rank: the smallest bucket holding at least ⌈q·n⌉ values.
         let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0;
-        for (&b, &c) in &self.counts {
+        for &(b, c) in &self.counts {
             seen += c;
             if seen >= rank {
                 return Some(Self::representative_ms(b));
@@ -511,6 +575,47 @@ mod tests {
             assert!((got - want).abs() / want <= 0.1, "{got} vs {want}");
         }
         assert_eq!(LatencyHistogram::default().quantile_ms(0.5), None);
+    }
+
+    /// Counts merge per bucket whatever the order they arrive in, buckets come out in
+    /// ascending order, and histograms built in different orders are equal.
+    #[test]
+    fn histograms_merge_per_bucket_in_any_order() {
+        let adds: Vec<(u16, u64)> = (0..2_000u64)
+            .map(|i| (((i * 7_919) % 230) as u16, i % 5 + 1))
+            .collect();
+        let mut forward = LatencyHistogram::default();
+        let mut backward = LatencyHistogram::default();
+        let mut reference = BTreeMap::<u16, u64>::new();
+        for &(b, n) in &adds {
+            forward.add(b, n);
+            *reference.entry(b.min(LATENCY_BUCKETS - 1)).or_default() += n;
+        }
+        for &(b, n) in adds.iter().rev() {
+            backward.add(b, n);
+        }
+        assert_eq!(forward, backward);
+        assert_eq!(
+            forward.buckets().collect::<Vec<_>>(),
+            reference.into_iter().collect::<Vec<_>>()
+        );
+        assert_eq!(forward.total(), adds.iter().map(|&(_, n)| n).sum::<u64>());
+    }
+
+    #[test]
+    fn generated_request_ids_are_distinct_short_and_share_the_process_part() {
+        let ids: Vec<RequestId> = (0..10_000).map(|_| RequestId::generate()).collect();
+        let distinct: std::collections::HashSet<&str> = ids.iter().map(|i| i.as_str()).collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            assert_eq!(id.len(), 23, "{id}");
+            assert_eq!(id[..10], ids[0][..10], "one process part");
+            assert_eq!(&id[10..11], "-");
+            assert!(
+                id.bytes()
+                    .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'v').contains(&b))
+            );
+        }
     }
 
     #[test]

@@ -232,7 +232,7 @@ async fn a_disable_is_honoured_at_once_by_the_instance_that_made_it() {
 
 fn event(i: usize) -> UsageEvent {
     UsageEvent {
-        request_id: format!("r{i}"),
+        request_id: format!("r{i}").into(),
         key_id: None,
         owner_id: None,
         ts: Utc::now(),

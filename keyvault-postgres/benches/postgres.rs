@@ -67,7 +67,7 @@ fn events(n: usize, keys: &[KeyId], now: DateTime<Utc>) -> Vec<UsageEvent> {
             // A skewed latency spread (1–400 ms) and about 5 % errors.
             let x = (i.wrapping_mul(2_654_435_761) % 1_000) as u64;
             UsageEvent {
-                request_id: format!("bench-{i:09}"),
+                request_id: format!("bench-{i:09}").into(),
                 key_id: Some(keys[i % keys.len()]),
                 owner_id: Some(format!("owner-{}", i % 10)),
                 ts: now - TimeDelta::milliseconds((n - i) as i64 / 4),

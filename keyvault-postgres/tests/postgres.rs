@@ -340,7 +340,7 @@ async fn a_disable_via_one_bus_reaches_the_other_within_a_second(pool: PgPool) {
 
 fn event(i: usize, key: Option<KeyId>, ts: chrono::DateTime<Utc>) -> UsageEvent {
     UsageEvent {
-        request_id: format!("req-{i}"),
+        request_id: format!("req-{i}").into(),
         key_id: key,
         owner_id: None,
         ts,

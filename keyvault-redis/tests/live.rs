@@ -8,7 +8,7 @@ use keyvault_redis::{LiveCounters, LiveScope};
 
 fn event(key: KeyId, provider: &str, status: u16, ts: DateTime<Utc>) -> UsageEvent {
     UsageEvent {
-        request_id: KeyId::new().to_string(),
+        request_id: KeyId::new().to_string().into(),
         key_id: Some(key),
         owner_id: None,
         ts,

@@ -52,7 +52,7 @@ fn events(n: usize, keys: &[KeyId], now: DateTime<Utc>) -> Vec<UsageEvent> {
             // A skewed latency spread (1–400 ms) and about 5 % errors.
             let x = (i.wrapping_mul(2_654_435_761) % 1_000) as u64;
             UsageEvent {
-                request_id: format!("bench-{i:09}"),
+                request_id: format!("bench-{i:09}").into(),
                 key_id: Some(keys[i % keys.len()]),
                 owner_id: Some(format!("owner-{}", i % 10)),
                 ts: now - TimeDelta::milliseconds((n - i) as i64 / 4),
@@ -91,7 +91,7 @@ async fn plain_insert_once(pool: &SqlitePool, events: &[UsageEvent]) -> Duration
                  method, status, latency_us, outcome, cost) ",
             );
             qb.push_values(chunk, |mut b, e| {
-                b.push_bind(e.request_id.clone())
+                b.push_bind(e.request_id.to_string())
                     .push_bind(e.key_id.map(|k| k.to_string()))
                     .push_bind(e.owner_id.clone())
                     .push_bind(e.ts.timestamp_micros())

@@ -112,7 +112,7 @@ async fn insert_events(
              method, status, latency_us, outcome, cost) ",
         );
         qb.push_values(chunk, |mut b, e| {
-            b.push_bind(e.request_id.clone())
+            b.push_bind(e.request_id.to_string())
                 .push_bind(e.key_id.map(id_text))
                 .push_bind(e.owner_id.clone())
                 .push_bind(micros(e.ts))
@@ -251,7 +251,7 @@ impl UsageSink for SqliteStore {
         let mut last_used: HashMap<KeyId, DateTime<Utc>> = HashMap::new();
         for e in events {
             // `remove`: of repeats inside one batch, the first is the one that was stored.
-            if !new_ids.remove(&e.request_id) {
+            if !new_ids.remove(e.request_id.as_str()) {
                 continue;
             }
             for key in RollupKey::of(e) {

@@ -79,7 +79,7 @@ async fn overview_matches_the_in_memory_reference_for_any_range() {
     let events: Vec<UsageEvent> = (0..3_000)
         .map(|i| UsageEvent {
             // Duplicates on purpose: every 7th event repeats an earlier id.
-            request_id: format!("r{}", if i % 7 == 6 { i - 3 } else { i }),
+            request_id: format!("r{}", if i % 7 == 6 { i - 3 } else { i }).into(),
             key_id: (i % 5 != 0).then(|| keys[rng.next(3) as usize]),
             owner_id: None,
             ts: t0 + TimeDelta::microseconds(rng.next(3 * 3_600_000_000) as i64),
@@ -158,7 +158,7 @@ async fn usage_touches_keys_and_purges_raw_events_only() {
         .id;
     let t0 = Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, 30).unwrap();
     let ev = |i: i64| UsageEvent {
-        request_id: format!("u{i}"),
+        request_id: format!("u{i}").into(),
         key_id: Some(id),
         owner_id: None,
         ts: t0 + TimeDelta::minutes(i),

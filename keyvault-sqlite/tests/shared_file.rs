@@ -80,7 +80,7 @@ async fn two_pools_spending_one_balance_admit_exactly_the_balance() {
 
 fn event(i: u64, key: keyvault_core::KeyId) -> UsageEvent {
     UsageEvent {
-        request_id: format!("load-{i}"),
+        request_id: format!("load-{i}").into(),
         key_id: Some(key),
         owner_id: None,
         ts: Utc::now(),

@@ -42,7 +42,7 @@ fn events(rng: &mut Lcg, keys: &[KeyId], prefix: &str, n: usize) -> Vec<UsageEve
     let providers = [None, Some("openai"), Some("anthropic"), Some("")];
     (0..n)
         .map(|i| UsageEvent {
-            request_id: format!("{prefix}{}", if i % 7 == 6 { i - 3 } else { i }),
+            request_id: format!("{prefix}{}", if i % 7 == 6 { i - 3 } else { i }).into(),
             key_id: (i % 5 != 0).then(|| keys[rng.next(keys.len() as u64) as usize]),
             owner_id: None,
             ts: t0() + TimeDelta::microseconds(rng.wide(SPAN_US) as i64),
@@ -182,7 +182,7 @@ async fn write_as_version_1(store: &SqliteStore, events: &[UsageEvent]) {
             "INSERT INTO kv_usage_events (request_id, key_id, ts, provider, status, \
              latency_us, cost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
         )
-        .bind(&e.request_id)
+        .bind(e.request_id.as_str())
         .bind(e.key_id.map(|k| k.to_string()))
         .bind(ts)
         .bind(e.provider.as_deref())

@@ -142,7 +142,7 @@ async fn usage_report_sums_what_was_recorded() {
     let store = open(&url).await;
     let now = Utc::now();
     let ev = |i: u32, provider: &str, status: u16| UsageEvent {
-        request_id: format!("r{i}"),
+        request_id: format!("r{i}").into(),
         key_id: None,
         owner_id: None,
         ts: now - TimeDelta::minutes(10),

@@ -14,8 +14,8 @@ use crate::{
     model::{Credits, KeyId, KeyRecord},
     store::{KeyQuery, KeyStore, KeyWrite, Page},
     usage::{
-        OverviewBuilder, StatsOverview, StatsQuery, UNKNOWN_PROVIDER, UsageEvent, UsageQuery,
-        UsageSink,
+        OverviewBuilder, RequestId, StatsOverview, StatsQuery, UNKNOWN_PROVIDER, UsageEvent,
+        UsageQuery, UsageSink,
     },
 };
 
@@ -76,7 +76,7 @@ impl Balance {
 
 #[derive(Debug, Default)]
 struct Usage {
-    seen: HashSet<String>,
+    seen: HashSet<RequestId>,
     events: Vec<UsageEvent>,
 }
 

@@ -918,7 +918,7 @@ pub async fn usage_is_idempotent_and_summarised(b: Backends) {
     let (_, id) = create(&kv, NewKey::new("usage")).await;
     let now = Utc::now();
     let ev = |i: u32, provider: &str, status: u16, ms: u64| UsageEvent {
-        request_id: format!("req-{i}"),
+        request_id: format!("req-{i}").into(),
         key_id: Some(id),
         owner_id: None,
         ts: now - TimeDelta::minutes(i64::from(i % 5)),

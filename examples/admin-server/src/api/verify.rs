@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{DateTime, Utc};
-use keyvault_core::{KeyId, Outcome, UsageEvent, VerifyRequest, check_credit_amount};
+use keyvault_core::{KeyId, Outcome, RequestId, UsageEvent, VerifyRequest, check_credit_amount};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -170,8 +170,8 @@ fn usage_event(i: usize, item: UsageItem, now: DateTime<Utc>) -> Result<UsageEve
                 "must be 1 to 128 characters",
             ));
         }
-        Some(r) => r,
-        None => uuid::Uuid::now_v7().to_string(),
+        Some(r) => r.into(),
+        None => RequestId::generate(),
     };
     Ok(UsageEvent {
         request_id,
