@@ -1,17 +1,18 @@
 //! [`KeyvaultService`]: the per-request work.
 
 use std::{
+    cell::Cell,
     fmt,
     future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::extract::MatchedPath;
 use axum_core::response::Response;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use http::Request;
 use keyvault_core::{
     Error, KeyRecord, Label, Outcome, RequestId, UsageEvent, VerifyRequest, check_credit_amount,
@@ -102,7 +103,7 @@ where
     let route = config.route(template.as_ref().map(MatchedPath::as_str), &parts.method);
     let usage = started.map(|started| Usage {
         started,
-        ts: Utc::now(),
+        ts: wall_time(started),
         request_id: RequestId::generate(),
         // A configured route's label is shared; others' templates are copied.
         route: route
@@ -160,7 +161,13 @@ where
     // size of this future, which then exceeds what the allocator keeps in its per-thread cache
     // (about 1 KiB), so that every request's allocation and free take the slow path. Small
     // cached allocations cost less than one slow one.
-    let verified = Box::pin(shared.vault.verify(&verify)).await;
+    // Keys without limits or credits whose cache entry is fresh are answered without a
+    // future; the rest go to the backends.
+    let now = usage.as_ref().map_or_else(Instant::now, |u| u.started);
+    let verified = match shared.vault.verify_cached(&verify, now) {
+        Some(v) => v,
+        None => Box::pin(shared.vault.verify(&verify)).await,
+    };
     let mut v = match verified {
         Ok(v) => v,
         Err(e) => {
@@ -265,6 +272,44 @@ fn record(
     });
 }
 
+/// The wall-clock time of `at`, from a pair of readings of both clocks taken at most a second
+/// earlier on this thread: a request then reads one clock, not two, and skips the calendar
+/// conversion. The monotonic and wall clocks drift apart by at most a few hundred
+/// microseconds a second (NTP slews by 500 ppm at most), and a step of the wall clock shows
+/// within a second; usage timestamps need no better.
+fn wall_time(at: Instant) -> DateTime<Utc> {
+    thread_local! {
+        static BASE: Cell<Option<(Instant, DateTime<Utc>)>> = const { Cell::new(None) };
+    }
+    BASE.with(|base| {
+        let (since, wall) = match base.get() {
+            Some((since, wall))
+                if at
+                    .checked_duration_since(since)
+                    .is_some_and(|d| d < REBASE_AFTER) =>
+            {
+                (since, wall)
+            }
+            _ => {
+                let pair = (Instant::now(), Utc::now());
+                base.set(Some(pair));
+                pair
+            }
+        };
+        let moved = match at.checked_duration_since(since) {
+            Some(d) => TimeDelta::from_std(d)
+                .ok()
+                .and_then(|d| wall.checked_add_signed(d)),
+            None => TimeDelta::from_std(since.duration_since(at))
+                .ok()
+                .and_then(|d| wall.checked_sub_signed(d)),
+        };
+        moved.unwrap_or(wall)
+    })
+}
+
+const REBASE_AFTER: Duration = Duration::from_secs(1);
+
 /// The method's label: shared for the standard methods, copied for extension methods.
 fn method_label(method: &http::Method) -> Label {
     static STANDARD: OnceLock<[(http::Method, Label); 9]> = OnceLock::new();
@@ -294,6 +339,26 @@ fn method_label(method: &http::Method) -> Label {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wall_time_follows_the_wall_clock() {
+        let close =
+            |a: DateTime<Utc>, b: DateTime<Utc>| (a - b).abs() < TimeDelta::milliseconds(50);
+        for _ in 0..10_000 {
+            let at = Instant::now();
+            let t = wall_time(at);
+            assert!(close(t, Utc::now()), "{t} vs {}", Utc::now());
+        }
+        // Readings away from the base are placed by their distance from it, either way.
+        let later = Instant::now() + Duration::from_secs(3);
+        assert!(close(wall_time(later), Utc::now() + TimeDelta::seconds(3)));
+        if let Some(earlier) = Instant::now().checked_sub(Duration::from_secs(2)) {
+            assert!(close(
+                wall_time(earlier),
+                Utc::now() - TimeDelta::seconds(2)
+            ));
+        }
+    }
 
     #[test]
     fn method_labels_name_the_method() {

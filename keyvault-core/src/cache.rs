@@ -115,12 +115,29 @@ impl<S: KeyStore> CachedKeyStore<S> {
     }
 
     fn fresh(&self, e: &Entry) -> bool {
+        self.fresh_at(e, Instant::now())
+    }
+
+    fn fresh_at(&self, e: &Entry, now: Instant) -> bool {
         let ttl = if e.record.is_some() {
             self.config.ttl
         } else {
             self.config.negative_ttl
         };
-        e.loaded.elapsed() < ttl
+        // An entry loaded after `now` (by a concurrent request) is as fresh as can be.
+        now.saturating_duration_since(e.loaded) < ttl
+    }
+
+    /// The key with this digest if the cache holds a fresh entry for it (`Some(None)`: known
+    /// not to exist), without waiting; `now` is the caller's clock reading for the request.
+    /// `None`: ask [`lookup`](Self::lookup).
+    pub fn cached(&self, digest: &KeyDigest, now: Instant) -> Option<Option<Arc<KeyRecord>>> {
+        let e = self.cache.get(digest.as_bytes())?;
+        if !self.fresh_at(&e, now) {
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(e.record)
     }
 
     /// The key with this digest, from the cache or the store.

@@ -288,33 +288,13 @@ impl Keyvault {
     /// Verifies a key: one [`Outcome`] (CONTRACT §2), the key, and its limits after the check.
     /// A rejected request consumes nothing; `Err` means a backend failed.
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> Result<Verification> {
-        let Some(parsed) = key::parse(req.key) else {
+        let Some(digest) = self.digest_of(req)? else {
             return Ok(Verification::not_found());
         };
-        // API tokens share the key format but are never keys.
-        if parsed.prefix == TOKEN_PREFIX {
-            return Ok(Verification::not_found());
-        }
-        check_credit_amount(req.cost, "cost")?;
-        let digest = self.inner.hasher.digest(parsed.full);
         let Some(record) = self.inner.keys.lookup(&digest).await? else {
             return Ok(Verification::not_found());
         };
-        let early = if !record.enabled {
-            Some(Outcome::Disabled)
-        } else if record
-            .effective_expiry()
-            // The clock is only read for keys that can expire.
-            .is_some_and(|_| record.is_expired(self.inner.clock.now()))
-        {
-            Some(Outcome::Expired)
-        } else if !record.admits_ip(req.ip) {
-            Some(Outcome::Forbidden)
-        } else if !record.has_scopes(req.scopes) {
-            Some(Outcome::InsufficientPermissions)
-        } else {
-            None
-        };
+        let early = self.early_outcome(&record, req);
         let mut v = Verification {
             outcome: Outcome::Valid,
             key: None,
@@ -388,6 +368,84 @@ impl Keyvault {
         }
         v.key = Some(record);
         Ok(v)
+    }
+
+    /// Verifies without waiting when nothing but the key cache is needed: a text that is not
+    /// a key, or a key whose cache entry is fresh and that has neither rate limits nor credits
+    /// (so no limiter or credit store is asked). The answer is the one [`verify`](Self::verify)
+    /// gives. `None`: call `verify`. `now` is the caller's clock reading for the request (for
+    /// the cache entry's age), read once per request by middleware that times it anyway.
+    ///
+    /// ```
+    /// # use keyvault_core::{Keyvault, NewKey, Outcome, VerifyRequest, Actor};
+    /// # use std::time::Instant;
+    /// # async fn demo() -> keyvault_core::Result<()> {
+    /// let kv = Keyvault::in_memory();
+    /// let created = kv.create_key(NewKey::new("ci"), &Actor::library()).await?;
+    /// let req = VerifyRequest::new(created.key.expose());
+    /// // Not cached yet: the store must be asked.
+    /// assert!(kv.verify_cached(&req, Instant::now()).is_none());
+    /// assert_eq!(kv.verify(&req).await?.outcome, Outcome::Valid);
+    /// let fast = kv.verify_cached(&req, Instant::now()).expect("cached now")?;
+    /// assert_eq!(fast.outcome, Outcome::Valid);
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn verify_cached(
+        &self,
+        req: &VerifyRequest<'_>,
+        now: std::time::Instant,
+    ) -> Option<Result<Verification>> {
+        let digest = match self.digest_of(req) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Some(Ok(Verification::not_found())),
+            Err(e) => return Some(Err(e)),
+        };
+        let Some(record) = self.inner.keys.cached(&digest, now)? else {
+            return Some(Ok(Verification::not_found()));
+        };
+        if !record.ratelimits.is_empty() || record.credits.is_some() {
+            return None;
+        }
+        // With nothing to take or report, `verify` decides on the record alone.
+        Some(Ok(Verification {
+            outcome: self.early_outcome(&record, req).unwrap_or(Outcome::Valid),
+            key: Some(record),
+            credits_remaining: None,
+            ratelimits: Vec::new(),
+        }))
+    }
+
+    /// The digest to look up, or `None` for a text that cannot be a key (`NOT_FOUND`).
+    fn digest_of(&self, req: &VerifyRequest<'_>) -> Result<Option<crate::KeyDigest>> {
+        let Some(parsed) = key::parse(req.key) else {
+            return Ok(None);
+        };
+        // API tokens share the key format but are never keys.
+        if parsed.prefix == TOKEN_PREFIX {
+            return Ok(None);
+        }
+        check_credit_amount(req.cost, "cost")?;
+        Ok(Some(self.inner.hasher.digest(parsed.full)))
+    }
+
+    /// The rejection decided by the record alone, before any limit is checked.
+    fn early_outcome(&self, record: &KeyRecord, req: &VerifyRequest<'_>) -> Option<Outcome> {
+        if !record.enabled {
+            Some(Outcome::Disabled)
+        } else if record
+            .effective_expiry()
+            // The clock is only read for keys that can expire.
+            .is_some_and(|_| record.is_expired(self.inner.clock.now()))
+        {
+            Some(Outcome::Expired)
+        } else if !record.admits_ip(req.ip) {
+            Some(Outcome::Forbidden)
+        } else if !record.has_scopes(req.scopes) {
+            Some(Outcome::InsufficientPermissions)
+        } else {
+            None
+        }
     }
 
     async fn spend(

@@ -345,3 +345,105 @@ async fn a_full_buffer_drops_and_counts_without_blocking() {
     let stats = rec.stats();
     assert_eq!(stats.dropped as usize, 10_000 - accepted);
 }
+
+/// `verify_cached` answers exactly as `verify` whenever it answers, and leaves to `verify`
+/// what needs the store (an uncached key) or a limiter or credit store.
+#[tokio::test]
+async fn the_cached_answer_is_the_full_answer() {
+    use keyvault_core::{Clock, Credits, FakeClock, RateLimit};
+    let clock = FakeClock::new(Utc::now());
+    let store = Arc::new(MemoryStore::new());
+    let kv = Keyvault::builder()
+        .backend(store)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    let actor = Actor::library();
+    let net: keyvault_core::ipnet::IpNet = "10.0.0.0/8".parse().unwrap();
+    let mut keys = Vec::new();
+    for (new, needs_backend) in [
+        (NewKey::new("plain"), false),
+        (NewKey::new("disabled").disabled(), false),
+        (
+            NewKey::new("expiring").expires_at(clock.now() + chrono::TimeDelta::hours(1)),
+            false,
+        ),
+        (NewKey::new("allow-list").allow(net), false),
+        (NewKey::new("scoped").scope("admin"), false),
+        (NewKey::new("credits").credits(Credits::new(5)), true),
+        (
+            NewKey::new("limited").ratelimit(RateLimit::new("h", 100, 3_600_000).unwrap()),
+            true,
+        ),
+    ] {
+        let created = kv.create_key(new, &actor).await.unwrap();
+        keys.push((created.key, needs_backend));
+    }
+    clock.advance(chrono::TimeDelta::hours(2)); // the expiring key has expired
+    let unknown = ApiKey::generate(&Prefix::default());
+    let token_like = ApiKey::generate(&Prefix::any("kvt").unwrap());
+    let ip = Some("192.0.2.1".parse().unwrap());
+    let scopes = ["read".to_owned()];
+    for (key, needs_backend) in &keys {
+        let req = VerifyRequest::new(key.expose()).ip(ip).scopes(&scopes);
+        let now = std::time::Instant::now();
+        assert!(kv.verify_cached(&req, now).is_none(), "not cached yet");
+        let full = kv.verify(&req).await.unwrap();
+        match kv.verify_cached(&req, std::time::Instant::now()) {
+            Some(fast) => {
+                assert!(!needs_backend, "{key:?} needs its limits checked");
+                let fast = fast.unwrap();
+                assert_eq!(fast.outcome, full.outcome, "{key:?}");
+                assert_eq!(fast.key.map(|k| k.id), full.key.map(|k| k.id));
+                assert_eq!(fast.credits_remaining, full.credits_remaining);
+                assert!(fast.ratelimits.is_empty() && full.ratelimits.is_empty());
+            }
+            None => assert!(needs_backend, "{key:?} was cached and needs nothing else"),
+        }
+    }
+    let outcomes: Vec<Outcome> = keys[..5]
+        .iter()
+        .map(|(k, _)| {
+            let req = VerifyRequest::new(k.expose()).ip(ip).scopes(&scopes);
+            kv.verify_cached(&req, std::time::Instant::now())
+                .unwrap()
+                .unwrap()
+                .outcome
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::InsufficientPermissions,
+            Outcome::Disabled,
+            Outcome::Expired,
+            Outcome::Forbidden,
+            Outcome::InsufficientPermissions,
+        ]
+    );
+    // Texts that are not keys, and a token, are refused without a store.
+    for text in ["", "kv_short", token_like.expose()] {
+        let v = kv
+            .verify_cached(&VerifyRequest::new(text), std::time::Instant::now())
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.outcome, Outcome::NotFound, "{text:?}");
+    }
+    // An unknown key is remembered as unknown once the store was asked.
+    let req = VerifyRequest::new(unknown.expose());
+    assert!(kv.verify_cached(&req, std::time::Instant::now()).is_none());
+    assert_eq!(kv.verify(&req).await.unwrap().outcome, Outcome::NotFound);
+    let cached = kv
+        .verify_cached(&req, std::time::Instant::now())
+        .unwrap()
+        .unwrap();
+    assert_eq!(cached.outcome, Outcome::NotFound);
+    // A cost that is not a credit amount is refused as `verify` refuses it.
+    let bad_cost = VerifyRequest::new(keys[0].0.expose()).cost(u64::MAX);
+    assert!(
+        kv.verify_cached(&bad_cost, std::time::Instant::now())
+            .unwrap()
+            .is_err()
+    );
+    assert!(kv.verify(&bad_cost).await.is_err());
+}
