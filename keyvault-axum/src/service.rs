@@ -12,7 +12,7 @@ use std::{
 
 use axum::extract::MatchedPath;
 use axum_core::response::Response;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Timelike, Utc};
 use http::Request;
 use keyvault_core::{
     Error, KeyRecord, Label, Outcome, RequestId, UsageEvent, VerifyRequest, check_credit_amount,
@@ -273,29 +273,48 @@ fn record(
 }
 
 /// The wall-clock time of `at`, from a pair of readings of both clocks taken at most a second
-/// earlier on this thread: a request then reads one clock, not two, and skips the calendar
-/// conversion. The monotonic and wall clocks drift apart by at most a few hundred
-/// microseconds a second (NTP slews by 500 ppm at most), and a step of the wall clock shows
-/// within a second; usage timestamps need no better.
+/// earlier on this thread: a request then reads one clock, not two, and the date is not
+/// recomputed from the epoch. The monotonic and wall clocks drift apart by at most a few
+/// hundred microseconds a second (NTP slews by 500 ppm at most), and a step of the wall clock
+/// shows within a second; usage timestamps need no better.
 fn wall_time(at: Instant) -> DateTime<Utc> {
-    thread_local! {
-        static BASE: Cell<Option<(Instant, DateTime<Utc>)>> = const { Cell::new(None) };
+    /// Both clocks read together, the wall clock split into its date and time of day.
+    #[derive(Clone, Copy)]
+    struct Base {
+        since: Instant,
+        date: NaiveDate,
+        nanos_of_day: u64,
     }
-    BASE.with(|base| {
-        let (since, wall) = match base.get() {
-            Some((since, wall))
-                if at
-                    .checked_duration_since(since)
-                    .is_some_and(|d| d < REBASE_AFTER) =>
+    const NANOS_PER_SEC: u64 = 1_000_000_000;
+    const NANOS_PER_DAY: u64 = 86_400 * NANOS_PER_SEC;
+    thread_local! {
+        static BASE: Cell<Option<Base>> = const { Cell::new(None) };
+    }
+    BASE.with(|cell| {
+        if let Some(b) = cell.get()
+            && let Some(d) = at.checked_duration_since(b.since)
+            && d < REBASE_AFTER
+        {
+            // Under a second later: at most a day boundary away, which the checks below catch.
+            let nanos = b.nanos_of_day + d.as_nanos() as u64;
+            if nanos < NANOS_PER_DAY
+                && let Some(time) = NaiveTime::from_num_seconds_from_midnight_opt(
+                    (nanos / NANOS_PER_SEC) as u32,
+                    (nanos % NANOS_PER_SEC) as u32,
+                )
             {
-                (since, wall)
+                return b.date.and_time(time).and_utc();
             }
-            _ => {
-                let pair = (Instant::now(), Utc::now());
-                base.set(Some(pair));
-                pair
-            }
-        };
+        }
+        let (since, wall) = (Instant::now(), Utc::now());
+        let time = wall.time();
+        cell.set(Some(Base {
+            since,
+            date: wall.date_naive(),
+            nanos_of_day: u64::from(time.num_seconds_from_midnight()) * NANOS_PER_SEC
+                + u64::from(time.nanosecond().min(999_999_999)),
+        }));
+        // `at` is usually a moment before `since` (the request's own reading).
         let moved = match at.checked_duration_since(since) {
             Some(d) => TimeDelta::from_std(d)
                 .ok()
