@@ -334,8 +334,8 @@ fn encode(events: &[UsageEvent], buckets: &[i16]) -> Result<Vec<u8>> {
     buf.extend_from_slice(&0i32.to_be_bytes()); // flags
     buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
     for (i, (e, &b)) in events.iter().zip(buckets).enumerate() {
-        let latency = to_i64(e.latency_us, &format!("events[{i}].latency_us"))?;
-        let cost = to_i64(e.cost, &format!("events[{i}].cost"))?;
+        let latency = event_i64(e.latency_us, i, "latency_us")?;
+        let cost = event_i64(e.cost, i, "cost")?;
         let micros = (e.ts - pg_epoch)
             .num_microseconds()
             .ok_or_else(|| Error::invalid(format!("events[{i}].ts"), "out of range"))?;
@@ -358,6 +358,12 @@ fn encode(events: &[UsageEvent], buckets: &[i16]) -> Result<Vec<u8>> {
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
     Ok(buf)
+}
+
+/// An event's number as a `bigint`. The field is named (`events[i].name`) only when the value
+/// does not fit: formatting the name for every event of a batch cost more than the encoding.
+fn event_i64(value: u64, i: usize, name: &str) -> Result<i64> {
+    i64::try_from(value).or_else(|_| to_i64(value, &format!("events[{i}].{name}")))
 }
 
 /// Streams a batch into `kv_usage_events` with [`COPY`].
@@ -411,15 +417,14 @@ impl<'a> Columns<'a> {
             c.route.push(e.route.as_deref());
             c.method.push(e.method.as_deref());
             c.status.push(i32::from(e.status));
-            c.latency_us
-                .push(to_i64(e.latency_us, &format!("events[{i}].latency_us"))?);
+            c.latency_us.push(event_i64(e.latency_us, i, "latency_us")?);
             c.bucket.push(
                 LatencyHistogram::bucket_of(e.latency_us)
                     .try_into()
                     .unwrap_or(i16::MAX),
             );
             c.outcome.push(e.outcome.map(|o| o.as_str()));
-            c.cost.push(to_i64(e.cost, &format!("events[{i}].cost"))?);
+            c.cost.push(event_i64(e.cost, i, "cost")?);
         }
         Ok(c)
     }

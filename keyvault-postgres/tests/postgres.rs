@@ -609,3 +609,35 @@ async fn upgrading_folds_existing_minute_rollups_into_hours(pool: PgPool) {
         );
     }
 }
+
+/// A number `bigint` cannot hold is refused with the event's index and field, on both the
+/// COPY path and the duplicate-tolerant path, and nothing of the batch is stored.
+#[sqlx::test(migrations = false)]
+async fn an_event_number_too_large_is_named_and_nothing_is_written(pool: PgPool) {
+    let s = store(pool.clone()).await;
+    let ts = Utc::now();
+    for (events, field) in [
+        {
+            let mut e: Vec<_> = (0..3).map(|i| event(i, None, ts)).collect();
+            e[1].cost = u64::MAX;
+            (e, "events[1].cost")
+        },
+        {
+            // A repeated request id sends the batch down the INSERT path.
+            let mut e: Vec<_> = (0..3).map(|i| event(i, None, ts)).collect();
+            e.push(e[0].clone());
+            e[2].latency_us = u64::MAX;
+            (e, "events[2].latency_us")
+        },
+    ] {
+        match s.write(&events).await {
+            Err(keyvault_core::Error::Invalid(e)) => assert_eq!(e.field, field),
+            other => panic!("expected {field} to be refused, got {other:?}"),
+        }
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM kv_usage_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}
