@@ -79,6 +79,15 @@ fn bench(c: &mut Criterion) {
             v
         })
     });
+    // What middleware calls first: the same answer without a future or a clock read.
+    g.bench_function("cached_no_limits_without_a_future", |b| {
+        let now = std::time::Instant::now();
+        b.iter(|| {
+            kv.verify_cached(&VerifyRequest::new(black_box(&plain_key)), now)
+                .expect("cached")
+                .unwrap()
+        })
+    });
     g.bench_function("cache_hit_credits_and_rate_limit", |b| {
         b.to_async(&rt).iter(|| async {
             kv.verify(&VerifyRequest::new(&limited_key).report_state(false))
