@@ -1,11 +1,8 @@
 //! [`KeyvaultLayer`]: the settings, with secure defaults.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
+use fnv::FnvBuildHasher;
 use http::{HeaderName, Method};
 use ipnet::IpNet;
 use keyvault_core::{Keyvault, Label, UsageRecorder};
@@ -23,9 +20,10 @@ pub const DEFAULT_API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-ke
 /// The header `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Route template → settings per method (`None`: any method).
-pub(crate) type RouteTable =
-    HashMap<Box<str>, Vec<(Option<Method>, RouteConfig)>, BuildHasherDefault<Fnv>>;
+/// Route template → settings per method (`None`: any method). FNV: route templates are few,
+/// short and chosen by the application, not by callers, so SipHash's flooding resistance buys
+/// nothing on a lookup made for every request.
+pub(crate) type RouteTable = HashMap<Box<str>, Vec<(Option<Method>, RouteConfig)>, FnvBuildHasher>;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -63,29 +61,6 @@ impl Config {
                     .or_else(|| list.iter().find(|(m, _)| m.is_none()))
             })
             .map_or(&self.default_route, |(_, c)| c)
-    }
-}
-
-/// FNV-1a: route templates are few, short and chosen by the application, not by callers, so
-/// SipHash's flooding resistance buys nothing on a lookup made for every request.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
     }
 }
 

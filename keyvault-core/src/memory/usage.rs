@@ -37,29 +37,7 @@ struct Agg {
 /// SipHash, which would cost more than the rest of the per-event work.
 type Minute = HashMap<Label, HashMap<Option<KeyId>, Agg, Fnv>, Fnv>;
 
-type Fnv = BuildHasherDefault<FnvHasher>;
-
-/// FNV-1a.
-#[derive(Debug, Clone, Copy)]
-struct FnvHasher(u64);
-
-impl Default for FnvHasher {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for FnvHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
+type Fnv = fnv::FnvBuildHasher;
 
 #[derive(Debug, Default)]
 struct State {
