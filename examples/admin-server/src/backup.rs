@@ -330,6 +330,17 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
     }
     let mut key_digests = key_digests.into_iter();
     ensure_empty(app).await?;
+    // A balance cached in Redis under a restored quota (by an earlier deployment) would
+    // override the restored one. Cleared before anything is written: a Redis that cannot
+    // be reached then leaves the database as it was.
+    let mut cleared = HashSet::new();
+    for line in &lines {
+        if let Line::Key { record, .. } = line
+            && cleared.insert(record.quota_id)
+        {
+            app.backends.invalidate_balance(record.quota_id).await?;
+        }
+    }
 
     let backup_time = *created_at;
     let mut quotas = HashSet::new();
@@ -350,9 +361,6 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
                 record, balance, ..
             } => {
                 let mut record = (**record).clone();
-                // A balance cached in Redis under this quota (by an earlier deployment) would
-                // override the restored one.
-                app.backends.invalidate_balance(record.quota_id).await?;
                 record.digest = key_digests
                     .next()
                     .ok_or_else(|| bad("a key line has no digest"))?;

@@ -232,3 +232,86 @@ fn a_sqlite_backup_restores_into_postgres() {
     all.push_str(&dst.transcript.lock().unwrap());
     assert_no_secrets(&all, &secrets);
 }
+
+/// A redis-server of the test's own whose default user may not run `DEL`, so that clearing a
+/// cached balance fails while everything else works.
+struct RedisWithoutDel {
+    child: std::process::Child,
+    url: String,
+}
+
+impl RedisWithoutDel {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .args([
+                "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-del",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let up = eventually(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up.is_some(), "the test's redis-server did not start");
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for RedisWithoutDel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A restore that cannot clear a cached balance in Redis fails before it writes anything, so
+/// that once Redis works the same backup restores into the same, still empty, database.
+#[test]
+fn a_restore_that_redis_refuses_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Env::sqlite(dir.path());
+    let admin = src.token("admin");
+    let s = src.serve();
+    let k = s
+        .req("POST", "/v1/keys")
+        .token(&admin)
+        .json(&json!({"name": "c", "credits": {"remaining": 3}}))
+        .send()
+        .json();
+    let key = k["key"].as_str().unwrap().to_owned();
+    drop(s);
+    let file = dir.path().join("b.ndjson");
+    let file = file.to_str().unwrap();
+    assert_eq!(src.run(&["backup", "--out", file]).code, 0);
+
+    let db = PgDb::create();
+    let redis = RedisWithoutDel::start();
+    let refused = Env::postgres(dir.path(), &db).with("REDIS_URL", &redis.url);
+    assert_eq!(refused.run(&["migrate"]).code, 0);
+    let o = refused.run(&["restore", "--in", file]);
+    o.assert_one_line_error("restore while Redis refuses DEL");
+    assert!(o.stderr.contains("redis"), "{}", o.stderr);
+
+    let dst = Env::postgres(dir.path(), &db);
+    let o = dst.run(&["restore", "--in", file]);
+    assert_eq!(o.code, 0, "the database was left non-empty: {}", o.stderr);
+    let s = dst.serve();
+    let v = s
+        .req("POST", "/v1/keys/verify")
+        .token(&admin)
+        .json(&json!({"key": key}))
+        .send()
+        .json();
+    assert_eq!(v["code"], "VALID");
+    assert_eq!(v["credits"]["remaining"], 2);
+}
