@@ -79,7 +79,11 @@ impl Error {
                 let mut line = format!("{} backend failed", b.backend());
                 let mut src = std::error::Error::source(b);
                 while let Some(s) = src {
-                    line = format!("{line}: {s}");
+                    // Some errors show their source's text in their own: said once.
+                    let text = s.to_string();
+                    if !line.ends_with(&text) {
+                        line = format!("{line}: {text}");
+                    }
                     src = s.source();
                 }
                 line

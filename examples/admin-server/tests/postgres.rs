@@ -301,6 +301,12 @@ fn a_restore_that_redis_refuses_writes_nothing() {
     let o = refused.run(&["restore", "--in", file]);
     o.assert_one_line_error("restore while Redis refuses DEL");
     assert!(o.stderr.contains("redis"), "{}", o.stderr);
+    assert_eq!(
+        o.stderr.matches("no permissions").count(),
+        1,
+        "{}",
+        o.stderr
+    );
 
     let dst = Env::postgres(dir.path(), &db);
     let o = dst.run(&["restore", "--in", file]);
