@@ -68,8 +68,8 @@ async fn in_memory(config: &Config, hasher: KeyHasher) -> Result<Backends, Error
         );
     }
     // Per-minute rollups rather than the reference store's event list, whose memory grows
-    // with every request.
-    let usage = Arc::new(MemoryUsage::new());
+    // with every request; they move the keys' `last_used_at` as the store's own list does.
+    let usage = Arc::new(MemoryUsage::new().with_key_store(store));
     Ok(Backends {
         vault,
         usage: usage.clone(),

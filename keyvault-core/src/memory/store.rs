@@ -370,13 +370,24 @@ impl UsageSink for MemoryStore {
                 }
             }
         }
+        let used: Vec<_> = last_used.into_iter().collect();
+        self.touch(&used);
+        Ok(())
+    }
+}
+
+impl MemoryStore {
+    /// Moves keys' `last_used_at` forward to these times (never back).
+    pub(crate) fn touch(&self, used: &[(KeyId, DateTime<Utc>)]) {
+        if used.is_empty() {
+            return;
+        }
         let mut st = self.state();
-        for (id, ts) in last_used {
+        for &(id, ts) in used {
             if let Some(k) = st.keys.get_mut(&id) {
                 k.last_used_at = Some(k.last_used_at.map_or(ts, |t| t.max(ts)));
             }
         }
-        Ok(())
     }
 }
 

@@ -3,12 +3,13 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::MemoryStore;
 use crate::{
     error::Result,
     model::KeyId,
@@ -77,7 +78,8 @@ impl State {
 /// it), minutes older than eight days are dropped, and a request id written again is counted
 /// once as long as it is among the last [`DEFAULT_DEDUP_WINDOW`] events written (older ones
 /// may be recognised too, up to twice as many; see
-/// [`with_dedup_window`](Self::with_dedup_window)). Keys' `last_used_at` is not updated.
+/// [`with_dedup_window`](Self::with_dedup_window)). Keys' `last_used_at` is moved on the
+/// key store given to [`with_key_store`](Self::with_key_store), once per run of a key's events.
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -99,6 +101,8 @@ pub struct MemoryUsage {
     /// Random per process, so that which ids share a hash cannot be known in advance.
     seed: u64,
     window: usize,
+    /// Where keys' `last_used_at` is moved, if anywhere.
+    keys: Option<Arc<MemoryStore>>,
 }
 
 impl Default for MemoryUsage {
@@ -127,7 +131,32 @@ impl MemoryUsage {
             }),
             seed: RandomState::new().build_hasher().finish(),
             window,
+            keys: None,
         }
+    }
+
+    /// Also moves the `last_used_at` of the keys in `store` (the store the verifier reads)
+    /// to their latest event written.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use keyvault_core::{Actor, Keyvault, NewKey, UsageEvent, UsageSink, memory::{MemoryStore, MemoryUsage}};
+    /// # async fn demo() -> keyvault_core::Result<()> {
+    /// let store = Arc::new(MemoryStore::new());
+    /// let kv = Keyvault::builder().backend(store.clone()).build()?;
+    /// let key = kv.create_key(NewKey::new("k"), &Actor::library()).await?.record;
+    /// let usage = MemoryUsage::new().with_key_store(store);
+    /// let ts = chrono::Utc::now();
+    /// usage.write(&[UsageEvent { request_id: "r1".into(), key_id: Some(key.id), owner_id: None,
+    ///     ts, provider: None, route: None, method: None, status: 200, latency_us: 900,
+    ///     outcome: None, cost: 1 }]).await?;
+    /// assert_eq!(kv.get_key(key.id).await?.last_used_at, Some(ts));
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn with_key_store(mut self, store: Arc<MemoryStore>) -> Self {
+        self.keys = Some(store);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -198,6 +227,16 @@ impl UsageSink for MemoryUsage {
         // Events of one batch mostly share their minute, provider and key: each run of them
         // is counted apart and added to the maps once.
         let mut run: Option<(i64, &str, Option<KeyId>, Agg)> = None;
+        // The latest event of each run of a key, when keys' `last_used_at` is kept.
+        let mut used: Vec<(KeyId, DateTime<Utc>)> = Vec::new();
+        let mut used_at = |key: Option<KeyId>, ts: DateTime<Utc>| {
+            if let (Some(k), Some(_)) = (key, &self.keys) {
+                match used.last_mut() {
+                    Some((last, t)) if *last == k => *t = (*t).max(ts),
+                    _ => used.push((k, ts)),
+                }
+            }
+        };
         for e in events {
             let id = id_hash(self.seed, &e.request_id);
             if st.previous.contains(&id) || !st.current.insert(id) {
@@ -222,6 +261,7 @@ impl UsageSink for MemoryUsage {
             agg.calls += 1;
             agg.ok += u64::from(e.is_success());
             agg.latency.record(e.latency_us);
+            used_at(e.key_id, e.ts);
         }
         if let Some((m, p, k, agg)) = run {
             st.add(m, p, k, agg);
@@ -236,6 +276,10 @@ impl UsageSink for MemoryUsage {
             {
                 st.minutes = st.minutes.split_off(&keep_from);
             }
+        }
+        drop(st);
+        if let Some(keys) = &self.keys {
+            keys.touch(&used);
         }
         Ok(())
     }
@@ -277,9 +321,62 @@ impl UsageQuery for MemoryUsage {
 
 #[cfg(test)]
 mod tests {
-    use crate::{StatsQuery, memory::MemoryStore};
+    use crate::{Actor, Keyvault, NewKey, StatsQuery, memory::MemoryStore};
 
     use super::*;
+
+    /// `last_used_at` moves to the latest event of each key, whatever order events and
+    /// batches come in, and never back; keys without events and ids without keys are left
+    /// alone; without a key store nothing is touched.
+    #[tokio::test]
+    async fn keys_last_use_follows_their_latest_event() {
+        let store = Arc::new(MemoryStore::new());
+        let kv = Keyvault::builder().backend(store.clone()).build().unwrap();
+        let mut ids = Vec::new();
+        for name in ["a", "b", "idle"] {
+            let c = kv
+                .create_key(NewKey::new(name), &Actor::library())
+                .await
+                .unwrap();
+            ids.push(c.record.id);
+        }
+        let (a, b, idle) = (ids[0], ids[1], ids[2]);
+        let t0 = Utc::now() - TimeDelta::minutes(30);
+        let at = |s: i64| t0 + TimeDelta::seconds(s);
+        let ev = |i: usize, key: KeyId, s: i64| UsageEvent {
+            ts: at(s),
+            ..event(i, Some("p"), Some(key), 200)
+        };
+        let plain = MemoryUsage::new();
+        plain.write(&[ev(0, a, 500)]).await.unwrap();
+        assert_eq!(kv.get_key(a).await.unwrap().last_used_at, None);
+
+        let usage = MemoryUsage::new().with_key_store(store.clone());
+        // Runs of one key, interleaved, out of order; an id no key has.
+        usage
+            .write(&[
+                ev(1, a, 10),
+                ev(2, a, 40),
+                ev(3, a, 20),
+                ev(4, b, 5),
+                ev(5, a, 30),
+                ev(6, KeyId::new(), 99),
+                ev(7, b, 7),
+                ev(8, b, 6),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(kv.get_key(a).await.unwrap().last_used_at, Some(at(40)));
+        assert_eq!(kv.get_key(b).await.unwrap().last_used_at, Some(at(7)));
+        // A later batch with older events does not move it back; a newer one moves it on.
+        usage.write(&[ev(9, a, 1), ev(10, b, 60)]).await.unwrap();
+        assert_eq!(kv.get_key(a).await.unwrap().last_used_at, Some(at(40)));
+        assert_eq!(kv.get_key(b).await.unwrap().last_used_at, Some(at(60)));
+        // A repeated request id is not an event again.
+        usage.write(&[ev(1, a, 300)]).await.unwrap();
+        assert_eq!(kv.get_key(a).await.unwrap().last_used_at, Some(at(40)));
+        assert_eq!(kv.get_key(idle).await.unwrap().last_used_at, None);
+    }
 
     fn event(i: usize, provider: Option<&str>, key: Option<KeyId>, status: u16) -> UsageEvent {
         UsageEvent {
