@@ -129,11 +129,17 @@ impl<S: KeyStore> CachedKeyStore<S> {
     }
 
     /// The key with this digest if the cache holds a fresh entry for it (`Some(None)`: known
-    /// not to exist), without waiting; `now` is the caller's clock reading for the request.
-    /// `None`: ask [`lookup`](Self::lookup).
-    pub fn cached(&self, digest: &KeyDigest, now: Instant) -> Option<Option<Arc<KeyRecord>>> {
+    /// not to exist) that `usable` accepts, without waiting; `now` is the caller's clock
+    /// reading for the request. A hit is counted only then. `None`: ask
+    /// [`lookup`](Self::lookup), which counts the hit or miss itself.
+    pub fn cached(
+        &self,
+        digest: &KeyDigest,
+        now: Instant,
+        usable: impl FnOnce(Option<&KeyRecord>) -> bool,
+    ) -> Option<Option<Arc<KeyRecord>>> {
         let e = self.cache.get(digest.as_bytes())?;
-        if !self.fresh_at(&e, now) {
+        if !self.fresh_at(&e, now) || !usable(e.record.as_deref()) {
             return None;
         }
         self.hits.fetch_add(1, Ordering::Relaxed);

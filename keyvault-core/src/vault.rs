@@ -401,12 +401,14 @@ impl Keyvault {
             Ok(None) => return Some(Ok(Verification::not_found())),
             Err(e) => return Some(Err(e)),
         };
-        let Some(record) = self.inner.keys.cached(&digest, now)? else {
+        // A key with limits or credits needs its stores: `verify` then looks it up (and
+        // counts the cache hit) itself.
+        let needs_nothing_else = |r: Option<&KeyRecord>| {
+            r.is_none_or(|r| r.ratelimits.is_empty() && r.credits.is_none())
+        };
+        let Some(record) = self.inner.keys.cached(&digest, now, needs_nothing_else)? else {
             return Some(Ok(Verification::not_found()));
         };
-        if !record.ratelimits.is_empty() || record.credits.is_some() {
-            return None;
-        }
         // With nothing to take or report, `verify` decides on the record alone.
         Some(Ok(Verification {
             outcome: self.early_outcome(&record, req).unwrap_or(Outcome::Valid),

@@ -389,16 +389,26 @@ async fn the_cached_answer_is_the_full_answer() {
         let now = std::time::Instant::now();
         assert!(kv.verify_cached(&req, now).is_none(), "not cached yet");
         let full = kv.verify(&req).await.unwrap();
+        let hits = kv.cache_stats().hits;
         match kv.verify_cached(&req, std::time::Instant::now()) {
             Some(fast) => {
                 assert!(!needs_backend, "{key:?} needs its limits checked");
+                assert_eq!(kv.cache_stats().hits, hits + 1, "a hit answered is counted");
                 let fast = fast.unwrap();
                 assert_eq!(fast.outcome, full.outcome, "{key:?}");
                 assert_eq!(fast.key.map(|k| k.id), full.key.map(|k| k.id));
                 assert_eq!(fast.credits_remaining, full.credits_remaining);
                 assert!(fast.ratelimits.is_empty() && full.ratelimits.is_empty());
             }
-            None => assert!(needs_backend, "{key:?} was cached and needs nothing else"),
+            None => {
+                assert!(needs_backend, "{key:?} was cached and needs nothing else");
+                // `verify` counts this lookup; a hit counted here too would count it twice.
+                assert_eq!(
+                    kv.cache_stats().hits,
+                    hits,
+                    "a hit not answered is not counted"
+                );
+            }
         }
     }
     let outcomes: Vec<Outcome> = keys[..5]

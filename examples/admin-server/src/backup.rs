@@ -373,6 +373,11 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
             Line::Audit(_) => {}
         }
     }
+    // Again now that the restored balances are stored: a running server spending on one of
+    // these quotas meanwhile may have cached a balance read from the half-restored database.
+    for quota in &cleared {
+        app.backends.invalidate_balance(*quota).await?;
+    }
     for chunk in audit.chunks(500) {
         let events: Vec<_> = chunk.iter().map(|r| r.event.clone()).collect();
         app.backends.audit.append(&events).await?;

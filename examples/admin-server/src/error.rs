@@ -80,9 +80,9 @@ impl Error {
                 let mut src = std::error::Error::source(b);
                 while let Some(s) = src {
                     // Some errors show their source's text in their own: said once.
-                    let text = s.to_string();
-                    if !line.ends_with(&text) {
-                        line = format!("{line}: {text}");
+                    let segment = format!(": {s}");
+                    if !line.ends_with(&segment) {
+                        line.push_str(&segment);
                     }
                     src = s.source();
                 }
