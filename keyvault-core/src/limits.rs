@@ -132,4 +132,13 @@ pub trait CreditStore: Send + Sync + Debug {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<u64>;
+
+    /// The balance of `quota_id` was just set anew in the store of record (a key's credits
+    /// set, even to the configuration they had): a cache in front of it drops what it holds,
+    /// so that the next spend starts from the new balance. Stores that cache nothing have
+    /// nothing to do.
+    async fn balance_set(&self, quota_id: KeyId) -> Result<()> {
+        let _ = quota_id;
+        Ok(())
+    }
 }

@@ -240,6 +240,11 @@ impl Keyvault {
             vec![audit],
         )
         .await?;
+        if reset_credits {
+            // After the write: a spend in between still sees the old balance, none after it.
+            // Should this fail, the change is stored and repeating it completes the reset.
+            self.inner.credits.balance_set(new.quota_id).await?;
+        }
         Ok(new)
     }
 

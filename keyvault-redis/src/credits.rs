@@ -214,7 +214,8 @@ impl Drop for RedisCreditStore {
 }
 
 async fn write_back_loop(inner: Weak<Inner>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+    // The first write-back one interval after start: at start nothing has been spent.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -499,6 +500,10 @@ impl CreditStore for RedisCreditStore {
             .durable
             .debit(quota_id, credits, amount, now)
             .await
+    }
+
+    async fn balance_set(&self, quota_id: KeyId) -> keyvault_core::Result<()> {
+        self.invalidate(quota_id).await
     }
 }
 

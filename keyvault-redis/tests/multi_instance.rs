@@ -207,3 +207,33 @@ async fn a_retried_check_or_release_is_applied_once() {
         10
     );
 }
+
+/// Setting a key's credits again, to the very configuration it had, resets its balance on
+/// every instance: the balance cached in Redis is not kept because its configuration matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_set_again_to_the_same_configuration_reset_the_cached_balance() {
+    let (_durable, a, b) = common::two_instances().await;
+    let (key, id) = create(&a.kv, NewKey::new("reset").credits(Credits::new(10))).await;
+    let spend = |kv: &Keyvault, cost: u64| {
+        let (kv, key) = (kv.clone(), key.clone());
+        async move {
+            kv.verify(&VerifyRequest::new(&key).cost(cost))
+                .await
+                .unwrap()
+                .credits_remaining
+        }
+    };
+    assert_eq!(spend(&a.kv, 6).await, Some(4));
+    assert_eq!(spend(&b.kv, 1).await, Some(3));
+    let patch = keyvault_core::KeyPatch {
+        credits: Some(Some(Credits::new(10))),
+        ..Default::default()
+    };
+    a.kv.update_key(id, patch, &Actor::library()).await.unwrap();
+    assert_eq!(
+        spend(&b.kv, 1).await,
+        Some(9),
+        "the reset is seen by the other instance"
+    );
+    assert_eq!(spend(&a.kv, 1).await, Some(8));
+}
