@@ -78,7 +78,9 @@ impl RedisCreditConfig {
 /// - The cached balance is kept per credits configuration: after a change of a key's credits
 ///   the next spend reloads it from the durable store, and spends of the old configuration
 ///   not yet written back are dropped (the reset supersedes them). A reset to the very same
-///   configuration is not visible in a spend: call [`Self::invalidate`] after it.
+///   configuration is not visible in a spend, so `Keyvault::update_key` drops the cached
+///   balance after every credits write ([`CreditStore::balance_set`]); a balance written to
+///   the durable store by other means needs [`Self::invalidate`].
 ///
 /// Needs a Tokio runtime (the write-back task).
 ///
@@ -173,8 +175,10 @@ impl RedisCreditStore {
         self.inner.write_back().await
     }
 
-    /// Forgets the cached balance of `quota_id`, and its spends not yet written back: call it
-    /// after resetting the key's credits on the durable store (the next spend reloads it).
+    /// Forgets the cached balance of `quota_id`, and its spends not yet written back; the next
+    /// spend reloads it. `Keyvault::update_key` does this (through
+    /// [`CreditStore::balance_set`]) when it sets a key's credits; call it after writing a
+    /// balance to the durable store by other means (a restore).
     pub async fn invalidate(&self, quota_id: KeyId) -> keyvault_core::Result<()> {
         let key = self.inner.balance_key(quota_id);
         let mut conn = self.inner.redis.conn();
