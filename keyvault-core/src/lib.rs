@@ -35,7 +35,7 @@
 //! | [`ChangeBus`] | cache invalidation between instances | memory, Redis, PostgreSQL |
 //!
 //! ## Feature flags
-//! - `testing`: the backend conformance suite ([`conformance_suite!`]).
+//! - `testing`: the backend conformance suite (`conformance_suite!`).
 
 mod audit;
 mod cache;
