@@ -218,16 +218,9 @@ fn a_sqlite_backup_restores_into_postgres() {
     dst.run(&["restore", "--in", file.to_str().unwrap()])
         .assert_one_line_error("second restore");
     assert_eq!(dst.run(&["audit", "verify"]).code, 0);
-    let s = dst.serve();
-    let v = s
-        .req("POST", "/v1/keys/verify")
-        .token(&admin)
-        .json(&json!({"key": key}))
-        .send()
-        .json();
+    let v = verify_once(&dst, &admin, &key);
     assert_eq!(v["code"], "VALID");
     assert_eq!(v["credits"]["remaining"], 4);
-    drop(s);
     let mut all = src.transcript.lock().unwrap().clone();
     all.push_str(&dst.transcript.lock().unwrap());
     assert_no_secrets(&all, &secrets);
@@ -311,13 +304,17 @@ fn a_restore_that_redis_refuses_writes_nothing() {
     let dst = Env::postgres(dir.path(), &db);
     let o = dst.run(&["restore", "--in", file]);
     assert_eq!(o.code, 0, "the database was left non-empty: {}", o.stderr);
-    let s = dst.serve();
-    let v = s
-        .req("POST", "/v1/keys/verify")
-        .token(&admin)
-        .json(&json!({"key": key}))
-        .send()
-        .json();
+    let v = verify_once(&dst, &admin, &key);
     assert_eq!(v["code"], "VALID");
     assert_eq!(v["credits"]["remaining"], 2);
+}
+
+/// Verifies `key` once (cost 1) on a server started on `env`, and returns its answer.
+fn verify_once(env: &Env, token: &str, key: &str) -> serde_json::Value {
+    let s = env.serve();
+    s.req("POST", "/v1/keys/verify")
+        .token(token)
+        .json(&json!({"key": key}))
+        .send()
+        .json()
 }
