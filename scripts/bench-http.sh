@@ -152,7 +152,7 @@ done
 echo
 echo "wrk -t1 -c$CONNECTIONS -d$DURATION, server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU, $ROUNDS interleaved rounds, medians"
 echo
-echo "| server | req/s | p50 ms | p99 ms | ratio to bare | p99 added ms | server CPU µs/request | CPU ratio (bare CPU / this) |"
+echo "| server | req/s | p50 ms | p99 ms | ratio to bare (rounds' range) | p99 added ms | server CPU µs/request | CPU ratio (bare CPU / this) |"
 echo "|---|---|---|---|---|---|---|---|"
 python3 - "$results" <<'PY'
 import statistics, sys
@@ -175,7 +175,12 @@ for cfg in names:
     ratios = [runs[r][0] / bare[r][0] for r in runs if r in bare]
     added = [runs[r][2] - bare[r][2] for r in runs if r in bare]
     cpu_ratios = [bare[r][3] / runs[r][3] for r in runs if r in bare]
-    ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
+    # The range shows how far single rounds scatter: on a shared machine, further than the
+    # differences worth measuring.
+    ratio = (
+        f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
+        if len(ratios) > 1 else f"{ratios[0]:.2f}" if ratios else "-"
+    )
     add = f"{statistics.median(added):+.3f}" if added and cfg != "bare" else "-"
     cpu_ratio = f"{statistics.median(cpu_ratios):.2f}" if cpu_ratios else "-"
     print(f"| {names[cfg]} | {med(0):,.0f} | {med(1):.3f} | {med(2):.3f} | {ratio} | {add} | {med(3):.2f} | {cpu_ratio} |")
