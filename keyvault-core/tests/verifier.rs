@@ -246,17 +246,23 @@ fn event(i: usize) -> UsageEvent {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_recorder_flushes_everything_on_shutdown() {
-    let store = Arc::new(MemoryStore::new());
-    let rec = UsageRecorder::spawn(
-        store.clone(),
+/// A recorder writing batches of 64, whose interval never comes during a test: only a full
+/// batch or shutdown writes.
+fn batches_of_64(store: Arc<MemoryStore>) -> UsageRecorder {
+    UsageRecorder::spawn(
+        store,
         RecorderConfig {
             flush_interval: Duration::from_secs(3_600),
             batch_size: 64,
             ..RecorderConfig::default()
         },
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorder_flushes_everything_on_shutdown() {
+    let store = Arc::new(MemoryStore::new());
+    let rec = batches_of_64(store.clone());
     for i in 0..1_000 {
         assert!(rec.record(event(i)));
     }
@@ -295,14 +301,7 @@ async fn the_recorder_flushes_on_its_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_batch_wakes_the_writer_before_its_interval() {
     let store = Arc::new(MemoryStore::new());
-    let rec = UsageRecorder::spawn(
-        store.clone(),
-        RecorderConfig {
-            flush_interval: Duration::from_secs(3_600),
-            batch_size: 64,
-            ..RecorderConfig::default()
-        },
-    );
+    let rec = batches_of_64(store.clone());
     for round in 1..=3 {
         for i in 0..64 {
             assert!(rec.record(event(round * 1_000 + i)));

@@ -82,12 +82,10 @@ impl Backends {
         Ok(self.deployment.flush().await?)
     }
 
-    /// Drops Redis's cached balance of a quota (after a restore set it in the database).
+    /// Tells the credit store a quota's balance was set in the database (a restore): a Redis
+    /// cache drops what it holds for it, as after `Keyvault::update_key`.
     pub(crate) async fn invalidate_balance(&self, quota_id: KeyId) -> Result<()> {
-        if let Some(r) = self.deployment.redis() {
-            r.credits().invalidate(quota_id).await?;
-        }
-        Ok(())
+        Ok(self.deployment.credits().balance_set(quota_id).await?)
     }
 
     /// Times a limiter met an unavailable Redis and answered with its fail mode.
