@@ -1,33 +1,16 @@
-//! `keyvault`: the standalone keyvault server and its administration commands.
+//! `keyvault`: the standalone keyvault server and its administration commands, a thin
+//! command line over the `keyvault-admin` library.
 //!
 //! Configuration comes from flags, each with an environment variable; a `.env` file in the
 //! working directory is read first and never overrides the environment.
 
-mod api;
-mod app;
-mod auth;
-mod backends;
-mod backup;
-mod cli;
-mod commands;
-mod config;
-mod db;
-mod error;
-mod out;
-mod serve;
-mod views;
-
-use std::{io::IsTerminal, process::ExitCode};
+use std::{
+    io::{IsTerminal, Write},
+    process::ExitCode,
+};
 
 use clap::{Parser, error::ErrorKind};
-
-use crate::{
-    app::App,
-    cli::{AuditCommand, Cli, Command},
-    config::Config,
-    error::{Error, Result},
-    out::stderr_line,
-};
+use keyvault_admin::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // `.env` first: dotenvy never replaces a variable already set, so the environment wins
@@ -53,13 +36,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(keyvault_admin::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             stderr_line(&format!("error: {}", e.cli_line()));
             ExitCode::FAILURE
         }
     }
+}
+
+fn stderr_line(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Help and version go out as clap writes them; a usage error becomes one line.
@@ -115,30 +102,4 @@ fn init_tracing(serving: bool) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
-}
-
-async fn run(cli: Cli) -> Result<()> {
-    let config = Config::from_args(&cli.global)?;
-    let app = App::open(config).await?;
-    match cli.command {
-        Command::Serve(args) => serve::serve(app, args.bind).await,
-        Command::Migrate => {
-            stderr_line(&format!("Database ({}) is migrated.", app.config.db.kind()));
-            Ok(())
-        }
-        Command::CreateAdmin(a) => {
-            commands::create_admin(&app, &a.username, &a.role, a.password_stdin).await
-        }
-        Command::ResetAdminPassword(a) => {
-            commands::reset_password(&app, &a.username, a.password_stdin).await
-        }
-        Command::Token(cmd) => commands::token(&app, cmd).await,
-        Command::Keys(cmd) => commands::keys(&app, cmd).await,
-        Command::RotateDue(a) => commands::rotate_due(&app, a.out.as_deref()).await,
-        Command::CleanupExpired(a) => commands::cleanup_expired(&app, &a.older_than).await,
-        Command::Backup(a) => backup::backup(&app, &a.out).await,
-        Command::Restore(a) => backup::restore(&app, &a.input).await,
-        Command::Audit(AuditCommand::Verify) => commands::audit_verify(&app).await,
-    }
-    .map_err(|e: Error| e)
 }

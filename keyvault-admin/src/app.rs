@@ -31,7 +31,7 @@ type TokenCache = Mutex<HashMap<[u8; 32], (Option<TokenRow>, Instant)>>;
 
 /// The process's shared state.
 #[derive(Debug, Clone)]
-pub(crate) struct App {
+pub struct App {
     pub(crate) config: Arc<Config>,
     pub(crate) backends: Backends,
     pub(crate) kv: Keyvault,
@@ -48,7 +48,7 @@ pub(crate) struct CreatedToken {
 
 impl App {
     /// Opens the backends and the server's tables, applying every migration.
-    pub(crate) async fn open(config: Config) -> Result<Self> {
+    pub async fn open(config: Config) -> Result<Self> {
         let backends = Backends::open(&config).await?;
         let db = ServerDb::connect(&config.db).await?;
         db.migrate().await?;
@@ -62,6 +62,11 @@ impl App {
         };
         app.secret_key().await?;
         Ok(app)
+    }
+
+    /// Whether neither an API token nor an admin user exists (a fresh deployment).
+    pub(crate) async fn no_credentials_yet(&self) -> Result<bool> {
+        Ok(self.db.tokens(None, 1).await?.is_empty() && self.db.users().await?.is_empty())
     }
 
     pub(crate) fn now() -> DateTime<Utc> {

@@ -1,14 +1,14 @@
 //! The REST API (CONTRACT §4).
 
-mod admin;
 mod extract;
 mod keys;
 mod openapi;
 mod reports;
+mod signin;
 mod tokens;
 mod verify;
 
-use std::{sync::OnceLock, time::Instant};
+use std::time::Instant;
 
 use axum::{
     Json, Router,
@@ -19,7 +19,7 @@ use axum::{
     routing::{get, post},
 };
 use keyvault_core::UsageRecorder;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 pub(crate) use extract::{Caller, Ctx, RequestId};
@@ -41,35 +41,15 @@ pub(crate) struct AppState {
     pub(crate) recorder: UsageRecorder,
 }
 
-/// The process-wide Prometheus recorder (installed once).
-pub(crate) fn metrics_handle() -> Result<PrometheusHandle, Error> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("keyvault_http_request_duration_seconds".into()),
-            &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ],
-        )
-        .map_err(|e| Error::Internal(format!("metrics: {e}")))?;
-    let handle = builder
-        .install_recorder()
-        .map_err(|e| Error::Internal(format!("metrics: {e}")))?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
-}
-
 /// The whole application.
 pub(crate) fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/admin", get(admin::index))
-        .route("/admin/login", post(admin::login))
-        .route("/admin/logout", post(admin::logout))
+        .route("/admin", get(signin::index))
+        .route("/admin/login", post(signin::login))
+        .route("/admin/logout", post(signin::logout))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/batch", post(keys::batch))
         .route("/v1/keys/verify", post(verify::verify))
@@ -221,12 +201,4 @@ pub(crate) async fn metrics(
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(res)
-}
-
-/// Starts the usage recorder over the configured sink.
-pub(crate) fn recorder(app: &App) -> UsageRecorder {
-    UsageRecorder::spawn(
-        app.backends.usage.clone(),
-        keyvault_core::RecorderConfig::default(),
-    )
 }

@@ -12,7 +12,7 @@ use crate::{
 
 /// Where the data lives.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) enum DbUrl {
+pub enum DbUrl {
     /// An SQLite file (created if missing).
     Sqlite(PathBuf),
     /// A PostgreSQL URL.
@@ -31,7 +31,7 @@ impl std::fmt::Debug for DbUrl {
 
 impl DbUrl {
     /// Parses `sqlite://PATH`, `sqlite:PATH`, `postgres://…` or `postgresql://…`.
-    pub(crate) fn parse(url: &str) -> Result<Self> {
+    pub fn parse(url: &str) -> Result<Self> {
         let bad = || {
             Error::input(
                 "DATABASE_URL",
@@ -57,7 +57,7 @@ impl DbUrl {
     }
 
     /// A label for logs (never the URL: it may carry a password).
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             DbUrl::Sqlite(_) => "sqlite",
             DbUrl::Postgres(_) => "postgres",
@@ -70,7 +70,7 @@ pub(crate) const MIN_SECRET_KEY_BYTES: usize = 32;
 
 /// Everything the commands need from the flags and environment.
 #[derive(Clone)]
-pub(crate) struct Config {
+pub struct Config {
     pub(crate) db: DbUrl,
     pub(crate) redis: Option<String>,
     pub(crate) secret_key: Option<String>,
@@ -90,7 +90,21 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    pub(crate) fn from_args(g: &Global) -> Result<Self> {
+    /// The configuration the environment (and a `.env` file already loaded) describes, with
+    /// the defaults of the `keyvault` command.
+    pub fn from_env() -> Result<Self> {
+        #[derive(clap::Parser)]
+        struct EnvOnly {
+            #[command(flatten)]
+            global: Global,
+        }
+        let parsed = <EnvOnly as clap::Parser>::try_parse_from(["keyvault"])
+            .map_err(|e| Error::input("environment", e.kind().to_string()))?;
+        Self::from_args(&parsed.global)
+    }
+
+    /// The configuration the command line's global flags describe.
+    pub fn from_args(g: &Global) -> Result<Self> {
         let db = DbUrl::parse(g.database_url.trim())?;
         let redis = g
             .redis_url

@@ -424,7 +424,7 @@ impl Modify for Security {
             Authenticate with `Authorization: Bearer <API token>` (`keyvault token create`)."
     ),
     paths(
-        super::healthz, super::readyz, super::metrics, super::admin::index,
+        super::healthz, super::readyz, super::metrics, super::signin::index,
         super::keys::create, super::keys::list, super::keys::get, super::keys::update,
         super::keys::delete, super::keys::rotate, super::keys::batch,
         super::verify::verify, super::verify::usage,

@@ -3,20 +3,31 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::{
+    admin::Admin,
+    app::App,
+    backup, commands,
+    config::Config,
+    error::{Error, Result},
+    out::stderr_line,
+    serve::{serve, shutdown_signal},
+};
 
 /// The standalone keyvault server and its administration commands.
 #[derive(Debug, Parser)]
 #[command(name = "keyvault", version, about, propagate_version = true)]
-pub(crate) struct Cli {
+pub struct Cli {
     #[command(flatten)]
-    pub(crate) global: Global,
+    pub global: Global,
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub command: Command,
 }
 
 /// Settings shared by every command.
 #[derive(Debug, Args)]
-pub(crate) struct Global {
+pub struct Global {
     /// Where keys, tokens and the audit log live: sqlite://PATH or postgres://…
     #[arg(
         long,
@@ -25,23 +36,23 @@ pub(crate) struct Global {
         global = true,
         hide_env_values = true
     )]
-    pub(crate) database_url: String,
+    pub database_url: String,
     /// Redis for limits, credit caching and change propagation across instances.
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
-    pub(crate) redis_url: Option<String>,
+    pub redis_url: Option<String>,
     /// Signs admin sessions; generated once and kept in the database when unset.
     #[arg(long, env = "SECRET_KEY", global = true, hide_env_values = true)]
-    pub(crate) secret_key: Option<String>,
+    pub secret_key: Option<String>,
     /// HMAC pepper for key digests; every process sharing a database must use the same.
     #[arg(long, env = "KEYVAULT_PEPPER", global = true, hide_env_values = true)]
-    pub(crate) pepper: Option<String>,
+    pub pepper: Option<String>,
     /// Comma-separated CIDRs whose X-Forwarded-For header is believed.
     #[arg(long, env = "KEYVAULT_TRUSTED_PROXIES", global = true)]
-    pub(crate) trusted_proxies: Option<String>,
+    pub trusted_proxies: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum Command {
+pub enum Command {
     /// Migrate, then serve the API, the dashboard and metrics.
     Serve(ServeArgs),
     /// Apply database migrations.
@@ -70,37 +81,37 @@ pub(crate) enum Command {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct ServeArgs {
+pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "KEYVAULT_BIND", default_value = "127.0.0.1:8080")]
-    pub(crate) bind: SocketAddr,
+    pub bind: SocketAddr,
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct CreateAdminArgs {
+pub struct CreateAdminArgs {
     /// The login name.
     #[arg(long)]
-    pub(crate) username: String,
+    pub username: String,
     /// admin, operator or viewer.
     #[arg(long, default_value = "admin")]
-    pub(crate) role: String,
+    pub role: String,
     /// Read the password from one line of standard input instead of a prompt.
     #[arg(long)]
-    pub(crate) password_stdin: bool,
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct ResetPasswordArgs {
+pub struct ResetPasswordArgs {
     /// The login name.
     #[arg(long)]
-    pub(crate) username: String,
+    pub username: String,
     /// Read the password from one line of standard input instead of a prompt.
     #[arg(long)]
-    pub(crate) password_stdin: bool,
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum TokenCommand {
+pub enum TokenCommand {
     /// Create an API token; it is printed once, on standard output.
     Create {
         /// What the token is for.
@@ -127,7 +138,7 @@ pub(crate) enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum KeysCommand {
+pub enum KeysCommand {
     /// Create a key; it is printed once, on standard output.
     Create(KeysCreateArgs),
     /// List keys, newest first.
@@ -167,63 +178,116 @@ pub(crate) enum KeysCommand {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct KeysCreateArgs {
+pub struct KeysCreateArgs {
     /// A name for the key.
     #[arg(long)]
-    pub(crate) name: String,
+    pub name: String,
     /// The key's prefix (default kv).
     #[arg(long)]
-    pub(crate) prefix: Option<String>,
+    pub prefix: Option<String>,
     /// Whoever the key belongs to.
     #[arg(long)]
-    pub(crate) owner: Option<String>,
+    pub owner: Option<String>,
     /// Expire the key after this long (e.g. 30d).
     #[arg(long)]
-    pub(crate) expires_in: Option<String>,
+    pub expires_in: Option<String>,
     /// A credit balance (unlimited when absent).
     #[arg(long)]
-    pub(crate) credits: Option<String>,
+    pub credits: Option<String>,
     /// A rate limit such as 100/60s (repeatable).
     #[arg(long = "rate-limit")]
-    pub(crate) rate_limits: Vec<String>,
+    pub rate_limits: Vec<String>,
     /// A scope (repeatable).
     #[arg(long = "scope")]
-    pub(crate) scopes: Vec<String>,
+    pub scopes: Vec<String>,
     /// Print the created key as a JSON document.
     #[arg(long)]
-    pub(crate) json: bool,
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct RotateDueArgs {
+pub struct RotateDueArgs {
     /// Append the new keys to this file (created with mode 0600) instead of standard output.
     #[arg(long)]
-    pub(crate) out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct CleanupArgs {
+pub struct CleanupArgs {
     /// Only keys that expired at least this long ago.
     #[arg(long, default_value = "30d")]
-    pub(crate) older_than: String,
+    pub older_than: String,
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct BackupArgs {
+pub struct BackupArgs {
     /// The file to write (mode 0600); refused if it exists and is not empty.
     #[arg(long)]
-    pub(crate) out: PathBuf,
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct RestoreArgs {
+pub struct RestoreArgs {
     /// The backup to read.
     #[arg(long = "in")]
-    pub(crate) input: PathBuf,
+    pub input: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum AuditCommand {
+pub enum AuditCommand {
     /// Check the audit log's hash chain.
     Verify,
+}
+
+/// Runs one parsed command line: the whole `keyvault` binary but for its `main`.
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = Config::from_args(&cli.global)?;
+    let app = App::open(config).await?;
+    match cli.command {
+        Command::Serve(args) => serve_command(app, args.bind).await,
+        Command::Migrate => {
+            stderr_line(&format!("Database ({}) is migrated.", app.config.db.kind()));
+            Ok(())
+        }
+        Command::CreateAdmin(a) => {
+            commands::create_admin(&app, &a.username, &a.role, a.password_stdin).await
+        }
+        Command::ResetAdminPassword(a) => {
+            commands::reset_password(&app, &a.username, a.password_stdin).await
+        }
+        Command::Token(cmd) => commands::token(&app, cmd).await,
+        Command::Keys(cmd) => commands::keys(&app, cmd).await,
+        Command::RotateDue(a) => commands::rotate_due(&app, a.out.as_deref()).await,
+        Command::CleanupExpired(a) => commands::cleanup_expired(&app, &a.older_than).await,
+        Command::Backup(a) => backup::backup(&app, &a.out).await,
+        Command::Restore(a) => backup::restore(&app, &a.input).await,
+        Command::Audit(AuditCommand::Verify) => commands::audit_verify(&app).await,
+    }
+}
+
+/// `keyvault serve`: the standalone server owns its process, so it installs the metrics
+/// recorder that a mounting host would install itself.
+async fn serve_command(app: App, bind: std::net::SocketAddr) -> Result<()> {
+    if app.no_credentials_yet().await? {
+        stderr_line(
+            "No API token or admin user exists yet. Create an admin token with:\n  \
+             keyvault token create --name admin --role admin\n\
+             (it is printed once; send it as `Authorization: Bearer <token>`).",
+        );
+    }
+    let admin = Admin::new(app);
+    if let Some(recorder) = admin.metrics_recorder()
+        && let Err(e) = metrics::set_global_recorder(recorder)
+    {
+        tracing::warn!(error = %e, "another metrics recorder is installed: /metrics shows none of keyvault's figures");
+    }
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| Error::io(format!("binding {bind}"), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the bound address", e))?;
+    // A plain line, for people and for scripts that started the server on port 0.
+    stderr_line(&format!("keyvault listening on http://{addr}"));
+    serve(admin, listener, shutdown_signal()).await
 }

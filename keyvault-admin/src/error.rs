@@ -11,7 +11,7 @@ use serde_json::json;
 /// Everything that can go wrong in the server or a command.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub(crate) enum Error {
+pub enum Error {
     /// keyvault-core refused or failed.
     #[error(transparent)]
     Core(#[from] CoreError),
@@ -72,7 +72,7 @@ impl Error {
 
     /// The one line a command prints on failure: what is wrong, never a secret (inputs that
     /// carry secrets are never echoed by the errors built from them).
-    pub(crate) fn cli_line(&self) -> String {
+    pub fn cli_line(&self) -> String {
         match self {
             Error::Db(e) => format!("database failed: {}", db_reason(e)),
             Error::Core(CoreError::Backend(b)) => {
@@ -136,12 +136,12 @@ fn db_reason(e: &sqlx::Error) -> String {
     }
 }
 
-/// `Result` with the server's [`Error`].
-pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
+/// The result of the server's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An RFC 9457 problem document.
+/// An RFC 9457 problem document: what the server answers for a refused or failed request.
 #[derive(Debug, Clone)]
-pub(crate) struct Problem {
+pub struct Problem {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) detail: String,

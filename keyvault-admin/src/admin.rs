@@ -1,0 +1,87 @@
+//! [`Admin`]: the server's HTTP side as a value a host can mount, with what it runs beside the
+//! router (the usage recorder) and what it hands out instead of installing (the metrics
+//! recorder).
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use keyvault_core::{RecorderConfig, UsageRecorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+use crate::{
+    api::{self, AppState},
+    app::App,
+};
+
+/// The buckets of `keyvault_http_request_duration_seconds`, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The admin API, dashboard, metrics and API documentation over one [`App`].
+///
+/// [`router`](Self::router) answers at `/v1/…`, `/admin…`, `/metrics`, `/docs`, `/openapi.json`,
+/// `/healthz` and `/readyz`; nest it under a prefix with `Router::nest` and every redirect,
+/// cookie path and link it makes follows that prefix. Create it inside a Tokio runtime (it
+/// starts the usage recorder that `POST /v1/usage` feeds), and call
+/// [`shutdown`](Self::shutdown) after the server has stopped so that queued usage is written.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    state: AppState,
+    recorder: Arc<Mutex<Option<PrometheusRecorder>>>,
+}
+
+impl Admin {
+    /// The admin side of `app`. Nothing process-wide is installed.
+    pub fn new(app: App) -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("keyvault_http_request_duration_seconds".into()),
+                LATENCY_BUCKETS,
+            )
+            // Only an empty bucket list is refused, and this one is not empty.
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let usage = UsageRecorder::spawn(app.backends.usage.clone(), RecorderConfig::default());
+        let state = AppState {
+            metrics: recorder.handle(),
+            recorder: usage,
+            app,
+        };
+        Self {
+            state,
+            recorder: Arc::new(Mutex::new(Some(recorder))),
+        }
+    }
+
+    /// The shared application state.
+    pub fn app(&self) -> &App {
+        &self.state.app
+    }
+
+    /// The routes, ready to serve or to nest in a host's router. Serve them with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` so that peers are known
+    /// (`/metrics` is open to loopback peers only, and audit records name the client).
+    pub fn router(&self) -> Router {
+        api::router(self.state.clone())
+    }
+
+    /// The Prometheus recorder whose text `/metrics` serves; install it with
+    /// `metrics::set_global_recorder` (once per process: the first caller gets it). Until it
+    /// is installed, `/metrics` shows no keyvault figures.
+    pub fn metrics_recorder(&self) -> Option<PrometheusRecorder> {
+        self.recorder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Writes the usage events still queued and the credit spends cached in Redis. Call it
+    /// once requests have stopped.
+    pub async fn shutdown(&self) {
+        self.state.recorder.shutdown().await;
+        if let Err(e) = self.state.app.backends.flush().await {
+            tracing::error!(error = %e.cli_line(), "credit spends cached in Redis not written back");
+        }
+    }
+}
