@@ -109,7 +109,7 @@ impl App {
         target: Option<String>,
         err: Error,
     ) -> Error {
-        let reason = json!({ "reason": crate::error::Problem::from(&err).code });
+        let reason = json!({ "reason": crate::error::Problem::from(&err).code() });
         if let Err(e) = self
             .audit(actor, action, target, AuditOutcome::Refused, reason)
             .await

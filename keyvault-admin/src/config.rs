@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use ipnet::IpNet;
+use keyvault_axum::TrustedProxies;
 use keyvault_core::KeyHasher;
 
 use crate::{
@@ -75,7 +76,8 @@ pub struct Config {
     pub(crate) redis: Option<String>,
     pub(crate) secret_key: Option<String>,
     pub(crate) hasher: KeyHasher,
-    pub(crate) trusted_proxies: Vec<IpNet>,
+    /// Whose `X-Forwarded-For` is believed; `None`: nobody's.
+    pub(crate) trusted_proxies: Option<TrustedProxies>,
 }
 
 impl std::fmt::Debug for Config {
@@ -129,7 +131,8 @@ impl Config {
         };
         // Any value is a valid secret (the deployment chose it); `serve` flags a short one.
         let secret_key = g.secret_key.clone().filter(|s| !s.is_empty());
-        let trusted_proxies = parse_proxies(g.trusted_proxies.as_deref().unwrap_or(""))?;
+        let nets = parse_proxies(g.trusted_proxies.as_deref().unwrap_or(""))?;
+        let trusted_proxies = (!nets.is_empty()).then(|| TrustedProxies::new(nets));
         Ok(Self {
             db,
             redis,

@@ -2,11 +2,11 @@
 //! `application/problem+json` answer.
 
 use axum::{
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
+pub use keyvault_axum::Problem;
 use keyvault_core::Error as CoreError;
-use serde_json::json;
 
 /// Everything that can go wrong in the server or a command.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A request refused with a ready problem document (a body that did not parse).
-    #[error("{}", .0.detail)]
+    #[error("{}", .0.detail_text().unwrap_or("bad request"))]
     Problem(Problem),
     /// An unexpected internal failure (a task that died).
     #[error("internal error: {0}")]
@@ -93,28 +93,19 @@ impl Error {
         .replace('\n', " ")
     }
 
-    /// The HTTP status and stable code.
-    pub(crate) fn status_code(&self) -> (StatusCode, &'static str) {
+    /// The stable code of an error without a ready problem document.
+    fn code(&self) -> Code {
         match self {
-            Error::Core(CoreError::Invalid(_)) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
-            }
-            Error::Core(CoreError::NotFound { .. }) | Error::NotFound(_) => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
-            Error::Core(CoreError::Conflict(_)) | Error::Conflict(_) => {
-                (StatusCode::CONFLICT, "conflict")
-            }
-            Error::Core(CoreError::Backend(_)) | Error::Db(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable")
-            }
-            Error::Core(_) | Error::Internal(_) | Error::Io { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
-            Error::Input { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
-            Error::Problem(p) => (p.status, p.code),
-            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::Core(CoreError::Invalid(_)) => Code::InvalidValue,
+            Error::Core(CoreError::NotFound { .. }) | Error::NotFound(_) => Code::NotFound,
+            Error::Core(CoreError::Conflict(_)) | Error::Conflict(_) => Code::Conflict,
+            Error::Core(CoreError::Backend(_)) | Error::Db(_) => Code::BackendUnavailable,
+            Error::Core(_) | Error::Internal(_) | Error::Io { .. } => Code::Internal,
+            Error::Input { .. } => Code::InvalidRequest,
+            // Never asked: a ready problem document is answered as it is.
+            Error::Problem(_) => Code::InvalidRequest,
+            Error::Unauthorized(_) => Code::Unauthorized,
+            Error::Forbidden(_) => Code::Forbidden,
         }
     }
 
@@ -123,7 +114,7 @@ impl Error {
         match self {
             Error::Core(CoreError::Invalid(i)) => Some(&i.field),
             Error::Input { field, .. } => Some(field),
-            Error::Problem(p) => p.field.as_deref(),
+            Error::Problem(p) => p.field_path(),
             _ => None,
         }
     }
@@ -139,29 +130,89 @@ fn db_reason(e: &sqlx::Error) -> String {
 /// The result of the server's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An RFC 9457 problem document: what the server answers for a refused or failed request.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
-    pub(crate) detail: String,
-    pub(crate) field: Option<String>,
+/// The server's stable error codes (CONTRACT §4), each spelled here and nowhere else.
+/// Verification outcomes (§2, upper case) are another set: `keyvault_core::Outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Code {
+    /// The body is not a JSON document, or not an object.
+    InvalidJson,
+    /// A field has the wrong type or shape.
+    InvalidField,
+    /// A required field is absent.
+    MissingField,
+    /// A well-formed value is out of bounds (422).
+    InvalidValue,
+    /// The query string is malformed or names an unknown parameter.
+    InvalidQuery,
+    /// Any other bad input (a flag, a file).
+    InvalidRequest,
+    /// The body could not be read.
+    InvalidBody,
+    /// No valid credentials.
+    Unauthorized,
+    /// A role too low.
+    Forbidden,
+    /// An unknown id or endpoint.
+    NotFound,
+    /// A conflict with the current state.
+    Conflict,
+    /// A body over the limit.
+    PayloadTooLarge,
+    /// A method the endpoint does not answer.
+    MethodNotAllowed,
+    /// A backend is down.
+    BackendUnavailable,
+    /// The server failed; never for anything a client sent.
+    Internal,
 }
 
-impl Problem {
-    pub(crate) fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            detail: detail.into(),
-            field: None,
+impl Code {
+    /// The code as it appears in problem documents (lower snake case).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidJson => "invalid_json",
+            Code::InvalidField => "invalid_field",
+            Code::MissingField => "missing_field",
+            Code::InvalidValue => "invalid_value",
+            Code::InvalidQuery => "invalid_query",
+            Code::InvalidRequest => "invalid_request",
+            Code::InvalidBody => "invalid_body",
+            Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
+            Code::NotFound => "not_found",
+            Code::Conflict => "conflict",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::BackendUnavailable => "backend_unavailable",
+            Code::Internal => "internal",
         }
     }
 
-    pub(crate) fn field(mut self, field: impl Into<String>) -> Self {
-        let f = field.into();
-        self.field = (!f.is_empty()).then_some(f);
-        self
+    /// The status this code is answered with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidJson
+            | Code::InvalidField
+            | Code::MissingField
+            | Code::InvalidQuery
+            | Code::InvalidRequest
+            | Code::InvalidBody => StatusCode::BAD_REQUEST,
+            Code::InvalidValue => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Conflict => StatusCode::CONFLICT,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A problem document with this code, its status and `detail`.
+    pub(crate) fn problem(self, detail: impl Into<String>) -> Problem {
+        Problem::new(self.status(), self.as_str()).detail(detail)
     }
 }
 
@@ -176,59 +227,26 @@ impl From<&Error> for Problem {
         if let Error::Problem(p) = e {
             return p.clone();
         }
-        let (status, code) = e.status_code();
+        let code = e.code();
         // Server-side failures get a generic text: their causes go to the log only.
-        let detail = if status.is_server_error() {
-            match status {
-                StatusCode::SERVICE_UNAVAILABLE => "a backend is unavailable; retry later".into(),
-                _ => "internal error".into(),
-            }
-        } else {
-            match e {
+        let detail = match code {
+            Code::BackendUnavailable => "a backend is unavailable; retry later".into(),
+            Code::Internal => "internal error".into(),
+            _ => match e {
                 Error::Core(CoreError::Invalid(i)) => i.message.clone(),
                 Error::Input { message, .. } => message.clone(),
                 other => other.to_string(),
-            }
+            },
         };
-        let mut p = Problem::new(status, code, detail);
-        if let Some(f) = e.field() {
-            p = p.field(f);
-        }
-        p
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let title = self.status.canonical_reason().unwrap_or("Error").to_owned();
-        let mut body = json!({
-            "type": format!("urn:keyvault:problem:{}", self.code),
-            "title": title,
-            "status": self.status.as_u16(),
-            "code": self.code,
-            "detail": self.detail,
-        });
-        if let Some(f) = self.field {
-            body["field"] = json!(f);
-        }
-        let mut res = (self.status, body.to_string()).into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        res
+        code.problem(detail).field(e.field().unwrap_or_default())
     }
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let problem = Problem::from(&self);
-        if problem.status.is_server_error() {
-            tracing::error!(error = %self.cli_line(), code = problem.code, "request failed");
+        if problem.status().is_server_error() {
+            tracing::error!(error = %self.cli_line(), code = problem.code(), "request failed");
         }
         problem.into_response()
     }

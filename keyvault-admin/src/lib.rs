@@ -55,5 +55,5 @@ mod views;
 pub use admin::Admin;
 pub use app::App;
 pub use config::{Config, DbUrl};
-pub use error::{Error, Problem, Result};
+pub use error::{Code, Error, Problem, Result};
 pub use serve::{serve, shutdown_signal};

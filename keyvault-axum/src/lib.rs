@@ -69,6 +69,7 @@ mod source;
 
 pub use extract::{MissingKeyvaultLayer, Provider, VerifiedKey};
 pub use layer::{DEFAULT_API_KEY_HEADER, KeyvaultLayer, X_FORWARDED_FOR};
-pub use problem::PROBLEM_JSON;
+pub use problem::{PROBLEM_JSON, Problem};
 pub use route::{Cost, RouteConfig};
 pub use service::{KeyvaultService, ResponseFuture};
+pub use source::{Presented, TrustedProxies, bearer_token, client_ip, peer_ip, presented_key};

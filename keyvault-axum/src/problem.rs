@@ -1,13 +1,19 @@
 //! Outcomes as HTTP answers (CONTRACT §2): statuses, `application/problem+json` bodies and
 //! the `WWW-Authenticate`, `Retry-After` and `RateLimit-*` headers.
 
-use axum_core::{body::Body, response::Response};
+use std::borrow::Cow;
+
+use axum_core::{
+    body::Body,
+    response::{IntoResponse, Response},
+};
 use chrono::{DateTime, Utc};
 use http::{
     HeaderMap, HeaderName, HeaderValue, StatusCode,
     header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE},
 };
 use keyvault_core::{Outcome, Verification};
+use serde::Serialize;
 
 /// `application/problem+json` (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -16,19 +22,134 @@ const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-/// A problem response `{"type","title","status","code"}`.
-pub(crate) fn problem(status: StatusCode, code: &str, title: &str) -> Response {
-    let body = serde_json::json!({
-        "type": format!("urn:keyvault:problem:{}", code.to_ascii_lowercase().replace('_', "-")),
-        "title": title,
-        "status": status.as_u16(),
-        "code": code,
-    });
-    let mut res = Response::new(Body::from(body.to_string()));
-    *res.status_mut() = status;
-    res.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    res
+/// An RFC 9457 problem document, answered as `application/problem+json`: `{"type", "title",
+/// "status", "code"}`, plus `"detail"` and `"field"` when given. Every keyvault edge (this
+/// layer, the admin server, host applications) answers refusals with it.
+///
+/// `type` is `urn:keyvault:problem:<code>` with the code lower-cased and `_` written `-`. A
+/// 401 carries `WWW-Authenticate: Bearer` unless the response sets its own.
+///
+/// ```
+/// use axum_core::response::IntoResponse;
+/// use http::StatusCode;
+/// use keyvault_axum::Problem;
+///
+/// let res = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
+///     .detail("must be at least 1")
+///     .field("ratelimits[0].limit")
+///     .into_response();
+/// assert_eq!(res.status(), 422);
+/// assert_eq!(res.headers()["content-type"], keyvault_axum::PROBLEM_JSON);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    title: Option<Cow<'static, str>>,
+    detail: Option<String>,
+    field: Option<String>,
+}
+
+impl Problem {
+    /// A problem with this status and stable code; the title defaults to the status's reason.
+    pub fn new(status: StatusCode, code: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            title: None,
+            detail: None,
+            field: None,
+        }
+    }
+
+    /// A short human-readable summary, the same for every occurrence of this code.
+    #[must_use]
+    pub fn title(mut self, title: impl Into<Cow<'static, str>>) -> Self {
+        self.title = Some(title.into());
+        self
+    }
+
+    /// What went wrong this time. It is shown to the client: never put a secret in it.
+    #[must_use]
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The input field at fault, as a path (`ratelimits[0].limit`); empty means none.
+    #[must_use]
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        let f = field.into();
+        self.field = (!f.is_empty()).then_some(f);
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The detail, if any.
+    pub fn detail_text(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// The field at fault, if any.
+    pub fn field_path(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    r#type: String,
+    title: &'a str,
+    status: u16,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let doc = Document {
+            r#type: format!(
+                "urn:keyvault:problem:{}",
+                self.code.to_ascii_lowercase().replace('_', "-")
+            ),
+            title: self
+                .title
+                .as_deref()
+                .or_else(|| self.status.canonical_reason())
+                .unwrap_or("Error"),
+            status: self.status.as_u16(),
+            code: self.code,
+            detail: self.detail.as_deref(),
+            field: self.field.as_deref(),
+        };
+        // Serialising strings and integers into a Vec cannot fail.
+        let body = serde_json::to_vec(&doc).unwrap_or_default();
+        let mut res = Response::new(Body::from(body));
+        *res.status_mut() = self.status;
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// A problem response with a title of its own.
+pub(crate) fn problem(status: StatusCode, code: &'static str, title: &'static str) -> Response {
+    Problem::new(status, code).title(title).into_response()
 }
 
 fn title(outcome: Outcome) -> &'static str {

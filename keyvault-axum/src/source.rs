@@ -1,4 +1,5 @@
-//! Where the key and the caller's address come from.
+//! Where the key and the caller's address come from: written once here and used by every
+//! keyvault edge (this layer, the admin server, host applications).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -7,8 +8,8 @@ use http::{HeaderMap, HeaderName, header::AUTHORIZATION, request::Parts};
 use ipnet::IpNet;
 
 /// What the request presented.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Presented<'a> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
     /// No key, or an empty one.
     Missing,
     /// Some text (perhaps not a key at all: the verifier answers `NOT_FOUND` then).
@@ -18,7 +19,19 @@ pub(crate) enum Presented<'a> {
 /// Reads the key: `Authorization: Bearer` first (the scheme case-insensitive), then the
 /// API-key header. A value that is not UTF-8 cannot be a key; it is passed on as text that
 /// will not parse, so it answers `NOT_FOUND` rather than `MISSING`.
-pub(crate) fn presented_key<'a>(
+///
+/// ```
+/// use http::{HeaderMap, HeaderName, HeaderValue};
+/// use keyvault_axum::{Presented, presented_key};
+///
+/// let mut h = HeaderMap::new();
+/// h.insert("x-api-key", HeaderValue::from_static("kv_b"));
+/// h.insert("authorization", HeaderValue::from_static("bearer kv_a"));
+/// let x_api_key = HeaderName::from_static("x-api-key");
+/// assert_eq!(presented_key(&h, true, Some(&x_api_key)), Presented::Key("kv_a"));
+/// assert_eq!(presented_key(&h, false, None), Presented::Missing);
+/// ```
+pub fn presented_key<'a>(
     headers: &'a HeaderMap,
     bearer: bool,
     api_key_header: Option<&HeaderName>,
@@ -54,26 +67,67 @@ fn token(bytes: &[u8]) -> Presented<'_> {
     Presented::Key(std::str::from_utf8(bytes).unwrap_or(""))
 }
 
+/// The credential in `Authorization: Bearer` (the scheme in any case), if one is there and
+/// not empty. A value that is not UTF-8 is presented as `""`, which matches no key or token.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    match presented_key(headers, true, None) {
+        Presented::Key(k) => Some(k),
+        Presented::Missing => None,
+    }
+}
+
 /// Which forwarding header to believe, and from whom.
 #[derive(Debug, Clone)]
-pub(crate) struct TrustedProxies {
+pub struct TrustedProxies {
     pub(crate) nets: Vec<IpNet>,
     pub(crate) header: HeaderName,
+}
+
+impl TrustedProxies {
+    /// Believes `X-Forwarded-For` from peers inside `nets`.
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self {
+            nets,
+            header: HeaderName::from_static("x-forwarded-for"),
+        }
+    }
+
+    /// Believes `header` instead of `X-Forwarded-For`.
+    #[must_use]
+    pub fn header(mut self, header: HeaderName) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// The TCP peer's address (`ConnectInfo<SocketAddr>`), IPv4 addresses seen through an IPv6
+/// socket given as IPv4.
+pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_canonical())
 }
 
 /// The caller's address: the peer's, unless the peer is a trusted proxy, in which case the
 /// forwarding header is walked from the right (the entry the nearest proxy appended) past
 /// every trusted hop; the first untrusted address is the client. Entries left of it were
-/// written by the client itself and are never believed.
-pub(crate) fn client_ip(parts: &Parts, proxies: Option<&TrustedProxies>) -> Option<IpAddr> {
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_canonical());
+/// written by the client itself and are never believed. An entry that is not an address
+/// stops the walk at the last address known.
+///
+/// Serve the router with `into_make_service_with_connect_info::<SocketAddr>()`; without it
+/// the peer, and so the client, is unknown.
+pub fn client_ip(parts: &Parts, proxies: Option<&TrustedProxies>) -> Option<IpAddr> {
+    let peer = peer_ip(parts);
     let Some(proxies) = proxies else {
         return peer;
     };
-    let trusted = |ip: &IpAddr| proxies.nets.iter().any(|n| n.contains(ip));
+    let trusted = |ip: &IpAddr| proxies.contains(ip);
     let peer = peer?;
     if !trusted(&peer) {
         return Some(peer);

@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use keyvault_axum::{KeyvaultLayer, RouteConfig, VerifiedKey};
+use keyvault_axum::{KeyvaultLayer, Problem, RouteConfig, VerifiedKey};
 use serde_json::{Value, json};
 
 /// The application: three protected routes and an unprotected health check. `layer` is the
@@ -37,17 +37,8 @@ async fn hello(key: VerifiedKey) -> Json<Value> {
 /// such as `curl -d '{…}'`, which labels it as a form, is answered too.
 async fn echo(body: Bytes) -> Response {
     if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-        let problem = json!({
-            "type": "urn:keyvault:problem:invalid-json",
-            "title": "The request body is not JSON",
-            "status": 400,
-            "code": "INVALID_JSON",
-        });
-        return (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            problem.to_string(),
-        )
+        return Problem::new(StatusCode::BAD_REQUEST, "INVALID_JSON")
+            .title("The request body is not JSON")
             .into_response();
     }
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()

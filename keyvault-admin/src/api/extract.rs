@@ -1,17 +1,13 @@
 //! Extractors whose rejections are problem documents: JSON bodies (unknown fields refused,
 //! bad fields named), query strings, ids in paths, the caller's context and API token.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use axum::{
     body::Bytes,
-    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
-    http::{Method, StatusCode, header, request::Parts},
+    extract::{FromRequest, FromRequestParts, Path, Request},
+    http::{Method, StatusCode, request::Parts},
 };
-use ipnet::IpNet;
 use keyvault_core::{Actor, AuditOutcome};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -20,7 +16,7 @@ use crate::{
     api::AppState,
     auth::Need,
     db::TokenRow,
-    error::{Error, Problem},
+    error::{Code, Error, Problem},
 };
 
 /// The request id given to every request (taken from a sane `X-Request-Id`, else new).
@@ -47,45 +43,6 @@ impl Ctx {
     }
 }
 
-/// The client address: the TCP peer, or — when the peer is a trusted proxy — the last
-/// address in `X-Forwarded-For` that is not itself a trusted proxy.
-pub(crate) fn client_ip(
-    parts: &Parts,
-    trusted: &[IpNet],
-) -> (Option<IpAddr>, Option<IpAddr>, bool) {
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_canonical());
-    let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip"]
-        .iter()
-        .any(|h| parts.headers.contains_key(*h));
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    let mut ip = peer;
-    if let Some(p) = peer
-        && is_trusted(&p)
-    {
-        let chain: Vec<IpAddr> = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .map(|ip| ip.to_canonical())
-            .collect();
-        if let Some(found) = chain
-            .iter()
-            .rev()
-            .find(|ip| !is_trusted(ip))
-            .or(chain.first())
-        {
-            ip = Some(*found);
-        }
-    }
-    (ip, peer, forwarded)
-}
-
 impl FromRequestParts<AppState> for Ctx {
     type Rejection = Problem;
 
@@ -95,7 +52,11 @@ impl FromRequestParts<AppState> for Ctx {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let (ip, peer, forwarded) = client_ip(parts, &st.app.config.trusted_proxies);
+        let peer = keyvault_axum::peer_ip(parts);
+        let ip = keyvault_axum::client_ip(parts, st.app.config.trusted_proxies.as_ref());
+        let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip"]
+            .iter()
+            .any(|h| parts.headers.contains_key(*h));
         Ok(Ctx {
             request_id,
             ip,
@@ -132,16 +93,6 @@ impl Caller {
     }
 }
 
-/// The bearer credential in `Authorization`, if any (scheme case-insensitive).
-pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim())
-        .filter(|t| !t.is_empty())
-}
-
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Error;
 
@@ -149,7 +100,7 @@ impl FromRequestParts<AppState> for Caller {
         let ctx = Ctx::from_request_parts(parts, st)
             .await
             .map_err(|_| Error::Unauthorized("no request context"))?;
-        let presented = bearer(parts).map(str::to_owned);
+        let presented = keyvault_axum::bearer_token(&parts.headers).map(str::to_owned);
         let found = match &presented {
             Some(p) => st.app.authenticate(p).await?,
             None => None,
@@ -225,30 +176,19 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     required: &[&str],
 ) -> Result<T, Problem> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!(
-                "the body is not a JSON document: {}",
-                redact(&e.to_string())
-            ),
-        )
+        Code::InvalidJson.problem(format!(
+            "the body is not a JSON document: {}",
+            redact(&e.to_string())
+        ))
     })?;
     let Value::Object(map) = &value else {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the body must be a JSON object",
-        ));
+        return Err(Code::InvalidJson.problem("the body must be a JSON object"));
     };
     for f in required {
         if !map.contains_key(*f) {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "missing_field",
-                format!("{f} is required"),
-            )
-            .field(*f));
+            return Err(Code::MissingField
+                .problem(format!("{f} is required"))
+                .field(*f));
         }
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -256,7 +196,8 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
         let path = if path == "." { String::new() } else { path };
         let message = e.into_inner().to_string();
         let (field, message) = name_inner_field(&path, &message);
-        Problem::new(StatusCode::BAD_REQUEST, "invalid_field", redact(&message))
+        Code::InvalidField
+            .problem(redact(&message))
             .field(redact(&field))
     })
 }
@@ -330,17 +271,9 @@ impl<T: DeserializeOwned + Required, S: Send + Sync> FromRequest<S> for JsonBody
         // cookie, so a cross-site form post cannot act, and `curl -d` just works.
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the body is larger than 1 MiB",
-                )
+                Code::PayloadTooLarge.problem("the body is larger than 1 MiB")
             } else {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    "the body could not be read",
-                )
+                Code::InvalidBody.problem("the body could not be read")
             }
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) && T::EMPTY_IS_OBJECT {
@@ -379,7 +312,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
         Path::<String>::from_request_parts(parts, state)
             .await
             .map(|p| IdPath(p.0))
-            .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "not_found", "no such id"))
+            .map_err(|_| Code::NotFound.problem("no such id"))
     }
 }
 
@@ -392,11 +325,9 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         let bad = |msg: String, field: Option<String>| {
-            let p = Problem::new(StatusCode::BAD_REQUEST, "invalid_query", msg);
-            match field {
-                Some(f) => p.field(f),
-                None => p,
-            }
+            Code::InvalidQuery
+                .problem(msg)
+                .field(field.unwrap_or_default())
         };
         let pairs = axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
             .await
@@ -471,17 +402,17 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let e = parse_json::<Body>(br#"{"limits":[{"limit":"x"}]}"#, &["name"]).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("name"));
+        assert_eq!(e.field_path(), Some("name"));
         let e =
             parse_json::<Body>(br#"{"name":"a","limits":[{"limit":"x"}]}"#, &["name"]).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("limits[0].limit"));
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.field_path(), Some("limits[0].limit"));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let e = parse_json::<Body>(br#"{"name":"a","nmae":1}"#, &["name"]).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("nmae"), "{e:?}");
+        assert_eq!(e.field_path(), Some("nmae"), "{e:?}");
         let e = parse_json::<Body>(br#"{"name":"a""#, &["name"]).unwrap_err();
-        assert_eq!(e.code, "invalid_json");
+        assert_eq!(e.code(), "invalid_json");
         let e = parse_json::<Body>(b"[1]", &["name"]).unwrap_err();
-        assert_eq!(e.code, "invalid_json");
+        assert_eq!(e.code(), "invalid_json");
     }
 
     #[test]
@@ -505,64 +436,12 @@ mod tests {
         assert_eq!(f("", "missing field `name`").0, "name");
     }
 
-    fn parts(peer: &str, xff: Option<&str>) -> Parts {
-        let mut b = axum::http::Request::builder()
-            .extension(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
-        if let Some(x) = xff {
-            b = b.header("x-forwarded-for", x);
-        }
-        b.body(()).unwrap().into_parts().0
-    }
-
-    #[test]
-    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
-        let trusted: Vec<IpNet> = vec![
-            "10.0.0.0/8".parse().unwrap(),
-            "127.0.0.1/32".parse().unwrap(),
-        ];
-        let ip = |peer, xff| {
-            client_ip(&parts(peer, xff), &trusted)
-                .0
-                .map(|i| i.to_string())
-        };
-        assert_eq!(
-            ip("127.0.0.1:9", Some("203.0.113.5, 10.1.1.1")).as_deref(),
-            Some("203.0.113.5")
-        );
-        // The rightmost untrusted hop wins: a client cannot prepend a fake address.
-        assert_eq!(
-            ip("127.0.0.1:9", Some("1.2.3.4, 203.0.113.5")).as_deref(),
-            Some("203.0.113.5")
-        );
-        assert_eq!(
-            ip("198.51.100.7:9", Some("203.0.113.5")).as_deref(),
-            Some("198.51.100.7")
-        );
-        assert_eq!(
-            ip("127.0.0.1:9", Some("garbage")).as_deref(),
-            Some("127.0.0.1")
-        );
-        assert_eq!(
-            ip("[::ffff:127.0.0.1]:9", None).as_deref(),
-            Some("127.0.0.1")
-        );
-        let (_, _, forwarded) = client_ip(&parts("127.0.0.1:9", Some("1.1.1.1")), &[]);
-        assert!(forwarded);
-        assert_eq!(
-            client_ip(&parts("127.0.0.1:9", Some("1.1.1.1")), &[])
-                .0
-                .unwrap()
-                .to_string(),
-            "127.0.0.1"
-        );
-    }
-
     #[test]
     fn secrets_are_not_echoed() {
         let key = keyvault_core::ApiKey::generate(&keyvault_core::Prefix::default());
         let body = format!(r#"{{"name":"a","{}":1}}"#, key.expose());
         let e = parse_json::<Body>(body.as_bytes(), &["name"]).unwrap_err();
-        let shown = format!("{} {:?}", e.detail, e.field);
+        let shown = format!("{:?} {:?}", e.detail_text(), e.field_path());
         assert!(!shown.contains(key.expose()), "{shown}");
         assert!(shown.contains("[redacted]"));
     }

@@ -293,7 +293,7 @@ pub(crate) async fn batch(
                 results.push(Some(json!({
                     "id": redact(text),
                     "ok": false,
-                    "error": crate::error::Problem::from(&e).code,
+                    "error": crate::error::Problem::from(&e).code(),
                 })))
             }
         }
@@ -307,7 +307,7 @@ pub(crate) async fn batch(
                 Some((id, Err(e))) => json!({
                     "id": id.to_string(),
                     "ok": false,
-                    "error": crate::error::Problem::from(&Error::from(e)).code,
+                    "error": crate::error::Problem::from(&Error::from(e)).code(),
                 }),
                 None => json!({ "ok": false, "error": "internal" }),
             })

@@ -13,7 +13,7 @@ use std::time::Instant;
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderValue, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -27,7 +27,7 @@ pub(crate) use extract::{Caller, Ctx, RequestId};
 use crate::{
     app::App,
     auth::Need,
-    error::{Error, Problem},
+    error::{Code, Error, Problem},
 };
 
 /// Largest request body accepted.
@@ -135,15 +135,11 @@ async fn observe(mut req: Request, next: Next) -> Response {
 }
 
 async fn not_found() -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    Code::NotFound.problem("no such endpoint")
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not answer this method",
-    )
+    Code::MethodNotAllowed.problem("this endpoint does not answer this method")
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
