@@ -59,6 +59,12 @@ impl Admin {
         &self.state.app
     }
 
+    /// The usage recorder `POST /v1/usage` feeds; a host's own `KeyvaultLayer` may record into
+    /// it too (`with_recorder`), so that its calls show in the admin's statistics.
+    pub fn usage_recorder(&self) -> UsageRecorder {
+        self.state.recorder.clone()
+    }
+
     /// The routes, ready to serve or to nest in a host's router. Serve them with
     /// `into_make_service_with_connect_info::<SocketAddr>()` so that peers are known
     /// (`/metrics` is open to loopback peers only, and audit records name the client).

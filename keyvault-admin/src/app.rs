@@ -41,9 +41,11 @@ pub struct App {
 
 /// A token just created: the only time its plaintext exists.
 #[derive(Debug)]
-pub(crate) struct CreatedToken {
-    pub(crate) row: TokenRow,
-    pub(crate) token: keyvault_core::ApiKey,
+pub struct CreatedToken {
+    /// The token as stored (no secret).
+    pub row: TokenRow,
+    /// The token itself: hand it to its holder once.
+    pub token: keyvault_core::ApiKey,
 }
 
 impl App {
@@ -62,6 +64,12 @@ impl App {
         };
         app.secret_key().await?;
         Ok(app)
+    }
+
+    /// The keyvault this server manages: verify keys with it in the same process (a host's
+    /// `KeyvaultLayer`), and changes made through the admin API are seen at once.
+    pub fn keyvault(&self) -> &Keyvault {
+        &self.kv
     }
 
     /// Whether neither an API token nor an admin user exists (a fresh deployment).
@@ -122,7 +130,7 @@ impl App {
     // ---- API tokens ----
 
     /// Creates an API token. The token row and its audit record both exist, or neither.
-    pub(crate) async fn create_token(
+    pub async fn create_token(
         &self,
         name: &str,
         role: Role,
@@ -241,8 +249,8 @@ impl App {
 
     // ---- admin users ----
 
-    /// Creates an admin user; the hash is computed off the runtime.
-    pub(crate) async fn create_admin(
+    /// Creates a dashboard user (`create-admin`); the hash is computed off the runtime.
+    pub async fn create_admin(
         &self,
         username: &str,
         role: Role,

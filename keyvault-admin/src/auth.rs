@@ -17,10 +17,14 @@ use crate::error::{Error, Result};
 /// verify keys and report usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Role {
+pub enum Role {
+    /// Everything, API tokens and users included.
     Admin,
+    /// Keys, alert rules and alerts; reads the audit log.
     Operator,
+    /// Reads keys, statistics and metrics.
     Viewer,
+    /// Verifies keys and reports usage (services that verify over HTTP).
     Verifier,
 }
 
@@ -38,7 +42,8 @@ pub(crate) enum Need {
 }
 
 impl Role {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The role's name (`admin`, `operator`, `viewer`, `verifier`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
             Role::Operator => "operator",

@@ -44,15 +44,16 @@ pub(crate) const SECRET_KEY_SETTING: &str = "secret_key";
 
 /// An API token as stored (never its plaintext; the digest stays inside this module's rows).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct TokenRow {
-    pub(crate) id: Uuid,
-    pub(crate) name: String,
-    pub(crate) role: Role,
-    pub(crate) start: String,
-    pub(crate) created_at: DateTime<Utc>,
-    pub(crate) expires_at: Option<DateTime<Utc>>,
-    pub(crate) revoked_at: Option<DateTime<Utc>>,
-    pub(crate) created_by: String,
+#[allow(missing_docs)]
+pub struct TokenRow {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub start: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_by: String,
 }
 
 impl TokenRow {

@@ -53,7 +53,9 @@ mod serve;
 mod views;
 
 pub use admin::Admin;
-pub use app::App;
+pub use app::{App, CreatedToken};
+pub use auth::Role;
 pub use config::{Config, DbUrl};
+pub use db::TokenRow;
 pub use error::{Code, Error, Problem, Result};
 pub use serve::{serve, shutdown_signal};

@@ -1,7 +1,9 @@
 //! The REST API (CONTRACT §4).
 
+mod docs;
 mod extract;
 mod keys;
+mod mount;
 mod openapi;
 mod reports;
 mod signin;
@@ -67,7 +69,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state.clone());
     Router::new()
         .merge(api)
-        .merge(openapi::docs())
+        .merge(docs::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

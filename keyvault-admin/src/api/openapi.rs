@@ -7,14 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use utoipa::{
     Modify, OpenApi, ToSchema,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
-use utoipa_swagger_ui::SwaggerUi;
 
 /// An RFC 9457 problem document (`application/problem+json`).
 #[derive(ToSchema)]
@@ -441,10 +439,3 @@ impl Modify for Security {
     )
 )]
 pub(crate) struct ApiDoc;
-
-/// `/openapi.json` and `/docs`.
-pub(crate) fn docs() -> Router {
-    SwaggerUi::new("/docs")
-        .url("/openapi.json", ApiDoc::openapi())
-        .into()
-}

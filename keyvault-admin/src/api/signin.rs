@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::{AppState, Ctx};
+use super::{AppState, Ctx, mount::Mount};
 use crate::{db::UserRow, error::Result};
 
 const COOKIE: &str = "kv_session";
@@ -32,17 +32,18 @@ button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#b00020}}</style></hea
     )
 }
 
-fn login_page(error: Option<&str>) -> String {
+fn login_page(mount: &Mount, error: Option<&str>) -> String {
     let error = error
         .map(|e| format!(r#"<p class="error" role="alert">{e}</p>"#))
         .unwrap_or_default();
     page(&format!(
         r#"<p>Sign in to manage keys.</p>{error}
-<form method="post" action="/admin/login">
+<form method="post" action="{action}">
 <label for="username">Username</label><input id="username" name="username" autocomplete="username" required>
 <label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password" required minlength="12">
 <button type="submit">Sign in</button></form>
-<p><small>No account yet? Run <code>keyvault create-admin --username you</code> on the server.</small></p>"#
+<p><small>No account yet? Run <code>keyvault create-admin --username you</code> on the server.</small></p>"#,
+        action = escape(&mount.path("/admin/login")),
     ))
 }
 
@@ -143,19 +144,25 @@ async fn session_user(st: &AppState, headers: &HeaderMap) -> Result<Option<UserR
 
 #[utoipa::path(get, path = "/admin", tag = "dashboard",
     responses((status = 200, description = "The dashboard, or its sign-in page without a session", body = String, content_type = "text/html")))]
-pub(crate) async fn index(State(st): State<AppState>, headers: HeaderMap) -> Result<Response> {
+pub(crate) async fn index(
+    State(st): State<AppState>,
+    mount: Mount,
+    headers: HeaderMap,
+) -> Result<Response> {
     Ok(match session_user(&st, &headers).await? {
         Some(u) => html(
             StatusCode::OK,
             page(&format!(
                 r#"<p>Signed in as <strong>{}</strong> ({}).</p>
-<p>Manage keys with the <a href="/docs/">API</a> or the <code>keyvault</code> command.</p>
-<form method="post" action="/admin/logout"><button type="submit">Sign out</button></form>"#,
+<p>Manage keys with the <a href="{docs}">API</a> or the <code>keyvault</code> command.</p>
+<form method="post" action="{logout}"><button type="submit">Sign out</button></form>"#,
                 escape(&u.username),
-                u.role
+                u.role,
+                docs = escape(&mount.path("/docs/")),
+                logout = escape(&mount.path("/admin/logout")),
             )),
         ),
-        None => html(StatusCode::OK, login_page(None)),
+        None => html(StatusCode::OK, login_page(&mount, None)),
     })
 }
 
@@ -169,19 +176,20 @@ pub(crate) struct LoginForm {
 pub(crate) async fn login(
     State(st): State<AppState>,
     ctx: Ctx,
+    mount: Mount,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response> {
     let Ok(Form(form)) = form else {
         return Ok(html(
             StatusCode::BAD_REQUEST,
-            login_page(Some("Enter a username and a password.")),
+            login_page(&mount, Some("Enter a username and a password.")),
         ));
     };
     let actor = ctx.actor("anonymous");
     let Some(user) = st.app.login(&form.username, form.password, &actor).await? else {
         return Ok(html(
             StatusCode::UNAUTHORIZED,
-            login_page(Some("Wrong username or password.")),
+            login_page(&mount, Some("Wrong username or password.")),
         ));
     };
     let secret = st.app.secret_key().await?;
@@ -190,20 +198,23 @@ pub(crate) async fn login(
             "session signing failed".into(),
         ));
     };
-    let cookie =
-        format!("{COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}");
-    let mut res = Redirect::to("/admin").into_response();
+    let cookie = format!(
+        "{COOKIE}={value}; Path={}; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}",
+        mount.path("/admin")
+    );
+    let mut res = Redirect::to(&mount.path("/admin")).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(res)
 }
 
-pub(crate) async fn logout() -> Response {
-    let mut res = Redirect::to("/admin").into_response();
-    res.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("kv_session=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+pub(crate) async fn logout(mount: Mount) -> Response {
+    let admin = mount.path("/admin");
+    let mut res = Redirect::to(&admin).into_response();
+    let cookie = format!("{COOKIE}=; Path={admin}; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
     res
 }

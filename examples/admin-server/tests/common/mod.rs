@@ -2,8 +2,6 @@
 //! client, and a transcript of everything the processes printed, to grep for secrets.
 #![allow(dead_code)]
 
-pub(crate) mod routes;
-
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},

@@ -1,25 +1,24 @@
-//! End-to-end: what clients get wrong gets the documented 4xx, never a 5xx, and nothing
+//! In-process, against the router: what clients get wrong gets the documented 4xx, never a 5xx, and nothing
 //! secret comes back or reaches the server's output.
 
 mod common;
 
-use common::{Env, assert_no_secrets};
+use common::{Server, assert_no_secrets, logs};
 use serde_json::{Value, json};
 
-#[test]
-fn bad_requests_get_documented_client_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let env = Env::sqlite(dir.path());
-    let admin = env.token("admin");
-    let op = env.token("operator");
-    let verifier = env.token("verifier");
-    let s = env.serve();
+#[tokio::test]
+async fn bad_requests_get_documented_client_errors() {
+    let s = Server::sqlite().await;
+    let admin = s.token("admin").await;
+    let op = s.token("operator").await;
+    let verifier = s.token("verifier").await;
     let mut secrets = vec![admin.clone(), op.clone(), verifier.clone()];
     let k = s
         .req("POST", "/v1/keys")
         .token(&op)
         .json(&json!({"name": "k"}))
         .send()
+        .await
         .json();
     let id = k["id"].as_str().unwrap().to_owned();
     secrets.push(k["key"].as_str().unwrap().to_owned());
@@ -508,7 +507,7 @@ fn bad_requests_get_documented_client_errors() {
         if let Some(b) = &body {
             r = r.raw(b.as_bytes());
         }
-        let resp = r.send();
+        let resp = r.send().await;
         assert!(
             resp.status < 500,
             "{method} {path}: {} {}",
@@ -534,7 +533,7 @@ fn bad_requests_get_documented_client_errors() {
         if let Some(a) = auth {
             r = r.header("Authorization", a);
         }
-        let resp = r.send();
+        let resp = r.send().await;
         resp.problem(401, "unauthorized");
         assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
     }
@@ -543,6 +542,7 @@ fn bad_requests_get_documented_client_errors() {
         s.req("GET", "/v1/keys")
             .header("Authorization", &format!("bearer {admin}"))
             .send()
+            .await
             .status,
         200
     );
@@ -552,31 +552,36 @@ fn bad_requests_get_documented_client_errors() {
         .req("POST", "/v1/keys")
         .token(&admin)
         .raw(format!(r#"{{"name": "a", "{admin}": 1}}"#).as_bytes())
-        .send();
+        .send()
+        .await;
     leak.problem(400, "invalid_field");
     assert_no_secrets(&leak.text(), &secrets);
     let leak = s
         .req("GET", &format!("/v1/keys?{key}=1"))
         .token(&admin)
-        .send();
+        .send()
+        .await;
     leak.problem(400, "invalid_request");
     assert_no_secrets(&leak.text(), &secrets);
     let leak = s
         .req("GET", &format!("/v1/keys/{key}"))
         .token(&admin)
-        .send();
+        .send()
+        .await;
     leak.problem(404, "not_found");
     assert_no_secrets(&leak.text(), &secrets);
     let leak = s
         .req("POST", "/v1/keys/verify")
         .token(&verifier)
         .raw(format!(r#"{{"key": "x", "cost": "{key}"}}"#).as_bytes())
-        .send();
+        .send()
+        .await;
     leak.problem(400, "invalid_field");
     assert_no_secrets(&leak.text(), &secrets);
     // …and a key in a query string is not accepted as credentials.
     s.req("GET", &format!("/v1/keys?api_key={admin}"))
         .send()
+        .await
         .problem(401, "unauthorized");
 
     // Unauthenticated mutation attempts are audited.
@@ -584,9 +589,10 @@ fn bad_requests_get_documented_client_errors() {
         .req("GET", "/v1/audit?action=token.use")
         .token(&admin)
         .send()
+        .await
         .json();
     assert!(!audit["items"].as_array().unwrap().is_empty());
 
     drop(s);
-    assert_no_secrets(&env.transcript.lock().unwrap(), &secrets);
+    assert_no_secrets(&logs(), &secrets);
 }

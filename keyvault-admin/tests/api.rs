@@ -1,0 +1,55 @@
+//! Every row of CONTRACT §4 against the router on SQLite, in-process.
+
+mod common;
+
+use common::{Server, Settings};
+
+#[tokio::test]
+async fn every_route_answers_as_the_contract_says_on_sqlite() {
+    let s = Server::sqlite().await;
+    common::routes::walk_every_route(&s).await;
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_forwards_the_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        trusted_proxies: Some("127.0.0.0/8".into()),
+        ..Settings::sqlite(dir.path())
+    };
+    let s = Server::start(&settings).await;
+    let admin = s.token("admin").await;
+    let r = s
+        .req("POST", "/v1/keys")
+        .token(&admin)
+        .header("X-Forwarded-For", "203.0.113.9")
+        .json(&serde_json::json!({"name": "via proxy"}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let a = s
+        .req("GET", &format!("/v1/audit?target_id={id}"))
+        .token(&admin)
+        .send()
+        .await
+        .json();
+    assert_eq!(a["items"][0]["source_ip"], "203.0.113.9");
+    // From a peer that is not a trusted proxy the header means nothing.
+    let r = s
+        .req("POST", "/v1/keys")
+        .token(&admin)
+        .peer("198.51.100.7:5000")
+        .header("X-Forwarded-For", "203.0.113.9")
+        .json(&serde_json::json!({"name": "direct"}))
+        .send()
+        .await;
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let a = s
+        .req("GET", &format!("/v1/audit?target_id={id}"))
+        .token(&admin)
+        .send()
+        .await
+        .json();
+    assert_eq!(a["items"][0]["source_ip"], "198.51.100.7");
+}

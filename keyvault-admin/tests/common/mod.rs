@@ -1,0 +1,358 @@
+//! Drives keyvault-admin's router in-process: a fresh deployment per test, requests sent with
+//! `oneshot` from a loopback peer (no sockets), and every log line captured so that tests can
+//! grep them for secrets.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod routes;
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    sync::{Mutex, Once},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Body, extract::ConnectInfo, http::Request};
+use http_body_util::BodyExt;
+use keyvault_admin::{Admin, App, Config, cli::Global};
+use keyvault_core::Actor;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// Every log line of this process (nextest runs each test in a process of its own).
+static LOGS: Mutex<String> = Mutex::new(String::new());
+
+#[derive(Clone)]
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures the logs at `debug`, which makes the secret grep meaningful.
+fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,sqlx=warn")
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+/// What the process has logged so far.
+pub fn logs() -> String {
+    LOGS.lock().unwrap().clone()
+}
+
+/// The settings of one deployment, as `keyvault`'s global flags would give them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    pub secret_key: Option<String>,
+    pub pepper: Option<String>,
+    pub trusted_proxies: Option<String>,
+}
+
+impl Settings {
+    /// A fresh SQLite file in `dir`.
+    pub fn sqlite(dir: &std::path::Path) -> Self {
+        Self {
+            database_url: format!("sqlite://{}", dir.join("keyvault.db").display()),
+            redis_url: None,
+            secret_key: None,
+            pepper: None,
+            trusted_proxies: None,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::from_args(&Global {
+            database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone(),
+            secret_key: self.secret_key.clone(),
+            pepper: self.pepper.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+        })
+        .expect("test settings are valid")
+    }
+}
+
+/// One deployment's router, served in-process.
+pub struct Server {
+    pub app: App,
+    pub admin: Admin,
+    router: Router,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A deployment on a fresh SQLite file.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Self::start(&Settings::sqlite(dir.path())).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    pub async fn start(settings: &Settings) -> Self {
+        capture_logs();
+        let app = App::open(settings.config()).await.expect("open the app");
+        let admin = Admin::new(app.clone());
+        // One deployment per test process: its figures go to the process's recorder.
+        if let Some(r) = admin.metrics_recorder() {
+            let _ = metrics::set_global_recorder(r);
+        }
+        Self {
+            router: admin.router(),
+            app,
+            admin,
+            _dir: None,
+        }
+    }
+
+    /// An API token of this role, made through the library.
+    pub async fn token(&self, role: &str) -> String {
+        let created = self
+            .app
+            .create_token(
+                &format!("{role} token"),
+                role.parse().unwrap(),
+                None,
+                &Actor::library(),
+            )
+            .await
+            .expect("create a token");
+        created.token.expose().to_owned()
+    }
+
+    pub fn req(&self, method: &str, path: &str) -> Req {
+        Req {
+            router: self.router.clone(),
+            method: method.into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: None,
+            peer: "127.0.0.1:40000".parse().unwrap(),
+        }
+    }
+}
+
+/// A request being built.
+#[derive(Clone)]
+pub struct Req {
+    router: Router,
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    peer: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// Asserts a problem document with this status and code.
+    pub fn problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text()
+        );
+        let v = self.json();
+        assert_eq!(v["code"], code, "{v}");
+        assert_eq!(v["status"], status, "{v}");
+        v
+    }
+}
+
+impl Req {
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn token(self, t: &str) -> Self {
+        self.header("Authorization", &format!("Bearer {t}"))
+    }
+    pub fn json(mut self, v: &Value) -> Self {
+        self.body = Some(serde_json::to_vec(v).unwrap());
+        self.header("Content-Type", "application/json")
+    }
+    pub fn raw(mut self, body: &[u8]) -> Self {
+        self.body = Some(body.to_vec());
+        self
+    }
+    /// The TCP peer the request comes from.
+    pub fn peer(mut self, peer: &str) -> Self {
+        self.peer = peer.parse().unwrap();
+        self
+    }
+
+    pub async fn send(self) -> Resp {
+        let mut b = Request::builder()
+            .method(self.method.as_str())
+            .uri(self.path.as_str())
+            .header("host", "127.0.0.1:8080")
+            .extension(ConnectInfo(self.peer));
+        for (k, v) in &self.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let req = b.body(Body::from(self.body.unwrap_or_default())).unwrap();
+        let res = self.router.oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// Asserts none of `secrets` appears in `text`.
+pub fn assert_no_secrets(text: &str, secrets: &[String]) {
+    assert!(!text.is_empty(), "the transcript is empty");
+    for s in secrets {
+        assert!(!s.is_empty());
+        assert!(
+            !text.contains(s.as_str()),
+            "a secret ({}…) appears in the output",
+            &s[..8.min(s.len())]
+        );
+        // Also the secret's body alone (in case a prefix was stripped).
+        if let Some((_, body)) = s.rsplit_once('_') {
+            assert!(
+                !text.contains(body),
+                "a secret's body appears in the output"
+            );
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `within` passes; returns how long it took.
+pub async fn eventually(within: Duration, f: impl AsyncFn() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The PostgreSQL server tests use: `DATABASE_URL` when it names PostgreSQL, else the local
+/// default the test script sets up.
+pub fn pg_base_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/keyvault_test".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database of its own for one test, dropped at the end.
+#[derive(Debug)]
+pub struct PgDb {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+fn psql(url: &str, sql: &str) {
+    let o = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qtAc", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        o.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl PgDb {
+    pub fn create() -> Self {
+        let base = pg_base_url();
+        let (root, _) = base.rsplit_once('/').expect("a database URL");
+        let admin_url = format!("{root}/postgres");
+        let name = format!("kvsrv_{}", uuid_like());
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        Self {
+            url: format!("{root}/{name}"),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &self.admin_url,
+                "-qtAc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}_{}", nanos, std::process::id())
+}
+
+impl Settings {
+    /// A deployment on its own PostgreSQL database, with Redis.
+    pub fn postgres(db: &PgDb) -> Self {
+        Self {
+            database_url: db.url.clone(),
+            redis_url: Some(redis_url()),
+            secret_key: None,
+            pepper: None,
+            trusted_proxies: None,
+        }
+    }
+}
