@@ -49,6 +49,7 @@ mod bus;
 mod credits;
 mod error;
 mod fail;
+mod lanes;
 mod limiter;
 mod live;
 

@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     num::NonZeroU32,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -12,8 +12,7 @@ use std::{
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use keyvault_core::{
-    KeyId, LimitDecision, LimitRequest, LimitState, RateLimit, RateLimiter,
-    memory::MemoryRateLimiter,
+    LimitDecision, LimitRequest, LimitState, RateLimit, RateLimiter, memory::MemoryRateLimiter,
 };
 use tokio::sync::oneshot;
 
@@ -21,6 +20,7 @@ use crate::{
     backend::RedisBackend,
     error::Error,
     fail::{FailCounters, FailMode, FallbackStats},
+    lanes::{Lane, Lanes, Lead, MAX_CALLS_PER_LANE, Pending, SECOND_CALL_AT, lane_mut},
 };
 
 /// How [`RedisRateLimiter`] behaves when Redis is unavailable.
@@ -131,232 +131,6 @@ pub struct BatchStats {
     pub script_calls: u64,
     /// The most checks one call carried.
     pub largest_batch: u64,
-}
-
-/// Checks of one quota id with one list of limits: they share every bucket, so one script call
-/// can apply them in order.
-type LaneKey = (KeyId, Vec<RateLimit>);
-
-/// A script reply for one check, or why there is none.
-type Answer = Result<Vec<i64>, Error>;
-
-/// A check waiting for the call in flight on its lane to return.
-#[derive(Debug)]
-struct Pending {
-    take: bool,
-    request_id: String,
-    answer: oneshot::Sender<Answer>,
-}
-
-/// A lane with calls in flight: its limits, how many calls, and the checks queued behind them.
-#[derive(Debug)]
-struct Lane {
-    limits: Vec<RateLimit>,
-    calls: usize,
-    queue: Vec<Pending>,
-}
-
-/// Lanes with calls in flight, by quota id (then told apart by their limits: a key has one
-/// list of limits but a changed configuration may briefly meet the old one). Looking a lane up
-/// this way copies nothing, which a map keyed by the limits themselves would for every check.
-type BusyLanes = HashMap<KeyId, Vec<Lane>>;
-
-fn lane_mut<'a>(
-    busy: &'a mut BusyLanes,
-    quota: KeyId,
-    limits: &[RateLimit],
-) -> Option<&'a mut Lane> {
-    busy.get_mut(&quota)?
-        .iter_mut()
-        .find(|l| l.limits == limits)
-}
-
-/// Gives up one call's place on a lane; the lane is gone once no call is left.
-fn end_call(busy: &mut BusyLanes, quota: KeyId, limits: &[RateLimit]) {
-    if let Some(l) = lane_mut(busy, quota, limits) {
-        l.calls -= 1;
-        if l.calls == 0 {
-            remove_lane(busy, quota, limits);
-        }
-    }
-}
-
-fn remove_lane(busy: &mut BusyLanes, quota: KeyId, limits: &[RateLimit]) {
-    if let Some(lanes) = busy.get_mut(&quota) {
-        lanes.retain(|l| l.limits != limits);
-        if lanes.is_empty() {
-            busy.remove(&quota);
-        }
-    }
-}
-
-/// Calls one lane may have in flight. A second call overlaps the first's round trip once
-/// enough checks wait behind it; each call is still one atomic script, and Redis applies calls
-/// in the order they were sent, so exactness does not depend on this number.
-const MAX_CALLS_PER_LANE: usize = 2;
-
-/// Checks that must be waiting before a lane's second call is sent: below this they wait for
-/// the call in flight, which keeps batches large.
-const SECOND_CALL_AT: usize = 8;
-
-/// The lanes with calls in flight (an entry exists exactly while one does), each with the
-/// checks queued behind them.
-#[derive(Debug)]
-struct Lanes {
-    redis: RedisBackend,
-    script: redis::Script,
-    busy: Mutex<BusyLanes>,
-    checks: AtomicU64,
-    calls: AtomicU64,
-    largest: AtomicU64,
-}
-
-impl Lanes {
-    fn busy(&self) -> std::sync::MutexGuard<'_, BusyLanes> {
-        // Nothing panics while the lock is held; a poisoned map is still consistent.
-        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// One script call applying `checks` (take flag, request id) in order.
-    async fn call(&self, lane: &LaneKey, checks: &[(bool, &str)]) -> Result<Vec<Vec<i64>>, Error> {
-        let (quota, limits) = lane;
-        let Some(((first_take, first_id), rest)) = checks.split_first() else {
-            return Ok(Vec::new());
-        };
-        // EVALSHA built in one buffer, each key written into one reused string: a script
-        // invocation would allocate every key and argument on its own, per check.
-        let nkeys = 1 + limits.len() + rest.len();
-        let mut cmd = redis::Cmd::with_capacity(
-            3 + nkeys + 3 * checks.len() + 2 * limits.len(),
-            160 * checks.len() + 64 * limits.len() + 64,
-        );
-        cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(nkeys);
-        let prefix = self.redis.quota_key(*quota, "");
-        let mut key = String::with_capacity(prefix.len() + 64);
-        let mut record = |cmd: &mut redis::Cmd, id: &str| {
-            key.clear();
-            key.push_str(&prefix);
-            key.push_str("rl:req:");
-            key.push_str(id);
-            cmd.arg(key.as_str());
-        };
-        record(&mut cmd, first_id);
-        for l in limits {
-            cmd.arg(format!(
-                "{prefix}rl:{}:{}:{}",
-                l.limit(),
-                l.period_ms(),
-                l.name()
-            ));
-        }
-        for (_, id) in rest {
-            record(&mut cmd, id);
-        }
-        let ttl = self.redis.idempotency_ms();
-        cmd.arg(take_arg(*first_take)).arg(*first_id).arg(ttl);
-        for l in limits {
-            cmd.arg(l.limit()).arg(l.period_ms());
-        }
-        for (take, id) in rest {
-            cmd.arg(take_arg(*take)).arg(*id).arg(ttl);
-        }
-        let n = checks.len() as u64;
-        self.checks.fetch_add(n, Ordering::Relaxed);
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.largest.fetch_max(n, Ordering::Relaxed);
-        let mut conn = self.redis.conn();
-        let reply: Vec<i64> = self
-            .redis
-            .run(async {
-                match cmd.query_async(&mut conn).await {
-                    // A restarted or flushed Redis has lost the script: load it, call again.
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        self.script.load_async(&mut conn).await?;
-                        cmd.query_async(&mut conn).await
-                    }
-                    r => r,
-                }
-            })
-            .await?;
-        let width = 2 + 3 * limits.len();
-        if reply.len() != width * checks.len() {
-            return Err(Error::Reply(
-                "rate-limit script answered the wrong number of values",
-            ));
-        }
-        Ok(reply.chunks_exact(width).map(<[i64]>::to_vec).collect())
-    }
-
-    /// Sends the checks queued on `lane`, a batch per call, until none is left; then gives up
-    /// its place among the lane's calls (the lane is idle once no call is left).
-    async fn drain(self: Arc<Self>, lane: LaneKey) {
-        loop {
-            let batch: Vec<Pending> = {
-                let mut busy = self.busy();
-                match lane_mut(&mut busy, lane.0, &lane.1) {
-                    Some(l) if !l.queue.is_empty() => {
-                        let n = l.queue.len().min(MAX_BATCH);
-                        l.queue.drain(..n).collect()
-                    }
-                    _ => {
-                        end_call(&mut busy, lane.0, &lane.1);
-                        return;
-                    }
-                }
-            };
-            let checks: Vec<(bool, &str)> = batch
-                .iter()
-                .map(|p| (p.take, p.request_id.as_str()))
-                .collect();
-            match self.call(&lane, &checks).await {
-                Ok(replies) => {
-                    for (p, reply) in batch.into_iter().zip(replies) {
-                        // A caller that gave up no longer listens; its check was applied.
-                        let _ = p.answer.send(Ok(reply));
-                    }
-                }
-                Err(e) => {
-                    for p in batch {
-                        let _ = p.answer.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn take_arg(take: bool) -> &'static str {
-    if take { "1" } else { "0" }
-}
-
-/// Held by a check that sends its own call: when it is done (or given up), the checks queued
-/// behind it are sent by a task of their own, so they never depend on this caller.
-struct Lead {
-    lanes: Arc<Lanes>,
-    lane: LaneKey,
-}
-
-impl Drop for Lead {
-    fn drop(&mut self) {
-        let mut busy = self.lanes.busy();
-        let (quota, limits) = &self.lane;
-        if lane_mut(&mut busy, *quota, limits).is_none_or(|l| l.queue.is_empty()) {
-            end_call(&mut busy, *quota, limits);
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                // This call's place passes to the task that sends the queued checks.
-                drop(busy);
-                rt.spawn(self.lanes.clone().drain(self.lane.clone()));
-            }
-            // Only while the runtime shuts down: the queued checks end with an error.
-            Err(_) => remove_lane(&mut busy, *quota, limits),
-        }
-    }
 }
 
 impl RedisRateLimiter {
