@@ -22,7 +22,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::{sync::Arc, time::Duration};
+use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use keyvault_core::{
     AuditLog, CacheConfig, ChangeBus, CreditStore, Error, FanOutBus, KeyHasher, KeyStore,
@@ -44,6 +44,135 @@ pub fn hasher(pepper: Option<&str>) -> Result<KeyHasher> {
         Some(p) => KeyHasher::with_pepper(p.as_bytes())
             .map_err(|e| Error::invalid("KEYVAULT_PEPPER", e.message)),
         None => Ok(KeyHasher::sha256()),
+    }
+}
+
+/// Where the data lives, as `DATABASE_URL` names it. Every keyvault process parses the URL
+/// here, so they all accept (and refuse) the same ones.
+///
+/// ```
+/// use keyvault::deploy::DatabaseUrl;
+///
+/// assert_eq!(DatabaseUrl::parse("sqlite://keyvault.db")?.kind(), "sqlite");
+/// assert_eq!(DatabaseUrl::parse("postgresql://db/kv")?.kind(), "postgres");
+/// assert!(DatabaseUrl::parse("mysql://db/kv").is_err());
+/// # Ok::<(), keyvault::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `postgres://…` or `postgresql://…`, as given.
+    Postgres(String),
+    /// `sqlite://PATH`, `sqlite:PATH` or `sqlite::memory:`; the file, `None` in memory. Options
+    /// after `?` are left to SQLite.
+    Sqlite {
+        /// The URL as given.
+        url: String,
+        /// The database file; `None` for an in-memory database.
+        path: Option<PathBuf>,
+    },
+}
+
+// A PostgreSQL URL may hold a password: only the kind and an SQLite path are shown.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseUrl::Postgres(_) => f.write_str("Postgres(…)"),
+            DatabaseUrl::Sqlite { path, .. } => f.debug_tuple("Sqlite").field(path).finish(),
+        }
+    }
+}
+
+impl DatabaseUrl {
+    /// Parses `DATABASE_URL`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `DATABASE_URL` for another scheme or an SQLite URL without
+    /// a path.
+    pub fn parse(url: &str) -> Result<Self> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
+        }
+        let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        else {
+            return Err(Error::invalid(
+                "DATABASE_URL",
+                "must start with sqlite://, postgres:// or postgresql://",
+            ));
+        };
+        let path = rest.split('?').next().unwrap_or_default();
+        let path = match path {
+            "" => {
+                return Err(Error::invalid(
+                    "DATABASE_URL",
+                    "an SQLite URL needs a file path (sqlite://keyvault.db)",
+                ));
+            }
+            ":memory:" => None,
+            p => Some(PathBuf::from(p)),
+        };
+        Ok(DatabaseUrl::Sqlite {
+            url: url.to_owned(),
+            path,
+        })
+    }
+
+    /// `"postgres"` or `"sqlite"`, for logs (never the URL: it may carry a password).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Postgres(_) => "postgres",
+            DatabaseUrl::Sqlite { .. } => "sqlite",
+        }
+    }
+}
+
+/// What Redis is asked to do: where it is, and how its limiter and credit cache behave when
+/// it is unreachable (`KEYVAULT_INSTANCES`, the fail modes).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedisSettings {
+    /// `redis://…` or `rediss://…`.
+    pub url: String,
+    /// The rate limiter's fail modes and instance count.
+    pub limiter: RedisLimiterConfig,
+    /// The credit cache's fail mode and write-back interval.
+    pub credits: RedisCreditConfig,
+}
+
+// The URL may hold a password.
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("limiter", &self.limiter)
+            .field("credits", &self.credits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSettings {
+    /// Redis at `url` with the default limiter and credit settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            limiter: RedisLimiterConfig::default(),
+            credits: RedisCreditConfig::default(),
+        }
+    }
+
+    /// Sets the limiter's settings.
+    #[must_use]
+    pub fn limiter(mut self, limiter: RedisLimiterConfig) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Sets the credit cache's settings.
+    #[must_use]
+    pub fn credits(mut self, credits: RedisCreditConfig) -> Self {
+        self.credits = credits;
+        self
     }
 }
 
@@ -105,16 +234,12 @@ impl Durable {
     /// [`Error::Invalid`] naming `DATABASE_URL` for another scheme; the backend's error when
     /// it cannot connect or migrate.
     pub async fn open(database_url: &str) -> Result<Self> {
-        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-            Self::postgres(PgStore::connect(database_url).await?).await
-        } else if database_url.starts_with("sqlite:") {
-            let store = SqliteStore::connect(database_url).await?;
-            Self::sqlite(store, keyvault_sqlite::DEFAULT_POLL_INTERVAL).await
-        } else {
-            Err(Error::invalid(
-                "DATABASE_URL",
-                "must start with postgres://, postgresql:// or sqlite://",
-            ))
+        match DatabaseUrl::parse(database_url)? {
+            DatabaseUrl::Postgres(url) => Self::postgres(PgStore::connect(&url).await?).await,
+            DatabaseUrl::Sqlite { url, .. } => {
+                let store = SqliteStore::connect(&url).await?;
+                Self::sqlite(store, keyvault_sqlite::DEFAULT_POLL_INTERVAL).await
+            }
         }
     }
 
@@ -212,16 +337,21 @@ impl Redis {
     /// # Errors
     /// The Redis error when it cannot connect.
     pub async fn connect(redis_url: &str, durable: &Durable) -> Result<Self> {
-        let backend = RedisBackend::connect(redis_url, RedisConfig::default()).await?;
+        Self::connect_with(&RedisSettings::new(redis_url), durable).await
+    }
+
+    /// [`connect`](Self::connect) with the limiter's and credit cache's settings.
+    ///
+    /// # Errors
+    /// The Redis error when it cannot connect.
+    pub async fn connect_with(settings: &RedisSettings, durable: &Durable) -> Result<Self> {
+        let backend = RedisBackend::connect(&settings.url, RedisConfig::default()).await?;
         let credits = Arc::new(RedisCreditStore::new(
             &backend,
             durable.credits.clone(),
-            RedisCreditConfig::default(),
+            settings.credits.clone(),
         ));
-        let limiter = Arc::new(RedisRateLimiter::new(
-            &backend,
-            RedisLimiterConfig::default(),
-        ));
+        let limiter = Arc::new(RedisRateLimiter::new(&backend, settings.limiter.clone()));
         let bus = Arc::new(FanOutBus::new(vec![
             Arc::new(RedisChangeBus::new(&backend)),
             durable.bus.clone(),
@@ -269,8 +399,16 @@ impl Deployment {
     /// # Errors
     /// The Redis error when it cannot connect.
     pub async fn connect(durable: Durable, redis_url: Option<&str>) -> Result<Self> {
-        let redis = match redis_url {
-            Some(url) => Some(Redis::connect(url, &durable).await?),
+        Self::connect_with(durable, redis_url.map(RedisSettings::new).as_ref()).await
+    }
+
+    /// [`connect`](Self::connect) with Redis's limiter and credit settings.
+    ///
+    /// # Errors
+    /// The Redis error when it cannot connect.
+    pub async fn connect_with(durable: Durable, redis: Option<&RedisSettings>) -> Result<Self> {
+        let redis = match redis {
+            Some(settings) => Some(Redis::connect_with(settings, &durable).await?),
             None => None,
         };
         Ok(Self { durable, redis })
@@ -366,6 +504,38 @@ mod tests {
         match hasher(Some("")) {
             Err(Error::Invalid(e)) => assert_eq!(e.field, "KEYVAULT_PEPPER"),
             other => panic!("expected an invalid pepper, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn database_urls_name_their_backend() {
+        let sqlite = |p: &str| DatabaseUrl::parse(p).unwrap();
+        assert!(matches!(
+            sqlite("sqlite://keyvault.db"),
+            DatabaseUrl::Sqlite { path: Some(p), .. } if p == std::path::Path::new("keyvault.db")
+        ));
+        assert!(matches!(
+            sqlite("sqlite:///tmp/x/kv.db?mode=rwc"),
+            DatabaseUrl::Sqlite { path: Some(p), .. } if p == std::path::Path::new("/tmp/x/kv.db")
+        ));
+        assert!(matches!(
+            sqlite("sqlite::memory:"),
+            DatabaseUrl::Sqlite { path: None, .. }
+        ));
+        for pg in [
+            "postgres://u@h/db",
+            "postgresql://u@h/db",
+            " postgres://u:pw@h/db ",
+        ] {
+            let url = DatabaseUrl::parse(pg).unwrap();
+            assert_eq!(url.kind(), "postgres");
+            assert!(!format!("{url:?}").contains("pw"), "Debug hides the URL");
+        }
+        for bad in ["mysql://x", "sqlite://", "", "keyvault.db"] {
+            match DatabaseUrl::parse(bad) {
+                Err(Error::Invalid(e)) => assert_eq!(e.field, "DATABASE_URL"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
         }
     }
 

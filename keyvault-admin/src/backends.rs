@@ -13,7 +13,7 @@ use keyvault::{
 use keyvault_core::{AuditLog, KeyId, KeyStore, Keyvault, UsageQuery, UsageSink};
 
 use crate::{
-    config::{Config, DbUrl},
+    config::{Config, DatabaseUrl},
     error::{Error, Result},
 };
 
@@ -31,7 +31,12 @@ impl Backends {
     /// Opens the configured backends and applies their migrations.
     pub(crate) async fn open(config: &Config) -> Result<Self> {
         let durable = match &config.db {
-            DbUrl::Sqlite(path) => {
+            DatabaseUrl::Sqlite { path: None, .. } => {
+                return Err(Error::input("DATABASE_URL", "needs a file path"));
+            }
+            DatabaseUrl::Sqlite {
+                path: Some(path), ..
+            } => {
                 let url = format!("sqlite://{}", path.display());
                 let fresh = !path.exists();
                 let s = SqliteStore::connect(&url).await?;
@@ -48,11 +53,11 @@ impl Backends {
                 // on a busy machine.
                 Durable::sqlite(s, Duration::from_millis(100)).await?
             }
-            DbUrl::Postgres(url) => Durable::postgres(PgStore::connect(url).await?).await?,
+            DatabaseUrl::Postgres(url) => Durable::postgres(PgStore::connect(url).await?).await?,
         };
         // With Redis: rate limits, a credit cache in front of the database, and changes on
         // Redis pub/sub as well as the database's bus (the CLI may run without Redis).
-        let deployment = Deployment::connect(durable, config.redis.as_deref()).await?;
+        let deployment = Deployment::connect_with(durable, config.redis.as_ref()).await?;
         let d = deployment.durable();
         Ok(Self {
             store: d.store.clone(),

@@ -49,6 +49,17 @@ pub struct Global {
     /// Comma-separated CIDRs whose X-Forwarded-For header is believed.
     #[arg(long, env = "KEYVAULT_TRUSTED_PROXIES", global = true)]
     pub trusted_proxies: Option<String>,
+    /// Instances sharing one Redis: with Redis down, each admits ⌈limit ÷ this⌉ locally.
+    #[arg(long, env = "KEYVAULT_INSTANCES", default_value = "1", global = true)]
+    pub instances: String,
+    /// With Redis down, credits are refused (`closed`) or spent without counting (`open`).
+    #[arg(
+        long,
+        env = "KEYVAULT_CREDITS_FAIL_MODE",
+        default_value = "closed",
+        global = true
+    )]
+    pub credits_fail_mode: String,
 }
 
 #[derive(Debug, Subcommand)]

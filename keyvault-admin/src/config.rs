@@ -1,8 +1,13 @@
 //! Resolved configuration: what the flags and environment mean.
 
-use std::path::PathBuf;
-
 use ipnet::IpNet;
+use std::num::NonZeroU32;
+
+pub use keyvault::deploy::DatabaseUrl;
+use keyvault::{
+    deploy::RedisSettings,
+    redis::{FailMode, RedisCreditConfig, RedisLimiterConfig},
+};
 use keyvault_axum::TrustedProxies;
 use keyvault_core::KeyHasher;
 
@@ -11,69 +16,15 @@ use crate::{
     error::{Error, Result},
 };
 
-/// Where the data lives.
-#[derive(Clone, PartialEq, Eq)]
-pub enum DbUrl {
-    /// An SQLite file (created if missing).
-    Sqlite(PathBuf),
-    /// A PostgreSQL URL.
-    Postgres(String),
-}
-
-// The URL may hold a password: Debug shows only the kind.
-impl std::fmt::Debug for DbUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DbUrl::Sqlite(p) => write!(f, "Sqlite({})", p.display()),
-            DbUrl::Postgres(_) => f.write_str("Postgres(…)"),
-        }
-    }
-}
-
-impl DbUrl {
-    /// Parses `sqlite://PATH`, `sqlite:PATH`, `postgres://…` or `postgresql://…`.
-    pub fn parse(url: &str) -> Result<Self> {
-        let bad = || {
-            Error::input(
-                "DATABASE_URL",
-                "must start with sqlite://, postgres:// or postgresql://",
-            )
-        };
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(DbUrl::Postgres(url.to_owned()));
-        }
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(bad)?;
-        // Options after `?` are not ours to interpret; the path is what matters.
-        let path = path.split('?').next().unwrap_or_default();
-        if path.is_empty() || path == ":memory:" {
-            return Err(Error::input(
-                "DATABASE_URL",
-                "an SQLite URL needs a file path (sqlite://keyvault.db)",
-            ));
-        }
-        Ok(DbUrl::Sqlite(PathBuf::from(path)))
-    }
-
-    /// A label for logs (never the URL: it may carry a password).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DbUrl::Sqlite(_) => "sqlite",
-            DbUrl::Postgres(_) => "postgres",
-        }
-    }
-}
-
 /// The length below which `SECRET_KEY` is flagged as weak.
 pub(crate) const MIN_SECRET_KEY_BYTES: usize = 32;
 
 /// Everything the commands need from the flags and environment.
 #[derive(Clone)]
 pub struct Config {
-    pub(crate) db: DbUrl,
-    pub(crate) redis: Option<String>,
+    /// An SQLite file or PostgreSQL (the server never runs on an in-memory database).
+    pub(crate) db: DatabaseUrl,
+    pub(crate) redis: Option<RedisSettings>,
     pub(crate) secret_key: Option<String>,
     pub(crate) hasher: KeyHasher,
     /// Whose `X-Forwarded-For` is believed; `None`: nobody's.
@@ -84,7 +35,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("db", &self.db)
-            .field("redis", &self.redis.is_some())
+            .field("redis", &self.redis)
             .field("peppered", &self.hasher.is_peppered())
             .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
@@ -107,15 +58,23 @@ impl Config {
 
     /// The configuration the command line's global flags describe.
     pub fn from_args(g: &Global) -> Result<Self> {
-        let db = DbUrl::parse(g.database_url.trim())?;
+        let db = DatabaseUrl::parse(&g.database_url)?;
+        if let DatabaseUrl::Sqlite { path: None, .. } = db {
+            return Err(Error::input(
+                "DATABASE_URL",
+                "an SQLite URL needs a file path (sqlite://keyvault.db)",
+            ));
+        }
+        // Checked with or without Redis: a typo must not wait for the day Redis is added.
+        let (limiter, credits) = redis_behaviour(g)?;
         let redis = g
             .redis_url
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| {
-                if s.starts_with("redis://") || s.starts_with("rediss://") {
-                    Ok(s.to_owned())
+            .map(|url| {
+                if url.starts_with("redis://") || url.starts_with("rediss://") {
+                    Ok(RedisSettings::new(url).limiter(limiter).credits(credits))
                 } else {
                     Err(Error::input(
                         "REDIS_URL",
@@ -143,6 +102,28 @@ impl Config {
     }
 }
 
+/// What the limiter and the credit cache do while Redis is unreachable.
+fn redis_behaviour(g: &Global) -> Result<(RedisLimiterConfig, RedisCreditConfig)> {
+    let instances =
+        g.instances.trim().parse::<NonZeroU32>().map_err(|_| {
+            Error::input("KEYVAULT_INSTANCES", "must be a whole number, at least 1")
+        })?;
+    let credits_mode = match g.credits_fail_mode.as_str() {
+        "closed" => FailMode::Closed,
+        "open" => FailMode::Open,
+        _ => {
+            return Err(Error::input(
+                "KEYVAULT_CREDITS_FAIL_MODE",
+                "must be closed or open",
+            ));
+        }
+    };
+    Ok((
+        RedisLimiterConfig::default().instances(instances),
+        RedisCreditConfig::default().fail_mode(credits_mode),
+    ))
+}
+
 fn parse_proxies(text: &str) -> Result<Vec<IpNet>> {
     let items: Vec<&str> = text
         .split(',')
@@ -156,28 +137,6 @@ fn parse_proxies(text: &str) -> Result<Vec<IpNet>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_urls_name_their_backend() {
-        assert_eq!(
-            DbUrl::parse("sqlite://keyvault.db").unwrap(),
-            DbUrl::Sqlite("keyvault.db".into())
-        );
-        assert_eq!(
-            DbUrl::parse("sqlite:///tmp/x/kv.db?mode=rwc").unwrap(),
-            DbUrl::Sqlite("/tmp/x/kv.db".into())
-        );
-        assert!(matches!(
-            DbUrl::parse("postgres://u@h/db").unwrap(),
-            DbUrl::Postgres(_)
-        ));
-        assert!(matches!(
-            DbUrl::parse("postgresql://u@h/db").unwrap(),
-            DbUrl::Postgres(_)
-        ));
-        assert!(DbUrl::parse("mysql://x").is_err());
-        assert!(DbUrl::parse("sqlite://").is_err());
-    }
 
     #[test]
     fn proxies_are_cidrs() {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Role,
-    config::DbUrl,
+    config::DatabaseUrl,
     error::{Error, Result},
 };
 
@@ -132,12 +132,15 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 impl ServerDb {
     /// Connects to the database named by `url`.
-    pub(crate) async fn connect(url: &DbUrl) -> Result<Self> {
+    pub(crate) async fn connect(url: &DatabaseUrl) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let (conn, postgres, max) = match url {
             // `mode=rwc` creates the file; the backend has usually done so already.
-            DbUrl::Sqlite(path) => (format!("sqlite://{}?mode=rwc", path.display()), false, 4),
-            DbUrl::Postgres(u) => (u.clone(), true, 8),
+            DatabaseUrl::Sqlite { path, .. } => {
+                let path = path.as_deref().unwrap_or(std::path::Path::new(""));
+                (format!("sqlite://{}?mode=rwc", path.display()), false, 4)
+            }
+            DatabaseUrl::Postgres(u) => (u.clone(), true, 8),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)

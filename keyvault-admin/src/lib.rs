@@ -55,7 +55,7 @@ mod views;
 pub use admin::Admin;
 pub use app::{App, CreatedToken};
 pub use auth::Role;
-pub use config::{Config, DbUrl};
+pub use config::{Config, DatabaseUrl};
 pub use db::TokenRow;
 pub use error::{Code, Error, Problem, Result};
 pub use serve::{serve, shutdown_signal};

@@ -203,6 +203,16 @@ fn help_and_one_line_errors() {
         false,
     );
     o.assert_one_line_error("verifier is not an admin role");
+    for (var, value) in [
+        ("KEYVAULT_INSTANCES", "0"),
+        ("KEYVAULT_INSTANCES", "many"),
+        ("KEYVAULT_CREDITS_FAIL_MODE", "local"),
+        ("REDIS_URL", "http://127.0.0.1:6379"),
+    ] {
+        let o = env.clone().with(var, value).run(&["keys", "list"]);
+        o.assert_one_line_error(&format!("{var}={value}"));
+        assert!(o.stderr.contains(var), "{var}={value}: {}", o.stderr);
+    }
 
     let audit = env.run(&["audit", "verify"]);
     assert_eq!(audit.code, 0, "{}", audit.stderr);

@@ -61,6 +61,8 @@ async fn open(dir: &std::path::Path) -> Admin {
         secret_key: None,
         pepper: None,
         trusted_proxies: None,
+        instances: "1".into(),
+        credits_fail_mode: "closed".into(),
     })
     .unwrap();
     Admin::new(App::open(config).await.unwrap())

@@ -81,6 +81,8 @@ impl Settings {
             secret_key: self.secret_key.clone(),
             pepper: self.pepper.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
+            instances: "1".into(),
+            credits_fail_mode: "closed".into(),
         })
         .expect("test settings are valid")
     }

@@ -24,6 +24,8 @@ const CONTROLLED: &[&str] = &[
     "KEYVAULT_PEPPER",
     "KEYVAULT_TRUSTED_PROXIES",
     "KEYVAULT_LOG",
+    "KEYVAULT_INSTANCES",
+    "KEYVAULT_CREDITS_FAIL_MODE",
 ];
 
 /// One deployment's settings: a working directory and environment.
