@@ -37,6 +37,8 @@ pub struct App {
     pub(crate) kv: Keyvault,
     pub(crate) db: ServerDb,
     token_cache: Arc<TokenCache>,
+    /// The session-signing secret, settled once at open.
+    secret: Arc<str>,
 }
 
 /// A token just created: the only time its plaintext exists.
@@ -55,15 +57,15 @@ impl App {
         let db = ServerDb::connect(&config.db).await?;
         db.migrate().await?;
         let kv = backends.keyvault(&config)?;
-        let app = Self {
+        let secret = settle_secret(&config, &db).await?.into();
+        Ok(Self {
             config: Arc::new(config),
             backends,
             kv,
             db,
             token_cache: Arc::default(),
-        };
-        app.secret_key().await?;
-        Ok(app)
+            secret,
+        })
     }
 
     /// The keyvault this server manages: verify keys with it in the same process (a host's
@@ -81,18 +83,9 @@ impl App {
         Utc::now().trunc_subsecs(6)
     }
 
-    /// The session-signing secret: `SECRET_KEY`, or one generated once and kept in the
-    /// database so that every instance shares it.
-    pub(crate) async fn secret_key(&self) -> Result<String> {
-        if let Some(s) = &self.config.secret_key {
-            return Ok(s.clone());
-        }
-        let mut bytes = [0u8; 32];
-        SysRng
-            .try_fill_bytes(&mut bytes)
-            .map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
-        let fresh = KeyDigest::from_bytes(bytes).to_hex();
-        self.db.setting_or_insert(SECRET_KEY_SETTING, &fresh).await
+    /// The session-signing secret: `SECRET_KEY`, or the one generated for this database.
+    pub(crate) fn secret_key(&self) -> &str {
+        &self.secret
     }
 
     /// Appends one audit record; an error means it was not written.
@@ -391,6 +384,20 @@ impl App {
             .await?;
         Ok(user.filter(|_| ok))
     }
+}
+
+/// `SECRET_KEY`, or one generated once and kept in the database so that every instance
+/// shares it (the first instance to start stores it; the others read it).
+async fn settle_secret(config: &Config, db: &ServerDb) -> Result<String> {
+    if let Some(s) = &config.secret_key {
+        return Ok(s.clone());
+    }
+    let mut bytes = [0u8; 32];
+    SysRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    let fresh = KeyDigest::from_bytes(bytes).to_hex();
+    db.setting_or_insert(SECRET_KEY_SETTING, &fresh).await
 }
 
 fn check_username(name: &str) -> Result<()> {

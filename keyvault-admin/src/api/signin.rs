@@ -113,8 +113,8 @@ async fn session_user(st: &AppState, headers: &HeaderMap) -> Result<Option<UserR
     let Some((payload, sig)) = value.rsplit_once('.') else {
         return Ok(None);
     };
-    let secret = st.app.secret_key().await?;
-    let (Some(expected), Some(sig)) = (sign(&secret, payload), unhex(sig)) else {
+    let secret = st.app.secret_key();
+    let (Some(expected), Some(sig)) = (sign(secret, payload), unhex(sig)) else {
         return Ok(None);
     };
     if !bool::from(expected.ct_eq(&sig)) {
@@ -192,8 +192,7 @@ pub(crate) async fn login(
             login_page(&mount, Some("Wrong username or password.")),
         ));
     };
-    let secret = st.app.secret_key().await?;
-    let Some(value) = session_value(&secret, &user) else {
+    let Some(value) = session_value(st.app.secret_key(), &user) else {
         return Err(crate::error::Error::Internal(
             "session signing failed".into(),
         ));
