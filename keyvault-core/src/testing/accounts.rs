@@ -774,3 +774,183 @@ pub async fn account_mutations_are_audited_in_a_valid_chain(a: Accounts) {
         assert!(!text.contains(&secret));
     }
 }
+
+/// Audit atomicity on a database that can be made to refuse audit records: after `refuse`
+/// (a trigger that fails every insert into the audit table, say), every kind of mutation —
+/// a key create and update through [`crate::KeyStore::apply`], a user create and update, a
+/// token create and revoke, a setting put, a session create and end — returns an error and
+/// changes nothing. After `allow` (the trigger dropped), the same mutations succeed, so it was
+/// the refused audit record that stopped them.
+///
+/// Not part of [`accounts_suite!`](crate::accounts_suite): the in-memory store cannot be made
+/// to refuse. `b` and `a` must be the same database.
+pub async fn a_refused_audit_changes_nothing(
+    b: super::Backends,
+    a: Accounts,
+    refuse: impl Future<Output = ()>,
+    allow: impl Future<Output = ()>,
+) {
+    let kv = b.keyvault();
+    let who = Actor::named("conformance");
+    let key = kv
+        .create_key(crate::NewKey::new("kept"), &who)
+        .await
+        .unwrap()
+        .record;
+    let alice = user("alice", Role::Admin);
+    let bob = user("bob", Role::Viewer);
+    for u in [&alice, &bob] {
+        create_user(&a, u).await;
+    }
+    let bobs = session("bob", TimeDelta::hours(8));
+    create_session(&a, &bobs).await;
+    let t = token("ci");
+    create_token(&a, &t).await;
+    a.settings
+        .put_setting(
+            "retention_days",
+            "30",
+            &[event("setting.put", "retention_days")],
+        )
+        .await
+        .unwrap();
+    let audit_len = || {
+        let audit = a.audit.clone();
+        async move { audit.verify_chain().await.unwrap().checked }
+    };
+    let records = audit_len().await;
+
+    refuse.await;
+    let refused = |what: &str, r: crate::Result<()>| match r {
+        Err(Error::Backend(_)) => {}
+        other => panic!("{what} with its audit record refused: {other:?}"),
+    };
+    refused(
+        "a key create",
+        kv.create_key(crate::NewKey::new("refused"), &who)
+            .await
+            .map(drop),
+    );
+    refused(
+        "a key update",
+        kv.set_enabled(key.id, false, &who).await.map(drop),
+    );
+    let carol = user("carol", Role::Operator);
+    refused(
+        "a user create",
+        a.users
+            .create_user(&carol, &[event("user.create", "carol")])
+            .await,
+    );
+    let bob_changed = UserRecord {
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$salt$new".into(),
+        ..bob.clone()
+    };
+    refused("a user update", update_user(&a, &bob_changed).await);
+    let t2 = token("refused");
+    refused(
+        "a token create",
+        a.tokens
+            .create_token(&t2, &[event("token.create", "refused")])
+            .await,
+    );
+    refused(
+        "a token revoke",
+        a.tokens
+            .revoke_token(t.id, now(), &[event("token.revoke", "ci")])
+            .await
+            .map(drop),
+    );
+    refused(
+        "a setting put",
+        a.settings
+            .put_setting(
+                "retention_days",
+                "7",
+                &[event("setting.put", "retention_days")],
+            )
+            .await,
+    );
+    let new_session = session("bob", TimeDelta::hours(8));
+    refused(
+        "a session create",
+        a.sessions
+            .create_session(&new_session, &[event("session.create", "bob")])
+            .await,
+    );
+    refused(
+        "a session end",
+        a.sessions
+            .end_session(&bobs.digest, &[event("session.end", "bob")])
+            .await
+            .map(drop),
+    );
+    refused(
+        "ending a user's sessions",
+        a.sessions
+            .end_user_sessions("bob", &[event("session.end_all", "bob")])
+            .await
+            .map(drop),
+    );
+
+    // Nothing changed.
+    let listed = kv
+        .list_keys(&crate::KeyQuery {
+            limit: 10,
+            ..crate::KeyQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.items,
+        std::slice::from_ref(&key),
+        "no key created, none changed"
+    );
+    assert_eq!(b.store.get(key.id).await.unwrap(), Some(key.clone()));
+    assert_eq!(a.users.users().await.unwrap(), [alice, bob.clone()]);
+    assert!(live(&a, &bobs).await, "the refused update ended no session");
+    assert_eq!(
+        a.tokens.all_tokens().await.unwrap(),
+        std::slice::from_ref(&t)
+    );
+    assert_eq!(
+        a.settings
+            .setting("retention_days")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("30")
+    );
+    assert!(!live(&a, &new_session).await);
+    assert_eq!(audit_len().await, records);
+
+    // Allowed again, the same mutations go through.
+    allow.await;
+    kv.set_enabled(key.id, false, &who).await.unwrap();
+    a.users
+        .create_user(&carol, &[event("user.create", "carol")])
+        .await
+        .unwrap();
+    update_user(&a, &bob_changed).await.unwrap();
+    assert!(!live(&a, &bobs).await);
+    assert!(
+        a.tokens
+            .revoke_token(t.id, now(), &[event("token.revoke", "ci")])
+            .await
+            .unwrap()
+    );
+    a.settings
+        .put_setting(
+            "retention_days",
+            "7",
+            &[event("setting.put", "retention_days")],
+        )
+        .await
+        .unwrap();
+    a.sessions
+        .create_session(&new_session, &[event("session.create", "bob")])
+        .await
+        .unwrap();
+    assert_eq!(audit_len().await, records + 6);
+    assert_eq!(a.audit.verify_chain().await.unwrap().first_broken, None);
+}

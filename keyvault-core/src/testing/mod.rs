@@ -119,6 +119,8 @@ pub struct Accounts {
     pub leases: Arc<dyn LeaseStore>,
     /// Where the account mutations' audit events land.
     pub audit: Arc<dyn AuditLog>,
+    /// Whatever the stores need alive while the suite runs (a temporary directory).
+    guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -142,7 +144,15 @@ impl Accounts {
             settings: store.clone(),
             leases: store.clone(),
             audit: store,
+            guard: None,
         }
+    }
+
+    /// Keeps `guard` (a temporary directory holding the database) alive as long as these
+    /// stores.
+    pub fn keeping(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guard = Some(Arc::new(guard));
+        self
     }
 
     /// A fresh in-memory store.
