@@ -194,13 +194,7 @@ impl Database {
     /// The backend's error when it does not.
     pub async fn ping(&self) -> Result<()> {
         match self {
-            Database::Postgres(s) => {
-                sqlx::query("SELECT 1")
-                    .execute(s.pool())
-                    .await
-                    .map_err(|e| Error::backend("postgres", e))?;
-                Ok(())
-            }
+            Database::Postgres(s) => s.ping().await,
             Database::Sqlite(s) => s.ping().await,
         }
     }

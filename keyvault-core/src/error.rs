@@ -68,11 +68,18 @@ impl BackendError {
 
 /// What kind of thing an id named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Entity {
     /// A key.
     Key,
-    /// An API token or another record kept by a host.
+    /// A record kept by a host.
     Record,
+    /// A user account (by username).
+    User,
+    /// An API token.
+    Token,
+    /// A signed-in session.
+    Session,
 }
 
 impl fmt::Display for Entity {
@@ -80,6 +87,9 @@ impl fmt::Display for Entity {
         f.write_str(match self {
             Entity::Key => "key",
             Entity::Record => "record",
+            Entity::User => "user",
+            Entity::Token => "token",
+            Entity::Session => "session",
         })
     }
 }
@@ -120,6 +130,14 @@ impl Error {
     pub fn key_not_found(id: impl fmt::Display) -> Self {
         Error::NotFound {
             entity: Entity::Key,
+            id: id.to_string(),
+        }
+    }
+
+    /// No `entity` has this id (a key id, a username, a token id…).
+    pub fn not_found(entity: Entity, id: impl fmt::Display) -> Self {
+        Error::NotFound {
+            entity,
             id: id.to_string(),
         }
     }

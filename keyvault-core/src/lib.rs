@@ -33,10 +33,16 @@
 //! | [`UsageSink`] / [`UsageQuery`] | usage events in, statistics out | memory, PostgreSQL, SQLite |
 //! | [`AuditLog`] | hash-chained audit records | memory, PostgreSQL, SQLite |
 //! | [`ChangeBus`] | cache invalidation between instances | memory, Redis, PostgreSQL |
+//! | [`UserStore`] | dashboard users, audited in one transaction; the last enabled admin stays | memory, PostgreSQL, SQLite |
+//! | [`TokenStore`] | API tokens (digests only), audited in one transaction | memory, PostgreSQL, SQLite |
+//! | [`SessionStore`] | dashboard sessions (digests of cookies), ended when credentials change | memory, PostgreSQL, SQLite |
+//! | [`SettingStore`] | named settings, the generated session secret among them | memory, PostgreSQL, SQLite |
+//! | [`LeaseStore`] | one holder at a time for background jobs, lapsing when it dies | memory, PostgreSQL, SQLite |
 //!
 //! ## Feature flags
-//! - `testing`: the backend conformance suite (`conformance_suite!`).
+//! - `testing`: the backend conformance suites (`conformance_suite!`, `accounts_suite!`).
 
+mod accounts;
 mod audit;
 mod cache;
 mod changes;
@@ -60,6 +66,10 @@ mod vault;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use accounts::{
+    LeaseStore, Need, Role, SECRET_KEY_SETTING, SessionRecord, SessionStore, SettingStore,
+    TokenRecord, TokenStore, UserRecord, UserStore,
+};
 pub use audit::{
     Actor, AuditEvent, AuditLog, AuditOutcome, AuditQuery, AuditRecord, ChainReport, ChainVerifier,
     GENESIS_HASH, chain_hash, hex as hash_hex, link as link_audit,

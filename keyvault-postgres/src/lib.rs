@@ -1,8 +1,9 @@
 //! # keyvault-postgres
 //!
 //! keyvault's durable backend on PostgreSQL 12+ (sqlx): [`PgStore`] keeps keys, credit
-//! balances, the hash-chained audit log and usage statistics; [`PgChangeBus`] tells every
-//! instance on the same database about key changes with `LISTEN/NOTIFY`.
+//! balances, the hash-chained audit log, usage statistics and the server's accounts (users,
+//! API tokens, sessions, settings, job leases); [`PgChangeBus`] tells every instance on the
+//! same database about key changes with `LISTEN/NOTIFY`.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -25,7 +26,10 @@
 //!
 //! ## Guarantees
 //! - A key mutation and its audit records commit in one transaction; the chain's tail is
-//!   locked inside it, so concurrent writers link one after the other.
+//!   locked inside it, so concurrent writers link one after the other. Account mutations
+//!   (users, tokens, sessions, settings) commit with their audit records the same way.
+//! - The last enabled admin stays: user updates take turns on a table lock (reads do not
+//!   wait), so two admins demoting each other at once cannot both succeed.
 //! - A credit spend is one conditional `INSERT … ON CONFLICT DO UPDATE`: the refill, the check
 //!   and the subtraction happen in one row update, exact with any number of instances.
 //! - Usage batches are written in one transaction that inserts the raw events (binary `COPY`
@@ -37,6 +41,7 @@
 //! - Every number in a key record is stored exactly (`bigint` holds every value up to 2⁶³−1;
 //!   CONTRACT bounds stop at 2⁵³−1).
 
+mod accounts;
 mod audit;
 mod bus;
 mod credits;
@@ -58,6 +63,10 @@ pub const MIGRATIONS_TABLE: &str = "kv_schema_migrations";
 
 /// keyvault's tables, indexes and rollups in PostgreSQL, over a connection pool. Cloning is
 /// cheap (the pool is shared).
+///
+/// It implements `KeyStore`, `CreditStore`, `AuditLog`, `UsageSink`, `UsageQuery` and the
+/// account traits `UserStore`, `TokenStore`, `SessionStore`, `SettingStore` and `LeaseStore`
+/// of keyvault-core.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -85,6 +94,15 @@ impl PgStore {
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Checks that the database answers (readiness probes).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db)
     }
 
     /// Creates or upgrades keyvault's tables. Safe to run from several instances at once

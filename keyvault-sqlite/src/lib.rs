@@ -1,9 +1,10 @@
 //! # keyvault-sqlite
 //!
-//! keyvault's embedded backend: keys, credit balances, the hash-chained audit log and usage
-//! statistics in one SQLite file, with no server to run. It is the standalone server's
-//! zero-config default (`DATABASE_URL` unset means `sqlite://keyvault.db`), and a complete
-//! backend for any single-node deployment.
+//! keyvault's embedded backend: keys, credit balances, the hash-chained audit log, usage
+//! statistics and the server's accounts (users, API tokens, sessions, settings, job leases)
+//! in one SQLite file, with no server to run. It is the standalone server's zero-config
+//! default (`DATABASE_URL` unset means `sqlite://keyvault.db`), and a complete backend for
+//! any single-node deployment.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -41,6 +42,7 @@
 //! | keyvault-core trait | type |
 //! |---|---|
 //! | `KeyStore`, `CreditStore`, `AuditLog`, `UsageSink`, `UsageQuery` | [`SqliteStore`] |
+//! | `UserStore`, `TokenStore`, `SessionStore`, `SettingStore`, `LeaseStore` | [`SqliteStore`] |
 //! | `ChangeBus` | [`SqliteChangeBus`] |
 //!
 //! Rate limits stay in process (`keyvault_core::memory::MemoryRateLimiter`) or in Redis.
@@ -48,6 +50,7 @@
 //! ## Feature flags
 //! None.
 
+mod accounts;
 mod audit;
 mod changes;
 mod codec;

@@ -79,11 +79,15 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections in the pool: readers run in parallel under WAL; writers take turns.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4;
 
-/// keyvault's SQLite backend: keys, credits, the audit log and usage in one database file.
+/// keyvault's SQLite backend: keys, credits, the audit log, usage and accounts in one
+/// database file.
 ///
 /// It implements [`KeyStore`](keyvault_core::KeyStore), [`CreditStore`](keyvault_core::CreditStore),
-/// [`AuditLog`](keyvault_core::AuditLog), [`UsageSink`](keyvault_core::UsageSink) and
-/// [`UsageQuery`](keyvault_core::UsageQuery). Clones share one pool.
+/// [`AuditLog`](keyvault_core::AuditLog), [`UsageSink`](keyvault_core::UsageSink),
+/// [`UsageQuery`](keyvault_core::UsageQuery), and the account traits
+/// [`UserStore`](keyvault_core::UserStore), [`TokenStore`](keyvault_core::TokenStore),
+/// [`SessionStore`](keyvault_core::SessionStore), [`SettingStore`](keyvault_core::SettingStore)
+/// and [`LeaseStore`](keyvault_core::LeaseStore). Clones share one pool.
 ///
 /// Several processes may open the same file at once (the server and the CLI): the database
 /// runs in WAL mode, so readers never wait, and every write transaction starts with

@@ -2,6 +2,7 @@
 //! single-process applications (nothing survives a restart). A long-running process records
 //! usage into [`MemoryUsage`], whose size does not grow with traffic.
 
+mod accounts;
 mod bus;
 mod limiter;
 mod store;

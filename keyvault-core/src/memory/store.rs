@@ -19,9 +19,10 @@ use crate::{
     },
 };
 
-/// Keys, credit balances, the audit log and usage in process memory.
+/// Keys, credit balances, the audit log, usage and accounts (users, API tokens, sessions,
+/// settings, leases) in process memory.
 ///
-/// One lock guards keys, balances and the audit log together, so a mutation and its audit
+/// One lock guards keys, accounts and the audit log together, so a mutation and its audit
 /// record are one step, as a database transaction makes them elsewhere.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -31,10 +32,11 @@ pub struct MemoryStore {
 }
 
 #[derive(Debug, Default)]
-struct State {
+pub(super) struct State {
     keys: BTreeMap<KeyId, KeyRecord>,
     by_digest: HashMap<KeyDigest, KeyId>,
     audit: Vec<AuditRecord>,
+    pub(super) accounts: super::accounts::Accounts,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +88,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -105,6 +107,14 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Links `events` after the last record and appends them. Callers have checked that the
+    /// change they record can be made: nothing fails after this.
+    pub(super) fn append_audit(&mut self, events: &[AuditEvent]) {
+        let last = self.audit.last().map(|r| (r.seq, hash_bytes(&r.hash)));
+        let records = link(last, events);
+        self.audit.extend(records);
+    }
+
     fn check(&self, writes: &[KeyWrite]) -> Result<()> {
         // Validate the whole batch before touching anything: all or nothing.
         let mut inserted = HashSet::new();
@@ -186,9 +196,7 @@ impl KeyStore for MemoryStore {
                 }
             }
         }
-        let last = st.audit.last().map(|r| (r.seq, hash_bytes(&r.hash)));
-        let records = link(last, audit);
-        st.audit.extend(records);
+        st.append_audit(audit);
         Ok(())
     }
 
@@ -315,10 +323,7 @@ impl CreditStore for MemoryStore {
 #[async_trait]
 impl AuditLog for MemoryStore {
     async fn append(&self, events: &[AuditEvent]) -> Result<()> {
-        let mut st = self.state();
-        let last = st.audit.last().map(|r| (r.seq, hash_bytes(&r.hash)));
-        let records = link(last, events);
-        st.audit.extend(records);
+        self.state().append_audit(events);
         Ok(())
     }
 

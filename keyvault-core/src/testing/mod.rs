@@ -12,14 +12,24 @@
 //! async fn pg(pool: sqlx::PgPool) -> Backends { /* … */ }
 //! keyvault_core::conformance_suite!(#[sqlx::test(migrations = false)], setup = pg, args = (pool: sqlx::PgPool));
 //! ```
+//!
+//! The account traits ([`UserStore`], [`TokenStore`], [`SessionStore`], [`SettingStore`],
+//! [`LeaseStore`]) have a suite of their own, [`accounts_suite!`](crate::accounts_suite), whose
+//! setup returns fresh [`Accounts`]:
+//!
+//! ```text
+//! async fn accounts() -> keyvault_core::testing::Accounts { Accounts::of(Arc::new(store)) }
+//! keyvault_core::accounts_suite!(#[tokio::test], setup = accounts);
+//! ```
 
+pub mod accounts;
 pub mod cases;
 
 use std::sync::Arc;
 
 use crate::{
-    AuditLog, ChangeBus, CreditStore, FakeClock, KeyStore, Keyvault, KeyvaultBuilder, RateLimiter,
-    UsageQuery, UsageSink,
+    AuditLog, ChangeBus, CreditStore, FakeClock, KeyStore, Keyvault, KeyvaultBuilder, LeaseStore,
+    RateLimiter, SessionStore, SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
 };
 
 /// One isolated set of backends under test.
@@ -93,12 +103,70 @@ impl Backends {
     }
 }
 
+/// The account stores under test, and the audit log their mutations land in. Every field
+/// may be the same store.
+#[derive(Clone)]
+pub struct Accounts {
+    /// Dashboard users.
+    pub users: Arc<dyn UserStore>,
+    /// API tokens.
+    pub tokens: Arc<dyn TokenStore>,
+    /// Dashboard sessions.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Settings.
+    pub settings: Arc<dyn SettingStore>,
+    /// Leases.
+    pub leases: Arc<dyn LeaseStore>,
+    /// Where the account mutations' audit events land.
+    pub audit: Arc<dyn AuditLog>,
+    /// Whatever the stores need alive while the suite runs (a temporary directory).
+    guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts")
+            .field("users", &self.users)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Accounts {
+    /// Every role played by one store (what each backend offers).
+    pub fn of<S>(store: Arc<S>) -> Self
+    where
+        S: UserStore + TokenStore + SessionStore + SettingStore + LeaseStore + AuditLog + 'static,
+    {
+        Self {
+            users: store.clone(),
+            tokens: store.clone(),
+            sessions: store.clone(),
+            settings: store.clone(),
+            leases: store.clone(),
+            audit: store,
+            guard: None,
+        }
+    }
+
+    /// Keeps `guard` (a temporary directory holding the database) alive as long as these
+    /// stores.
+    pub fn keeping(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guard = Some(Arc::new(guard));
+        self
+    }
+
+    /// A fresh in-memory store.
+    pub fn memory() -> Self {
+        Self::of(Arc::new(crate::memory::MemoryStore::new()))
+    }
+}
+
 /// Runs every conformance case as a test. See the [module docs](crate::testing).
 #[macro_export]
 macro_rules! conformance_suite {
     (#[$attr:meta] $(#[$more:meta])*, setup = $setup:path $(, args = ($($arg:ident : $ty:ty),* $(,)?))? $(,)?) => {
         $crate::__conformance_cases! {
-            [#[$attr] $(#[$more])*] $setup [$($($arg : $ty),*)?]
+            cases [#[$attr] $(#[$more])*] $setup [$($($arg : $ty),*)?]
             verifies_created_keys_and_rejects_unknown_ones,
             disabled_keys_answer_disabled_until_enabled,
             expired_keys_answer_expired,
@@ -129,23 +197,46 @@ macro_rules! conformance_suite {
     };
 }
 
+/// Runs every account conformance case ([`accounts`]) as a test, with a setup that returns
+/// fresh [`Accounts`]. See the [module docs](crate::testing).
+#[macro_export]
+macro_rules! accounts_suite {
+    (#[$attr:meta] $(#[$more:meta])*, setup = $setup:path $(, args = ($($arg:ident : $ty:ty),* $(,)?))? $(,)?) => {
+        $crate::__conformance_cases! {
+            accounts [#[$attr] $(#[$more])*] $setup [$($($arg : $ty),*)?]
+            users_are_created_once_and_listed_by_name,
+            updates_replace_the_mutable_fields_only,
+            the_last_enabled_admin_is_neither_disabled_nor_demoted,
+            credential_changes_end_that_users_sessions_only,
+            tokens_are_unique_and_found_by_id_and_digest,
+            revoking_twice_writes_one_record,
+            token_listing_pages_newest_first_without_revoked,
+            sessions_are_found_ended_and_purged,
+            sessions_need_an_enabled_user,
+            the_first_setting_written_wins,
+            leases_are_exclusive_renewable_and_lapse,
+            account_mutations_are_audited_in_a_valid_chain,
+        }
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {
-    ($attrs:tt $setup:path [$($args:tt)*] $(,)?) => {};
-    ($attrs:tt $setup:path [$($args:tt)*] $case:ident $(, $rest:ident)* $(,)?) => {
-        $crate::__conformance_case!($attrs $setup [$($args)*] $case);
-        $crate::__conformance_cases!($attrs $setup [$($args)*] $($rest),*);
+    ($module:ident $attrs:tt $setup:path [$($args:tt)*] $(,)?) => {};
+    ($module:ident $attrs:tt $setup:path [$($args:tt)*] $case:ident $(, $rest:ident)* $(,)?) => {
+        $crate::__conformance_case!($module $attrs $setup [$($args)*] $case);
+        $crate::__conformance_cases!($module $attrs $setup [$($args)*] $($rest),*);
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_case {
-    ([$($attr:tt)*] $setup:path [$($arg:ident : $ty:ty),*] $case:ident) => {
+    ($module:ident [$($attr:tt)*] $setup:path [$($arg:ident : $ty:ty),*] $case:ident) => {
         $($attr)*
         async fn $case($($arg: $ty),*) {
-            $crate::testing::cases::$case($setup($($arg),*).await).await;
+            $crate::testing::$module::$case($setup($($arg),*).await).await;
         }
     };
 }

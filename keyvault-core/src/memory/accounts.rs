@@ -1,0 +1,313 @@
+//! The account traits on [`MemoryStore`]: the reference semantics every backend's
+//! conformance run matches. Each mutation checks everything under the state lock before it
+//! changes anything, then changes and appends its audit events in the same critical section.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{
+    accounts::{
+        LeaseStore, SessionRecord, SessionStore, SettingStore, TokenRecord, TokenStore, UserRecord,
+        UserStore,
+    },
+    audit::AuditEvent,
+    digest::KeyDigest,
+    error::{Entity, Error, Result},
+    memory::MemoryStore,
+    store::Page,
+};
+
+/// The accounts part of the store's state (guarded by the same lock as the audit log).
+#[derive(Debug, Default)]
+pub(super) struct Accounts {
+    users: BTreeMap<String, UserRecord>,
+    tokens: BTreeMap<Uuid, TokenRecord>,
+    token_ids: HashMap<KeyDigest, Uuid>,
+    sessions: HashMap<KeyDigest, SessionRecord>,
+    settings: BTreeMap<String, String>,
+    leases: HashMap<String, Lease>,
+}
+
+#[derive(Debug)]
+struct Lease {
+    holder: String,
+    expires_at: DateTime<Utc>,
+}
+
+impl Accounts {
+    fn end_sessions_of(&mut self, username: &str) -> u64 {
+        let before = self.sessions.len();
+        self.sessions.retain(|_, s| s.username != username);
+        (before - self.sessions.len()) as u64
+    }
+}
+
+/// The refusal every store gives for the last enabled admin.
+fn last_admin(username: &str) -> Error {
+    Error::Conflict(format!(
+        "user {username:?} is the last enabled admin: enable or promote another admin first"
+    ))
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn create_user(&self, user: &UserRecord, audit: &[AuditEvent]) -> Result<()> {
+        let mut st = self.state();
+        if st.accounts.users.contains_key(&user.username) {
+            return Err(Error::Conflict(format!(
+                "user {:?} already exists",
+                user.username
+            )));
+        }
+        st.accounts
+            .users
+            .insert(user.username.clone(), user.clone());
+        st.append_audit(audit);
+        Ok(())
+    }
+
+    async fn update_user(&self, user: &UserRecord, audit: &[AuditEvent]) -> Result<()> {
+        let mut st = self.state();
+        let accounts = &mut st.accounts;
+        let Some(stored) = accounts.users.get(&user.username) else {
+            return Err(Error::not_found(Entity::User, &user.username));
+        };
+        if stored.is_enabled_admin()
+            && !user.is_enabled_admin()
+            && !accounts
+                .users
+                .values()
+                .any(|u| u.username != user.username && u.is_enabled_admin())
+        {
+            return Err(last_admin(&user.username));
+        }
+        let ends_sessions = stored.credentials_differ(user);
+        let next = UserRecord {
+            created_at: stored.created_at,
+            ..user.clone()
+        };
+        accounts.users.insert(next.username.clone(), next);
+        if ends_sessions {
+            accounts.end_sessions_of(&user.username);
+        }
+        st.append_audit(audit);
+        Ok(())
+    }
+
+    async fn user(&self, username: &str) -> Result<Option<UserRecord>> {
+        Ok(self.state().accounts.users.get(username).cloned())
+    }
+
+    async fn users(&self) -> Result<Vec<UserRecord>> {
+        Ok(self.state().accounts.users.values().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryStore {
+    async fn create_token(&self, token: &TokenRecord, audit: &[AuditEvent]) -> Result<()> {
+        let mut st = self.state();
+        let accounts = &mut st.accounts;
+        if accounts.tokens.contains_key(&token.id) || accounts.token_ids.contains_key(&token.digest)
+        {
+            return Err(Error::Conflict(format!(
+                "token {} already exists",
+                token.id
+            )));
+        }
+        accounts.token_ids.insert(token.digest, token.id);
+        accounts.tokens.insert(token.id, token.clone());
+        st.append_audit(audit);
+        Ok(())
+    }
+
+    async fn revoke_token(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &[AuditEvent],
+    ) -> Result<bool> {
+        let mut st = self.state();
+        match st.accounts.tokens.get_mut(&id) {
+            Some(t) if t.revoked_at.is_none() => t.revoked_at = Some(at),
+            _ => return Ok(false),
+        }
+        st.append_audit(audit);
+        Ok(true)
+    }
+
+    async fn token(&self, id: Uuid) -> Result<Option<TokenRecord>> {
+        Ok(self.state().accounts.tokens.get(&id).cloned())
+    }
+
+    async fn token_by_digest(&self, digest: &KeyDigest) -> Result<Option<TokenRecord>> {
+        let st = self.state();
+        Ok(st
+            .accounts
+            .token_ids
+            .get(digest)
+            .and_then(|id| st.accounts.tokens.get(id))
+            .cloned())
+    }
+
+    async fn list_tokens(&self, before: Option<Uuid>, limit: usize) -> Result<Page<TokenRecord>> {
+        let st = self.state();
+        let mut items: Vec<TokenRecord> = st
+            .accounts
+            .tokens
+            .values()
+            .rev()
+            .filter(|t| t.revoked_at.is_none() && before.is_none_or(|b| t.id < b))
+            .take(limit.saturating_add(1))
+            .cloned()
+            .collect();
+        let has_more = items.len() > limit;
+        items.truncate(limit);
+        Ok(Page { items, has_more })
+    }
+
+    async fn all_tokens(&self) -> Result<Vec<TokenRecord>> {
+        Ok(self.state().accounts.tokens.values().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create_session(&self, session: &SessionRecord, audit: &[AuditEvent]) -> Result<()> {
+        let mut st = self.state();
+        let accounts = &mut st.accounts;
+        match accounts.users.get(&session.username) {
+            None => return Err(Error::not_found(Entity::User, &session.username)),
+            Some(u) if !u.enabled => {
+                return Err(Error::Conflict(format!(
+                    "user {:?} is disabled",
+                    session.username
+                )));
+            }
+            Some(_) => {}
+        }
+        if accounts.sessions.contains_key(&session.digest) {
+            return Err(Error::Conflict("the session exists already".into()));
+        }
+        accounts.sessions.insert(session.digest, session.clone());
+        st.append_audit(audit);
+        Ok(())
+    }
+
+    async fn session(&self, digest: &KeyDigest) -> Result<Option<SessionRecord>> {
+        Ok(self.state().accounts.sessions.get(digest).cloned())
+    }
+
+    async fn end_session(&self, digest: &KeyDigest, audit: &[AuditEvent]) -> Result<bool> {
+        let mut st = self.state();
+        if st.accounts.sessions.remove(digest).is_none() {
+            return Ok(false);
+        }
+        st.append_audit(audit);
+        Ok(true)
+    }
+
+    async fn end_user_sessions(&self, username: &str, audit: &[AuditEvent]) -> Result<u64> {
+        let mut st = self.state();
+        let ended = st.accounts.end_sessions_of(username);
+        if ended > 0 {
+            st.append_audit(audit);
+        }
+        Ok(ended)
+    }
+
+    async fn purge_sessions(&self, expired_before: DateTime<Utc>) -> Result<u64> {
+        let mut st = self.state();
+        let before = st.accounts.sessions.len();
+        st.accounts
+            .sessions
+            .retain(|_, s| s.expires_at > expired_before);
+        Ok((before - st.accounts.sessions.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl SettingStore for MemoryStore {
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.state().accounts.settings.get(name).cloned())
+    }
+
+    async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String> {
+        let mut st = self.state();
+        Ok(st
+            .accounts
+            .settings
+            .entry(name.to_owned())
+            .or_insert_with(|| value.to_owned())
+            .clone())
+    }
+
+    async fn put_setting(&self, name: &str, value: &str, audit: &[AuditEvent]) -> Result<()> {
+        let mut st = self.state();
+        st.accounts
+            .settings
+            .insert(name.to_owned(), value.to_owned());
+        st.append_audit(audit);
+        Ok(())
+    }
+
+    async fn settings(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .state()
+            .accounts
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// The check every store makes before touching a lease.
+fn check_lease_times(now: DateTime<Utc>, until: DateTime<Utc>) -> Result<()> {
+    if until <= now {
+        return Err(Error::invalid("until", "must be after now"));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        check_lease_times(now, until)?;
+        let mut st = self.state();
+        let leases = &mut st.accounts.leases;
+        if let Some(l) = leases.get(name)
+            && l.holder != holder
+            && l.expires_at > now
+        {
+            return Ok(false);
+        }
+        leases.insert(
+            name.to_owned(),
+            Lease {
+                holder: holder.to_owned(),
+                expires_at: until,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool> {
+        let mut st = self.state();
+        let leases = &mut st.accounts.leases;
+        if leases.get(name).is_some_and(|l| l.holder == holder) {
+            leases.remove(name);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}

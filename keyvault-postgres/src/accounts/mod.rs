@@ -1,0 +1,26 @@
+//! The account traits of keyvault-core on PostgreSQL. Every mutation runs in one transaction
+//! with its audit records ([`append_in`](crate::audit::append_in)); the checks it makes take
+//! the locks that keep concurrent transactions from racing past them.
+
+mod leases;
+mod sessions;
+mod settings;
+mod tokens;
+mod users;
+
+use keyvault_core::{KeyDigest, Result, Role};
+
+use crate::corrupt;
+
+/// Whether a failed statement broke a UNIQUE or PRIMARY KEY constraint.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn role(text: &str, column: &str) -> Result<Role> {
+    text.parse().map_err(|e| corrupt(column, e))
+}
+
+fn digest(bytes: &[u8], column: &str) -> Result<KeyDigest> {
+    KeyDigest::from_slice(bytes).map_err(|e| corrupt(column, e))
+}
