@@ -26,7 +26,8 @@ use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use keyvault_core::{
     AuditLog, CacheConfig, ChangeBus, CreditStore, Error, FanOutBus, KeyHasher, KeyStore,
-    KeyvaultBuilder, RateLimiter, Result, UsageQuery, UsageSink,
+    KeyvaultBuilder, LeaseStore, RateLimiter, Result, SessionStore, SettingStore, TokenStore,
+    UsageQuery, UsageSink, UserStore,
 };
 use keyvault_postgres::{PgChangeBus, PgStore};
 use keyvault_redis::{
@@ -214,6 +215,16 @@ pub struct Durable {
     pub usage: Arc<dyn UsageSink>,
     /// Statistics over them.
     pub stats: Arc<dyn UsageQuery>,
+    /// The server's dashboard users.
+    pub users: Arc<dyn UserStore>,
+    /// The server's API tokens.
+    pub tokens: Arc<dyn TokenStore>,
+    /// Dashboard sessions.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Settings shared by every instance (the generated session secret).
+    pub settings: Arc<dyn SettingStore>,
+    /// Leases that let one instance at a time run a background job.
+    pub leases: Arc<dyn LeaseStore>,
     /// Changes announced through the database (the only bus without Redis).
     pub bus: Arc<dyn ChangeBus>,
     database: Database,
@@ -268,14 +279,29 @@ impl Durable {
 
     fn over<S>(s: Arc<S>, database: Database, bus: Arc<dyn ChangeBus>) -> Self
     where
-        S: KeyStore + CreditStore + AuditLog + UsageSink + UsageQuery + 'static,
+        S: KeyStore
+            + CreditStore
+            + AuditLog
+            + UsageSink
+            + UsageQuery
+            + UserStore
+            + TokenStore
+            + SessionStore
+            + SettingStore
+            + LeaseStore
+            + 'static,
     {
         Self {
             store: s.clone(),
             credits: s.clone(),
             audit: s.clone(),
             usage: s.clone(),
-            stats: s,
+            stats: s.clone(),
+            users: s.clone(),
+            tokens: s.clone(),
+            sessions: s.clone(),
+            settings: s.clone(),
+            leases: s,
             bus,
             database,
         }

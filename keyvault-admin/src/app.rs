@@ -1,14 +1,13 @@
 //! What every command and the server share: configuration, backends, the `Keyvault`, the
 //! server's tables, and the audited operations on API tokens and admin users.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use keyvault_core::{Actor, AuditEvent, AuditOutcome, KeyDigest, Keyvault};
+use keyvault_core::{
+    Actor, AuditEvent, AuditOutcome, Error as CoreError, KeyDigest, Keyvault, SECRET_KEY_SETTING,
+    SettingStore, TokenRecord, TokenStore, UserRecord,
+};
 use rand::{TryRng, rngs::SysRng};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -17,17 +16,10 @@ use crate::{
     auth::{self, NewToken, Role},
     backends::Backends,
     config::Config,
-    db::{SECRET_KEY_SETTING, ServerDb, TokenRow, UserRow},
     error::{Error, Result},
 };
 
-/// How long a token lookup is trusted: a revocation made anywhere is honoured within it.
-const TOKEN_CACHE_TTL: Duration = Duration::from_millis(500);
-const TOKEN_CACHE_MAX: usize = 10_000;
 const MAX_TOKEN_NAME: usize = 200;
-
-/// Token lookups by digest, with when they were made.
-type TokenCache = Mutex<HashMap<[u8; 32], (Option<TokenRow>, Instant)>>;
 
 /// The process's shared state.
 #[derive(Debug, Clone)]
@@ -35,8 +27,6 @@ pub struct App {
     pub(crate) config: Arc<Config>,
     pub(crate) backends: Backends,
     pub(crate) kv: Keyvault,
-    pub(crate) db: ServerDb,
-    token_cache: Arc<TokenCache>,
     /// The session-signing secret, settled once at open.
     secret: Arc<str>,
 }
@@ -44,8 +34,8 @@ pub struct App {
 /// A token just created: the only time its plaintext exists.
 #[derive(Debug)]
 pub struct CreatedToken {
-    /// The token as stored (no secret).
-    pub row: TokenRow,
+    /// The token as stored (its digest, never its plaintext).
+    pub record: TokenRecord,
     /// The token itself: hand it to its holder once.
     pub token: keyvault_core::ApiKey,
 }
@@ -54,16 +44,14 @@ impl App {
     /// Opens the backends and the server's tables, applying every migration.
     pub async fn open(config: Config) -> Result<Self> {
         let backends = Backends::open(&config).await?;
-        let db = ServerDb::connect(&config.db).await?;
-        db.migrate().await?;
         let kv = backends.keyvault(&config)?;
-        let secret = settle_secret(&config, &db).await?.into();
+        let secret = settle_secret(&config, backends.settings.as_ref())
+            .await?
+            .into();
         Ok(Self {
             config: Arc::new(config),
             backends,
             kv,
-            db,
-            token_cache: Arc::default(),
             secret,
         })
     }
@@ -76,7 +64,8 @@ impl App {
 
     /// Whether neither an API token nor an admin user exists (a fresh deployment).
     pub(crate) async fn no_credentials_yet(&self) -> Result<bool> {
-        Ok(self.db.tokens(None, 1).await?.is_empty() && self.db.users().await?.is_empty())
+        let tokens = self.backends.tokens.list_tokens(None, 1).await?;
+        Ok(tokens.items.is_empty() && self.backends.users.users().await?.is_empty())
     }
 
     pub(crate) fn now() -> DateTime<Utc> {
@@ -100,6 +89,18 @@ impl App {
         let ev = AuditEvent::new(Self::now(), actor, action, target, outcome, details);
         self.backends.audit.append(&[ev]).await?;
         Ok(())
+    }
+
+    /// The record of a successful mutation, written by the store with the change itself.
+    fn success(actor: &Actor, action: &str, target: &str, details: Value) -> AuditEvent {
+        AuditEvent::new(
+            Self::now(),
+            actor,
+            action,
+            Some(target.to_owned()),
+            AuditOutcome::Success,
+            details,
+        )
     }
 
     /// Records a refused attempt (best effort: it changed nothing) and returns `err`.
@@ -146,98 +147,53 @@ impl App {
             return Err(self.refused(actor, action, None, e).await);
         }
         let new = NewToken::generate(&self.config.hasher)?;
-        let row = TokenRow {
+        let record = TokenRecord {
             id: Uuid::now_v7(),
             name: name.to_owned(),
             role,
             start: new.start.clone(),
+            digest: new.digest,
             created_at: now,
             expires_at: expires_at.map(|t| t.trunc_subsecs(6)),
             revoked_at: None,
             created_by: actor.name.clone(),
         };
-        self.db.insert_token(&row, &new.digest.to_hex()).await?;
-        let details = json!({ "name": row.name, "role": role.as_str(), "start": row.start });
-        if let Err(e) = self
-            .audit(
-                actor,
-                action,
-                Some(row.id.to_string()),
-                AuditOutcome::Success,
-                details,
-            )
-            .await
-        {
-            // No record, no token.
-            self.db.delete_token(row.id).await?;
-            return Err(e);
-        }
+        let details = json!({ "name": record.name, "role": role.as_str(), "start": record.start });
+        let event = Self::success(actor, action, &record.id.to_string(), details);
+        self.backends.tokens.create_token(&record, &[event]).await?;
         Ok(CreatedToken {
-            row,
+            record,
             token: new.token,
         })
     }
 
     /// Revokes a token (404 when unknown or already revoked).
-    pub(crate) async fn revoke_token(&self, id_text: &str, actor: &Actor) -> Result<()> {
+    pub async fn revoke_token(&self, id_text: &str, actor: &Actor) -> Result<()> {
         let action = "token.revoke";
         let Ok(id) = Uuid::parse_str(id_text) else {
             let e = Error::NotFound(format!("token {id_text:?}"));
             return Err(self.refused(actor, action, None, e).await);
         };
-        if !self.db.revoke_token(id, Self::now()).await? {
+        let event = Self::success(actor, action, &id.to_string(), json!({}));
+        if !self
+            .backends
+            .tokens
+            .revoke_token(id, Self::now(), &[event])
+            .await?
+        {
             let e = Error::NotFound(format!("token {id}"));
             return Err(self.refused(actor, action, Some(id.to_string()), e).await);
         }
-        if let Err(e) = self
-            .audit(
-                actor,
-                action,
-                Some(id.to_string()),
-                AuditOutcome::Success,
-                json!({}),
-            )
-            .await
-        {
-            self.db.unrevoke_token(id).await?;
-            return Err(e);
-        }
-        self.token_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
         Ok(())
     }
 
     /// The active token presented as `Authorization: Bearer`, if any.
-    pub(crate) async fn authenticate(&self, presented: &str) -> Result<Option<TokenRow>> {
+    pub(crate) async fn authenticate(&self, presented: &str) -> Result<Option<TokenRecord>> {
         let Some(digest) = auth::token_digest(&self.config.hasher, presented) else {
             return Ok(None);
         };
-        let key = *digest.as_bytes();
-        let cached = {
-            let cache = self.token_cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache
-                .get(&key)
-                .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
-                .map(|(row, _)| row.clone())
-        };
-        let row = match cached {
-            Some(row) => row,
-            None => {
-                let row = self.db.token_by_digest(&digest).await?;
-                let mut cache = self.token_cache.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() >= TOKEN_CACHE_MAX {
-                    cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
-                    if cache.len() >= TOKEN_CACHE_MAX {
-                        cache.clear();
-                    }
-                }
-                cache.insert(key, (row.clone(), Instant::now()));
-                row
-            }
-        };
-        Ok(row.filter(|r| r.is_active(Utc::now())))
+        let found = self.backends.tokens.token_by_digest(&digest).await?;
+        Ok(found.filter(|t| t.is_active(Utc::now())))
     }
 
     // ---- admin users ----
@@ -268,7 +224,7 @@ impl App {
                 .refused(actor, action, Some(username.to_owned()), e)
                 .await);
         }
-        if self.db.user(username).await?.is_some() {
+        if self.backends.users.user(username).await?.is_some() {
             let e = Error::Conflict(format!("admin user {username:?} already exists"));
             return Err(self
                 .refused(actor, action, Some(username.to_owned()), e)
@@ -276,36 +232,29 @@ impl App {
         }
         let phc = auth::hash_password(password).await?;
         let now = Self::now();
-        let row = UserRow {
+        let user = UserRecord {
             username: username.to_owned(),
             role,
             password_hash: phc,
+            enabled: true,
             created_at: now,
             updated_at: now,
         };
-        if let Err(e) = self.db.insert_user(&row).await {
-            return Err(self
-                .refused(actor, action, Some(username.to_owned()), e)
-                .await);
+        let event = Self::success(actor, action, username, json!({ "role": role.as_str() }));
+        match self.backends.users.create_user(&user, &[event]).await {
+            // Another process created the name meanwhile.
+            Err(CoreError::Conflict(c)) => {
+                let e = Error::Conflict(c);
+                Err(self
+                    .refused(actor, action, Some(username.to_owned()), e)
+                    .await)
+            }
+            other => Ok(other?),
         }
-        if let Err(e) = self
-            .audit(
-                actor,
-                action,
-                Some(username.to_owned()),
-                AuditOutcome::Success,
-                json!({ "role": role.as_str() }),
-            )
-            .await
-        {
-            self.db.delete_user(username).await?;
-            return Err(e);
-        }
-        Ok(())
     }
 
-    /// Sets a new password for a user.
-    pub(crate) async fn reset_password(
+    /// Sets a new password for a user; their sessions end with it.
+    pub async fn reset_password(
         &self,
         username: &str,
         password: String,
@@ -317,35 +266,29 @@ impl App {
                 .refused(actor, action, Some(username.to_owned()), e)
                 .await);
         }
-        let Some(old) = self.db.user(username).await? else {
+        let Some(old) = self.backends.users.user(username).await? else {
             let e = Error::NotFound(format!("admin user {username:?}"));
             return Err(self
                 .refused(actor, action, Some(username.to_owned()), e)
                 .await);
         };
         let phc = auth::hash_password(password).await?;
-        if !self.db.set_password(username, &phc, Self::now()).await? {
-            let e = Error::NotFound(format!("admin user {username:?}"));
-            return Err(self
-                .refused(actor, action, Some(username.to_owned()), e)
-                .await);
+        let user = UserRecord {
+            password_hash: phc,
+            updated_at: Self::now(),
+            ..old
+        };
+        // The user's sessions end in the same transaction.
+        let event = Self::success(actor, action, username, json!({}));
+        match self.backends.users.update_user(&user, &[event]).await {
+            Err(CoreError::NotFound { .. }) => {
+                let e = Error::NotFound(format!("admin user {username:?}"));
+                Err(self
+                    .refused(actor, action, Some(username.to_owned()), e)
+                    .await)
+            }
+            other => Ok(other?),
         }
-        if let Err(e) = self
-            .audit(
-                actor,
-                action,
-                Some(username.to_owned()),
-                AuditOutcome::Success,
-                json!({}),
-            )
-            .await
-        {
-            self.db
-                .set_password(username, &old.password_hash, old.updated_at)
-                .await?;
-            return Err(e);
-        }
-        Ok(())
     }
 
     /// Checks a login; audits the outcome either way. `actor` is the anonymous caller; a
@@ -355,8 +298,14 @@ impl App {
         username: &str,
         password: String,
         actor: &Actor,
-    ) -> Result<Option<UserRow>> {
-        let user = self.db.user(username).await?;
+    ) -> Result<Option<UserRecord>> {
+        // A disabled user signs in no more than an unknown one, and is answered alike.
+        let user = self
+            .backends
+            .users
+            .user(username)
+            .await?
+            .filter(|u| u.enabled);
         let ok = match &user {
             Some(u) => auth::verify_password(password, u.password_hash.clone()).await?,
             None => {
@@ -388,7 +337,7 @@ impl App {
 
 /// `SECRET_KEY`, or one generated once and kept in the database so that every instance
 /// shares it (the first instance to start stores it; the others read it).
-async fn settle_secret(config: &Config, db: &ServerDb) -> Result<String> {
+async fn settle_secret(config: &Config, settings: &dyn SettingStore) -> Result<String> {
     if let Some(s) = &config.secret_key {
         return Ok(s.clone());
     }
@@ -397,7 +346,9 @@ async fn settle_secret(config: &Config, db: &ServerDb) -> Result<String> {
         .try_fill_bytes(&mut bytes)
         .map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
     let fresh = KeyDigest::from_bytes(bytes).to_hex();
-    db.setting_or_insert(SECRET_KEY_SETTING, &fresh).await
+    Ok(settings
+        .setting_or_insert(SECRET_KEY_SETTING, &fresh)
+        .await?)
 }
 
 fn check_username(name: &str) -> Result<()> {

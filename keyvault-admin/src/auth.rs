@@ -1,6 +1,6 @@
-//! Roles, API tokens and admin passwords.
+//! API tokens and admin passwords (roles are keyvault-core's).
 
-use std::{fmt, str::FromStr, sync::LazyLock};
+use std::sync::LazyLock;
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
@@ -8,82 +8,12 @@ use argon2::{
 };
 use keyvault_core::{ApiKey, KeyDigest, KeyHasher, Prefix, TOKEN_PREFIX};
 use rand::{TryRng, rngs::SysRng};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 
-/// What a token or an admin user may do. `admin` ⊃ `operator` ⊃ `viewer`; `verifier` may only
-/// verify keys and report usage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything, API tokens and users included.
-    Admin,
-    /// Keys, alert rules and alerts; reads the audit log.
-    Operator,
-    /// Reads keys, statistics and metrics.
-    Viewer,
-    /// Verifies keys and reports usage (services that verify over HTTP).
-    Verifier,
-}
-
-/// The access an endpoint needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Need {
-    /// Read keys, statistics and metrics.
-    Viewer,
-    /// Change keys, read the audit log.
-    Operator,
-    /// Manage API tokens.
-    Admin,
-    /// Verify keys and report usage.
-    Verify,
-}
-
-impl Role {
-    /// The role's name (`admin`, `operator`, `viewer`, `verifier`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Operator => "operator",
-            Role::Viewer => "viewer",
-            Role::Verifier => "verifier",
-        }
-    }
-
-    pub(crate) fn allows(self, need: Need) -> bool {
-        use Role::*;
-        match need {
-            Need::Viewer => matches!(self, Admin | Operator | Viewer),
-            Need::Operator => matches!(self, Admin | Operator),
-            Need::Admin => matches!(self, Admin),
-            Need::Verify => matches!(self, Admin | Operator | Verifier),
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "admin" => Ok(Role::Admin),
-            "operator" => Ok(Role::Operator),
-            "viewer" => Ok(Role::Viewer),
-            "verifier" => Ok(Role::Verifier),
-            _ => Err(Error::input(
-                "role",
-                "must be one of admin, operator, viewer, verifier",
-            )),
-        }
-    }
-}
+// Roles are keyvault-core's: the stores keep them, the server checks them.
+pub(crate) use keyvault_core::{Need, Role};
 
 /// A freshly generated API token: the plaintext (shown once), its digest and display start.
 #[derive(Debug)]
@@ -188,18 +118,6 @@ pub(crate) async fn verify_password(password: String, phc: String) -> Result<boo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn roles_nest_and_verifiers_only_verify() {
-        assert!(Role::Admin.allows(Need::Admin));
-        assert!(!Role::Operator.allows(Need::Admin));
-        assert!(Role::Operator.allows(Need::Viewer));
-        assert!(!Role::Viewer.allows(Need::Operator));
-        assert!(!Role::Viewer.allows(Need::Verify));
-        assert!(Role::Verifier.allows(Need::Verify));
-        assert!(!Role::Verifier.allows(Need::Viewer));
-        assert!("root".parse::<Role>().is_err());
-    }
 
     #[test]
     fn tokens_have_the_reserved_prefix_and_keys_are_not_tokens() {

@@ -1,7 +1,7 @@
 //! Maps `DATABASE_URL` and `REDIS_URL` to keyvault-core backends chosen at run time:
-//! SQLite (the zero-config default) or PostgreSQL for keys, balances, audit and usage; Redis,
-//! when set, for rate limits, a credit cache in front of the database, and change
-//! propagation.
+//! SQLite (the zero-config default) or PostgreSQL for keys, balances, audit, usage and the
+//! server's accounts; Redis, when set, for rate limits, a credit cache in front of the
+//! database, and change propagation.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +10,10 @@ use keyvault::{
     postgres::PgStore,
     sqlite::SqliteStore,
 };
-use keyvault_core::{AuditLog, KeyId, KeyStore, Keyvault, UsageQuery, UsageSink};
+use keyvault_core::{
+    AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault, LeaseStore,
+    SessionStore, SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
+};
 
 use crate::{
     config::{Config, DatabaseUrl},
@@ -24,6 +27,17 @@ pub(crate) struct Backends {
     pub(crate) audit: Arc<dyn AuditLog>,
     pub(crate) usage: Arc<dyn UsageSink>,
     pub(crate) stats: Arc<dyn UsageQuery>,
+    pub(crate) users: Arc<dyn UserStore>,
+    /// Lookups by digest are remembered for [`DEFAULT_TOKEN_TTL`]: a revocation made on any
+    /// instance is honoured everywhere within it.
+    pub(crate) tokens: Arc<CachedTokenStore<Arc<dyn TokenStore>>>,
+    // Dashboard sign-in keeps its sessions here once it leaves signed cookies (the dashboard).
+    #[allow(dead_code)]
+    pub(crate) sessions: Arc<dyn SessionStore>,
+    pub(crate) settings: Arc<dyn SettingStore>,
+    // The jobs of `serve` take their turns through it.
+    #[allow(dead_code)]
+    pub(crate) leases: Arc<dyn LeaseStore>,
     deployment: Deployment,
 }
 
@@ -64,6 +78,11 @@ impl Backends {
             audit: d.audit.clone(),
             usage: d.usage.clone(),
             stats: d.stats.clone(),
+            users: d.users.clone(),
+            tokens: Arc::new(CachedTokenStore::new(d.tokens.clone(), DEFAULT_TOKEN_TTL)),
+            sessions: d.sessions.clone(),
+            settings: d.settings.clone(),
+            leases: d.leases.clone(),
             deployment,
         })
     }

@@ -3,8 +3,12 @@
 //! (so that a truncated file is refused).
 //!
 //! Keys are written with their digests (never plaintexts) and live credit balances; tokens
-//! with their digests; admin users with their password hashes; the audit log record by
-//! record, so that the restored chain hashes to the same values.
+//! with their digests; dashboard users with their password hashes and whether they are
+//! enabled; settings; the audit log record by record, so that the restored chain hashes to
+//! the same values. Sessions and job leases are left out on purpose: a restored session would
+//! sign someone in again, and a lease belongs to a process that no longer runs.
+//!
+//! Version 2 adds users' `enabled`; version 1 files (all users enabled) are still read.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -14,21 +18,23 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    AuditQuery, AuditRecord, ChainVerifier, KeyDigest, KeyQuery, KeyRecord, KeyWrite,
+    AuditQuery, AuditRecord, ChainVerifier, KeyDigest, KeyQuery, KeyRecord, KeyWrite, TokenRecord,
+    TokenStore, UserRecord,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     app::App,
     commands::open_secret_file,
-    db::{TokenRow, UserRow},
     error::{Error, Result},
     out::stderr_line,
 };
 
 /// The format's name and version: a reader refuses versions it does not know.
 const FORMAT: &str = "keyvault-backup";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Versions this keyvault restores.
+const READS: [u32; 2] = [1, 2];
 /// A fixed text whose digest tells whether two processes hash keys alike (same pepper).
 const HASHER_PROBE: &str = "keyvault backup hasher probe";
 
@@ -46,10 +52,10 @@ enum Line {
         name: String,
         value: String,
     },
-    User(UserRow),
+    User(UserRecord),
     Token {
         #[serde(flatten)]
-        row: TokenRow,
+        row: TokenRecord,
         digest: String,
     },
     Key {
@@ -118,13 +124,14 @@ pub(crate) async fn backup(app: &App, out: &Path) -> Result<()> {
             },
             &mut counts,
         )?;
-        for (name, value) in app.db.settings().await? {
+        for (name, value) in app.backends.settings.settings().await? {
             write(&Line::Setting { name, value }, &mut counts)?;
         }
-        for u in app.db.users().await? {
+        for u in app.backends.users.users().await? {
             write(&Line::User(u), &mut counts)?;
         }
-        for (row, digest) in app.db.all_tokens().await? {
+        for row in app.backends.tokens.all_tokens().await? {
+            let digest = row.digest.to_hex();
             write(&Line::Token { row, digest }, &mut counts)?;
         }
         let mut keys = Vec::new();
@@ -269,9 +276,9 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
     if format != FORMAT {
         return Err(bad("not a keyvault backup"));
     }
-    if *version != VERSION {
+    if !READS.contains(version) {
         return Err(bad(&format!(
-            "backup format version {version} is not supported (this keyvault reads {VERSION})"
+            "backup format version {version} is not supported (this keyvault reads 1 and 2)"
         )));
     }
     let Some(Line::Footer { counts }) = lines.last() else {
@@ -311,11 +318,13 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
     }
     // Key digests, parsed here once, in the order of the key lines.
     let (mut key_ids, mut digests) = (HashSet::new(), HashSet::new());
-    let mut key_digests = Vec::new();
+    let (mut key_digests, mut token_digests) = (Vec::new(), Vec::new());
     for line in &lines {
         match line {
             Line::Token { digest, .. } => {
-                KeyDigest::from_hex(digest).map_err(|_| bad("a token digest is malformed"))?;
+                token_digests.push(
+                    KeyDigest::from_hex(digest).map_err(|_| bad("a token digest is malformed"))?,
+                );
             }
             Line::Key { record, digest, .. } => {
                 let d =
@@ -329,6 +338,7 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
         }
     }
     let mut key_digests = key_digests.into_iter();
+    let mut token_digests = token_digests.into_iter();
     ensure_empty(app).await?;
     // A balance cached in Redis under a restored quota (by an earlier deployment) would
     // override the restored one. Cleared before anything is written: a Redis that cannot
@@ -348,13 +358,23 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
     for line in &lines {
         match line {
             Line::Header { .. } | Line::Footer { .. } => {}
-            Line::Setting { name, value } => app.db.put_setting(name, value).await?,
+            // The backup's own audit chain is restored below, record by record: these
+            // writes add none of their own.
+            Line::Setting { name, value } => {
+                app.backends.settings.put_setting(name, value, &[]).await?;
+            }
             Line::User(u) => {
-                app.db.insert_user(u).await?;
+                app.backends.users.create_user(u, &[]).await?;
                 n_users += 1;
             }
-            Line::Token { row, digest } => {
-                app.db.insert_token(row, digest).await?;
+            Line::Token { row, .. } => {
+                let record = TokenRecord {
+                    digest: token_digests
+                        .next()
+                        .ok_or_else(|| bad("a token line has no digest"))?,
+                    ..row.clone()
+                };
+                app.backends.tokens.create_token(&record, &[]).await?;
                 n_tokens += 1;
             }
             Line::Key {
@@ -459,7 +479,14 @@ async fn ensure_empty(app: &App) -> Result<()> {
             ..AuditQuery::default()
         })
         .await?;
-    if !keys.items.is_empty() || !audit.items.is_empty() || app.db.holds_data().await? {
+    // Revoked tokens count: they are data a restore would collide with.
+    let tokens = app.backends.tokens.all_tokens().await?;
+    let users = app.backends.users.users().await?;
+    let holds = !keys.items.is_empty()
+        || !audit.items.is_empty()
+        || !tokens.is_empty()
+        || !users.is_empty();
+    if holds {
         return Err(Error::Conflict(
             "the database holds data; restore only into an empty or freshly migrated one".into(),
         ));

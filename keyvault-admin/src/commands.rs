@@ -8,7 +8,7 @@ use std::{
 };
 
 use keyvault_core::{
-    Actor, Credits, HumanDuration, KeyQuery, NewKey, Prefix, RateLimit, RotatedKey,
+    Actor, Credits, HumanDuration, KeyQuery, NewKey, Prefix, RateLimit, RotatedKey, TokenStore,
 };
 use serde_json::json;
 
@@ -65,7 +65,7 @@ pub(crate) fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
 }
 
 pub(crate) async fn create_admin(app: &App, username: &str, role: &str, stdin: bool) -> Result<()> {
-    let role: Role = role.parse()?;
+    let role: Role = parse_role(role)?;
     if role == Role::Verifier {
         return Err(Error::input(
             "role",
@@ -81,7 +81,7 @@ pub(crate) async fn create_admin(app: &App, username: &str, role: &str, stdin: b
 
 pub(crate) async fn reset_password(app: &App, username: &str, stdin: bool) -> Result<()> {
     // Fail before asking for a password when the user does not exist.
-    if app.db.user(username).await?.is_none() {
+    if app.backends.users.user(username).await?.is_none() {
         let e = Error::NotFound(format!("admin user {username:?}"));
         return Err(app
             .refused(
@@ -98,6 +98,11 @@ pub(crate) async fn reset_password(app: &App, username: &str, stdin: bool) -> Re
     Ok(())
 }
 
+fn parse_role(text: &str) -> Result<Role> {
+    text.parse()
+        .map_err(|e: keyvault_core::InvalidInput| Error::input(e.field, e.message))
+}
+
 fn duration(text: &str, field: &str) -> Result<HumanDuration> {
     HumanDuration::parse(text, field).map_err(|e| Error::input(e.field, e.message))
 }
@@ -109,7 +114,7 @@ pub(crate) async fn token(app: &App, cmd: TokenCommand) -> Result<()> {
             role,
             expires_in,
         } => {
-            let parsed = role.parse::<Role>().and_then(|role| {
+            let parsed = parse_role(&role).and_then(|role| {
                 let at = expires_in
                     .as_deref()
                     .map(|d| duration(d, "expires-in").map(|d| App::now() + d.as_delta()))
@@ -123,18 +128,17 @@ pub(crate) async fn token(app: &App, cmd: TokenCommand) -> Result<()> {
             stdout_line(created.token.expose());
             stderr_line(&format!(
                 "Created API token {} ({}, role {role}). It is shown once: store it now.",
-                created.row.id, created.row.start
+                created.record.id, created.record.start
             ));
         }
         TokenCommand::List { json } => {
             let mut all = Vec::new();
             let mut before = None;
             loop {
-                let page = app.db.tokens(before, 500).await?;
-                let done = page.len() < 500;
-                before = page.last().map(|t| t.id);
-                all.extend(page);
-                if done {
+                let page = app.backends.tokens.list_tokens(before, 500).await?;
+                before = page.items.last().map(|t| t.id);
+                all.extend(page.items);
+                if !page.has_more {
                     break;
                 }
             }

@@ -15,9 +15,6 @@ pub enum Error {
     /// keyvault-core refused or failed.
     #[error(transparent)]
     Core(#[from] CoreError),
-    /// The server's own tables failed.
-    #[error("database failed")]
-    Db(#[from] sqlx::Error),
     /// Bad input that does not come from a JSON body: a flag, a query parameter, a file.
     #[error("{field}: {message}")]
     Input {
@@ -75,7 +72,6 @@ impl Error {
     /// carry secrets are never echoed by the errors built from them).
     pub fn cli_line(&self) -> String {
         match self {
-            Error::Db(e) => format!("database failed: {}", db_reason(e)),
             Error::Core(CoreError::Backend(b)) => {
                 let mut line = format!("{} backend failed", b.backend());
                 let mut src = std::error::Error::source(b);
@@ -100,7 +96,7 @@ impl Error {
             Error::Core(CoreError::Invalid(_)) => Code::InvalidValue,
             Error::Core(CoreError::NotFound { .. }) | Error::NotFound(_) => Code::NotFound,
             Error::Core(CoreError::Conflict(_)) | Error::Conflict(_) => Code::Conflict,
-            Error::Core(CoreError::Backend(_)) | Error::Db(_) => Code::BackendUnavailable,
+            Error::Core(CoreError::Backend(_)) => Code::BackendUnavailable,
             Error::Core(_) | Error::Internal(_) | Error::Io { .. } => Code::Internal,
             Error::Input { .. } => Code::InvalidRequest,
             // Never asked: a ready problem document is answered as it is.
@@ -118,13 +114,6 @@ impl Error {
             Error::Problem(p) => p.field_path(),
             _ => None,
         }
-    }
-}
-
-fn db_reason(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(d) => d.message().to_owned(),
-        other => other.to_string(),
     }
 }
 

@@ -46,7 +46,6 @@ mod backup;
 pub mod cli;
 mod commands;
 mod config;
-mod db;
 mod error;
 mod out;
 mod serve;
@@ -54,8 +53,8 @@ mod views;
 
 pub use admin::Admin;
 pub use app::{App, CreatedToken};
-pub use auth::Role;
+// Roles are keyvault-core's; named here for hosts that create tokens and users.
 pub use config::{Config, DatabaseUrl};
-pub use db::TokenRow;
 pub use error::{Code, Error, Problem, Result};
+pub use keyvault_core::Role;
 pub use serve::{serve, shutdown_signal};

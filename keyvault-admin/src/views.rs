@@ -6,7 +6,9 @@ use keyvault_core::{KeyRecord, Keyvault, RateLimit, Refill, RotationPolicy};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{db::TokenRow, error::Result};
+use keyvault_core::TokenRecord;
+
+use crate::error::Result;
 
 /// A key's credits: the live balance and the refill.
 #[derive(Debug, Clone, Serialize)]
@@ -89,8 +91,8 @@ pub(crate) struct TokenView {
     pub(crate) created_by: String,
 }
 
-impl From<&TokenRow> for TokenView {
-    fn from(t: &TokenRow) -> Self {
+impl From<&TokenRecord> for TokenView {
+    fn from(t: &TokenRecord) -> Self {
         Self {
             id: t.id.to_string(),
             name: t.name.clone(),

@@ -67,8 +67,8 @@ mod vault;
 pub mod testing;
 
 pub use accounts::{
-    LeaseStore, Need, Role, SECRET_KEY_SETTING, SessionRecord, SessionStore, SettingStore,
-    TokenRecord, TokenStore, UserRecord, UserStore,
+    CachedTokenStore, DEFAULT_TOKEN_TTL, LeaseStore, Need, Role, SECRET_KEY_SETTING, SessionRecord,
+    SessionStore, SettingStore, TokenRecord, TokenStore, UserRecord, UserStore,
 };
 pub use audit::{
     Actor, AuditEvent, AuditLog, AuditOutcome, AuditQuery, AuditRecord, ChainReport, ChainVerifier,

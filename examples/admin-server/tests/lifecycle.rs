@@ -132,7 +132,14 @@ fn backup_then_restore_into_a_fresh_database_keeps_keys_tokens_and_balances() {
     assert_no_secrets(&text, &secrets);
     let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(first["type"], "header");
-    assert_eq!(first["version"], 1);
+    // Version 2: users carry `enabled` (version 1 files are still restored, below).
+    assert_eq!(first["version"], 2);
+    assert!(
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .any(|l| l["type"] == "user" && l["enabled"] == true),
+        "users are backed up with whether they are enabled"
+    );
     src.run(&["backup", "--out", file.to_str().unwrap()])
         .assert_one_line_error("backup over an existing file");
     // A database holding data refuses a restore.
@@ -215,8 +222,37 @@ fn backup_then_restore_into_a_fresh_database_keeps_keys_tokens_and_balances() {
     )
     .assert_one_line_error("restored user exists");
     drop(s);
+
+    // A version 1 backup (users without `enabled`) restores too: its users are enabled.
+    let v1 = altered("v1.ndjson", &|lines| {
+        lines[0]["version"] = json!(1);
+        for l in lines.iter_mut().filter(|l| l["type"] == "user") {
+            l.as_object_mut().unwrap().remove("enabled");
+        }
+    });
+    let old = Env::sqlite(&dir.path().join("old"));
+    std::fs::create_dir_all(&old.dir).unwrap();
+    let o = old.run(&["restore", "--in", v1.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let s = old.serve();
+    assert_eq!(verify(&s, &keys[2].1, 1)["code"], "VALID");
+    drop(s);
+    old.run_with(
+        &["create-admin", "--username", "root", "--password-stdin"],
+        Some(pw),
+        false,
+    )
+    .assert_one_line_error("the user of a version 1 backup is restored");
+    let unknown = altered("v9.ndjson", &|lines| lines[0]["version"] = json!(9));
+    let fresh = Env::sqlite(&dir.path().join("fresh"));
+    std::fs::create_dir_all(&fresh.dir).unwrap();
+    let o = fresh.run(&["restore", "--in", unknown.to_str().unwrap()]);
+    o.assert_one_line_error("an unknown version");
+    assert!(o.stderr.contains("version 9"), "{}", o.stderr);
+
     let mut all = src.transcript.lock().unwrap().clone();
     all.push_str(&dst.transcript.lock().unwrap());
+    all.push_str(&old.transcript.lock().unwrap());
     assert_no_secrets(&all, &secrets);
     let _ = eventually(Duration::ZERO, || true);
 }

@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use crate::{
     api::AppState,
     auth::Need,
-    db::TokenRow,
     error::{Code, Error, Problem},
 };
 
@@ -69,7 +68,7 @@ impl FromRequestParts<AppState> for Ctx {
 /// A caller holding a valid API token.
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
-    pub(crate) token: TokenRow,
+    pub(crate) token: keyvault_core::TokenRecord,
     pub(crate) ctx: Ctx,
 }
 

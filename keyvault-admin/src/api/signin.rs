@@ -15,7 +15,9 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, Ctx, mount::Mount};
-use crate::{db::UserRow, error::Result};
+use keyvault_core::UserRecord;
+
+use crate::error::Result;
 
 const COOKIE: &str = "kv_session";
 const SESSION_SECS: i64 = 8 * 3600;
@@ -86,7 +88,7 @@ fn sign(secret: &str, payload: &str) -> Option<Vec<u8>> {
 }
 
 /// `<hex(username)>.<expiry>.<password stamp>.<hex(hmac)>`.
-fn session_value(secret: &str, user: &UserRow) -> Option<String> {
+fn session_value(secret: &str, user: &UserRecord) -> Option<String> {
     let exp = Utc::now().timestamp() + SESSION_SECS;
     let payload = format!(
         "{}.{exp}.{}",
@@ -98,7 +100,7 @@ fn session_value(secret: &str, user: &UserRow) -> Option<String> {
 
 /// The user a session cookie names, if it is authentic, unexpired and not outdated by a
 /// password change.
-async fn session_user(st: &AppState, headers: &HeaderMap) -> Result<Option<UserRow>> {
+async fn session_user(st: &AppState, headers: &HeaderMap) -> Result<Option<UserRecord>> {
     let Some(value) = headers
         .get_all(header::COOKIE)
         .iter()
@@ -136,10 +138,11 @@ async fn session_user(st: &AppState, headers: &HeaderMap) -> Result<Option<UserR
     }
     Ok(st
         .app
-        .db
+        .backends
+        .users
         .user(&name)
         .await?
-        .filter(|u| u.updated_at.timestamp_micros() == stamp))
+        .filter(|u| u.enabled && u.updated_at.timestamp_micros() == stamp))
 }
 
 #[utoipa::path(get, path = "/admin", tag = "dashboard",

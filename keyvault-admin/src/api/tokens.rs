@@ -7,6 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
+use keyvault_core::TokenStore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -54,7 +55,7 @@ pub(crate) async fn create(
         .app
         .create_token(&body.name, body.role, body.expires_at, &caller.actor())
         .await?;
-    let view = TokenView::from(&created.row);
+    let view = TokenView::from(&created.record);
     let body = json!({
         "id": view.id,
         "token": created.token.expose(),
@@ -105,14 +106,13 @@ pub(crate) async fn list(
         "a next_cursor from a previous page",
     )?;
     q.finish()?;
-    let mut rows = st.app.db.tokens(before, limit + 1).await?;
-    let has_more = rows.len() > limit;
-    rows.truncate(limit);
-    let next_cursor = has_more
-        .then(|| rows.last().map(|t| format!("{TOKEN_CURSOR}{}", t.id)))
+    let page = st.app.backends.tokens.list_tokens(before, limit).await?;
+    let next_cursor = page
+        .has_more
+        .then(|| page.items.last().map(|t| format!("{TOKEN_CURSOR}{}", t.id)))
         .flatten();
     Ok(Json(TokenPage {
-        items: rows.iter().map(TokenView::from).collect(),
+        items: page.items.iter().map(TokenView::from).collect(),
         next_cursor,
     }))
 }

@@ -7,6 +7,7 @@
 //! nothing (revoking a revoked token, ending a session that is gone) writes nothing either,
 //! and says so in its return value.
 
+mod cache;
 mod leases;
 mod role;
 mod sessions;
@@ -14,6 +15,7 @@ mod settings;
 mod tokens;
 mod users;
 
+pub use cache::{CachedTokenStore, DEFAULT_TOKEN_TTL};
 pub use leases::LeaseStore;
 pub use role::{Need, Role};
 pub use sessions::{SessionRecord, SessionStore};

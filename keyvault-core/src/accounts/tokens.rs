@@ -94,3 +94,31 @@ pub trait TokenStore: Send + Sync + Debug {
     /// Every token, revoked ones included, oldest first (for backups).
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>>;
 }
+
+/// A shared store is a store: the server wraps its `Arc<dyn TokenStore>` in a cache.
+#[async_trait]
+impl<T: TokenStore + ?Sized> TokenStore for std::sync::Arc<T> {
+    async fn create_token(&self, token: &TokenRecord, audit: &[AuditEvent]) -> Result<()> {
+        (**self).create_token(token, audit).await
+    }
+    async fn revoke_token(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &[AuditEvent],
+    ) -> Result<bool> {
+        (**self).revoke_token(id, at, audit).await
+    }
+    async fn token(&self, id: Uuid) -> Result<Option<TokenRecord>> {
+        (**self).token(id).await
+    }
+    async fn token_by_digest(&self, digest: &KeyDigest) -> Result<Option<TokenRecord>> {
+        (**self).token_by_digest(digest).await
+    }
+    async fn list_tokens(&self, before: Option<Uuid>, limit: usize) -> Result<Page<TokenRecord>> {
+        (**self).list_tokens(before, limit).await
+    }
+    async fn all_tokens(&self) -> Result<Vec<TokenRecord>> {
+        (**self).all_tokens().await
+    }
+}
