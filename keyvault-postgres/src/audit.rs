@@ -22,9 +22,10 @@ pub(crate) async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) ->
         .fetch_one(&mut *conn)
         .await
         .map_err(db)?;
-    let seq = to_u64(head.try_get("seq").map_err(db)?, "audit head")?;
+    let seq = to_u64(head.try_get("seq").map_err(db)?, "kv_audit_head.seq")?;
     let hash: Vec<u8> = head.try_get("hash").map_err(db)?;
-    let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| corrupt("audit head", "hash"))?;
+    let hash = <[u8; 32]>::try_from(hash.as_slice())
+        .map_err(|_| corrupt("kv_audit_head.hash", "not 32 bytes"))?;
     let records = link_audit((seq > 0).then_some((seq, hash)), events);
 
     let n = records.len();
@@ -84,10 +85,10 @@ pub(crate) async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) ->
     Ok(())
 }
 
-fn unhex(hex: &str) -> Result<Vec<u8>> {
+fn unhex(hex: &str) -> Result<Vec<u8>, crate::Error> {
     KeyDigest::from_hex(hex)
         .map(|d| d.as_bytes().to_vec())
-        .map_err(|e| corrupt("audit hash", e))
+        .map_err(|e| corrupt("kv_audit.hash", e))
 }
 
 fn hex_of(bytes: &[u8]) -> String {
@@ -98,27 +99,32 @@ fn hex_of(bytes: &[u8]) -> String {
     }
 }
 
-fn record_from_row(row: &PgRow) -> Result<AuditRecord> {
-    let outcome: String = row.try_get("outcome").map_err(db)?;
-    let ip: Option<String> = row.try_get("source_ip").map_err(db)?;
-    let prev: Vec<u8> = row.try_get("prev_hash").map_err(db)?;
-    let hash: Vec<u8> = row.try_get("hash").map_err(db)?;
-    let details: Value = row.try_get("details").map_err(db)?;
+fn record_from_row(row: &PgRow) -> Result<AuditRecord, crate::Error> {
+    let outcome: String = row.try_get("outcome")?;
+    let ip: Option<String> = row.try_get("source_ip")?;
+    let prev: Vec<u8> = row.try_get("prev_hash")?;
+    let hash: Vec<u8> = row.try_get("hash")?;
+    let details: Value = row.try_get("details")?;
     Ok(AuditRecord {
-        seq: to_u64(row.try_get("seq").map_err(db)?, "audit seq")?,
+        seq: to_u64(row.try_get("seq")?, "kv_audit.seq")?,
         event: AuditEvent {
-            at: row.try_get("at").map_err(db)?,
-            actor: row.try_get("actor").map_err(db)?,
-            action: row.try_get("action").map_err(db)?,
-            target_id: row.try_get("target_id").map_err(db)?,
+            at: row.try_get("at")?,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            target_id: row.try_get("target_id")?,
             source_ip: ip
-                .map(|s| s.parse().map_err(|e| corrupt("audit source_ip", e)))
+                .map(|s| s.parse().map_err(|e| corrupt("kv_audit.source_ip", e)))
                 .transpose()?,
-            request_id: row.try_get("request_id").map_err(db)?,
+            request_id: row.try_get("request_id")?,
             outcome: match outcome.as_str() {
                 "success" => AuditOutcome::Success,
                 "refused" => AuditOutcome::Refused,
-                other => return Err(corrupt("audit outcome", other)),
+                other => {
+                    return Err(corrupt(
+                        "kv_audit.outcome",
+                        format!("unknown outcome {other:?}"),
+                    ));
+                }
             },
             details,
         },
@@ -164,7 +170,7 @@ impl AuditLog for PgStore {
         let mut items = rows
             .iter()
             .map(record_from_row)
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, crate::Error>>()?;
         let has_more = items.len() > q.limit;
         items.truncate(q.limit);
         Ok(Page { items, has_more })

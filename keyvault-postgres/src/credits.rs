@@ -118,7 +118,10 @@ impl CreditStore for PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(db)?;
-        let remaining = to_u64(row.try_get("remaining").map_err(db)?, "credit balance")?;
+        let remaining = to_u64(
+            row.try_get("remaining").map_err(db)?,
+            "kv_credits.remaining",
+        )?;
         let admitted: bool = row.try_get("last_admitted").map_err(db)?;
         Ok(if admitted {
             CreditDecision::Spent { remaining }
@@ -162,6 +165,6 @@ impl CreditStore for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        left.map_or(Ok(0), |l| to_u64(l, "credit balance"))
+        Ok(left.map_or(Ok(0), |l| to_u64(l, "kv_credits.remaining"))?)
     }
 }

@@ -46,8 +46,8 @@ struct Encoded {
     revision: i64,
 }
 
-fn json<T: serde::Serialize>(value: &T, field: &str) -> Result<Value> {
-    serde_json::to_value(value).map_err(|e| Error::invalid(field, e.to_string()))
+fn json<T: serde::Serialize>(value: &T, column: &'static str) -> Result<Value, crate::Error> {
+    serde_json::to_value(value).map_err(|source| crate::Error::Encode { column, source })
 }
 
 fn encode(r: &KeyRecord) -> Result<Encoded> {
@@ -65,67 +65,83 @@ fn encode(r: &KeyRecord) -> Result<Encoded> {
     })
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(value: Value, column: &str) -> Result<T> {
+fn from_json<T: serde::de::DeserializeOwned>(
+    value: Value,
+    column: &'static str,
+) -> Result<T, crate::Error> {
     serde_json::from_value(value).map_err(|e| corrupt(column, e))
 }
 
+/// What kind of JSON value this is, for a message that shows no stored data.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Reads a row selected with `key_columns!()`.
-pub(crate) fn record_from_row(row: &PgRow) -> Result<KeyRecord> {
-    let get = |e: sqlx::Error| db(e);
-    let digest: Vec<u8> = row.try_get("digest").map_err(get)?;
-    let prefix: String = row.try_get("prefix").map_err(get)?;
-    let allowlist: Vec<String> = row.try_get("ip_allowlist").map_err(get)?;
-    let metadata: Value = row.try_get("metadata").map_err(get)?;
+pub(crate) fn record_from_row(row: &PgRow) -> Result<KeyRecord, crate::Error> {
+    let digest: Vec<u8> = row.try_get("digest")?;
+    let prefix: String = row.try_get("prefix")?;
+    let allowlist: Vec<String> = row.try_get("ip_allowlist")?;
+    let metadata: Value = row.try_get("metadata")?;
     let metadata: Map<String, Value> = match metadata {
         Value::Object(m) => m,
-        other => return Err(corrupt("metadata", format!("not an object: {other}"))),
+        other => {
+            return Err(corrupt(
+                "metadata",
+                format!("not a JSON object but {}", json_kind(&other)),
+            ));
+        }
     };
-    let credits: Option<Value> = row.try_get("credits").map_err(get)?;
-    let rotation: Option<Value> = row.try_get("rotation").map_err(get)?;
-    let id = |col: &str| -> Result<KeyId> {
+    let credits: Option<Value> = row.try_get("credits")?;
+    let rotation: Option<Value> = row.try_get("rotation")?;
+    let id = |col: &str| -> Result<KeyId, crate::Error> {
         row.try_get::<Uuid, _>(col)
             .map(KeyId::from_uuid)
-            .map_err(get)
+            .map_err(crate::Error::from)
     };
-    let opt_id = |col: &str| -> Result<Option<KeyId>> {
+    let opt_id = |col: &str| -> Result<Option<KeyId>, crate::Error> {
         row.try_get::<Option<Uuid>, _>(col)
             .map(|u| u.map(KeyId::from_uuid))
-            .map_err(get)
+            .map_err(crate::Error::from)
     };
     Ok(KeyRecord {
         id: id("id")?,
         quota_id: id("quota_id")?,
-        name: row.try_get("name").map_err(get)?,
-        owner_id: row.try_get("owner_id").map_err(get)?,
+        name: row.try_get("name")?,
+        owner_id: row.try_get("owner_id")?,
         prefix: Prefix::any(&prefix).map_err(|e| corrupt("prefix", e))?,
-        start: row.try_get("start").map_err(get)?,
+        start: row.try_get("start")?,
         digest: KeyDigest::from_slice(&digest).map_err(|e| corrupt("digest", e))?,
-        created_at: row.try_get("created_at").map_err(get)?,
-        updated_at: row.try_get("updated_at").map_err(get)?,
-        enabled: row.try_get("enabled").map_err(get)?,
-        expires_at: row.try_get("expires_at").map_err(get)?,
-        scopes: row.try_get("scopes").map_err(get)?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        enabled: row.try_get("enabled")?,
+        expires_at: row.try_get("expires_at")?,
+        scopes: row.try_get("scopes")?,
         ip_allowlist: allowlist
             .iter()
             .map(|s| s.parse().map_err(|e| corrupt("ip_allowlist", e)))
-            .collect::<Result<_>>()?,
+            .collect::<Result<_, crate::Error>>()?,
         credits: credits
             .map(|c| from_json::<Credits>(c, "credits"))
             .transpose()?,
-        ratelimits: from_json::<Vec<RateLimit>>(
-            row.try_get("ratelimits").map_err(get)?,
-            "ratelimits",
-        )?,
+        ratelimits: from_json::<Vec<RateLimit>>(row.try_get("ratelimits")?, "ratelimits")?,
         metadata,
         rotation: rotation
             .map(|p| from_json::<RotationPolicy>(p, "rotation"))
             .transpose()?,
-        next_rotation_at: row.try_get("next_rotation_at").map_err(get)?,
+        next_rotation_at: row.try_get("next_rotation_at")?,
         rotated_from: opt_id("rotated_from")?,
         superseded_by: opt_id("superseded_by")?,
-        grace_until: row.try_get("grace_until").map_err(get)?,
-        last_used_at: row.try_get("last_used_at").map_err(get)?,
-        revision: to_u64(row.try_get("revision").map_err(get)?, "revision")?,
+        grace_until: row.try_get("grace_until")?,
+        last_used_at: row.try_get("last_used_at")?,
+        revision: to_u64(row.try_get("revision")?, "revision")?,
     })
 }
 
@@ -290,6 +306,7 @@ impl KeyStore for PgStore {
         .as_ref()
         .map(record_from_row)
         .transpose()
+        .map_err(Into::into)
     }
 
     async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
@@ -305,6 +322,7 @@ impl KeyStore for PgStore {
         .as_ref()
         .map(record_from_row)
         .transpose()
+        .map_err(Into::into)
     }
 
     async fn list(&self, q: &KeyQuery) -> Result<Page<KeyRecord>> {
@@ -333,7 +351,7 @@ impl KeyStore for PgStore {
         let mut items = rows
             .iter()
             .map(record_from_row)
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, crate::Error>>()?;
         let has_more = items.len() > q.limit;
         items.truncate(q.limit);
         Ok(Page { items, has_more })
@@ -354,7 +372,10 @@ impl KeyStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter().map(record_from_row).collect()
+        rows.iter()
+            .map(record_from_row)
+            .collect::<Result<_, crate::Error>>()
+            .map_err(Into::into)
     }
 
     async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
@@ -372,6 +393,9 @@ impl KeyStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter().map(record_from_row).collect()
+        rows.iter()
+            .map(record_from_row)
+            .collect::<Result<_, crate::Error>>()
+            .map_err(Into::into)
     }
 }

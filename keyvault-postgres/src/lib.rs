@@ -38,6 +38,9 @@
 //!   retried batch counts nothing twice and statistics are as fresh as the last flush. The
 //!   rollup cost is per cell (key × minute × provider × status class), not per event: feed
 //!   the sink large batches (`RecorderConfig::batch_size` of 10 000 or so) under heavy load.
+//! - A failure of the database is keyvault-core's `Backend` error, named "postgres", whose
+//!   source is this crate's [`Error`] (a failed statement with sqlx's error, whose `code()`
+//!   is the SQLSTATE; a stored value that does not decode, with its column).
 //! - Every number in a key record is stored exactly (`bigint` holds every value up to 2⁶³−1;
 //!   CONTRACT bounds stop at 2⁵³−1).
 
@@ -45,10 +48,11 @@ mod accounts;
 mod audit;
 mod bus;
 mod credits;
+mod error;
 mod keys;
 mod usage;
 
-use keyvault_core::{Error, Result};
+use keyvault_core::Result;
 use sqlx::{
     PgPool,
     migrate::Migrator,
@@ -56,6 +60,9 @@ use sqlx::{
 };
 
 pub use bus::{CHANNEL, PgChangeBus};
+pub use error::Error;
+
+use error::{corrupt, db};
 
 /// The table that records which of keyvault's migrations ran: apart from the host's
 /// `_sqlx_migrations`, so that neither migrator sees the other's versions.
@@ -82,7 +89,7 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let options: PgConnectOptions = url
             .parse()
-            .map_err(|_| Error::invalid("database_url", "not a PostgreSQL URL"))?;
+            .map_err(|_| keyvault_core::Error::invalid("database_url", "not a PostgreSQL URL"))?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .connect_with(options)
@@ -132,22 +139,13 @@ pub fn migrator() -> Migrator {
     m
 }
 
-/// A database failure as keyvault's error.
-fn db(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Error {
-    Error::backend("postgres", e)
-}
-
-/// A stored value that cannot be read back (edited by hand, or written by a newer version).
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
-    db(format!("unreadable {what} in the database: {detail}"))
-}
-
 /// A u64 as a `bigint`, or an error naming the field.
 fn to_i64(value: u64, field: &str) -> Result<i64> {
-    i64::try_from(value).map_err(|_| Error::invalid(field, "must be at most 9223372036854775807"))
+    i64::try_from(value)
+        .map_err(|_| keyvault_core::Error::invalid(field, "must be at most 9223372036854775807"))
 }
 
 /// A stored `bigint` that must not be negative.
-fn to_u64(value: i64, what: &str) -> Result<u64> {
+fn to_u64(value: i64, what: &'static str) -> Result<u64, Error> {
     u64::try_from(value).map_err(|_| corrupt(what, "negative"))
 }

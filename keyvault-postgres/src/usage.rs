@@ -12,7 +12,7 @@ use keyvault_core::{
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::{PgStore, Result, db, to_i64, to_u64};
+use crate::{PgStore, Result, corrupt, db, to_i64, to_u64};
 
 /// The rollup row over all keys has this key id (UUIDv7 key ids are never nil).
 pub(crate) const ALL_KEYS: Uuid = Uuid::nil();
@@ -682,7 +682,7 @@ impl UsageQuery for PgStore {
             .into_iter()
             .map(|(step, (calls, errors))| {
                 let ts = DateTime::from_timestamp(step, 0)
-                    .ok_or_else(|| Error::backend("postgres", "time series step out of range"))?;
+                    .ok_or_else(|| corrupt("time series step", "out of range"))?;
                 Ok(TimePoint { ts, calls, errors })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -19,15 +19,14 @@ use crate::{
 pub(crate) async fn append_linked(
     conn: &mut SqliteConnection,
     events: &[AuditEvent],
-) -> Result<()> {
+) -> Result<(), crate::Error> {
     if events.is_empty() {
         return Ok(());
     }
     let last: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM kv_audit ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)
-            .await
-            .map_err(backend)?;
+            .await?;
     let last = match last {
         Some((seq, hash)) => Some((
             uint(seq, "kv_audit.seq")?,
@@ -55,13 +54,12 @@ pub(crate) async fn append_linked(
         .bind(&r.prev_hash)
         .bind(&r.hash)
         .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
+        .await?;
     }
     Ok(())
 }
 
-fn decode(row: &SqliteRow) -> Result<AuditRecord> {
+fn decode(row: &SqliteRow) -> Result<AuditRecord, crate::Error> {
     let outcome: String = column(row, "outcome")?;
     let source_ip: Option<String> = column(row, "source_ip")?;
     let details: String = column(row, "details")?;
@@ -79,7 +77,12 @@ fn decode(row: &SqliteRow) -> Result<AuditRecord> {
             outcome: match outcome.as_str() {
                 "success" => AuditOutcome::Success,
                 "refused" => AuditOutcome::Refused,
-                other => return Err(corrupt("kv_audit.outcome", other)),
+                other => {
+                    return Err(corrupt(
+                        "kv_audit.outcome",
+                        format!("unknown outcome {other:?}"),
+                    ));
+                }
             },
             details: serde_json::from_str(&details).map_err(|e| corrupt("kv_audit.details", e))?,
         },
@@ -118,7 +121,7 @@ impl AuditLog for SqliteStore {
         }
         let mut w = self.write().await?;
         append_linked(&mut w.tx, events).await?;
-        w.commit().await
+        Ok(w.commit().await?)
     }
 
     async fn list(&self, q: &AuditQuery) -> Result<Page<AuditRecord>> {
@@ -140,7 +143,10 @@ impl AuditLog for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        let mut items = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        let mut items = rows
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, crate::Error>>()?;
         let has_more = items.len() > limit;
         items.truncate(limit);
         Ok(Page { items, has_more })

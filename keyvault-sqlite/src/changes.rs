@@ -33,7 +33,7 @@ pub(crate) async fn log_changes(
     conn: &mut SqliteConnection,
     changes: &[Change],
     origin: Option<i64>,
-) -> Result<()> {
+) -> Result<(), crate::Error> {
     let at = micros(Utc::now());
     for c in changes {
         let (key, digest) = match c {
@@ -46,8 +46,7 @@ pub(crate) async fn log_changes(
             .bind(digest)
             .bind(origin)
             .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
+            .await?;
     }
     Ok(())
 }
@@ -147,15 +146,14 @@ async fn poll(inner: Weak<Inner>, mut last: i64, interval: Duration) {
 /// A change log entry: revision, key id and digest (none for "everything"), origin.
 type LogRow = (i64, Option<String>, Option<Vec<u8>>, Option<i64>);
 
-async fn read_since(bus: &Inner, last: i64) -> Result<i64> {
+async fn read_since(bus: &Inner, last: i64) -> Result<i64, crate::Error> {
     let rows: Vec<LogRow> = sqlx::query_as(
         "SELECT rev, key_id, digest, origin FROM kv_changes WHERE rev > ?1 ORDER BY rev LIMIT ?2",
     )
     .bind(last)
     .bind(POLL_BATCH)
     .fetch_all(bus.store.pool())
-    .await
-    .map_err(backend)?;
+    .await?;
     let Some(&(first, ..)) = rows.first() else {
         return Ok(last);
     };
@@ -163,8 +161,7 @@ async fn read_since(bus: &Inner, last: i64) -> Result<i64> {
     if first > last + 1 {
         let oldest: Option<i64> = sqlx::query_scalar("SELECT min(rev) FROM kv_changes")
             .fetch_one(bus.store.pool())
-            .await
-            .map_err(backend)?;
+            .await?;
         if oldest.is_some_and(|o| o > last + 1) {
             let _ = bus.tx.send(Change::All);
         }
@@ -188,15 +185,14 @@ async fn read_since(bus: &Inner, last: i64) -> Result<i64> {
     Ok(next)
 }
 
-async fn prune(store: &SqliteStore) -> Result<()> {
+async fn prune(store: &SqliteStore) -> Result<(), crate::Error> {
     let cutoff = micros(Utc::now() - RETENTION);
     let _turn = store.write_turn().await;
     // The newest entry always stays, so that a new poller's starting revision survives.
     sqlx::query("DELETE FROM kv_changes WHERE at < ?1 AND rev < (SELECT max(rev) FROM kv_changes)")
         .bind(cutoff)
         .execute(store.pool())
-        .await
-        .map_err(backend)?;
+        .await?;
     Ok(())
 }
 
@@ -208,7 +204,7 @@ impl ChangeBus for SqliteChangeBus {
         }
         let mut w = self.inner.store.write().await?;
         log_changes(&mut w.tx, changes, Some(self.inner.origin)).await?;
-        w.commit().await
+        Ok(w.commit().await?)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use keyvault_core::{KeyDigest, KeyId, KeyRecord, Prefix, uuid::Uuid};
 use sqlx::{Row, sqlite::SqliteRow};
 
-use crate::error::{backend, corrupt};
+use crate::{Error, error::corrupt};
 
 /// Microseconds since the epoch: what every time column holds. Stores keep microseconds
 /// (core truncates to them), so this loses nothing that is read back.
@@ -16,14 +16,14 @@ pub(crate) fn opt_micros(t: Option<DateTime<Utc>>) -> Option<i64> {
     t.map(micros)
 }
 
-pub(crate) fn from_micros(v: i64, column: &'static str) -> keyvault_core::Result<DateTime<Utc>> {
+pub(crate) fn from_micros(v: i64, column: &'static str) -> Result<DateTime<Utc>, Error> {
     DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(column, "time out of range"))
 }
 
 pub(crate) fn opt_from_micros(
     v: Option<i64>,
     column: &'static str,
-) -> keyvault_core::Result<Option<DateTime<Utc>>> {
+) -> Result<Option<DateTime<Utc>>, Error> {
     v.map(|v| from_micros(v, column)).transpose()
 }
 
@@ -33,7 +33,7 @@ pub(crate) fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn uint(v: i64, column: &'static str) -> keyvault_core::Result<u64> {
+pub(crate) fn uint(v: i64, column: &'static str) -> Result<u64, Error> {
     u64::try_from(v).map_err(|_| corrupt(column, "negative"))
 }
 
@@ -41,20 +41,17 @@ pub(crate) fn id_text(id: KeyId) -> String {
     id.as_uuid().to_string()
 }
 
-pub(crate) fn parse_id(s: &str, column: &'static str) -> keyvault_core::Result<KeyId> {
+pub(crate) fn parse_id(s: &str, column: &'static str) -> Result<KeyId, Error> {
     Uuid::parse_str(s)
         .map(KeyId::from_uuid)
         .map_err(|e| corrupt(column, e))
 }
 
-fn json<T: serde::Serialize>(v: &T) -> keyvault_core::Result<String> {
-    serde_json::to_string(v).map_err(backend)
+fn json<T: serde::Serialize>(v: &T, column: &'static str) -> Result<String, Error> {
+    serde_json::to_string(v).map_err(|source| Error::Encode { column, source })
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(
-    s: &str,
-    column: &'static str,
-) -> keyvault_core::Result<T> {
+fn from_json<T: serde::de::DeserializeOwned>(s: &str, column: &'static str) -> Result<T, Error> {
     serde_json::from_str(s).map_err(|e| corrupt(column, e))
 }
 
@@ -95,7 +92,7 @@ pub(crate) struct KeyColumns {
 }
 
 impl KeyColumns {
-    pub(crate) fn encode(r: &KeyRecord) -> keyvault_core::Result<Self> {
+    pub(crate) fn encode(r: &KeyRecord) -> Result<Self, Error> {
         Ok(Self {
             id: id_text(r.id),
             quota_id: id_text(r.quota_id),
@@ -111,12 +108,16 @@ impl KeyColumns {
             enabled: r.enabled,
             expires_at: opt_micros(r.expires_at),
             effective_expiry: opt_micros(r.effective_expiry()),
-            scopes: json(&r.scopes)?,
-            ip_allowlist: json(&r.ip_allowlist)?,
-            credits: r.credits.as_ref().map(json).transpose()?,
-            ratelimits: json(&r.ratelimits)?,
-            metadata: json(&r.metadata)?,
-            rotation: r.rotation.as_ref().map(json).transpose()?,
+            scopes: json(&r.scopes, "scopes")?,
+            ip_allowlist: json(&r.ip_allowlist, "ip_allowlist")?,
+            credits: r.credits.as_ref().map(|c| json(c, "credits")).transpose()?,
+            ratelimits: json(&r.ratelimits, "ratelimits")?,
+            metadata: json(&r.metadata, "metadata")?,
+            rotation: r
+                .rotation
+                .as_ref()
+                .map(|p| json(p, "rotation"))
+                .transpose()?,
             next_rotation_at: opt_micros(r.next_rotation_at),
             rotated_from: r.rotated_from.map(id_text),
             superseded_by: r.superseded_by.map(id_text),
@@ -160,7 +161,7 @@ impl KeyColumns {
     }
 }
 
-pub(crate) fn column<'r, T>(row: &'r SqliteRow, name: &'static str) -> keyvault_core::Result<T>
+pub(crate) fn column<'r, T>(row: &'r SqliteRow, name: &'static str) -> Result<T, Error>
 where
     T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
 {
@@ -168,8 +169,8 @@ where
 }
 
 /// Reads a `kv_keys` row selected with [`KEY_COLUMNS`].
-pub(crate) fn decode_key(row: &SqliteRow) -> keyvault_core::Result<KeyRecord> {
-    let opt_id = |name: &'static str| -> keyvault_core::Result<Option<KeyId>> {
+pub(crate) fn decode_key(row: &SqliteRow) -> Result<KeyRecord, Error> {
+    let opt_id = |name: &'static str| -> Result<Option<KeyId>, Error> {
         column::<Option<String>>(row, name)?
             .map(|s| parse_id(&s, name))
             .transpose()

@@ -32,13 +32,12 @@ fn refill_params(credits: &Credits, now: DateTime<Utc>) -> (Option<i64>, i64) {
 impl SqliteStore {
     /// A cost-0 spend changes nothing when the balance exists and no refill is pending: then
     /// it is answered by a read, without taking the write lock.
-    async fn read_balance(&self, req: &CreditRequest<'_>) -> Result<Option<u64>> {
+    async fn read_balance(&self, req: &CreditRequest<'_>) -> Result<Option<u64>, crate::Error> {
         let row: Option<(i64, Option<i64>)> =
             sqlx::query_as("SELECT remaining, refilled_for FROM kv_credits WHERE quota_id = ?1")
                 .bind(id_text(req.quota_id))
                 .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
+                .await?;
         let (start, _) = refill_params(req.credits, req.now);
         match (row, start) {
             (Some((remaining, _)), None) => Ok(Some(uint(remaining, "kv_credits.remaining")?)),
@@ -134,6 +133,6 @@ impl CreditStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        left.map_or(Ok(0), |v| uint(v, "kv_credits.remaining"))
+        Ok(left.map_or(Ok(0), |v| uint(v, "kv_credits.remaining"))?)
     }
 }

@@ -75,7 +75,11 @@ async fn check(conn: &mut SqliteConnection, writes: &[KeyWrite]) -> Result<()> {
 }
 
 /// Opens the balance of a new quota (an existing one, shared with a rotated key, stays).
-async fn open_balance(conn: &mut SqliteConnection, r: &KeyRecord, replace: bool) -> Result<()> {
+async fn open_balance(
+    conn: &mut SqliteConnection,
+    r: &KeyRecord,
+    replace: bool,
+) -> Result<(), crate::Error> {
     let Some(c) = &r.credits else { return Ok(()) };
     // The refill interval holding `updated_at` counts as applied: the balance given stands
     // until the next interval starts.
@@ -95,12 +99,11 @@ async fn open_balance(conn: &mut SqliteConnection, r: &KeyRecord, replace: bool)
         .bind(int(c.remaining))
         .bind(refilled_for)
         .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
+        .await?;
     Ok(())
 }
 
-async fn write_one(conn: &mut SqliteConnection, w: &KeyWrite) -> Result<()> {
+async fn write_one(conn: &mut SqliteConnection, w: &KeyWrite) -> Result<(), crate::Error> {
     match w {
         KeyWrite::Insert(r) => {
             open_balance(conn, r, false).await?;
@@ -112,8 +115,7 @@ async fn write_one(conn: &mut SqliteConnection, w: &KeyWrite) -> Result<()> {
             KeyColumns::encode(r)?
                 .bind(sqlx::query::<Sqlite>(AssertSqlSafe(sql)))
                 .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
+                .await?;
         }
         KeyWrite::Update {
             record,
@@ -126,8 +128,7 @@ async fn write_one(conn: &mut SqliteConnection, w: &KeyWrite) -> Result<()> {
                     sqlx::query("DELETE FROM kv_credits WHERE quota_id = ?1")
                         .bind(id_text(record.quota_id))
                         .execute(&mut *conn)
-                        .await
-                        .map_err(backend)?;
+                        .await?;
                 }
             }
             // Every column is set: an update carries the full new state.
@@ -141,16 +142,14 @@ async fn write_one(conn: &mut SqliteConnection, w: &KeyWrite) -> Result<()> {
             KeyColumns::encode(record)?
                 .bind(sqlx::query::<Sqlite>(AssertSqlSafe(sql)))
                 .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
+                .await?;
         }
         KeyWrite::Delete { id, .. } => {
             let quota: Option<String> =
                 sqlx::query_scalar("DELETE FROM kv_keys WHERE id = ?1 RETURNING quota_id")
                     .bind(id_text(*id))
                     .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(backend)?;
+                    .await?;
             if let Some(quota) = quota {
                 // The balance goes with the last key of its quota.
                 sqlx::query(
@@ -159,8 +158,7 @@ async fn write_one(conn: &mut SqliteConnection, w: &KeyWrite) -> Result<()> {
                 )
                 .bind(quota)
                 .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
+                .await?;
             }
         }
     }
@@ -179,7 +177,7 @@ impl KeyStore for SqliteStore {
         let changes: Vec<Change> = writes.iter().map(KeyWrite::change).collect();
         log_changes(&mut w.tx, &changes, None).await?;
         // Dropping the transaction on any error above rolls everything back.
-        w.commit().await
+        Ok(w.commit().await?)
     }
 
     async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>> {
@@ -188,7 +186,7 @@ impl KeyStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        row.as_ref().map(decode_key).transpose()
+        Ok(row.as_ref().map(decode_key).transpose()?)
     }
 
     async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
@@ -197,7 +195,7 @@ impl KeyStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        row.as_ref().map(decode_key).transpose()
+        Ok(row.as_ref().map(decode_key).transpose()?)
     }
 
     async fn list(&self, q: &KeyQuery) -> Result<Page<KeyRecord>> {
@@ -218,7 +216,10 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        let mut items = rows.iter().map(decode_key).collect::<Result<Vec<_>>>()?;
+        let mut items = rows
+            .iter()
+            .map(decode_key)
+            .collect::<Result<Vec<_>, crate::Error>>()?;
         let has_more = items.len() > limit;
         items.truncate(limit);
         Ok(Page { items, has_more })
@@ -236,7 +237,10 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(decode_key).collect()
+        Ok(rows
+            .iter()
+            .map(decode_key)
+            .collect::<Result<_, crate::Error>>()?)
     }
 
     async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
@@ -249,7 +253,10 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(decode_key).collect()
+        Ok(rows
+            .iter()
+            .map(decode_key)
+            .collect::<Result<_, crate::Error>>()?)
     }
 }
 
@@ -259,7 +266,7 @@ impl SqliteStore {
     pub(crate) async fn touch_keys(
         conn: &mut SqliteConnection,
         last_used: impl IntoIterator<Item = (KeyId, DateTime<Utc>)>,
-    ) -> Result<()> {
+    ) -> Result<(), crate::Error> {
         for (id, ts) in last_used {
             sqlx::query(
                 "UPDATE kv_keys SET last_used_at = max(coalesce(last_used_at, ?2), ?2) \
@@ -268,8 +275,7 @@ impl SqliteStore {
             .bind(id_text(id))
             .bind(micros(ts))
             .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
+            .await?;
         }
         Ok(())
     }

@@ -47,6 +47,12 @@
 //!
 //! Rate limits stay in process (`keyvault_core::memory::MemoryRateLimiter`) or in Redis.
 //!
+//! ## Errors
+//! The keyvault-core traits answer with `keyvault_core::Error`; a failure of the database is
+//! its `Backend` variant, named "sqlite", whose source is this crate's [`Error`] (a failed
+//! statement with sqlx's error, a stored value that does not decode with its column, the
+//! migration lock file with its I/O error…).
+//!
 //! ## Feature flags
 //! None.
 
@@ -61,6 +67,7 @@ mod store;
 mod usage;
 
 pub use changes::{DEFAULT_POLL_INTERVAL, SqliteChangeBus};
+pub use error::Error;
 pub use store::{
     DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MIGRATIONS_TABLE, SqliteStore, connect_options,
     migrator,

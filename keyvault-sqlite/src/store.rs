@@ -37,19 +37,16 @@ const MIGRATE_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Takes an exclusive advisory lock on `path` (created if missing), waiting without blocking
 /// the runtime; the lock is released when the file is dropped.
-async fn lock_exclusive(path: std::path::PathBuf) -> Result<std::fs::File> {
-    let io = |e: std::io::Error| {
-        backend(std::io::Error::new(
-            e.kind(),
-            format!("locking {} for migrations: {e}", path.display()),
-        ))
-    };
-    let file = std::fs::OpenOptions::new()
+async fn lock_exclusive(path: std::path::PathBuf) -> Result<std::fs::File, crate::Error> {
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(io)?;
+    {
+        Ok(file) => file,
+        Err(source) => return Err(crate::Error::MigrationLock { path, source }),
+    };
     let deadline = tokio::time::Instant::now() + MIGRATE_LOCK_WAIT;
     loop {
         match file.try_lock() {
@@ -58,11 +55,14 @@ async fn lock_exclusive(path: std::path::PathBuf) -> Result<std::fs::File> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(io(std::io::Error::other(
-                    "another process kept migrating this database for a minute",
-                )));
+                return Err(crate::Error::MigrationLockTimeout {
+                    path,
+                    waited: MIGRATE_LOCK_WAIT,
+                });
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(crate::Error::MigrationLock { path, source });
+            }
         }
     }
 }
@@ -108,8 +108,8 @@ pub(crate) struct WriteTx<'a> {
 }
 
 impl WriteTx<'_> {
-    pub(crate) async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(backend)
+    pub(crate) async fn commit(self) -> Result<(), crate::Error> {
+        Ok(self.tx.commit().await?)
     }
 }
 
@@ -207,13 +207,9 @@ impl SqliteStore {
     }
 
     /// Starts a write transaction with the write lock taken up front.
-    pub(crate) async fn write(&self) -> Result<WriteTx<'_>> {
+    pub(crate) async fn write(&self) -> Result<WriteTx<'_>, crate::Error> {
         let turn = self.write_lock.lock().await;
-        let tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx { tx, _turn: turn })
     }
 
@@ -224,11 +220,13 @@ impl SqliteStore {
     }
 }
 
-fn create_parent(file: &Path) -> Result<()> {
+fn create_parent(file: &Path) -> Result<(), crate::Error> {
     match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => {
-            std::fs::create_dir_all(dir).map_err(backend)
-        }
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::create_dir_all(dir)
+            .map_err(|source| crate::Error::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            }),
         _ => Ok(()),
     }
 }

@@ -90,7 +90,7 @@ fn hist_to_json(h: &LatencyHistogram) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
-fn hist_from_json(s: &str) -> Result<LatencyHistogram> {
+fn hist_from_json(s: &str) -> Result<LatencyHistogram, crate::Error> {
     let map: BTreeMap<u16, u64> =
         serde_json::from_str(s).map_err(|e| corrupt("kv_usage_rollup.hist", e))?;
     let mut h = LatencyHistogram::default();
@@ -104,7 +104,7 @@ fn hist_from_json(s: &str) -> Result<LatencyHistogram> {
 async fn insert_events(
     conn: &mut SqliteConnection,
     events: &[UsageEvent],
-) -> Result<HashSet<String>> {
+) -> Result<HashSet<String>, crate::Error> {
     let mut inserted = HashSet::with_capacity(events.len());
     for chunk in events.chunks(INSERT_CHUNK) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -127,11 +127,7 @@ async fn insert_events(
         // DO NOTHING also skips a repeat inside the same statement, so RETURNING names each
         // new id once: exactly the events the rollups must count.
         qb.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
-        let ids: Vec<String> = qb
-            .build_query_scalar()
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(backend)?;
+        let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
         inserted.extend(ids);
     }
     Ok(inserted)
@@ -168,7 +164,7 @@ async fn add_rollups(
     conn: &mut SqliteConnection,
     level: &Level,
     mut groups: BTreeMap<RollupKey, Cell>,
-) -> Result<()> {
+) -> Result<(), crate::Error> {
     let Level { table, time } = level;
     let (Some(first), Some(last)) = (
         groups.keys().map(|k| k.at).min(),
@@ -199,8 +195,7 @@ async fn add_rollups(
         stored.extend(
             qb.build_query_as::<RollupRow>()
                 .fetch_all(&mut *conn)
-                .await
-                .map_err(backend)?,
+                .await?,
         );
     }
     for (key_id, at, provider_set, provider, status_class, calls, hist) in stored {
@@ -234,7 +229,7 @@ async fn add_rollups(
                 .push_bind(int(*calls))
                 .push_bind(hist_to_json(hist));
         });
-        qb.build().execute(&mut *conn).await.map_err(backend)?;
+        qb.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -267,7 +262,7 @@ impl UsageSink for SqliteStore {
         add_rollups(&mut w.tx, &HOURS, hours_of(&groups)).await?;
         add_rollups(&mut w.tx, &MINUTES, groups).await?;
         SqliteStore::touch_keys(&mut w.tx, last_used).await?;
-        w.commit().await
+        Ok(w.commit().await?)
     }
 }
 
@@ -385,7 +380,13 @@ fn rollup_rows(columns: &str) -> String {
 impl SqliteStore {
     /// Adds the whole minutes `[from, to)` from the rollups: whole hours from the hourly
     /// ones, the rest from the minute ones.
-    async fn tally_rollups(&self, q: &StatsQuery, from: i64, to: i64, t: &mut Tally) -> Result<()> {
+    async fn tally_rollups(
+        &self,
+        q: &StatsQuery,
+        from: i64,
+        to: i64,
+        t: &mut Tally,
+    ) -> Result<(), crate::Error> {
         let step = q
             .step()
             .num_microseconds()
@@ -417,8 +418,7 @@ impl SqliteStore {
             .bind(series.after.1)
             .bind(step)
             .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+            .await?;
         for (bucket, provider_set, provider, ok, calls) in rows {
             let calls = u64::try_from(calls).map_err(|e| corrupt("kv_usage_rollup.calls", e))?;
             t.add(bucket, provider_set.then_some(provider), ok, calls);
@@ -440,8 +440,7 @@ impl SqliteStore {
             .bind(ranges.after.0)
             .bind(ranges.after.1)
             .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+            .await?;
         for (bucket, count) in rows {
             let bucket = u16::try_from(bucket).map_err(|e| corrupt("kv_usage_rollup.hist", e))?;
             let count = u64::try_from(count).map_err(|e| corrupt("kv_usage_rollup.hist", e))?;
@@ -451,7 +450,13 @@ impl SqliteStore {
     }
 
     /// Adds the raw events in `[from, to)` (the partial minutes at the range's ends).
-    async fn tally_events(&self, q: &StatsQuery, from: i64, to: i64, t: &mut Tally) -> Result<()> {
+    async fn tally_events(
+        &self,
+        q: &StatsQuery,
+        from: i64,
+        to: i64,
+        t: &mut Tally,
+    ) -> Result<(), crate::Error> {
         if from >= to {
             return Ok(());
         }
@@ -465,8 +470,7 @@ impl SqliteStore {
         .bind(q.key_id.map(id_text))
         .bind(q.provider.as_deref())
         .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        .await?;
         for (ts, provider, status, latency_us) in rows {
             let bucket = micros(q.bucket_of(from_micros(ts, "kv_usage_events.ts")?));
             t.add(bucket, provider, (200..400).contains(&status), 1);

@@ -17,10 +17,10 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-fn role(text: &str, column: &str) -> Result<Role> {
+fn role(text: &str, column: &'static str) -> Result<Role, crate::Error> {
     text.parse().map_err(|e| corrupt(column, e))
 }
 
-fn digest(bytes: &[u8], column: &str) -> Result<KeyDigest> {
+fn digest(bytes: &[u8], column: &'static str) -> Result<KeyDigest, crate::Error> {
     KeyDigest::from_slice(bytes).map_err(|e| corrupt(column, e))
 }

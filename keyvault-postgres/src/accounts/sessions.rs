@@ -8,15 +8,12 @@ use sqlx::{Row, postgres::PgRow};
 use super::{digest, is_unique_violation};
 use crate::{PgStore, audit::append_in, db};
 
-fn decode(row: &PgRow) -> Result<SessionRecord> {
+fn decode(row: &PgRow) -> Result<SessionRecord, crate::Error> {
     Ok(SessionRecord {
-        digest: digest(
-            &row.try_get::<Vec<u8>, _>("digest").map_err(db)?,
-            "kv_sessions.digest",
-        )?,
-        username: row.try_get("username").map_err(db)?,
-        created_at: row.try_get("created_at").map_err(db)?,
-        expires_at: row.try_get("expires_at").map_err(db)?,
+        digest: digest(&row.try_get::<Vec<u8>, _>("digest")?, "kv_sessions.digest")?,
+        username: row.try_get("username")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
     })
 }
 
@@ -75,6 +72,7 @@ impl SessionStore for PgStore {
         .as_ref()
         .map(decode)
         .transpose()
+        .map_err(Into::into)
     }
 
     async fn end_session(&self, digest: &KeyDigest, audit: &[AuditEvent]) -> Result<bool> {

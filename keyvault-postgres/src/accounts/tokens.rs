@@ -16,23 +16,20 @@ macro_rules! token_columns {
     };
 }
 
-fn decode(row: &PgRow) -> Result<TokenRecord> {
+fn decode(row: &PgRow) -> Result<TokenRecord, crate::Error> {
     Ok(TokenRecord {
-        id: row.try_get("id").map_err(db)?,
-        name: row.try_get("name").map_err(db)?,
-        role: role(
-            &row.try_get::<String, _>("role").map_err(db)?,
-            "kv_api_tokens.role",
-        )?,
-        start: row.try_get("start").map_err(db)?,
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        role: role(&row.try_get::<String, _>("role")?, "kv_api_tokens.role")?,
+        start: row.try_get("start")?,
         digest: digest(
-            &row.try_get::<Vec<u8>, _>("digest").map_err(db)?,
+            &row.try_get::<Vec<u8>, _>("digest")?,
             "kv_api_tokens.digest",
         )?,
-        created_at: row.try_get("created_at").map_err(db)?,
-        expires_at: row.try_get("expires_at").map_err(db)?,
-        revoked_at: row.try_get("revoked_at").map_err(db)?,
-        created_by: row.try_get("created_by").map_err(db)?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        created_by: row.try_get("created_by")?,
     })
 }
 
@@ -112,6 +109,7 @@ impl TokenStore for PgStore {
         .as_ref()
         .map(decode)
         .transpose()
+        .map_err(Into::into)
     }
 
     async fn token_by_digest(&self, digest: &KeyDigest) -> Result<Option<TokenRecord>> {
@@ -127,6 +125,7 @@ impl TokenStore for PgStore {
         .as_ref()
         .map(decode)
         .transpose()
+        .map_err(Into::into)
     }
 
     async fn list_tokens(&self, before: Option<Uuid>, limit: usize) -> Result<Page<TokenRecord>> {
@@ -142,7 +141,10 @@ impl TokenStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let mut items = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        let mut items = rows
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, crate::Error>>()?;
         let has_more = items.len() > limit;
         items.truncate(limit);
         Ok(Page { items, has_more })
@@ -157,6 +159,9 @@ impl TokenStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter().map(decode).collect()
+        rows.iter()
+            .map(decode)
+            .collect::<Result<_, crate::Error>>()
+            .map_err(Into::into)
     }
 }

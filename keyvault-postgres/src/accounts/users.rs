@@ -7,29 +7,25 @@ use sqlx::{PgConnection, Row, postgres::PgRow};
 use super::{is_unique_violation, role};
 use crate::{PgStore, audit::append_in, db};
 
-fn decode(row: &PgRow) -> Result<UserRecord> {
+fn decode(row: &PgRow) -> Result<UserRecord, crate::Error> {
     Ok(UserRecord {
-        username: row.try_get("username").map_err(db)?,
-        role: role(
-            &row.try_get::<String, _>("role").map_err(db)?,
-            "kv_users.role",
-        )?,
-        password_hash: row.try_get("password_hash").map_err(db)?,
-        enabled: row.try_get("enabled").map_err(db)?,
-        created_at: row.try_get("created_at").map_err(db)?,
-        updated_at: row.try_get("updated_at").map_err(db)?,
+        username: row.try_get("username")?,
+        role: role(&row.try_get::<String, _>("role")?, "kv_users.role")?,
+        password_hash: row.try_get("password_hash")?,
+        enabled: row.try_get("enabled")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
     })
 }
 
-async fn find(conn: &mut PgConnection, username: &str) -> Result<Option<UserRecord>> {
+async fn find(conn: &mut PgConnection, username: &str) -> Result<Option<UserRecord>, crate::Error> {
     let row = sqlx::query(
         "SELECT username, role, password_hash, enabled, created_at, updated_at \
          FROM kv_users WHERE username = $1",
     )
     .bind(username)
     .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
+    .await?;
     row.as_ref().map(decode).transpose()
 }
 
@@ -117,7 +113,7 @@ impl UserStore for PgStore {
 
     async fn user(&self, username: &str) -> Result<Option<UserRecord>> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        find(&mut conn, username).await
+        Ok(find(&mut conn, username).await?)
     }
 
     async fn users(&self) -> Result<Vec<UserRecord>> {
@@ -128,6 +124,9 @@ impl UserStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter().map(decode).collect()
+        rows.iter()
+            .map(decode)
+            .collect::<Result<_, crate::Error>>()
+            .map_err(Into::into)
     }
 }

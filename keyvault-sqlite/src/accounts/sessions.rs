@@ -13,7 +13,7 @@ use crate::{
     error::backend,
 };
 
-fn decode(row: &SqliteRow) -> Result<SessionRecord> {
+fn decode(row: &SqliteRow) -> Result<SessionRecord, crate::Error> {
     Ok(SessionRecord {
         digest: digest(&column::<Vec<u8>>(row, "digest")?, "kv_sessions.digest")?,
         username: column(row, "username")?,
@@ -61,7 +61,7 @@ impl SessionStore for SqliteStore {
             Err(e) => return Err(backend(e)),
         }
         append_linked(&mut w.tx, audit).await?;
-        w.commit().await
+        Ok(w.commit().await?)
     }
 
     async fn session(&self, digest: &KeyDigest) -> Result<Option<SessionRecord>> {
@@ -72,7 +72,7 @@ impl SessionStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        row.as_ref().map(decode).transpose()
+        Ok(row.as_ref().map(decode).transpose()?)
     }
 
     async fn end_session(&self, digest: &KeyDigest, audit: &[AuditEvent]) -> Result<bool> {

@@ -42,7 +42,7 @@ impl SettingStore for SqliteStore {
         .await
         .map_err(backend)?;
         append_linked(&mut w.tx, audit).await?;
-        w.commit().await
+        Ok(w.commit().await?)
     }
 
     async fn settings(&self) -> Result<Vec<(String, String)>> {

@@ -23,7 +23,7 @@ fn select(filter: &str) -> AssertSqlSafe<String> {
     AssertSqlSafe(format!("SELECT {COLUMNS} FROM kv_api_tokens {filter}"))
 }
 
-fn decode(row: &SqliteRow) -> Result<TokenRecord> {
+fn decode(row: &SqliteRow) -> Result<TokenRecord, crate::Error> {
     Ok(TokenRecord {
         id: uuid(&column::<String>(row, "id")?, "kv_api_tokens.id")?,
         name: column(row, "name")?,
@@ -68,7 +68,7 @@ impl TokenStore for SqliteStore {
             Err(e) => return Err(backend(e)),
         }
         append_linked(&mut w.tx, audit).await?;
-        w.commit().await
+        Ok(w.commit().await?)
     }
 
     async fn revoke_token(
@@ -101,7 +101,7 @@ impl TokenStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        row.as_ref().map(decode).transpose()
+        Ok(row.as_ref().map(decode).transpose()?)
     }
 
     async fn token_by_digest(&self, digest: &KeyDigest) -> Result<Option<TokenRecord>> {
@@ -110,7 +110,7 @@ impl TokenStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        row.as_ref().map(decode).transpose()
+        Ok(row.as_ref().map(decode).transpose()?)
     }
 
     async fn list_tokens(&self, before: Option<Uuid>, limit: usize) -> Result<Page<TokenRecord>> {
@@ -123,7 +123,10 @@ impl TokenStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let mut items = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        let mut items = rows
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, crate::Error>>()?;
         let has_more = items.len() > limit;
         items.truncate(limit);
         Ok(Page { items, has_more })
@@ -134,6 +137,9 @@ impl TokenStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(decode).collect()
+        Ok(rows
+            .iter()
+            .map(decode)
+            .collect::<Result<_, crate::Error>>()?)
     }
 }

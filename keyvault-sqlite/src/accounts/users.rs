@@ -12,7 +12,7 @@ use crate::{
     error::backend,
 };
 
-fn decode(row: &SqliteRow) -> Result<UserRecord> {
+fn decode(row: &SqliteRow) -> Result<UserRecord, crate::Error> {
     Ok(UserRecord {
         username: column(row, "username")?,
         role: role(&column::<String>(row, "role")?, "kv_users.role")?,
@@ -23,15 +23,17 @@ fn decode(row: &SqliteRow) -> Result<UserRecord> {
     })
 }
 
-async fn find(conn: &mut SqliteConnection, username: &str) -> Result<Option<UserRecord>> {
+async fn find(
+    conn: &mut SqliteConnection,
+    username: &str,
+) -> Result<Option<UserRecord>, crate::Error> {
     let row = sqlx::query(
         "SELECT username, role, password_hash, enabled, created_at, updated_at \
          FROM kv_users WHERE username = ?1",
     )
     .bind(username)
     .fetch_optional(&mut *conn)
-    .await
-    .map_err(backend)?;
+    .await?;
     row.as_ref().map(decode).transpose()
 }
 
@@ -62,7 +64,7 @@ impl UserStore for SqliteStore {
             Err(e) => return Err(backend(e)),
         }
         append_linked(&mut w.tx, audit).await?;
-        w.commit().await
+        Ok(w.commit().await?)
     }
 
     async fn update_user(&self, user: &UserRecord, audit: &[AuditEvent]) -> Result<()> {
@@ -108,12 +110,12 @@ impl UserStore for SqliteStore {
                 .map_err(backend)?;
         }
         append_linked(&mut w.tx, audit).await?;
-        w.commit().await
+        Ok(w.commit().await?)
     }
 
     async fn user(&self, username: &str) -> Result<Option<UserRecord>> {
         let mut conn = self.pool.acquire().await.map_err(backend)?;
-        find(&mut conn, username).await
+        Ok(find(&mut conn, username).await?)
     }
 
     async fn users(&self) -> Result<Vec<UserRecord>> {
@@ -124,6 +126,9 @@ impl UserStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter().map(decode).collect()
+        Ok(rows
+            .iter()
+            .map(decode)
+            .collect::<Result<_, crate::Error>>()?)
     }
 }
