@@ -84,7 +84,8 @@ const KEY_CURSOR: &str = "k1.";
         ("enabled" = Option<bool>, Query, description = "Only enabled (true) or disabled (false) keys"),
         ("search" = Option<String>, Query, description = "Substring of the name or the key's start"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+        ("cursor" = Option<String>, Query, pattern = r"^k1\.[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$",
+            description = "`next_cursor` of the previous page (opaque; its shape is given so that a client can tell a damaged one)")),
     responses(
         (status = 200, description = "A page of keys", body = KeyPage),
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
@@ -203,7 +204,7 @@ pub(crate) async fn delete(
 pub(crate) struct RotateBody {
     /// How long the old key keeps working (default 86400, at most a year; never past the
     /// old key's own expiry).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::wire::whole")]
     #[schema(minimum = 0, maximum = 31536000)]
     grace_seconds: Option<u64>,
 }

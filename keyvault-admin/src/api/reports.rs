@@ -132,7 +132,9 @@ pub(crate) struct AuditParams {
     /// Page size (default 50).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page (opaque).
+    /// `next_cursor` of the previous page (opaque; its shape is given so that a client can
+    /// tell a damaged one).
+    #[param(pattern = r"^a1\.[0-9]{1,19}$")]
     cursor: Option<String>,
 }
 

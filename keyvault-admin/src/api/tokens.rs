@@ -108,7 +108,8 @@ const TOKEN_CURSOR: &str = "t1.";
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "listTokens",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+        ("cursor" = Option<String>, Query, pattern = r"^t1\.[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$",
+            description = "`next_cursor` of the previous page (opaque; its shape is given so that a client can tell a damaged one)")),
     responses(
         (status = 200, description = "A page of tokens", body = TokenPage),
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),

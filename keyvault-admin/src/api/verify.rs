@@ -15,6 +15,7 @@ use super::{
     extract::{JsonBody, Required, accept},
     openapi::ProblemDoc,
     shapes,
+    wire::whole,
 };
 use crate::{
     auth::Need,
@@ -29,7 +30,7 @@ pub(crate) struct VerifyBody {
     /// The presented key; anything that does not parse answers NOT_FOUND.
     key: String,
     /// Credits to spend (default 1; 0 is a pure check).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     #[schema(minimum = 0, maximum = 9007199254740991_i64)]
     cost: Option<u64>,
     /// Scopes the key must hold.
@@ -204,8 +205,9 @@ pub(crate) struct UsageItem {
     #[schema(value_type = String, required = true, min_length = 1, max_length = 64)]
     provider: Option<String>,
     /// The call's HTTP status.
+    #[serde(default, deserialize_with = "whole")]
     #[schema(value_type = u16, required = true, minimum = 100, maximum = 599)]
-    status: Option<u16>,
+    status: Option<u64>,
     #[schema(value_type = f64, required = true, minimum = 0, maximum = 86400000)]
     latency_ms: Option<f64>,
     /// When the call was made (default: now); at most 5 minutes ahead of the server's clock.
@@ -258,12 +260,15 @@ fn usage_event(i: usize, item: UsageItem, now: DateTime<Utc>) -> Result<UsageEve
     let status = item
         .status
         .ok_or_else(|| Error::input(field("status"), "is required"))?;
-    if !(100..=599).contains(&status) {
+    let Some(status) = u16::try_from(status)
+        .ok()
+        .filter(|s| (100..=599).contains(s))
+    else {
         return Err(Error::input(
             field("status"),
             "must be an HTTP status (100–599)",
         ));
-    }
+    };
     let latency_ms = item
         .latency_ms
         .ok_or_else(|| Error::input(field("latency_ms"), "is required"))?;

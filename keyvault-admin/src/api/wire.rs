@@ -19,7 +19,10 @@ use keyvault_core::{
     Credits, HumanDuration, InvalidInput, KeyPatch, NewKey, Prefix, RateLimit, Refill,
     RefillInterval, RotationPolicy, parse_allowlist,
 };
-use serde::{Deserialize, Deserializer};
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, Unexpected, Visitor},
+};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
@@ -120,11 +123,44 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// A whole number ≥ 0 as JSON Schema reads `integer`: `5` and `5.0` alike (serde's own
+/// integers refuse the second). `null` is `None`; the bounds are checked by whoever reads it.
+pub(crate) fn whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    struct Whole;
+    impl<'de> Visitor<'de> for Whole {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number, at least 0")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            // 2⁶⁴ is exact as an f64; anything below it with no fraction is a u64.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(Some(v as u64))
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
+}
+
 /// Credits: the balance to start from and an optional refill.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = Credits)]
 pub(crate) struct CreditsBody {
+    #[serde(default, deserialize_with = "whole")]
     #[schema(value_type = u64, required = true, minimum = 0, maximum = 9007199254740991_i64)]
     remaining: Option<u64>,
     refill: Option<RefillBody>,
@@ -137,6 +173,7 @@ pub(crate) struct CreditsBody {
 pub(crate) struct RefillBody {
     #[schema(value_type = IntervalBody, required = true)]
     interval: Option<IntervalBody>,
+    #[serde(default, deserialize_with = "whole")]
     #[schema(value_type = u64, required = true, minimum = 0, maximum = 9007199254740991_i64)]
     amount: Option<u64>,
 }
@@ -176,8 +213,10 @@ impl From<RefillInterval> for IntervalBody {
 pub(crate) struct RateLimitBody {
     #[schema(schema_with = shapes::limit_name, required = true)]
     name: Option<String>,
+    #[serde(default, deserialize_with = "whole")]
     #[schema(value_type = u64, required = true, minimum = 1, maximum = 1000000000)]
     limit: Option<u64>,
+    #[serde(default, deserialize_with = "whole")]
     #[schema(value_type = u64, required = true, minimum = 1, maximum = 31536000000_i64)]
     period_ms: Option<u64>,
 }
@@ -409,6 +448,20 @@ mod tests {
             // The member is in the field, not repeated at the start of the detail.
             let member = path.rsplit('.').next().unwrap();
             assert!(!detail.starts_with(&format!("{member}:")), "{detail}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_with_a_zero_fraction() {
+        let k = new_key(
+            r#"{"name":"a","credits":{"remaining":5.0},"ratelimits":[{"name":"m","limit":1e2,"period_ms":60000}]}"#,
+        )
+        .unwrap();
+        assert_eq!(k.credits.unwrap().remaining, 5);
+        assert_eq!(k.ratelimits[0].limit(), 100);
+        for bad in ["1.5", "-1", "-0.5", "1e30", "\"5\"", "true"] {
+            let body = format!(r#"{{"name":"a","credits":{{"remaining":{bad}}}}}"#);
+            assert_eq!(field(new_key(&body)).0, "credits.remaining", "{bad}");
         }
     }
 
