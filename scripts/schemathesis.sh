@@ -47,6 +47,20 @@ st --config-file schemathesis.toml run "$addr/openapi.json" \
     --checks all \
     --phases examples,coverage,fuzzing,stateful \
     "$@" || status=$?
+# The answers per operation, from the server's access log: an operation that never got a 2xx
+# was only ever refused (a run whose token was revoked sees nothing but 401s).
+python3 - "$work/server.log" <<'PY'
+import collections, re, sys
+seen = collections.defaultdict(collections.Counter)
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    m = re.search(r'method="(\w+)" route="(/[^"]*)" status=(\d+)', line)
+    if m:
+        seen[f"{m[1]} {m[2]}"][m[3][0] + "xx"] += 1
+print("answers per operation (server's access log):")
+for op, counts in sorted(seen.items()):
+    flag = "" if counts["2xx"] else "   <- no success"
+    print(f"  {op:32} " + " ".join(f"{k}:{v}" for k, v in sorted(counts.items())) + flag)
+PY
 # A 5xx is a bug even when Schemathesis did not catch its response: show the server's errors.
 if grep -q ' ERROR ' "$work/server.log"; then
     echo "schemathesis.sh: the server logged errors:" >&2
