@@ -2,27 +2,38 @@
 //! holds a key, a token or a digest.
 
 use chrono::{DateTime, Utc};
-use keyvault_core::{KeyRecord, Keyvault, RateLimit, Refill, RotationPolicy};
+use keyvault_core::{KeyRecord, Keyvault, RateLimit, Refill, RotationPolicy, TokenRecord};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use keyvault_core::TokenRecord;
-
-use crate::error::Result;
+use crate::{
+    api::{
+        shapes,
+        wire::{RateLimitBody, RefillBody, RotationBody},
+    },
+    error::Result,
+};
 
 /// A key's credits: the live balance and the refill.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = KeyCredits)]
 pub(crate) struct CreditsView {
+    /// The balance now.
     pub(crate) remaining: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<RefillBody>)]
     pub(crate) refill: Option<Refill>,
 }
 
-/// `GET /v1/keys/{id}`.
-#[derive(Debug, Clone, Serialize)]
+/// A key (never the key itself or its digest).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Key)]
 pub(crate) struct KeyView {
+    #[schema(schema_with = shapes::uuid)]
     pub(crate) id: String,
     pub(crate) name: String,
+    /// The prefix and the first four characters of the body (`kv_AbCd`).
     pub(crate) start: String,
     pub(crate) prefix: String,
     pub(crate) owner_id: Option<String>,
@@ -30,15 +41,24 @@ pub(crate) struct KeyView {
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
     pub(crate) expires_at: Option<DateTime<Utc>>,
+    /// The live balance and the refill; null: unlimited.
     pub(crate) credits: Option<CreditsView>,
+    #[schema(value_type = Vec<RateLimitBody>)]
     pub(crate) ratelimits: Vec<RateLimit>,
     pub(crate) scopes: Vec<String>,
     pub(crate) ip_allowlist: Vec<String>,
+    #[schema(value_type = Object)]
     pub(crate) metadata: Map<String, Value>,
+    #[schema(value_type = Option<RotationBody>)]
     pub(crate) rotation: Option<RotationPolicy>,
     pub(crate) next_rotation_at: Option<DateTime<Utc>>,
+    /// The key this one replaced.
+    #[schema(schema_with = shapes::uuid_or_null)]
     pub(crate) rotated_from: Option<String>,
+    /// The key that replaced this one.
+    #[schema(schema_with = shapes::uuid_or_null)]
     pub(crate) superseded_by: Option<String>,
+    /// After a rotation: when this (old) key stops verifying.
     pub(crate) grace_until: Option<DateTime<Utc>>,
     pub(crate) last_used_at: Option<DateTime<Utc>>,
 }
@@ -80,11 +100,15 @@ impl KeyView {
 }
 
 /// An API token's public fields.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Token)]
 pub(crate) struct TokenView {
+    #[schema(schema_with = shapes::uuid)]
     pub(crate) id: String,
     pub(crate) name: String,
+    #[schema(value_type = RoleName)]
     pub(crate) role: String,
+    /// `kvt_` and the first four characters of the token's body.
     pub(crate) start: String,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) expires_at: Option<DateTime<Utc>>,
@@ -101,6 +125,44 @@ impl From<&TokenRecord> for TokenView {
             created_at: t.created_at,
             expires_at: t.expires_at,
             created_by: t.created_by.clone(),
+        }
+    }
+}
+
+/// A role's name: the schema of `crate::auth::Role` (which lives with the other roles' code).
+#[derive(ToSchema)]
+#[schema(as = Role, rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum RoleName {
+    /// Everything, API tokens and users included.
+    Admin,
+    /// Keys; reads the audit log.
+    Operator,
+    /// Reads keys and statistics.
+    Viewer,
+    /// Verifies keys and reports usage.
+    Verifier,
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::PartialSchema;
+
+    use super::*;
+    use crate::auth::Role;
+
+    #[test]
+    fn the_role_schema_names_every_role() {
+        let schema = serde_json::to_value(RoleName::schema()).unwrap();
+        let names: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["admin", "operator", "viewer", "verifier"]);
+        for n in names {
+            assert_eq!(n.parse::<Role>().unwrap().as_str(), n);
         }
     }
 }

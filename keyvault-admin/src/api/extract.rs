@@ -190,65 +190,15 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
                 .field(*f));
         }
     }
+    // Bodies are plain serde structs that check nothing while deserialising, so the path
+    // serde_path_to_error reports is the field at fault (or the unknown one).
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        let message = e.into_inner().to_string();
-        let (field, message) = name_inner_field(&path, &message);
         Code::InvalidField
-            .problem(redact(&message))
-            .field(redact(&field))
+            .problem(redact(&e.into_inner().to_string()))
+            .field(redact(&path))
     })
-}
-
-/// The path of the field an error is about. serde's path stops at the value whose
-/// deserialiser failed; when that value is an object (a rate limit, credits) the message
-/// names the member at fault (`missing field `period_ms``, `limit: must be …`), and the
-/// client is told the whole path (`ratelimits[0].period_ms`).
-fn name_inner_field(path: &str, message: &str) -> (String, String) {
-    let join = |inner: &str| {
-        if path.is_empty() {
-            inner.to_owned()
-        } else {
-            format!("{path}.{inner}")
-        }
-    };
-    if let Some(rest) = message.strip_prefix("missing field `")
-        && let Some((name, _)) = rest.split_once('`')
-        && is_member_name(name)
-    {
-        return (join(name), message.to_owned());
-    }
-    if let Some((head, rest)) = message.split_once(": ") {
-        // `ip_allowlist[1]: …` from a list's own check: the head is the last segment of
-        // the path with an index, so it replaces that segment.
-        let last = path.rsplit('.').next().unwrap_or_default();
-        if head == last {
-            return (path.to_owned(), rest.to_owned());
-        }
-        if !last.is_empty()
-            && let Some(index) = head.strip_prefix(last)
-            && index.starts_with('[')
-            && index.ends_with(']')
-            && index[1..index.len() - 1]
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        {
-            return (format!("{path}{index}"), rest.to_owned());
-        }
-        if is_member_name(head) {
-            return (join(head), rest.to_owned());
-        }
-    }
-    (path.to_owned(), message.to_owned())
-}
-
-fn is_member_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A JSON body parsed into `T` (with the fields named in `T`'s [`Required`] checked first).
@@ -412,27 +362,6 @@ mod tests {
         assert_eq!(e.code(), "invalid_json");
         let e = parse_json::<Body>(b"[1]", &["name"]).unwrap_err();
         assert_eq!(e.code(), "invalid_json");
-    }
-
-    #[test]
-    fn inner_fields_extend_the_path() {
-        let f = |p: &str, m: &str| name_inner_field(p, m);
-        assert_eq!(
-            f("ratelimits[0]", "limit: must be ≥ 1").0,
-            "ratelimits[0].limit"
-        );
-        assert_eq!(f("ratelimits[0]", "limit: must be ≥ 1").1, "must be ≥ 1");
-        assert_eq!(
-            f("credits", "missing field `remaining`").0,
-            "credits.remaining"
-        );
-        assert_eq!(
-            f("ip_allowlist", "ip_allowlist[3]: bad").0,
-            "ip_allowlist[3]"
-        );
-        assert_eq!(f("prefix", "prefix: must match").0, "prefix");
-        assert_eq!(f("cost", "invalid type: string").0, "cost");
-        assert_eq!(f("", "missing field `name`").0, "name");
     }
 
     #[test]

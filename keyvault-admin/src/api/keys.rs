@@ -8,26 +8,23 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use keyvault_core::{BatchAction, KeyId, KeyPatch, KeyQuery, NewKey};
+use chrono::{DateTime, Utc};
+use keyvault_core::{BatchAction, KeyId, KeyQuery};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::{
     AppState, Caller,
     extract::{IdPath, JsonBody, QueryParams, Required, accept, redact},
     openapi::ProblemDoc,
+    shapes,
+    wire::{KeyPatchBody, NewKeyBody},
 };
 use crate::{
     auth::Need,
     error::{Error, Problem, Result},
     views::KeyView,
 };
-
-impl Required for NewKey {
-    const REQUIRED: &'static [&'static str] = &["name"];
-}
-// CONTRACT §3: in a PATCH, `null` clears a field; `KeyPatch` reads it so.
-impl Required for KeyPatch {}
 
 /// The key ids of the API: a malformed one is simply unknown.
 pub(super) fn key_id(text: &str) -> Result<KeyId> {
@@ -36,17 +33,19 @@ pub(super) fn key_id(text: &str) -> Result<KeyId> {
 }
 
 /// A key just created: its fields and, once, the key.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CreatedKey)]
 pub(crate) struct CreatedKeyView {
     #[serde(flatten)]
     view: KeyView,
+    /// The key: shown here once, never again.
     key: String,
 }
 
-#[utoipa::path(post, path = "/v1/keys", tag = "keys",
-    request_body = super::openapi::NewKeyDoc,
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", operation_id = "createKey",
+    request_body = NewKeyBody,
     responses(
-        (status = 201, description = "Created; `key` is shown only here", body = super::openapi::CreatedKeyDoc),
+        (status = 201, description = "Created; `key` is shown only here", body = CreatedKeyView),
         (status = 400, description = "Malformed body or field", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "Invalid value", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
@@ -55,9 +54,10 @@ pub(crate) struct CreatedKeyView {
 pub(crate) async fn create(
     State(st): State<AppState>,
     caller: Caller,
-    body: Result<JsonBody<NewKey>, Problem>,
+    body: Result<JsonBody<NewKeyBody>, Problem>,
 ) -> Result<Response> {
     caller.require(&st, Need::Operator, "key.create").await?;
+    let body = body.and_then(|b| b.0.into_core().map(JsonBody));
     let new = accept(&st, &caller, "key.create", None, body).await?;
     let created = st.app.kv.create_key(new, &caller.actor()).await?;
     let view = KeyView::load(&st.app.kv, &created.record).await?;
@@ -68,24 +68,26 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// One page of keys.
-#[derive(Debug, Serialize)]
+/// One page of keys, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct KeyPage {
     items: Vec<KeyView>,
+    /// Opaque; null on the last page.
     next_cursor: Option<String>,
 }
 
 const KEY_CURSOR: &str = "k1.";
 
-#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", operation_id = "listKeys",
     params(
         ("owner_id" = Option<String>, Query, description = "Only this owner's keys"),
         ("enabled" = Option<bool>, Query, description = "Only enabled (true) or disabled (false) keys"),
         ("search" = Option<String>, Query, description = "Substring of the name or the key's start"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+        ("cursor" = Option<String>, Query, pattern = r"^k1\.[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$",
+            description = "`next_cursor` of the previous page (opaque; its shape is given so that a client can tell a damaged one)")),
     responses(
-        (status = 200, body = super::openapi::KeyPageDoc),
+        (status = 200, description = "A page of keys", body = KeyPage),
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, body = ProblemDoc, content_type = "application/problem+json")),
@@ -126,10 +128,10 @@ pub(crate) async fn list(
     Ok(Json(KeyPage { items, next_cursor }))
 }
 
-#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys",
-    params(("id" = String, Path, description = "The key's id")),
+#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", operation_id = "getKey",
+    params(KeyIdParam),
     responses(
-        (status = 200, body = super::openapi::KeyDoc),
+        (status = 200, description = "The key", body = KeyView),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, body = ProblemDoc, content_type = "application/problem+json")),
@@ -144,11 +146,11 @@ pub(crate) async fn get(
     Ok(Json(KeyView::load(&st.app.kv, &record).await?))
 }
 
-#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys",
-    params(("id" = String, Path, description = "The key's id")),
-    request_body = super::openapi::KeyPatchDoc,
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", operation_id = "updateKey",
+    params(KeyIdParam),
+    request_body = KeyPatchBody,
     responses(
-        (status = 200, body = super::openapi::KeyDoc),
+        (status = 200, description = "The key as changed", body = KeyView),
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
@@ -160,9 +162,10 @@ pub(crate) async fn update(
     State(st): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
-    body: Result<JsonBody<KeyPatch>, Problem>,
+    body: Result<JsonBody<KeyPatchBody>, Problem>,
 ) -> Result<Json<KeyView>> {
     caller.require(&st, Need::Operator, "key.update").await?;
+    let body = body.and_then(|b| b.0.into_core().map(JsonBody));
     let patch = accept(&st, &caller, "key.update", Some(redact(&id)), body).await?;
     let id = match key_id(&id) {
         Ok(id) => id,
@@ -172,8 +175,8 @@ pub(crate) async fn update(
     Ok(Json(KeyView::load(&st.app.kv, &record).await?))
 }
 
-#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
-    params(("id" = String, Path, description = "The key's id")),
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", operation_id = "deleteKey",
+    params(KeyIdParam),
     responses(
         (status = 204, description = "Deleted: the key answers NOT_FOUND from now on"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
@@ -194,23 +197,49 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/keys/{id}/rotate`.
-#[derive(Debug, Deserialize, Default)]
+/// `POST /v1/keys/{id}/rotate` (an empty body is `{}`).
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RotateRequest)]
 pub(crate) struct RotateBody {
-    #[serde(default)]
+    /// How long the old key keeps working (default 86400, at most a year; never past the
+    /// old key's own expiry).
+    #[serde(default, deserialize_with = "super::wire::whole")]
+    #[schema(minimum = 0, maximum = 31536000)]
     grace_seconds: Option<u64>,
 }
+
+/// A key just rotated: the new key, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RotatedKey)]
+pub(crate) struct RotatedKeyView {
+    /// The new key's id.
+    #[schema(schema_with = shapes::uuid)]
+    id: String,
+    /// The new key: shown here once.
+    key: String,
+    start: String,
+    name: String,
+    #[schema(schema_with = shapes::uuid)]
+    old_id: String,
+    old_key_expires_at: DateTime<Utc>,
+}
+
+/// A key's id in a path. A malformed one is answered as unknown (404), like an id nobody has.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct KeyIdParam(#[param(schema_with = shapes::uuid)] String);
 
 impl Required for RotateBody {
     const EMPTY_IS_OBJECT: bool = true;
 }
 
-#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys",
-    params(("id" = String, Path, description = "The key's id")),
-    request_body(content = super::openapi::RotateDoc, description = "Optional; the default grace is 24 hours"),
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", operation_id = "rotateKey",
+    params(KeyIdParam),
+    request_body(content = RotateBody, description = "Optional; the default grace is 24 hours"),
     responses(
-        (status = 201, description = "The new key, shown only here", body = super::openapi::RotatedDoc),
+        (status = 201, description = "The new key, shown only here", body = RotatedKeyView),
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
@@ -233,22 +262,25 @@ pub(crate) async fn rotate(
     let grace = body.grace_seconds.map(Duration::from_secs);
     let rotated = st.app.kv.rotate_key(id, grace, &caller.actor()).await?;
     let view = KeyView::load(&st.app.kv, &rotated.record).await?;
-    let body = json!({
-        "id": rotated.record.id.to_string(),
-        "key": rotated.key.expose(),
-        "start": view.start,
-        "name": view.name,
-        "old_id": rotated.old_id.to_string(),
-        "old_key_expires_at": rotated.old_key_expires_at,
-    });
+    let body = RotatedKeyView {
+        id: rotated.record.id.to_string(),
+        key: rotated.key.expose().to_owned(),
+        start: view.start,
+        name: view.name,
+        old_id: rotated.old_id.to_string(),
+        old_key_expires_at: rotated.old_key_expires_at,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// `POST /v1/keys/batch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BatchRequest)]
 pub(crate) struct BatchBody {
-    action: BatchAction,
+    action: BatchActionBody,
+    /// Key ids; one that is not a key's id gets its own `not_found` result.
+    #[schema(max_items = 1000)]
     ids: Vec<String>,
 }
 
@@ -256,12 +288,51 @@ impl Required for BatchBody {
     const REQUIRED: &'static [&'static str] = &["action", "ids"];
 }
 
+/// What a batch does to every key.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = BatchAction)]
+pub(crate) enum BatchActionBody {
+    Enable,
+    Disable,
+    Delete,
+}
+
+impl From<BatchActionBody> for BatchAction {
+    fn from(a: BatchActionBody) -> Self {
+        match a {
+            BatchActionBody::Enable => BatchAction::Enable,
+            BatchActionBody::Disable => BatchAction::Disable,
+            BatchActionBody::Delete => BatchAction::Delete,
+        }
+    }
+}
+
+/// One id's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchItem {
+    /// The id as given (redacted if it looked like a secret); absent only for an internal
+    /// failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    ok: bool,
+    /// The problem code when `ok` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+/// One result per id, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchResult {
+    results: Vec<BatchItem>,
+}
+
 const MAX_BATCH: usize = 1_000;
 
-#[utoipa::path(post, path = "/v1/keys/batch", tag = "keys",
-    request_body = super::openapi::BatchDoc,
+#[utoipa::path(post, path = "/v1/keys/batch", tag = "keys", operation_id = "batchKeys",
+    request_body = BatchBody,
     responses(
-        (status = 200, description = "One result per id, in order", body = super::openapi::BatchResultDoc),
+        (status = 200, description = "One result per id, in order", body = BatchResult),
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, body = ProblemDoc, content_type = "application/problem+json")),
@@ -270,15 +341,21 @@ pub(crate) async fn batch(
     State(st): State<AppState>,
     caller: Caller,
     body: Result<JsonBody<BatchBody>, Problem>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<BatchResult>> {
     caller.require(&st, Need::Operator, "key.batch").await?;
     let body = accept(&st, &caller, "key.batch", None, body).await?;
     if body.ids.len() > MAX_BATCH {
         return Err(Error::input("ids", format!("at most {MAX_BATCH} ids")));
     }
+    let action = BatchAction::from(body.action);
     let actor = caller.actor();
+    let failed = |id: Option<String>, e: &Error| BatchItem {
+        id,
+        ok: false,
+        error: Some(Problem::from(e).code()),
+    };
     let mut ids = Vec::new();
-    let mut results: Vec<Option<serde_json::Value>> = Vec::with_capacity(body.ids.len());
+    let mut results: Vec<Option<BatchItem>> = Vec::with_capacity(body.ids.len());
     for text in &body.ids {
         match key_id(text) {
             Ok(id) => {
@@ -286,34 +363,27 @@ pub(crate) async fn batch(
                 results.push(None);
             }
             Err(e) => {
-                let e = st
-                    .app
-                    .refused(&actor, batch_action(body.action), None, e)
-                    .await;
-                results.push(Some(json!({
-                    "id": redact(text),
-                    "ok": false,
-                    "error": crate::error::Problem::from(&e).code(),
-                })))
+                let e = st.app.refused(&actor, batch_action(action), None, e).await;
+                results.push(Some(failed(Some(redact(text)), &e)));
             }
         }
     }
-    let mut done = st.app.kv.batch(body.action, &ids, &actor).await.into_iter();
-    let results: Vec<serde_json::Value> = results
+    let mut done = st.app.kv.batch(action, &ids, &actor).await.into_iter();
+    let results = results
         .into_iter()
         .map(|r| {
             r.unwrap_or_else(|| match done.next() {
-                Some((id, Ok(()))) => json!({ "id": id.to_string(), "ok": true }),
-                Some((id, Err(e))) => json!({
-                    "id": id.to_string(),
-                    "ok": false,
-                    "error": crate::error::Problem::from(&Error::from(e)).code(),
-                }),
-                None => json!({ "ok": false, "error": "internal" }),
+                Some((id, Ok(()))) => BatchItem {
+                    id: Some(id.to_string()),
+                    ok: true,
+                    error: None,
+                },
+                Some((id, Err(e))) => failed(Some(id.to_string()), &Error::from(e)),
+                None => failed(None, &Error::Internal("a batch result is missing".into())),
             })
         })
         .collect();
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(BatchResult { results }))
 }
 
 fn batch_action(a: BatchAction) -> &'static str {

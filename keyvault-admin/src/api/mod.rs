@@ -6,9 +6,11 @@ mod keys;
 mod mount;
 mod openapi;
 mod reports;
+pub(crate) mod shapes;
 mod signin;
 mod tokens;
 mod verify;
+pub(crate) mod wire;
 
 use std::time::Instant;
 
@@ -144,13 +146,13 @@ async fn method_not_allowed() -> Problem {
     Code::MethodNotAllowed.problem("this endpoint does not answer this method")
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz",
     responses((status = 200, description = "The process is alive", body = openapi::Status)))]
 pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
     responses(
         (status = 200, description = "The database (and Redis) answer", body = openapi::Status),
         (status = 503, description = "A backend is down", body = openapi::ProblemDoc, content_type = "application/problem+json")))]
@@ -159,7 +161,7 @@ pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<serde_json
     Ok(Json(json!({ "status": "ready" })))
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
     responses(
         (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
         (status = 401, description = "Not a loopback peer and no valid token", body = openapi::ProblemDoc, content_type = "application/problem+json"),

@@ -4,9 +4,139 @@ use axum::{Json, extract::State};
 use chrono::{DateTime, TimeDelta, Utc};
 use keyvault_core::{AuditQuery, AuditRecord, StatsOverview, StatsQuery};
 use serde::Serialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{AppState, Caller, extract::QueryParams, openapi::ProblemDoc};
+use super::{AppState, Caller, extract::QueryParams, openapi::ProblemDoc, shapes};
 use crate::{auth::Need, error::Result};
+
+// keyvault-core's `StatsOverview` and `AuditRecord` know nothing of OpenAPI (and the core
+// crate has no utoipa): these types are their schemas only. The response test checks every
+// answer against them.
+
+/// Latency percentiles in milliseconds; null without calls.
+#[derive(ToSchema)]
+#[schema(as = Percentiles)]
+#[allow(dead_code)]
+pub(crate) struct PercentilesDoc {
+    p50: Option<f64>,
+    p95: Option<f64>,
+    p99: Option<f64>,
+}
+
+/// One provider's calls.
+#[derive(ToSchema)]
+#[schema(as = ProviderStats)]
+#[allow(dead_code)]
+pub(crate) struct ProviderDoc {
+    provider: String,
+    calls: u64,
+    /// A fraction in [0, 1]; null without calls.
+    #[schema(minimum = 0, maximum = 1)]
+    success_rate: Option<f64>,
+}
+
+/// One step of the time series.
+#[derive(ToSchema)]
+#[schema(as = TimePoint)]
+#[allow(dead_code)]
+pub(crate) struct TimePointDoc {
+    ts: DateTime<Utc>,
+    calls: u64,
+    /// Calls without success.
+    errors: u64,
+}
+
+/// Calls, success and latency over a range.
+#[derive(ToSchema)]
+#[schema(as = StatsOverview)]
+#[allow(dead_code)]
+pub(crate) struct StatsDoc {
+    calls: u64,
+    /// A fraction in [0, 1]; null without calls.
+    #[schema(minimum = 0, maximum = 1)]
+    success_rate: Option<f64>,
+    latency_ms: PercentilesDoc,
+    /// Most calls first.
+    by_provider: Vec<ProviderDoc>,
+    timeseries: Vec<TimePointDoc>,
+}
+
+/// Whether an audited action was made or refused.
+#[derive(ToSchema)]
+#[schema(as = AuditOutcome, rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum OutcomeDoc {
+    Success,
+    Refused,
+}
+
+/// One record of the audit log, chained to the one before by its hash.
+#[derive(ToSchema)]
+#[schema(as = AuditRecord)]
+#[allow(dead_code)]
+pub(crate) struct AuditDoc {
+    /// Position in the log, from 1, without gaps.
+    seq: u64,
+    at: DateTime<Utc>,
+    /// `token:<id>`, `cli`, `user:<name>`, `anonymous`, …
+    actor: String,
+    /// `key.create`, `token.revoke`, …
+    action: String,
+    target_id: Option<String>,
+    source_ip: Option<String>,
+    request_id: Option<String>,
+    outcome: OutcomeDoc,
+    /// Non-secret details.
+    details: Value,
+    /// The previous record's hash (hex; zeros for the first).
+    prev_hash: String,
+    hash: String,
+}
+
+/// The query of `GET /v1/stats/overview` (read by [`QueryParams`]; this is its schema).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct StatsParams {
+    /// RFC 3339 start (default: 24 hours before `to`).
+    #[param(schema_with = shapes::date_time)]
+    from: Option<String>,
+    /// RFC 3339 end (default: now); not before `from`, at most a year after it.
+    #[param(schema_with = shapes::date_time)]
+    to: Option<String>,
+    /// Only this key.
+    #[param(schema_with = shapes::uuid)]
+    key_id: Option<String>,
+    /// Only this provider.
+    provider: Option<String>,
+}
+
+/// The query of `GET /v1/audit` (read by [`QueryParams`]; this is its schema).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct AuditParams {
+    /// RFC 3339 start (inclusive).
+    #[param(schema_with = shapes::date_time)]
+    from: Option<String>,
+    /// RFC 3339 end (exclusive).
+    #[param(schema_with = shapes::date_time)]
+    to: Option<String>,
+    /// Only this actor (`token:<id>`, `cli`, `user:<name>`).
+    actor: Option<String>,
+    /// Only this action (`key.create`, …).
+    action: Option<String>,
+    /// Only this target.
+    target_id: Option<String>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page (opaque; its shape is given so that a client can
+    /// tell a damaged one).
+    #[param(pattern = r"^a1\.[0-9]{1,19}$")]
+    cursor: Option<String>,
+}
 
 fn rfc3339(v: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v)
@@ -14,14 +144,10 @@ fn rfc3339(v: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-#[utoipa::path(get, path = "/v1/stats/overview", tag = "statistics",
-    params(
-        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: 24 hours before `to`)"),
-        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
-        ("key_id" = Option<String>, Query, description = "Only this key"),
-        ("provider" = Option<String>, Query, description = "Only this provider")),
+#[utoipa::path(get, path = "/v1/stats/overview", tag = "statistics", operation_id = "statsOverview",
+    params(StatsParams),
     responses(
-        (status = 200, body = super::openapi::StatsDoc),
+        (status = 200, description = "The overview", body = StatsDoc),
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
@@ -50,26 +176,21 @@ pub(crate) async fn stats(
     Ok(Json(st.app.backends.stats.overview(&query).await?))
 }
 
-/// One page of audit records.
-#[derive(Debug, Serialize)]
+/// One page of audit records, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AuditPage {
+    #[schema(value_type = Vec<AuditDoc>)]
     items: Vec<AuditRecord>,
+    /// Opaque; null on the last page.
     next_cursor: Option<String>,
 }
 
 const AUDIT_CURSOR: &str = "a1.";
 
-#[utoipa::path(get, path = "/v1/audit", tag = "audit",
-    params(
-        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (inclusive)"),
-        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (exclusive)"),
-        ("actor" = Option<String>, Query, description = "Only this actor (`token:<id>`, `cli`, `user:<name>`)"),
-        ("action" = Option<String>, Query, description = "Only this action (`key.create`, …)"),
-        ("target_id" = Option<String>, Query, description = "Only this target"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", operation_id = "listAudit",
+    params(AuditParams),
     responses(
-        (status = 200, body = super::openapi::AuditPageDoc),
+        (status = 200, description = "A page of records", body = AuditPage),
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, body = ProblemDoc, content_type = "application/problem+json")),

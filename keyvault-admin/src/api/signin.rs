@@ -145,7 +145,7 @@ async fn session_user(st: &AppState, headers: &HeaderMap) -> Result<Option<UserR
         .filter(|u| u.enabled && u.updated_at.timestamp_micros() == stamp))
 }
 
-#[utoipa::path(get, path = "/admin", tag = "dashboard",
+#[utoipa::path(get, path = "/admin", tag = "dashboard", operation_id = "adminPage",
     responses((status = 200, description = "The dashboard, or its sign-in page without a session", body = String, content_type = "text/html")))]
 pub(crate) async fn index(
     State(st): State<AppState>,

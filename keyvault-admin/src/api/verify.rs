@@ -4,14 +4,18 @@ use std::net::IpAddr;
 
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{DateTime, Utc};
-use keyvault_core::{KeyId, Outcome, RequestId, UsageEvent, VerifyRequest, check_credit_amount};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use keyvault_core::{
+    KeyId, LimitState, Outcome, RequestId, UsageEvent, VerifyRequest, check_credit_amount,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     AppState, Caller,
     extract::{JsonBody, Required, accept},
     openapi::ProblemDoc,
+    shapes,
+    wire::whole,
 };
 use crate::{
     auth::Need,
@@ -19,18 +23,111 @@ use crate::{
 };
 
 /// `POST /v1/keys/verify`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VerifyRequest)]
 pub(crate) struct VerifyBody {
+    /// The presented key; anything that does not parse answers NOT_FOUND.
     key: String,
-    #[serde(default)]
+    /// Credits to spend (default 1; 0 is a pure check).
+    #[serde(default, deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 9007199254740991_i64)]
     cost: Option<u64>,
+    /// Scopes the key must hold.
     #[serde(default)]
+    #[schema(max_items = 100)]
     scopes: Option<Vec<String>>,
+    /// The caller's IP address, for keys with an allow-list.
     #[serde(default)]
+    #[schema(schema_with = shapes::ip_or_null)]
     ip: Option<String>,
+    /// Who the call is for (a label for statistics).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     provider: Option<String>,
+}
+
+/// A verification's answer. The fields after `code` are there when a key was found
+/// (whatever the code), and absent for NOT_FOUND.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Verification)]
+pub(crate) struct VerificationView {
+    /// True only for VALID.
+    valid: bool,
+    #[schema(value_type = OutcomeCode)]
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = shapes::uuid)]
+    key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    owner_id: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<String>)]
+    scopes: Option<Vec<String>>,
+    /// The earlier of the key's expiry and the end of its grace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    expires_at: Option<Option<DateTime<Utc>>>,
+    /// The balance after this verification; null: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Remaining>)]
+    credits: Option<Option<Remaining>>,
+    /// Every rate limit of the key, after this verification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<LimitView>)]
+    ratelimits: Option<Vec<LimitView>>,
+}
+
+/// A credit balance.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Remaining {
+    remaining: u64,
+}
+
+/// One rate limit's state after a verification.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = LimitState)]
+pub(crate) struct LimitView {
+    name: String,
+    limit: u32,
+    /// Whole tokens left.
+    remaining: u64,
+    /// When the bucket is full again.
+    reset_at: DateTime<Utc>,
+    /// For an exhausted limit: milliseconds until the next token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+impl From<&LimitState> for LimitView {
+    fn from(l: &LimitState) -> Self {
+        Self {
+            name: l.name.clone(),
+            limit: l.limit,
+            remaining: l.remaining,
+            reset_at: l.reset_at,
+            retry_after_ms: l.retry_after_ms,
+        }
+    }
+}
+
+/// The codes of CONTRACT §2 that a verification over HTTP answers.
+#[derive(ToSchema)]
+#[schema(as = Outcome, rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(dead_code)]
+pub(crate) enum OutcomeCode {
+    NotFound,
+    Disabled,
+    Expired,
+    Forbidden,
+    InsufficientPermissions,
+    RateLimited,
+    UsageExceeded,
+    Valid,
 }
 
 impl Required for VerifyBody {
@@ -39,10 +136,10 @@ impl Required for VerifyBody {
 
 const MAX_LABEL: usize = 64;
 
-#[utoipa::path(post, path = "/v1/keys/verify", tag = "verification",
-    request_body = super::openapi::VerifyDoc,
+#[utoipa::path(post, path = "/v1/keys/verify", tag = "verification", operation_id = "verifyKey",
+    request_body = VerifyBody,
     responses(
-        (status = 200, description = "The outcome; `valid` is true only for VALID", body = super::openapi::VerificationDoc),
+        (status = 200, description = "The outcome; `valid` is true only for VALID", body = VerificationView),
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
@@ -53,7 +150,7 @@ pub(crate) async fn verify(
     State(st): State<AppState>,
     caller: Caller,
     body: Result<JsonBody<VerifyBody>, Problem>,
-) -> Result<Json<Value>> {
+) -> Result<Json<VerificationView>> {
     caller.require(&st, Need::Verify, "key.verify").await?;
     // Verification is not a mutation: a malformed body is refused without an audit record.
     let JsonBody(body) = body?;
@@ -82,41 +179,60 @@ pub(crate) async fn verify(
         .ip(ip);
     let v = st.app.kv.verify(&req).await?;
     metrics::counter!("keyvault_verifications_total", "code" => v.outcome.as_str()).increment(1);
-    let mut out = json!({ "valid": v.outcome == Outcome::Valid, "code": v.outcome.as_str() });
-    if let Some(k) = &v.key {
-        out["key_id"] = json!(k.id.to_string());
-        out["owner_id"] = json!(k.owner_id);
-        out["name"] = json!(k.name);
-        out["scopes"] = json!(k.scopes);
-        out["expires_at"] = json!(k.effective_expiry());
-        out["credits"] = match v.credits_remaining {
-            Some(r) => json!({ "remaining": r }),
-            None => Value::Null,
-        };
-        out["ratelimits"] = json!(v.ratelimits);
-    }
-    Ok(Json(out))
+    let key = v.key.as_deref();
+    Ok(Json(VerificationView {
+        valid: v.outcome == Outcome::Valid,
+        code: v.outcome.as_str(),
+        key_id: key.map(|k| k.id.to_string()),
+        owner_id: key.map(|k| k.owner_id.clone()),
+        name: key.map(|k| k.name.clone()),
+        scopes: key.map(|k| k.scopes.clone()),
+        expires_at: key.map(|k| k.effective_expiry()),
+        credits: key.map(|_| v.credits_remaining.map(|remaining| Remaining { remaining })),
+        ratelimits: key.map(|_| v.ratelimits.iter().map(LimitView::from).collect()),
+    }))
 }
 
-/// One reported call.
-#[derive(Debug, Deserialize)]
+/// One reported call. Members a client must give are checked after reading the batch, so
+/// that a missing one is named with its event's index.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UsageEvent)]
 pub(crate) struct UsageItem {
+    /// The key the call was made with.
+    #[schema(schema_with = shapes::uuid, required = true)]
     key_id: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 64)]
     provider: Option<String>,
-    status: Option<u16>,
+    /// The call's HTTP status.
+    #[serde(default, deserialize_with = "whole")]
+    #[schema(value_type = u16, required = true, minimum = 100, maximum = 599)]
+    status: Option<u64>,
+    #[schema(value_type = f64, required = true, minimum = 0, maximum = 86400000)]
     latency_ms: Option<f64>,
+    /// When the call was made (default: now); at most 5 minutes ahead of the server's clock.
     #[serde(default)]
+    #[schema(schema_with = shapes::date_time_or_null)]
     ts: Option<DateTime<Utc>>,
+    /// Counted once, however often it is reported.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     request_id: Option<String>,
 }
 
 /// `POST /v1/usage`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UsageBatch)]
 pub(crate) struct UsageBody {
+    #[schema(max_items = 10000)]
     events: Vec<UsageItem>,
+}
+
+/// How many events were queued.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Accepted {
+    accepted: usize,
 }
 
 impl Required for UsageBody {
@@ -144,12 +260,15 @@ fn usage_event(i: usize, item: UsageItem, now: DateTime<Utc>) -> Result<UsageEve
     let status = item
         .status
         .ok_or_else(|| Error::input(field("status"), "is required"))?;
-    if !(100..=599).contains(&status) {
+    let Some(status) = u16::try_from(status)
+        .ok()
+        .filter(|s| (100..=599).contains(s))
+    else {
         return Err(Error::input(
             field("status"),
             "must be an HTTP status (100–599)",
         ));
-    }
+    };
     let latency_ms = item
         .latency_ms
         .ok_or_else(|| Error::input(field("latency_ms"), "is required"))?;
@@ -164,7 +283,8 @@ fn usage_event(i: usize, item: UsageItem, now: DateTime<Utc>) -> Result<UsageEve
         return Err(Error::input(field("ts"), "must not be in the future"));
     }
     let request_id = match item.request_id {
-        Some(r) if r.is_empty() || r.len() > 128 => {
+        // Characters, as the message (and the document) says.
+        Some(r) if r.is_empty() || r.chars().count() > 128 => {
             return Err(Error::input(
                 field("request_id"),
                 "must be 1 to 128 characters",
@@ -188,10 +308,10 @@ fn usage_event(i: usize, item: UsageItem, now: DateTime<Utc>) -> Result<UsageEve
     })
 }
 
-#[utoipa::path(post, path = "/v1/usage", tag = "verification",
-    request_body = super::openapi::UsageDoc,
+#[utoipa::path(post, path = "/v1/usage", tag = "verification", operation_id = "reportUsage",
+    request_body = UsageBody,
     responses(
-        (status = 202, description = "Accepted for statistics", body = super::openapi::AcceptedDoc),
+        (status = 202, description = "Accepted for statistics", body = Accepted),
         (status = 400, description = "A bad event, named by its index", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, body = ProblemDoc, content_type = "application/problem+json")),
@@ -221,5 +341,5 @@ pub(crate) async fn usage(
     for ev in events {
         st.recorder.record(ev);
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
+    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted })))
 }
