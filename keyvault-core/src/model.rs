@@ -278,10 +278,10 @@ fn default_grace() -> HumanDuration {
 pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 impl RotationPolicy {
-    /// Checks that `every` is at least a minute.
+    /// Checks that `every` is at least a second (CONTRACT §3).
     pub fn validate(&self) -> Result<(), InvalidInput> {
-        if self.every.get() < std::time::Duration::from_secs(60) {
-            return Err(InvalidInput::new("rotation.every", "must be at least 1m"));
+        if self.every.get() < std::time::Duration::from_secs(1) {
+            return Err(InvalidInput::new("rotation.every", "must be at least 1s"));
         }
         Ok(())
     }
@@ -406,7 +406,7 @@ pub(crate) fn validate_scopes(scopes: &[String]) -> Result<(), InvalidInput> {
         return Err(InvalidInput::new("scopes", format!("at most {MAX_SCOPES}")));
     }
     for (i, s) in scopes.iter().enumerate() {
-        if s.is_empty() || s.len() > MAX_SCOPE_LEN || s.chars().any(char::is_whitespace) {
+        if s.is_empty() || s.chars().count() > MAX_SCOPE_LEN || s.chars().any(char::is_whitespace) {
             return Err(InvalidInput::new(
                 format!("scopes[{i}]"),
                 format!("must be 1 to {MAX_SCOPE_LEN} characters without spaces"),
@@ -476,6 +476,26 @@ pub fn parse_allowlist<S: AsRef<str>>(items: &[S]) -> Result<Vec<IpNet>, Invalid
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rotation_may_be_as_often_as_every_second() {
+        let policy = |every: &str| RotationPolicy {
+            every: HumanDuration::parse(every, "every").unwrap(),
+            grace: HumanDuration::new(DEFAULT_GRACE),
+        };
+        assert!(policy("1s").validate().is_ok());
+        let e = policy("999ms").validate().unwrap_err();
+        assert_eq!(e.field, "rotation.every");
+    }
+
+    #[test]
+    fn scopes_are_bounded_in_characters_not_bytes() {
+        let wide = "é".repeat(MAX_SCOPE_LEN);
+        assert!(validate_scopes(&[wide]).is_ok());
+        let e = validate_scopes(&["é".repeat(MAX_SCOPE_LEN + 1)]).unwrap_err();
+        assert_eq!(e.field, "scopes[0]");
+    }
+
     use super::*;
 
     #[test]

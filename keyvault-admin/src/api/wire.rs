@@ -221,7 +221,7 @@ pub(crate) struct RateLimitBody {
     period_ms: Option<u64>,
 }
 
-/// Automatic rotation: a new key every `every` (at least `1m`), the old one valid for
+/// Automatic rotation: a new key every `every` (at least `1s`), the old one valid for
 /// `grace` (default `24h`) after.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
