@@ -53,3 +53,51 @@ async fn a_trusted_proxy_forwards_the_client_address() {
         .json();
     assert_eq!(a["items"][0]["source_ip"], "198.51.100.7");
 }
+
+#[tokio::test]
+async fn patch_sets_and_clears_the_owner_and_listings_follow() {
+    let s = Server::sqlite().await;
+    let op = s.token("operator").await;
+    let id = s
+        .req("POST", "/v1/keys")
+        .token(&op)
+        .json(&serde_json::json!({"name": "k", "owner_id": "acme"}))
+        .send()
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let owned = |owner: &'static str| {
+        let s = &s;
+        let op = op.clone();
+        async move {
+            s.req("GET", &format!("/v1/keys?owner_id={owner}"))
+                .token(&op)
+                .send()
+                .await
+                .json()["items"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(owned("acme").await, 1);
+    let patch = |body: serde_json::Value| {
+        s.req("PATCH", &format!("/v1/keys/{id}"))
+            .token(&op)
+            .json(&body)
+            .send()
+    };
+    let changed = patch(serde_json::json!({"owner_id": "globex"})).await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    assert_eq!(changed.json()["owner_id"], "globex");
+    assert_eq!((owned("acme").await, owned("globex").await), (0, 1));
+    let cleared = patch(serde_json::json!({"owner_id": null})).await.json();
+    assert_eq!(cleared["owner_id"], serde_json::Value::Null);
+    assert_eq!(owned("globex").await, 0);
+    let p = patch(serde_json::json!({"owner_id": ""}))
+        .await
+        .problem(422, "invalid_value");
+    assert_eq!(p["field"], "owner_id");
+}

@@ -146,6 +146,9 @@ pub struct KeyPatch {
     /// New name (`null` is refused).
     #[serde(default, deserialize_with = "de_not_null")]
     pub name: Option<String>,
+    /// New owner, or `null` for none.
+    #[serde(default, deserialize_with = "de_nullable")]
+    pub owner_id: Option<Option<String>>,
     /// Enable or disable (`null` is refused).
     #[serde(default, deserialize_with = "de_not_null")]
     pub enabled: Option<bool>,
@@ -176,6 +179,9 @@ impl KeyPatch {
     pub(crate) fn validate(&self) -> Result<(), InvalidInput> {
         if let Some(n) = &self.name {
             validate_name(n)?;
+        }
+        if let Some(o) = &self.owner_id {
+            validate_owner(o.as_deref())?;
         }
         if let Some(Some(c)) = &self.credits {
             c.validate()?;
@@ -215,6 +221,7 @@ impl KeyPatch {
     pub fn fields(&self) -> Vec<&'static str> {
         [
             ("name", self.name.is_some()),
+            ("owner_id", self.owner_id.is_some()),
             ("enabled", self.enabled.is_some()),
             ("expires_at", self.expires_at.is_some()),
             ("credits", self.credits.is_some()),

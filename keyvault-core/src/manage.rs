@@ -194,6 +194,9 @@ impl Keyvault {
         if let Some(n) = patch.name {
             new.name = n;
         }
+        if let Some(o) = patch.owner_id {
+            new.owner_id = o;
+        }
         if let Some(e) = patch.enabled {
             new.enabled = e;
         }

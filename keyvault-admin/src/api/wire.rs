@@ -84,6 +84,10 @@ pub(crate) struct KeyPatchBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(schema_with = shapes::name)]
     name: Option<Option<String>>,
+    /// `null` clears the owner.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
+    owner_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = bool)]
     enabled: Option<Option<bool>>,
@@ -338,6 +342,7 @@ impl KeyPatchBody {
         };
         Ok(KeyPatch {
             name,
+            owner_id: self.owner_id,
             enabled,
             expires_at: self.expires_at,
             credits: self
