@@ -73,6 +73,24 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+impl<T> Page<T> {
+    /// The page of a query that asked for one item more than `limit`: that extra item, when
+    /// it came, only says that more follow.
+    ///
+    /// ```
+    /// # use keyvault_core::Page;
+    /// let page = Page::over_fetched(vec![1, 2, 3], 2);
+    /// assert_eq!((page.items, page.has_more), (vec![1, 2], true));
+    /// let last = Page::over_fetched(vec![3], 2);
+    /// assert_eq!((last.items, last.has_more), (vec![3], false));
+    /// ```
+    pub fn over_fetched(mut items: Vec<T>, limit: usize) -> Self {
+        let has_more = items.len() > limit;
+        items.truncate(limit);
+        Self { items, has_more }
+    }
+}
+
 /// Stores key records. Mutations come with the audit events that record them and are written
 /// in one transaction with them: no change without its record.
 ///

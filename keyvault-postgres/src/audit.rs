@@ -167,13 +167,11 @@ impl AuditLog for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(record_from_row)
             .collect::<Result<Vec<_>, crate::Error>>()?;
-        let has_more = items.len() > q.limit;
-        items.truncate(q.limit);
-        Ok(Page { items, has_more })
+        Ok(Page::over_fetched(items, q.limit))
     }
 
     async fn verify_chain(&self) -> Result<ChainReport> {

@@ -143,13 +143,11 @@ impl AuditLog for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(decode)
             .collect::<Result<Vec<_>, crate::Error>>()?;
-        let has_more = items.len() > limit;
-        items.truncate(limit);
-        Ok(Page { items, has_more })
+        Ok(Page::over_fetched(items, limit))
     }
 
     async fn verify_chain(&self) -> Result<ChainReport> {

@@ -216,13 +216,11 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(decode_key)
             .collect::<Result<Vec<_>, crate::Error>>()?;
-        let has_more = items.len() > limit;
-        items.truncate(limit);
-        Ok(Page { items, has_more })
+        Ok(Page::over_fetched(items, limit))
     }
 
     async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {

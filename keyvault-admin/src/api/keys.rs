@@ -15,8 +15,9 @@ use utoipa::ToSchema;
 
 use super::{
     AppState, Caller,
-    extract::{IdPath, JsonBody, QueryParams, Required, accept, redact},
+    extract::{IdPath, JsonBody, Required, accept, redact},
     openapi::ProblemDoc,
+    pagination::{self, Pagination},
     shapes,
     wire::{KeyPatchBody, NewKeyBody},
 };
@@ -76,8 +77,6 @@ pub(crate) struct KeyPage {
     next_cursor: Option<String>,
 }
 
-const KEY_CURSOR: &str = "k1.";
-
 #[utoipa::path(get, path = "/v1/keys", tag = "keys", operation_id = "listKeys",
     params(
         ("owner_id" = Option<String>, Query, description = "Only this owner's keys"),
@@ -95,32 +94,25 @@ const KEY_CURSOR: &str = "k1.";
 pub(crate) async fn list(
     State(st): State<AppState>,
     caller: Caller,
-    mut q: QueryParams,
+    pagination: Result<Pagination<pagination::Keys>, Error>,
 ) -> Result<Json<KeyPage>> {
     caller.require(&st, Need::Viewer, "key.list").await?;
+    let Pagination {
+        limit,
+        after,
+        query: mut q,
+        ..
+    } = pagination?;
     let query = KeyQuery {
         owner_id: q.take("owner_id"),
         enabled: q.parse("enabled", |v| v.parse().ok(), "true or false")?,
         search: q.take("search"),
-        limit: q
-            .parse(
-                "limit",
-                |v| v.parse().ok().filter(|n| (1..=100).contains(n)),
-                "a whole number from 1 to 100",
-            )?
-            .unwrap_or(50),
-        before: q.parse(
-            "cursor",
-            |v| v.strip_prefix(KEY_CURSOR)?.parse().ok(),
-            "a next_cursor from a previous page",
-        )?,
+        limit,
+        before: after,
     };
     q.finish()?;
     let page = st.app.kv.list_keys(&query).await?;
-    let next_cursor = page
-        .has_more
-        .then(|| page.items.last().map(|k| format!("{KEY_CURSOR}{}", k.id)))
-        .flatten();
+    let next_cursor = Pagination::<pagination::Keys>::next_cursor(&page, |k| k.id);
     let mut items = Vec::with_capacity(page.items.len());
     for r in &page.items {
         items.push(KeyView::load(&st.app.kv, r).await?);

@@ -5,6 +5,7 @@ mod extract;
 mod keys;
 mod mount;
 mod openapi;
+mod pagination;
 mod reports;
 pub(crate) mod shapes;
 mod signin;

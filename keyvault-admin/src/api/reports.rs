@@ -7,8 +7,17 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{AppState, Caller, extract::QueryParams, openapi::ProblemDoc, shapes};
-use crate::{auth::Need, error::Result};
+use super::{
+    AppState, Caller,
+    extract::QueryParams,
+    openapi::ProblemDoc,
+    pagination::{self, Pagination},
+    shapes,
+};
+use crate::{
+    auth::Need,
+    error::{Error, Result},
+};
 
 // keyvault-core's `StatsOverview` and `AuditRecord` know nothing of OpenAPI (and the core
 // crate has no utoipa): these types are their schemas only. The response test checks every
@@ -185,8 +194,6 @@ pub(crate) struct AuditPage {
     next_cursor: Option<String>,
 }
 
-const AUDIT_CURSOR: &str = "a1.";
-
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", operation_id = "listAudit",
     params(AuditParams),
     responses(
@@ -198,38 +205,27 @@ const AUDIT_CURSOR: &str = "a1.";
 pub(crate) async fn audit(
     State(st): State<AppState>,
     caller: Caller,
-    mut q: QueryParams,
+    pagination: Result<Pagination<pagination::Audit>, Error>,
 ) -> Result<Json<AuditPage>> {
     caller.require(&st, Need::Operator, "audit.read").await?;
+    let Pagination {
+        limit,
+        after,
+        query: mut q,
+        ..
+    } = pagination?;
     let query = AuditQuery {
         from: q.parse("from", rfc3339, "an RFC 3339 time")?,
         to: q.parse("to", rfc3339, "an RFC 3339 time")?,
         actor: q.take("actor"),
         action: q.take("action"),
         target_id: q.take("target_id"),
-        limit: q
-            .parse(
-                "limit",
-                |v| v.parse().ok().filter(|n| (1..=100).contains(n)),
-                "a whole number from 1 to 100",
-            )?
-            .unwrap_or(50),
-        before_seq: q.parse(
-            "cursor",
-            |v| v.strip_prefix(AUDIT_CURSOR)?.parse().ok(),
-            "a next_cursor from a previous page",
-        )?,
+        limit,
+        before_seq: after,
     };
     q.finish()?;
     let page = st.app.backends.audit.list(&query).await?;
-    let next_cursor = page
-        .has_more
-        .then(|| {
-            page.items
-                .last()
-                .map(|r| format!("{AUDIT_CURSOR}{}", r.seq))
-        })
-        .flatten();
+    let next_cursor = Pagination::<pagination::Audit>::next_cursor(&page, |r| r.seq);
     Ok(Json(AuditPage {
         items: page.items,
         next_cursor,

@@ -13,8 +13,9 @@ use utoipa::ToSchema;
 
 use super::{
     AppState, Caller,
-    extract::{IdPath, JsonBody, QueryParams, Required, accept, redact},
+    extract::{IdPath, JsonBody, Required, accept, redact},
     openapi::ProblemDoc,
+    pagination::{self, Pagination},
     shapes,
 };
 use crate::{
@@ -104,8 +105,6 @@ pub(crate) struct TokenPage {
     next_cursor: Option<String>,
 }
 
-const TOKEN_CURSOR: &str = "t1.";
-
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "listTokens",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 50)"),
@@ -120,27 +119,13 @@ const TOKEN_CURSOR: &str = "t1.";
 pub(crate) async fn list(
     State(st): State<AppState>,
     caller: Caller,
-    mut q: QueryParams,
+    pagination: Result<Pagination<pagination::Tokens>, Error>,
 ) -> Result<Json<TokenPage>> {
     caller.require(&st, Need::Admin, "token.list").await?;
-    let limit: usize = q
-        .parse(
-            "limit",
-            |v| v.parse().ok().filter(|n| (1..=100).contains(n)),
-            "a whole number from 1 to 100",
-        )?
-        .unwrap_or(50);
-    let before = q.parse(
-        "cursor",
-        |v| uuid::Uuid::parse_str(v.strip_prefix(TOKEN_CURSOR)?).ok(),
-        "a next_cursor from a previous page",
-    )?;
-    q.finish()?;
-    let page = st.app.backends.tokens.list_tokens(before, limit).await?;
-    let next_cursor = page
-        .has_more
-        .then(|| page.items.last().map(|t| format!("{TOKEN_CURSOR}{}", t.id)))
-        .flatten();
+    let p = pagination?;
+    p.query.finish()?;
+    let page = st.app.backends.tokens.list_tokens(p.after, p.limit).await?;
+    let next_cursor = Pagination::<pagination::Tokens>::next_cursor(&page, |t| t.id);
     Ok(Json(TokenPage {
         items: page.items.iter().map(TokenView::from).collect(),
         next_cursor,

@@ -155,7 +155,7 @@ impl TokenStore for MemoryStore {
 
     async fn list_tokens(&self, before: Option<Uuid>, limit: usize) -> Result<Page<TokenRecord>> {
         let st = self.state();
-        let mut items: Vec<TokenRecord> = st
+        let items: Vec<TokenRecord> = st
             .accounts
             .tokens
             .values()
@@ -164,9 +164,7 @@ impl TokenStore for MemoryStore {
             .take(limit.saturating_add(1))
             .cloned()
             .collect();
-        let has_more = items.len() > limit;
-        items.truncate(limit);
-        Ok(Page { items, has_more })
+        Ok(Page::over_fetched(items, limit))
     }
 
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>> {

@@ -216,7 +216,7 @@ impl KeyStore for MemoryStore {
     async fn list(&self, q: &KeyQuery) -> Result<Page<KeyRecord>> {
         let st = self.state();
         let search = q.search.as_ref().map(|s| s.to_lowercase());
-        let mut items: Vec<KeyRecord> = st
+        let items: Vec<KeyRecord> = st
             .keys
             .values()
             .rev()
@@ -235,9 +235,7 @@ impl KeyStore for MemoryStore {
             .take(q.limit + 1)
             .cloned()
             .collect();
-        let has_more = items.len() > q.limit;
-        items.truncate(q.limit);
-        Ok(Page { items, has_more })
+        Ok(Page::over_fetched(items, q.limit))
     }
 
     async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
@@ -329,7 +327,7 @@ impl AuditLog for MemoryStore {
 
     async fn list(&self, q: &AuditQuery) -> Result<Page<AuditRecord>> {
         let st = self.state();
-        let mut items: Vec<AuditRecord> = st
+        let items: Vec<AuditRecord> = st
             .audit
             .iter()
             .rev()
@@ -346,9 +344,7 @@ impl AuditLog for MemoryStore {
             .take(q.limit + 1)
             .cloned()
             .collect();
-        let has_more = items.len() > q.limit;
-        items.truncate(q.limit);
-        Ok(Page { items, has_more })
+        Ok(Page::over_fetched(items, q.limit))
     }
 
     async fn verify_chain(&self) -> Result<ChainReport> {

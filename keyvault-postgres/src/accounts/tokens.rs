@@ -141,13 +141,11 @@ impl TokenStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(decode)
             .collect::<Result<Vec<_>, crate::Error>>()?;
-        let has_more = items.len() > limit;
-        items.truncate(limit);
-        Ok(Page { items, has_more })
+        Ok(Page::over_fetched(items, limit))
     }
 
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>> {

@@ -123,13 +123,11 @@ impl TokenStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(decode)
             .collect::<Result<Vec<_>, crate::Error>>()?;
-        let has_more = items.len() > limit;
-        items.truncate(limit);
-        Ok(Page { items, has_more })
+        Ok(Page::over_fetched(items, limit))
     }
 
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>> {
