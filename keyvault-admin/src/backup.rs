@@ -19,7 +19,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use keyvault_core::{
     AuditQuery, AuditRecord, ChainVerifier, KeyDigest, KeyQuery, KeyRecord, KeyWrite, TokenRecord,
-    TokenStore, UserRecord,
+    TokenStore, UserRecord, every_page,
 };
 use serde::{Deserialize, Serialize};
 
@@ -134,23 +134,18 @@ pub(crate) async fn backup(app: &App, out: &Path) -> Result<()> {
             let digest = row.digest.to_hex();
             write(&Line::Token { row, digest }, &mut counts)?;
         }
-        let mut keys = Vec::new();
-        let mut before = None;
-        loop {
-            let page = app
-                .kv
-                .list_keys(&KeyQuery {
+        let mut keys = every_page(
+            |before| {
+                let query = KeyQuery {
                     limit: 100,
                     before,
                     ..KeyQuery::default()
-                })
-                .await?;
-            before = page.items.last().map(|r| r.id);
-            keys.extend(page.items);
-            if !page.has_more {
-                break;
-            }
-        }
+                };
+                async move { app.kv.list_keys(&query).await }
+            },
+            |r| r.id,
+        )
+        .await?;
         // Oldest first: a rotated key's predecessor comes before it, as in a live store.
         keys.reverse();
         for record in keys {
@@ -165,24 +160,18 @@ pub(crate) async fn backup(app: &App, out: &Path) -> Result<()> {
                 &mut counts,
             )?;
         }
-        let mut records = Vec::new();
-        let mut before_seq = None;
-        loop {
-            let page = app
-                .backends
-                .audit
-                .list(&AuditQuery {
+        let mut records = every_page(
+            |before_seq| {
+                let query = AuditQuery {
                     limit: 500,
                     before_seq,
                     ..AuditQuery::default()
-                })
-                .await?;
-            before_seq = page.items.last().map(|r| r.seq);
-            records.extend(page.items);
-            if !page.has_more {
-                break;
-            }
-        }
+                };
+                async move { app.backends.audit.list(&query).await }
+            },
+            |r| r.seq,
+        )
+        .await?;
         records.reverse();
         for r in records {
             write(&Line::Audit(r), &mut counts)?;

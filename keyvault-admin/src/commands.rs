@@ -9,6 +9,7 @@ use std::{
 
 use keyvault_core::{
     Actor, Credits, HumanDuration, KeyQuery, NewKey, Prefix, RateLimit, RotatedKey, TokenStore,
+    every_page,
 };
 use serde_json::json;
 
@@ -132,16 +133,11 @@ pub(crate) async fn token(app: &App, cmd: TokenCommand) -> Result<()> {
             ));
         }
         TokenCommand::List { json } => {
-            let mut all = Vec::new();
-            let mut before = None;
-            loop {
-                let page = app.backends.tokens.list_tokens(before, 500).await?;
-                before = page.items.last().map(|t| t.id);
-                all.extend(page.items);
-                if !page.has_more {
-                    break;
-                }
-            }
+            let all = every_page(
+                |before| app.backends.tokens.list_tokens(before, 500),
+                |t| t.id,
+            )
+            .await?;
             if json {
                 let views: Vec<TokenView> = all.iter().map(TokenView::from).collect();
                 stdout_line(&to_json(&views)?);
@@ -226,23 +222,21 @@ pub(crate) async fn keys(app: &App, cmd: KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::List { json } => {
-            let mut views = Vec::new();
-            let mut before = None;
-            loop {
-                let page = kv
-                    .list_keys(&KeyQuery {
+            let records = every_page(
+                |before| {
+                    let query = KeyQuery {
                         limit: 100,
                         before,
                         ..KeyQuery::default()
-                    })
-                    .await?;
-                for r in &page.items {
-                    views.push(KeyView::load(kv, r).await?);
-                }
-                before = page.items.last().map(|r| r.id);
-                if !page.has_more {
-                    break;
-                }
+                    };
+                    async move { kv.list_keys(&query).await }
+                },
+                |r| r.id,
+            )
+            .await?;
+            let mut views = Vec::with_capacity(records.len());
+            for r in &records {
+                views.push(KeyView::load(kv, r).await?);
             }
             if json {
                 stdout_line(&to_json(&views)?);

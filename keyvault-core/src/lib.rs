@@ -95,7 +95,7 @@ pub use model::{
 };
 pub use outcome::{LimitState, Outcome, Verification};
 pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
-pub use store::{KeyQuery, KeyStore, KeyWrite, Page};
+pub use store::{KeyQuery, KeyStore, KeyWrite, Page, every_page};
 pub use usage::{
     LATENCY_BUCKETS, Label, LatencyHistogram, OverviewBuilder, Percentiles, ProviderStats,
     RequestId, StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery,

@@ -91,6 +91,42 @@ impl<T> Page<T> {
     }
 }
 
+/// Every item of a listing, page after page: `fetch(after)` reads the page that follows the
+/// item at `after` (`None`: the first page), and `position` names an item for the next call.
+///
+/// ```
+/// # use keyvault_core::{Page, every_page};
+/// # async fn demo() -> keyvault_core::Result<()> {
+/// let items: Vec<u32> = (1..=5).collect();
+/// let all = every_page(
+///     |after: Option<u32>| {
+///         let rest: Vec<u32> = items.iter().copied().filter(|i| after.is_none_or(|a| *i > a)).collect();
+///         async move { Ok(Page::over_fetched(rest, 2)) }
+///     },
+///     |i| *i,
+/// )
+/// .await?;
+/// assert_eq!(all, items);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
+/// ```
+pub async fn every_page<T, P, F, Fut>(mut fetch: F, position: impl Fn(&T) -> P) -> Result<Vec<T>>
+where
+    F: FnMut(Option<P>) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>>>,
+{
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = fetch(after).await?;
+        after = page.items.last().map(&position);
+        all.extend(page.items);
+        if !page.has_more {
+            return Ok(all);
+        }
+    }
+}
+
 /// Stores key records. Mutations come with the audit events that record them and are written
 /// in one transaction with them: no change without its record.
 ///
