@@ -46,6 +46,7 @@
 
 mod backend;
 mod bus;
+mod credit_config;
 mod credits;
 mod error;
 mod fail;
@@ -55,7 +56,8 @@ mod live;
 
 pub use backend::{MAX_NAMESPACE_LEN, RedisBackend, RedisConfig};
 pub use bus::RedisChangeBus;
-pub use credits::{RedisCreditConfig, RedisCreditStore};
+pub use credit_config::RedisCreditConfig;
+pub use credits::RedisCreditStore;
 pub use error::Error;
 pub use fail::{FailMode, FallbackStats};
 pub use limiter::{BatchStats, MAX_BATCH, RedisLimiterConfig, RedisRateLimiter};
