@@ -59,6 +59,7 @@ pub mod memory;
 mod model;
 mod outcome;
 mod recorder;
+mod rotate;
 mod store;
 mod usage;
 mod vault;
@@ -88,13 +89,14 @@ pub use key::{
 pub use limits::{
     CreditDecision, CreditRequest, CreditStore, LimitDecision, LimitRequest, RateLimiter,
 };
-pub use manage::{BatchAction, CreatedKey, RotatedKey};
+pub use manage::{BatchAction, CreatedKey};
 pub use model::{
     Credits, DEFAULT_GRACE, KeyId, KeyRecord, MAX_CREDITS, MAX_LIMIT, MAX_NAME_LEN, MAX_PERIOD_MS,
     RateLimit, Refill, RefillInterval, RotationPolicy, check_credit_amount, parse_allowlist,
 };
 pub use outcome::{LimitState, Outcome, Verification};
 pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
+pub use rotate::RotatedKey;
 pub use store::{KeyQuery, KeyStore, KeyWrite, Page, every_page};
 pub use usage::{
     LATENCY_BUCKETS, Label, LatencyHistogram, OverviewBuilder, Percentiles, ProviderStats,

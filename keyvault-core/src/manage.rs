@@ -1,4 +1,4 @@
-//! Key management: create, change, rotate, delete, in batches and on schedule.
+//! Key management: create, change, delete, in batches and on schedule (rotation: `rotate.rs`).
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use crate::{
     error::{Error, Result},
     input::{KeyPatch, NewKey},
     key::{ApiKey, Prefix},
-    model::{DEFAULT_GRACE, KeyId, KeyRecord},
+    model::{KeyId, KeyRecord},
     store::{KeyQuery, KeyStore, KeyWrite, Page},
     vault::Keyvault,
 };
@@ -22,19 +22,6 @@ pub struct CreatedKey {
     /// The plaintext (redacted in `Debug`).
     pub key: ApiKey,
     /// The stored record.
-    pub record: KeyRecord,
-}
-
-/// A key just rotated.
-#[derive(Debug, Clone)]
-pub struct RotatedKey {
-    /// The old key's id.
-    pub old_id: KeyId,
-    /// When the old key stops verifying.
-    pub old_key_expires_at: DateTime<Utc>,
-    /// The new key's plaintext (shown once).
-    pub key: ApiKey,
-    /// The new key's record.
     pub record: KeyRecord,
 }
 
@@ -50,16 +37,13 @@ pub enum BatchAction {
     Delete,
 }
 
-/// Longest grace accepted for a rotation.
-const MAX_GRACE: Duration = Duration::from_secs(365 * 86_400);
-
 impl Keyvault {
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         // Stores keep microseconds; truncating here keeps what is returned equal to what is read.
         self.inner.clock.now().trunc_subsecs(6)
     }
 
-    async fn write(&self, writes: Vec<KeyWrite>, audit: Vec<AuditEvent>) -> Result<()> {
+    pub(crate) async fn write(&self, writes: Vec<KeyWrite>, audit: Vec<AuditEvent>) -> Result<()> {
         self.inner.keys.apply(&writes, &audit).await?;
         if let Some(bus) = &self.inner.bus {
             let changes: Vec<Change> = writes.iter().map(KeyWrite::change).collect();
@@ -72,7 +56,7 @@ impl Keyvault {
     }
 
     /// Records a refused attempt (best effort: the attempt changed nothing) and returns `err`.
-    async fn refused(
+    pub(crate) async fn refused(
         &self,
         actor: &Actor,
         action: &str,
@@ -159,7 +143,12 @@ impl Keyvault {
         self.inner.keys.list(query).await
     }
 
-    async fn load_for(&self, id: KeyId, actor: &Actor, action: &str) -> Result<KeyRecord> {
+    pub(crate) async fn load_for(
+        &self,
+        id: KeyId,
+        actor: &Actor,
+        action: &str,
+    ) -> Result<KeyRecord> {
         match self.inner.keys.get(id).await? {
             Some(r) => Ok(r),
             None => Err(self
@@ -301,101 +290,6 @@ impl Keyvault {
         .await
     }
 
-    /// Rotates a key: a new key with the same configuration, sharing the old one's credits and
-    /// buckets; the old one verifies until `now + grace` (default 24 h), never past its own
-    /// expiry.
-    pub async fn rotate_key(
-        &self,
-        id: KeyId,
-        grace: Option<Duration>,
-        actor: &Actor,
-    ) -> Result<RotatedKey> {
-        let action = "key.rotate";
-        let old = self.load_for(id, actor, action).await?;
-        match self.prepare_rotation(&old, grace, actor, action) {
-            Ok((rotated, writes, audit)) => {
-                self.write(writes, audit).await?;
-                Ok(rotated)
-            }
-            Err(e) => Err(self.refused(actor, action, Some(id.to_string()), e).await),
-        }
-    }
-
-    fn prepare_rotation(
-        &self,
-        old: &KeyRecord,
-        grace: Option<Duration>,
-        actor: &Actor,
-        action: &str,
-    ) -> Result<(RotatedKey, Vec<KeyWrite>, Vec<AuditEvent>)> {
-        let now = self.now();
-        let grace = grace.unwrap_or(DEFAULT_GRACE);
-        if grace > MAX_GRACE {
-            return Err(Error::invalid("grace_seconds", "must be at most a year"));
-        }
-        if old.superseded_by.is_some() {
-            return Err(Error::Conflict(format!(
-                "key {} was already rotated",
-                old.id
-            )));
-        }
-        if !old.enabled {
-            return Err(Error::Conflict(format!("key {} is disabled", old.id)));
-        }
-        if old.is_expired(now) {
-            return Err(Error::Conflict(format!("key {} has expired", old.id)));
-        }
-        let key = ApiKey::generate(&old.prefix);
-        let new_id = KeyId::new();
-        let grace_end = now + chrono::TimeDelta::from_std(grace).unwrap_or(chrono::TimeDelta::MAX);
-        let old_end = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
-        let new = KeyRecord {
-            id: new_id,
-            start: key.parse().map(|p| p.start()).unwrap_or_default(),
-            digest: self.inner.hasher.digest(key.expose()),
-            created_at: now,
-            updated_at: now,
-            next_rotation_at: old.rotation.map(|r| now + r.every.as_delta()),
-            rotated_from: Some(old.id),
-            superseded_by: None,
-            grace_until: None,
-            last_used_at: None,
-            revision: 1,
-            ..old.clone()
-        };
-        let mut retired = old.clone();
-        retired.superseded_by = Some(new_id);
-        retired.grace_until = Some(old_end);
-        retired.next_rotation_at = None;
-        retired.updated_at = now;
-        retired.revision = old.revision + 1;
-        let audit = AuditEvent::new(
-            now,
-            actor,
-            action,
-            Some(old.id.to_string()),
-            AuditOutcome::Success,
-            json!({ "new_id": new_id.to_string(), "old_key_expires_at": old_end }),
-        );
-        let rotated = RotatedKey {
-            old_id: old.id,
-            old_key_expires_at: old_end,
-            key,
-            record: new.clone(),
-        };
-        Ok((
-            rotated,
-            vec![
-                KeyWrite::Update {
-                    record: retired,
-                    reset_credits: false,
-                },
-                KeyWrite::Insert(new),
-            ],
-            vec![audit],
-        ))
-    }
-
     /// Applies `action` to every id, one at a time; one result per id, in order.
     pub async fn batch(
         &self,
@@ -413,52 +307,6 @@ impl Keyvault {
             out.push((id, r));
         }
         out
-    }
-
-    /// Rotates every key whose policy is due. `hand_out` receives each new key *before* its
-    /// rotation is committed (write it somewhere durable there); if it fails, that rotation
-    /// is not made and the error is returned. A key rotated meanwhile by another process is
-    /// skipped, so each new key is handed out exactly once.
-    pub async fn rotate_due_with<F>(
-        &self,
-        actor: &Actor,
-        mut hand_out: F,
-    ) -> Result<Vec<RotatedKey>>
-    where
-        F: FnMut(&RotatedKey) -> std::io::Result<()>,
-    {
-        let mut done = Vec::new();
-        loop {
-            let due = self.inner.keys.due_for_rotation(self.now(), 100).await?;
-            let mut progressed = false;
-            for old in due {
-                let grace = old.rotation.map(|r| r.grace.get());
-                let (rotated, writes, audit) =
-                    match self.prepare_rotation(&old, grace, actor, "key.rotate_due") {
-                        Ok(p) => p,
-                        // Disabled or expired keys with a policy are not rotated.
-                        Err(Error::Conflict(_)) => continue,
-                        Err(e) => return Err(e),
-                    };
-                hand_out(&rotated).map_err(|e| Error::backend("output", e))?;
-                match self.write(writes, audit).await {
-                    Ok(()) => {
-                        progressed = true;
-                        done.push(rotated);
-                    }
-                    Err(Error::Conflict(_)) | Err(Error::NotFound { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            if !progressed {
-                return Ok(done);
-            }
-        }
-    }
-
-    /// Rotates every key whose policy is due and returns the new keys (shown once).
-    pub async fn rotate_due(&self, actor: &Actor) -> Result<Vec<RotatedKey>> {
-        self.rotate_due_with(actor, |_| Ok(())).await
     }
 
     /// Deletes keys that expired at least `older_than` ago; returns their ids.
