@@ -97,9 +97,9 @@ pub use outcome::{LimitState, Outcome, Verification};
 pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
 pub use store::{KeyQuery, KeyStore, KeyWrite, Page};
 pub use usage::{
-    LATENCY_BUCKETS, Label, LatencyHistogram, OverviewBuilder, Percentiles, ProviderStats,
-    RequestId, StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery,
-    UsageSink, success_rate,
+    ALL_KEYS_ROLLUP, LATENCY_BUCKETS, Label, LatencyHistogram, OverviewBuilder, Percentiles,
+    ProviderStats, RequestId, RollupRanges, Span, StatsOverview, StatsQuery, TimePoint,
+    UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, success_rate,
 };
 pub use vault::{Keyvault, KeyvaultBuilder, VerifyRequest};
 
