@@ -313,13 +313,17 @@ mod tests {
         for s in [r.raw_head, r.minutes_before, r.minutes_after, r.raw_tail] {
             assert!(s.is_empty(), "{r:?}");
         }
-        // One whole hour is still an hour.
+        // One whole hour is still an hour, and all of it whole minutes.
         let r = RollupRanges::split(t("2026-01-01T10:00:00Z"), t("2026-01-01T11:00:00Z"));
         assert_eq!(
             r.hours,
             span("2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z")
         );
-        assert!(r.minutes_before.is_empty());
+        assert_eq!(
+            r.whole_minutes(),
+            span("2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z")
+        );
+        assert!(r.minutes_before.is_empty() && r.raw_head.is_empty() && r.raw_tail.is_empty());
     }
 
     /// No whole hour inside the whole minutes: all minutes, before any hour.
