@@ -182,20 +182,16 @@ async fn recorder_once(store: &PgStore, events: &[UsageEvent], batch_size: usize
     let took = start.elapsed();
     let stats = recorder.stats();
     assert_eq!((stats.written, stats.failed), (events.len() as u64, 0));
-    let counted: i64 =
-        sqlx::query_scalar("SELECT sum(calls)::bigint FROM kv_usage_rollup WHERE key_id = $1")
-            .bind(ALL_KEYS_ROLLUP)
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(counted as usize, events.len());
-    let counted: i64 =
-        sqlx::query_scalar("SELECT sum(calls)::bigint FROM kv_usage_rollup_hour WHERE key_id = $1")
-            .bind(ALL_KEYS_ROLLUP)
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(counted as usize, events.len());
+    for table in ["kv_usage_rollup", "kv_usage_rollup_hour"] {
+        let counted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT sum(calls)::bigint FROM {table} WHERE key_id = $1"
+        )))
+        .bind(ALL_KEYS_ROLLUP)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(counted as usize, events.len(), "{table}");
+    }
     took
 }
 

@@ -7,8 +7,11 @@ use chrono::{DateTime, Utc};
 use keyvault_core::{
     ALL_KEYS_ROLLUP, OverviewBuilder, RollupRanges, StatsOverview, StatsQuery, UsageQuery,
 };
-use sqlx::{Row, postgres::PgRow};
-use uuid::Uuid;
+use sqlx::{
+    Postgres, Row,
+    postgres::{PgArguments, PgRow},
+    query::Query,
+};
 
 use crate::{PgStore, Result, corrupt, db, to_u64};
 
@@ -79,28 +82,14 @@ fn span_binds(r: &RollupRanges) -> impl Iterator<Item = DateTime<Utc>> {
 }
 
 impl PgStore {
-    async fn counts(&self, q: &StatsQuery, ranges: &RollupRanges, key: Uuid) -> Result<Vec<PgRow>> {
-        let mut query = sqlx::query(COUNTS)
-            .bind(key)
-            .bind(q.step().num_seconds())
-            .bind(&q.provider);
-        for t in span_binds(&ranges.for_step(q.step())) {
-            query = query.bind(t);
-        }
-        query
-            .bind(q.key_id.map(|k| *k.as_uuid()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)
-    }
-
-    async fn histogram(
+    /// Runs [`COUNTS`] or [`HISTOGRAM`], given with the binds before its times: the spans of
+    /// `ranges`, then the key filter.
+    async fn rows(
         &self,
-        q: &StatsQuery,
+        mut query: Query<'_, Postgres, PgArguments>,
         ranges: &RollupRanges,
-        key: Uuid,
+        q: &StatsQuery,
     ) -> Result<Vec<PgRow>> {
-        let mut query = sqlx::query(HISTOGRAM).bind(key).bind(&q.provider);
         for t in span_binds(ranges) {
             query = query.bind(t);
         }
@@ -118,10 +107,17 @@ impl UsageQuery for PgStore {
         q.validate()?;
         let ranges = RollupRanges::split(q.from, q.to);
         let key = q.key_id.map_or(ALL_KEYS_ROLLUP, |k| *k.as_uuid());
-        let (counts, hist) = tokio::try_join!(
-            self.counts(q, &ranges, key),
-            self.histogram(q, &ranges, key)
-        )?;
+        let step = q.step();
+        let counts = sqlx::query(COUNTS)
+            .bind(key)
+            .bind(step.num_seconds())
+            .bind(&q.provider);
+        let hist = sqlx::query(HISTOGRAM).bind(key).bind(&q.provider);
+        // The histogram has no time axis and always reads hours; the series only where its
+        // steps hold whole hours.
+        let series = ranges.for_step(step);
+        let (counts, hist) =
+            tokio::try_join!(self.rows(counts, &series, q), self.rows(hist, &ranges, q))?;
         let mut out = OverviewBuilder::new(q);
         for row in &counts {
             let provider: String = row.try_get("provider").map_err(db)?;
