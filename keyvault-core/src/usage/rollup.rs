@@ -16,7 +16,8 @@ use uuid::Uuid;
 /// ```
 pub const ALL_KEYS_ROLLUP: Uuid = Uuid::nil();
 
-/// The stretch of time `[start, end)`; never `start > end`.
+/// The stretch of time `[start, end)`, empty when `start >= end` (the spans of
+/// [`RollupRanges`] never have `start > end`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Span {
     /// First instant (inclusive).
