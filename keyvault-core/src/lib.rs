@@ -99,9 +99,9 @@ pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
 pub use rotate::RotatedKey;
 pub use store::{KeyQuery, KeyStore, KeyWrite, Page, every_page};
 pub use usage::{
-    LATENCY_BUCKETS, Label, LatencyHistogram, OverviewBuilder, Percentiles, ProviderStats,
-    RequestId, StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery,
-    UsageSink, success_rate,
+    ALL_KEYS_ROLLUP, LATENCY_BUCKETS, Label, LatencyHistogram, OverviewBuilder, Percentiles,
+    ProviderStats, RequestId, RollupRanges, Span, StatsOverview, StatsQuery, TimePoint,
+    UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, success_rate,
 };
 pub use vault::{Keyvault, KeyvaultBuilder, VerifyRequest};
 

@@ -17,8 +17,8 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keyvault_core::{
-    KeyHasher, KeyId, KeyStore, LatencyHistogram, Outcome, RecorderConfig, StatsQuery, UsageEvent,
-    UsageQuery, UsageRecorder,
+    ALL_KEYS_ROLLUP, KeyHasher, KeyId, KeyStore, LatencyHistogram, Outcome, RecorderConfig,
+    StatsQuery, UsageEvent, UsageQuery, UsageRecorder,
 };
 use keyvault_postgres::PgStore;
 use sqlx::{
@@ -182,20 +182,16 @@ async fn recorder_once(store: &PgStore, events: &[UsageEvent], batch_size: usize
     let took = start.elapsed();
     let stats = recorder.stats();
     assert_eq!((stats.written, stats.failed), (events.len() as u64, 0));
-    let counted: i64 = sqlx::query_scalar(
-        "SELECT sum(calls)::bigint FROM kv_usage_rollup WHERE key_id = '00000000-0000-0000-0000-000000000000'",
-    )
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(counted as usize, events.len());
-    let counted: i64 = sqlx::query_scalar(
-        "SELECT sum(calls)::bigint FROM kv_usage_rollup_hour WHERE key_id = '00000000-0000-0000-0000-000000000000'",
-    )
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(counted as usize, events.len());
+    for table in ["kv_usage_rollup", "kv_usage_rollup_hour"] {
+        let counted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT sum(calls)::bigint FROM {table} WHERE key_id = $1"
+        )))
+        .bind(ALL_KEYS_ROLLUP)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(counted as usize, events.len(), "{table}");
+    }
     took
 }
 
@@ -262,13 +258,14 @@ async fn statistics(pool: &PgPool, store: &PgStore) {
     .await
     .unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO kv_usage_rollup SELECT '00000000-0000-0000-0000-000000000000', \
+        "INSERT INTO kv_usage_rollup SELECT $4::uuid, \
          $1 + make_interval(mins => m), p, c, h.calls, h.hb, h.hc {cells}, \
          (SELECT $2::uuid[] AS unused) AS x"
     )))
     .bind(t0)
     .bind(&keys)
     .bind(keys.len() as i64)
+    .bind(ALL_KEYS_ROLLUP)
     .execute(pool)
     .await
     .unwrap();

@@ -566,7 +566,7 @@ async fn upgrading_folds_existing_minute_rollups_into_hours(pool: PgPool) {
         .collect();
     sqlx::query(
         "INSERT INTO kv_usage_rollup \
-         SELECT '00000000-0000-0000-0000-000000000000'::uuid, date_trunc('minute', e.ts), \
+         SELECT $5::uuid, date_trunc('minute', e.ts), \
                 e.provider, e.class, count(*), array_agg(e.b ORDER BY e.b), array_agg(1::bigint ORDER BY e.b) \
          FROM (SELECT to_timestamp(t) AS ts, coalesce(p, '') AS provider, (s / 100)::smallint AS class, b \
                FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[]) AS u(t, p, s, b)) AS e \
@@ -581,6 +581,7 @@ async fn upgrading_folds_existing_minute_rollups_into_hours(pool: PgPool) {
             .map(|e| keyvault_core::LatencyHistogram::bucket_of(e.latency_us) as i16)
             .collect::<Vec<_>>(),
     )
+    .bind(keyvault_core::ALL_KEYS_ROLLUP)
     .execute(&pool)
     .await
     .unwrap();

@@ -20,8 +20,8 @@ use std::{
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use keyvault_core::{
-    KeyHasher, KeyId, KeyStore, LatencyHistogram, Outcome, RecorderConfig, StatsQuery, UsageEvent,
-    UsageQuery, UsageRecorder,
+    ALL_KEYS_ROLLUP, KeyHasher, KeyId, KeyStore, LatencyHistogram, Outcome, RecorderConfig,
+    StatsQuery, UsageEvent, UsageQuery, UsageRecorder,
 };
 use keyvault_sqlite::SqliteStore;
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqlitePool};
@@ -127,9 +127,9 @@ async fn recorder_once(store: &SqliteStore, events: &[UsageEvent]) -> Duration {
     assert_eq!((stats.written, stats.failed), (events.len() as u64, 0));
     for table in ["kv_usage_rollup", "kv_usage_rollup_hour"] {
         let counted: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT sum(calls) FROM {table} \
-             WHERE key_id = '00000000-0000-0000-0000-000000000000'"
+            "SELECT sum(calls) FROM {table} WHERE key_id = ?1"
         )))
+        .bind(ALL_KEYS_ROLLUP.to_string())
         .fetch_one(store.pool())
         .await
         .unwrap();
@@ -230,7 +230,7 @@ async fn statistics(store: &SqliteStore) {
     let owners: Vec<(String, u64)> = keys
         .iter()
         .map(|k| (k.to_string(), 1))
-        .chain([("00000000-0000-0000-0000-000000000000".to_owned(), 19)])
+        .chain([(ALL_KEYS_ROLLUP.to_string(), 19)])
         .collect();
     const HOUR_US: i64 = 3_600_000_000;
     for (key, mult) in &owners {

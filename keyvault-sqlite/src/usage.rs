@@ -1,13 +1,16 @@
 //! [`UsageSink`] and [`UsageQuery`] on SQLite: raw events, idempotent on `request_id`, and
 //! per-minute and per-hour rollups maintained as events are first inserted.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::OnceLock,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    KeyId, LatencyHistogram, ProviderStats, Result, StatsOverview, StatsQuery, TimePoint,
-    UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, success_rate,
+    ALL_KEYS_ROLLUP, KeyId, LatencyHistogram, OverviewBuilder, Result, RollupRanges, Span,
+    StatsOverview, StatsQuery, UsageEvent, UsageQuery, UsageSink,
 };
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
 
@@ -50,8 +53,11 @@ const HOURS: Level = Level {
     time: "hour",
 };
 
-/// The `key_id` of the rollup over all keys: the nil UUID, never a key's id (UUIDv7).
-pub(crate) const ALL_KEYS: &str = "00000000-0000-0000-0000-000000000000";
+/// [`ALL_KEYS_ROLLUP`] as the `key_id` column holds it (made once: every event counts there).
+fn all_keys() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| ALL_KEYS_ROLLUP.to_string())
+}
 
 /// One rollup row's identity; `at` is the start of its minute or hour.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,7 +73,7 @@ impl RollupKey {
     /// The minute rollups an event counts in: all keys', and its key's when it has one.
     fn of(e: &UsageEvent) -> impl Iterator<Item = Self> {
         let all = Self {
-            key_id: ALL_KEYS.to_owned(),
+            key_id: all_keys().to_owned(),
             at: minute_of(micros(e.ts)),
             provider_set: e.provider.is_some(),
             provider: e.provider.as_deref().unwrap_or_default().to_owned(),
@@ -150,9 +156,7 @@ fn hours_of(minutes: &BTreeMap<RollupKey, Cell>) -> BTreeMap<RollupKey, Cell> {
             })
             .or_default();
         h.0 += calls;
-        for (b, n) in hist.buckets() {
-            h.1.add(b, n);
-        }
+        h.1.merge(hist);
     }
     hours
 }
@@ -209,9 +213,7 @@ async fn add_rollups(
         if let Some(g) = groups.get_mut(&key) {
             g.0 =
                 g.0.saturating_add(u64::try_from(calls).map_err(|e| corrupt("calls", e))?);
-            for (b, n) in hist_from_json(&hist)?.buckets() {
-                g.1.add(b, n);
-            }
+            g.1.merge(&hist_from_json(&hist)?);
         }
     }
     let rows: Vec<_> = groups.into_iter().collect();
@@ -266,105 +268,21 @@ impl UsageSink for SqliteStore {
     }
 }
 
-/// What the overview adds up, from rollups or from raw events alike.
-#[derive(Debug, Default)]
-struct Tally {
-    calls: u64,
-    ok: u64,
-    hist: LatencyHistogram,
-    providers: HashMap<String, (u64, u64)>,
-    series: BTreeMap<i64, (u64, u64)>,
+/// A span as the microseconds `[start, end)` that SQLite compares.
+fn micros_of(s: Span) -> [i64; 2] {
+    [micros(s.start), micros(s.end)]
 }
 
-impl Tally {
-    fn add(&mut self, bucket: i64, provider: Option<String>, success: bool, calls: u64) {
-        self.calls += calls;
-        let ok = if success { calls } else { 0 };
-        self.ok += ok;
-        let p = self
-            .providers
-            .entry(provider.unwrap_or_else(|| UNKNOWN_PROVIDER.to_owned()))
-            .or_default();
-        p.0 += calls;
-        p.1 += ok;
-        let s = self.series.entry(bucket).or_default();
-        s.0 += calls;
-        s.1 += calls - ok;
-    }
-
-    fn finish(self) -> Result<StatsOverview> {
-        let mut by_provider: Vec<ProviderStats> = self
-            .providers
-            .into_iter()
-            .map(|(provider, (calls, ok))| ProviderStats {
-                provider,
-                calls,
-                success_rate: success_rate(ok, calls),
-            })
-            .collect();
-        by_provider.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.provider.cmp(&b.provider)));
-        Ok(StatsOverview {
-            calls: self.calls,
-            success_rate: success_rate(self.ok, self.calls),
-            latency_ms: self.hist.percentiles(),
-            by_provider,
-            timeseries: self
-                .series
-                .into_iter()
-                .map(|(ts, (calls, errors))| {
-                    Ok(TimePoint {
-                        ts: from_micros(ts, "timeseries")?,
-                        calls,
-                        errors,
-                    })
-                })
-                .collect::<Result<_>>()?,
-        })
-    }
-}
-
-/// The rollup rows of a statistics range, as three time ranges (`[start, end)`, in µs): whole
-/// minutes before the first whole hour, whole hours, whole minutes after the last one. An
-/// empty range (`start == end`) reads nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ranges {
-    before: (i64, i64),
-    hours: (i64, i64),
-    after: (i64, i64),
-}
-
-impl Ranges {
-    /// The whole minutes `[from, to)` split at whole UTC hours.
-    fn split(from: i64, to: i64) -> Self {
-        let first = if from.rem_euclid(HOUR_US) == 0 {
-            from
-        } else {
-            hour_of(from) + HOUR_US
-        };
-        let last = hour_of(to);
-        if first < last {
-            Self {
-                before: (from, first),
-                hours: (first, last),
-                after: (last, to),
-            }
-        } else {
-            Self::minutes_only(from, to)
-        }
-    }
-
-    /// The whole minutes `[from, to)`, all read from the minute rollups.
-    fn minutes_only(from: i64, to: i64) -> Self {
-        Self {
-            before: (from, to),
-            hours: (to, to),
-            after: (to, to),
-        }
-    }
+/// The binds `?3`–`?8` of [`rollup_rows`]: the whole minutes before the hours, the hours, the
+/// whole minutes after them.
+fn rollup_binds(r: &RollupRanges) -> impl Iterator<Item = i64> {
+    [r.minutes_before, r.hours, r.minutes_after]
+        .into_iter()
+        .flat_map(micros_of)
 }
 
 /// The rollup rows the overview reads (binds `?1` key, `?2` provider, `?3`–`?8` the three
-/// ranges of [`Ranges`]): UNION ALL of simple primary-key range scans.
+/// rollup ranges of [`rollup_binds`]): UNION ALL of simple primary-key range scans.
 fn rollup_rows(columns: &str) -> String {
     let filter = "key_id = ?1 AND (?2 IS NULL OR (provider_set = 1 AND provider = ?2))";
     format!(
@@ -378,50 +296,44 @@ fn rollup_rows(columns: &str) -> String {
 }
 
 impl SqliteStore {
-    /// Adds the whole minutes `[from, to)` from the rollups: whole hours from the hourly
-    /// ones, the rest from the minute ones.
+    /// Adds the whole minutes of `ranges` from the rollups: whole hours from the hourly ones,
+    /// the rest from the minute ones.
     async fn tally_rollups(
         &self,
         q: &StatsQuery,
-        from: i64,
-        to: i64,
-        t: &mut Tally,
+        ranges: &RollupRanges,
+        out: &mut OverviewBuilder,
     ) -> Result<(), crate::Error> {
         let step = q
             .step()
             .num_microseconds()
             .unwrap_or(MINUTE_US)
             .max(MINUTE_US);
-        let key = q.key_id.map_or_else(|| ALL_KEYS.to_owned(), id_text);
-        let ranges = Ranges::split(from, to);
-        // An hour falls inside one step of the time series only when the step is a whole
-        // number of hours (steps and hours both start at the epoch); finer series need the
-        // minutes throughout. The histogram has no time axis and always reads hours.
-        let series = if step % HOUR_US == 0 {
-            ranges
-        } else {
-            Ranges::minutes_only(from, to)
-        };
+        let key = q.key_id.map_or_else(|| all_keys().to_owned(), id_text);
+        // The histogram has no time axis and always reads hours; the series only where its
+        // steps hold whole hours.
+        let series = ranges.for_step(q.step());
         let sql = format!(
             "SELECT t - (((t % ?9) + ?9) % ?9), provider_set, provider, \
              status_class BETWEEN 2 AND 3, SUM(calls) FROM ({}) GROUP BY 1, 2, 3, 4",
             rollup_rows("provider_set, provider, status_class, calls")
         );
-        let rows: Vec<(i64, bool, String, bool, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+        let mut counts = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&key)
-            .bind(q.provider.as_deref())
-            .bind(series.before.0)
-            .bind(series.before.1)
-            .bind(series.hours.0)
-            .bind(series.hours.1)
-            .bind(series.after.0)
-            .bind(series.after.1)
-            .bind(step)
-            .fetch_all(&self.pool)
-            .await?;
-        for (bucket, provider_set, provider, ok, calls) in rows {
+            .bind(q.provider.as_deref());
+        for t in rollup_binds(&series) {
+            counts = counts.bind(t);
+        }
+        let rows: Vec<(i64, bool, String, bool, i64)> =
+            counts.bind(step).fetch_all(&self.pool).await?;
+        for (step_start, provider_set, provider, ok, calls) in rows {
             let calls = u64::try_from(calls).map_err(|e| corrupt("kv_usage_rollup.calls", e))?;
-            t.add(bucket, provider_set.then_some(provider), ok, calls);
+            out.add(
+                provider_set.then_some(provider.as_str()),
+                from_micros(step_start, "timeseries")?,
+                calls,
+                if ok { calls } else { 0 },
+            );
         }
         // The histograms merge inside SQLite: one row per bucket comes back, not one per
         // rollup.
@@ -430,36 +342,32 @@ impl SqliteStore {
              GROUP BY 1",
             rollup_rows("hist")
         );
-        let rows: Vec<(i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+        let mut hist = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&key)
-            .bind(q.provider.as_deref())
-            .bind(ranges.before.0)
-            .bind(ranges.before.1)
-            .bind(ranges.hours.0)
-            .bind(ranges.hours.1)
-            .bind(ranges.after.0)
-            .bind(ranges.after.1)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(q.provider.as_deref());
+        for t in rollup_binds(ranges) {
+            hist = hist.bind(t);
+        }
+        let rows: Vec<(i64, i64)> = hist.fetch_all(&self.pool).await?;
         for (bucket, count) in rows {
             let bucket = u16::try_from(bucket).map_err(|e| corrupt("kv_usage_rollup.hist", e))?;
             let count = u64::try_from(count).map_err(|e| corrupt("kv_usage_rollup.hist", e))?;
-            t.hist.add(bucket, count);
+            out.latency().add(bucket, count);
         }
         Ok(())
     }
 
-    /// Adds the raw events in `[from, to)` (the partial minutes at the range's ends).
+    /// Adds the raw events in `span` (a partial minute at an end of the range).
     async fn tally_events(
         &self,
         q: &StatsQuery,
-        from: i64,
-        to: i64,
-        t: &mut Tally,
+        span: Span,
+        out: &mut OverviewBuilder,
     ) -> Result<(), crate::Error> {
-        if from >= to {
+        if span.is_empty() {
             return Ok(());
         }
+        let [from, to] = micros_of(span);
         let rows: Vec<(i64, Option<String>, i64, i64)> = sqlx::query_as(
             "SELECT ts, provider, status, latency_us FROM kv_usage_events \
              WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR key_id = ?3) \
@@ -472,9 +380,14 @@ impl SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         for (ts, provider, status, latency_us) in rows {
-            let bucket = micros(q.bucket_of(from_micros(ts, "kv_usage_events.ts")?));
-            t.add(bucket, provider, (200..400).contains(&status), 1);
-            t.hist.record(u64::try_from(latency_us).unwrap_or(0));
+            let ok = (200..400).contains(&status);
+            out.add(
+                provider.as_deref(),
+                from_micros(ts, "kv_usage_events.ts")?,
+                1,
+                u64::from(ok),
+            );
+            out.latency().record(u64::try_from(latency_us).unwrap_or(0));
         }
         Ok(())
     }
@@ -508,29 +421,23 @@ impl SqliteStore {
     }
 }
 
+/// `t` as SQLite holds it (microseconds), so that the range is cut where its comparisons do.
+fn stored_precision(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros(t)).unwrap_or(t)
+}
+
 #[async_trait]
 impl UsageQuery for SqliteStore {
     async fn overview(&self, q: &StatsQuery) -> Result<StatsOverview> {
         q.validate()?;
-        let (from, to) = (micros(q.from), micros(q.to));
-        // Whole hours and minutes come from the rollups, the partial minutes at either end
-        // from the raw events: exact for any range, and cheap for long ones.
-        let first_full = minute_of(from)
-            + if from.rem_euclid(MINUTE_US) == 0 {
-                0
-            } else {
-                MINUTE_US
-            };
-        let last_full = minute_of(to);
-        let mut t = Tally::default();
-        if first_full < last_full {
-            self.tally_rollups(q, first_full, last_full, &mut t).await?;
-            self.tally_events(q, from, first_full, &mut t).await?;
-            self.tally_events(q, last_full, to, &mut t).await?;
-        } else {
-            self.tally_events(q, from, to, &mut t).await?;
+        let ranges = RollupRanges::split(stored_precision(q.from), stored_precision(q.to));
+        let mut out = OverviewBuilder::new(q);
+        if !ranges.whole_minutes().is_empty() {
+            self.tally_rollups(q, &ranges, &mut out).await?;
         }
-        t.finish()
+        self.tally_events(q, ranges.raw_head, &mut out).await?;
+        self.tally_events(q, ranges.raw_tail, &mut out).await?;
+        Ok(out.finish())
     }
 }
 
@@ -557,33 +464,13 @@ mod tests {
     }
 
     #[test]
-    fn whole_minutes_split_at_whole_hours() {
-        let m = MINUTE_US;
-        let h = HOUR_US;
-        // 10:05 .. 13:20: minutes to 11:00, hours 11:00 .. 13:00, minutes to 13:20.
-        let r = Ranges::split(10 * h + 5 * m, 13 * h + 20 * m);
-        assert_eq!(r.before, (10 * h + 5 * m, 11 * h));
-        assert_eq!(r.hours, (11 * h, 13 * h));
-        assert_eq!(r.after, (13 * h, 13 * h + 20 * m));
-        // Exactly whole hours: no minutes at all.
-        let r = Ranges::split(10 * h, 12 * h);
-        assert_eq!((r.before.0, r.before.1), (10 * h, 10 * h));
-        assert_eq!(r.hours, (10 * h, 12 * h));
-        assert_eq!(r.after.0, r.after.1);
-        // No whole hour inside: minutes only.
-        let r = Ranges::split(10 * h + 5 * m, 11 * h + 4 * m);
-        assert_eq!(r, Ranges::minutes_only(10 * h + 5 * m, 11 * h + 4 * m));
-        assert_eq!(r.hours.0, r.hours.1);
-    }
-
-    #[test]
     fn hourly_cells_sum_their_minutes() {
         let cell = |at: i64, lat: u64| {
             let mut h = LatencyHistogram::default();
             h.record(lat);
             (
                 RollupKey {
-                    key_id: ALL_KEYS.to_owned(),
+                    key_id: all_keys().to_owned(),
                     at,
                     provider_set: true,
                     provider: "p".into(),

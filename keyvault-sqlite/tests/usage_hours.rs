@@ -8,11 +8,15 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use keyvault_core::{
-    KeyId, LatencyHistogram, StatsQuery, UsageEvent, UsageQuery, UsageSink, memory::MemoryStore,
+    ALL_KEYS_ROLLUP, KeyId, LatencyHistogram, StatsQuery, UsageEvent, UsageQuery, UsageSink,
+    memory::MemoryStore,
 };
 use keyvault_sqlite::{SqliteStore, migrator};
 
-const ALL_KEYS: &str = "00000000-0000-0000-0000-000000000000";
+/// The all-keys rollup's `key_id` as SQLite stores it.
+fn all_keys() -> String {
+    ALL_KEYS_ROLLUP.to_string()
+}
 
 /// A small deterministic generator, so a failure reproduces.
 struct Lcg(u64);
@@ -117,7 +121,7 @@ async fn assert_same(store: &SqliteStore, memory: &MemoryStore, qs: &[StatsQuery
 
 async fn hour_calls(store: &SqliteStore) -> i64 {
     sqlx::query_scalar("SELECT coalesce(sum(calls), 0) FROM kv_usage_rollup_hour WHERE key_id = ?1")
-        .bind(ALL_KEYS)
+        .bind(all_keys())
         .fetch_one(store.pool())
         .await
         .unwrap()
@@ -155,7 +159,7 @@ async fn overview_across_hour_boundaries_matches_the_in_memory_reference() {
     let hours: i64 = sqlx::query_scalar(
         "SELECT count(DISTINCT hour) FROM kv_usage_rollup_hour WHERE key_id = ?1",
     )
-    .bind(ALL_KEYS)
+    .bind(all_keys())
     .fetch_one(store.pool())
     .await
     .unwrap();
@@ -191,7 +195,7 @@ async fn write_as_version_1(store: &SqliteStore, events: &[UsageEvent]) {
         .execute(&mut *tx)
         .await
         .unwrap();
-        let owners = std::iter::once(ALL_KEYS.to_owned()).chain(e.key_id.map(|k| k.to_string()));
+        let owners = std::iter::once(all_keys()).chain(e.key_id.map(|k| k.to_string()));
         for key in owners {
             let cell = cells
                 .entry((

@@ -14,8 +14,8 @@ use crate::{
     error::Result,
     model::KeyId,
     usage::{
-        Label, LatencyHistogram, OverviewBuilder, StatsOverview, StatsQuery, UNKNOWN_PROVIDER,
-        UsageEvent, UsageQuery, UsageSink,
+        Label, LatencyHistogram, OverviewBuilder, RollupRanges, StatsOverview, StatsQuery,
+        UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink,
     },
 };
 
@@ -62,9 +62,7 @@ impl State {
         let agg = by_key.entry(key).or_default();
         agg.calls += run.calls;
         agg.ok += run.ok;
-        for (b, n) in run.latency.buckets() {
-            agg.latency.add(b, n);
-        }
+        agg.latency.merge(&run.latency);
     }
 }
 
@@ -290,12 +288,13 @@ impl UsageQuery for MemoryUsage {
     async fn overview(&self, q: &StatsQuery) -> Result<StatsOverview> {
         q.validate()?;
         let st = self.state();
-        let mut out = OverviewBuilder::default();
+        let mut out = OverviewBuilder::new(q);
         // Minutes are the resolution: a minute belongs to the range when it starts in it.
-        let first = minute_of(q.from) + i64::from(minute_start(minute_of(q.from)) < q.from);
-        let last = minute_of(q.to) - i64::from(minute_start(minute_of(q.to)) == q.to);
-        let minutes = (first <= last).then(|| st.minutes.range(first..=last));
-        for (&m, by_provider) in minutes.into_iter().flatten() {
+        let minutes = RollupRanges::split(q.from, q.to).minute_starts();
+        for (&m, by_provider) in st
+            .minutes
+            .range(minute_of(minutes.start)..minute_of(minutes.end))
+        {
             let at = minute_start(m);
             for (provider, by_key) in by_provider {
                 if q.provider
@@ -308,10 +307,8 @@ impl UsageQuery for MemoryUsage {
                     if q.key_id.is_some_and(|k| *key != Some(k)) {
                         continue;
                     }
-                    out.add(provider, q.bucket_of(at), agg.calls, agg.ok);
-                    for (b, n) in agg.latency.buckets() {
-                        out.latency().add(b, n);
-                    }
+                    out.add(provider.as_str(), at, agg.calls, agg.ok);
+                    out.latency().merge(&agg.latency);
                 }
             }
         }

@@ -1,0 +1,453 @@
+//! Writing usage: a batch's raw events into `kv_usage_events` (binary COPY, or an insert that
+//! skips stored request ids), and the events that were new added to the minute and hour
+//! rollups and to keys' `last_used_at`, in one transaction.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keyvault_core::{
+    ALL_KEYS_ROLLUP, Error, LATENCY_BUCKETS, LatencyHistogram, UsageEvent, UsageSink,
+};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{PgStore, Result, db, to_i64};
+
+/// The fast path: the batch in PostgreSQL's binary COPY format, the way bulk loads go in.
+/// COPY has no `ON CONFLICT`: a `request_id` already stored aborts it (unique violation) and
+/// the batch goes through [`INSERT_NEW`] instead, so a retried batch still counts once.
+const COPY: &str = "COPY kv_usage_events (request_id, key_id, owner_id, ts, provider, route, \
+    method, status, latency_us, latency_bucket, outcome, cost) FROM STDIN (FORMAT binary)";
+
+/// The careful path, for batches that repeat a `request_id` (a retry after a timeout, or a
+/// duplicate inside the batch): inserts what is new and returns which ids those were.
+const INSERT_NEW: &str = "\
+INSERT INTO kv_usage_events (request_id, key_id, owner_id, ts, provider, route, method,
+    status, latency_us, latency_bucket, outcome, cost)
+SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
+    $6::text[], $7::text[], $8::integer[], $9::bigint[], $10::smallint[], $11::text[],
+    $12::bigint[])
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id";
+
+/// Adds the inserted events, aggregated per cell by [`Rollups`], to the minute and hour
+/// rollups and moves the keys' `last_used_at`: one statement, ~one row per cell and level
+/// whatever the batch size. Cells arrive sorted (nil key first), so that concurrent writers
+/// lock rollup rows in one order. A cell's sparse histogram is the slice `[o + 1, o + l]` of
+/// the flat bucket and count arrays. Merged histograms stay sparse and unsorted: both arrays
+/// come from one aggregate pass, so they stay aligned, and readers only sum per bucket.
+///
+/// The transaction commits asynchronously (`synchronous_commit` off for it alone): usage is
+/// telemetry whose buffer already sits in process memory, so a database crash may lose the
+/// last fraction of a second of it, as it would the recorder's buffer, while batches stop
+/// waiting for a WAL flush each. Keys, credits and audit keep the server's setting.
+const ROLLUP: &str = "\
+WITH minutes AS (
+    INSERT INTO kv_usage_rollup AS r (key_id, minute, provider, status_class, calls,
+        hist_buckets, hist_counts)
+    SELECT c.k, c.t, c.p, c.s, c.n, ($7::smallint[])[c.o + 1 : c.o + c.l],
+           ($8::bigint[])[c.o + 1 : c.o + c.l]
+    FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::smallint[], $5::bigint[],
+                $6::integer[], $9::integer[]) AS c(k, t, p, s, n, o, l)
+    ON CONFLICT (key_id, minute, provider, status_class) DO UPDATE SET
+        calls = r.calls + EXCLUDED.calls,
+        (hist_buckets, hist_counts) = (
+            SELECT array_agg(s.b), array_agg(s.c)
+            FROM (SELECT u.b, sum(u.c)::bigint AS c
+                  FROM unnest(r.hist_buckets || EXCLUDED.hist_buckets,
+                              r.hist_counts || EXCLUDED.hist_counts) AS u(b, c)
+                  GROUP BY u.b) AS s)
+    RETURNING 1
+), hours AS (
+    INSERT INTO kv_usage_rollup_hour AS r (key_id, hour, provider, calls, errors,
+        hist_buckets, hist_counts)
+    SELECT c.k, c.t, c.p, c.n, c.e, ($16::smallint[])[c.o + 1 : c.o + c.l],
+           ($17::bigint[])[c.o + 1 : c.o + c.l]
+    FROM UNNEST($10::uuid[], $11::timestamptz[], $12::text[], $13::bigint[], $14::bigint[],
+                $15::integer[], $18::integer[]) AS c(k, t, p, n, e, o, l)
+    ON CONFLICT (key_id, hour, provider) DO UPDATE SET
+        calls = r.calls + EXCLUDED.calls,
+        errors = r.errors + EXCLUDED.errors,
+        (hist_buckets, hist_counts) = (
+            SELECT array_agg(s.b), array_agg(s.c)
+            FROM (SELECT u.b, sum(u.c)::bigint AS c
+                  FROM unnest(r.hist_buckets || EXCLUDED.hist_buckets,
+                              r.hist_counts || EXCLUDED.hist_counts) AS u(b, c)
+                  GROUP BY u.b) AS s)
+    RETURNING 1
+), used AS (
+    UPDATE kv_keys AS k SET last_used_at = GREATEST(k.last_used_at, u.ts)
+    FROM UNNEST($19::uuid[], $20::timestamptz[]) AS u(id, ts)
+    WHERE k.id = u.id
+    RETURNING 1
+)
+SELECT set_config('synchronous_commit', 'off', true)";
+
+/// The histogram bucket of an event, as stored (`smallint`).
+fn bucket(e: &UsageEvent) -> i16 {
+    i16::try_from(LatencyHistogram::bucket_of(e.latency_us)).unwrap_or(i16::MAX)
+}
+
+/// Seconds since the epoch, floored to a multiple of `unit` seconds, as a time.
+fn floor_to(t: DateTime<Utc>, unit: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp().div_euclid(unit) * unit, 0).unwrap_or(t)
+}
+
+/// One rollup cell of a batch: calls, failed calls and a dense histogram (sent sparse).
+#[derive(Clone)]
+struct Cell {
+    calls: i64,
+    errors: i64,
+    hist: Vec<i64>,
+}
+
+impl Default for Cell {
+    fn default() -> Self {
+        Self {
+            calls: 0,
+            errors: 0,
+            hist: vec![0; usize::from(LATENCY_BUCKETS)],
+        }
+    }
+}
+
+impl Cell {
+    fn add(&mut self, bucket: i16, failed: bool) {
+        self.calls += 1;
+        self.errors += i64::from(failed);
+        let i = usize::from(bucket.unsigned_abs()).min(self.hist.len() - 1);
+        self.hist[i] += 1;
+    }
+
+    fn merge(&mut self, other: &Cell) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        for (a, b) in self.hist.iter_mut().zip(&other.hist) {
+            *a += b;
+        }
+    }
+}
+
+/// A minute rollup cell: (key, minute, provider, status class).
+type MinuteCell<'a, K> = (K, DateTime<Utc>, &'a str, i16);
+
+/// A batch's inserted events summed per (key or none, minute, provider, status class): one
+/// map update per event. [`Rollups::write`] derives the all-keys and hourly cells from these,
+/// so that [`ROLLUP`] touches each rollup row once per batch.
+#[derive(Default)]
+struct Rollups<'a> {
+    cells: HashMap<MinuteCell<'a, Option<Uuid>>, Cell>,
+    used: HashMap<Uuid, DateTime<Utc>>,
+}
+
+/// Flat columns of a set of cells, as [`ROLLUP`] binds them.
+#[derive(Default)]
+struct CellColumns<'a> {
+    key: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    provider: Vec<&'a str>,
+    class: Vec<i16>,
+    calls: Vec<i64>,
+    errors: Vec<i64>,
+    offset: Vec<i32>,
+    len: Vec<i32>,
+    buckets: Vec<i16>,
+    counts: Vec<i64>,
+}
+
+impl<'a> CellColumns<'a> {
+    fn push(
+        &mut self,
+        key: Uuid,
+        at: DateTime<Utc>,
+        provider: &'a str,
+        class: i16,
+        cell: &Cell,
+    ) -> Result<()> {
+        let too_big = |_| Error::invalid("events", "too many histogram entries in one batch");
+        self.key.push(key);
+        self.at.push(at);
+        self.provider.push(provider);
+        self.class.push(class);
+        self.calls.push(cell.calls);
+        self.errors.push(cell.errors);
+        self.offset
+            .push(i32::try_from(self.buckets.len()).map_err(too_big)?);
+        let start = self.buckets.len();
+        for (b, &c) in cell.hist.iter().enumerate() {
+            if c != 0 {
+                self.buckets.push(i16::try_from(b).unwrap_or(i16::MAX));
+                self.counts.push(c);
+            }
+        }
+        self.len
+            .push(i32::try_from(self.buckets.len() - start).map_err(too_big)?);
+        Ok(())
+    }
+}
+
+impl<'a> Rollups<'a> {
+    fn add(&mut self, e: &'a UsageEvent, bucket: i16) {
+        let provider = e.provider.as_deref().unwrap_or("");
+        let class = i16::try_from(e.status / 100).unwrap_or(i16::MAX);
+        let key = e.key_id.map(|k| *k.as_uuid());
+        self.cells
+            .entry((key, floor_to(e.ts, 60), provider, class))
+            .or_default()
+            .add(bucket, !e.is_success());
+        if let Some(k) = key {
+            let t = self.used.entry(k).or_insert(e.ts);
+            *t = (*t).max(e.ts);
+        }
+    }
+
+    async fn write(&self, conn: &mut PgConnection) -> Result<()> {
+        // BTreeMaps: the cells come out sorted (nil key first), the lock order of the rows.
+        let mut minutes: BTreeMap<MinuteCell<'_, Uuid>, Cell> = BTreeMap::new();
+        let mut hours: BTreeMap<(Uuid, DateTime<Utc>, &str), Cell> = BTreeMap::new();
+        for (&(key, minute, provider, class), cell) in &self.cells {
+            let hour = floor_to(minute, 3_600);
+            for k in [Some(ALL_KEYS_ROLLUP), key].into_iter().flatten() {
+                minutes
+                    .entry((k, minute, provider, class))
+                    .or_default()
+                    .merge(cell);
+                hours.entry((k, hour, provider)).or_default().merge(cell);
+            }
+        }
+        let mut m = CellColumns::default();
+        for (&(k, t, p, s), cell) in &minutes {
+            m.push(k, t, p, s, cell)?;
+        }
+        let mut h = CellColumns::default();
+        for (&(k, t, p), cell) in &hours {
+            h.push(k, t, p, 0, cell)?;
+        }
+        let mut used: Vec<(Uuid, DateTime<Utc>)> =
+            self.used.iter().map(|(k, t)| (*k, *t)).collect();
+        used.sort_unstable();
+        let (used_key, used_at): (Vec<Uuid>, Vec<DateTime<Utc>>) = used.into_iter().unzip();
+        sqlx::query(ROLLUP)
+            .bind(&m.key)
+            .bind(&m.at)
+            .bind(&m.provider)
+            .bind(&m.class)
+            .bind(&m.calls)
+            .bind(&m.offset)
+            .bind(&m.buckets)
+            .bind(&m.counts)
+            .bind(&m.len)
+            .bind(&h.key)
+            .bind(&h.at)
+            .bind(&h.provider)
+            .bind(&h.calls)
+            .bind(&h.errors)
+            .bind(&h.offset)
+            .bind(&h.buckets)
+            .bind(&h.counts)
+            .bind(&h.len)
+            .bind(&used_key)
+            .bind(&used_at)
+            .execute(conn)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+/// The batch in PostgreSQL's binary COPY format (header, one tuple per event, trailer), in
+/// [`COPY`]'s column order. Checks the values that `bigint` cannot hold, naming the field.
+fn encode(events: &[UsageEvent], buckets: &[i16]) -> Result<Vec<u8>> {
+    fn field(buf: &mut Vec<u8>, bytes: Option<&[u8]>) -> Result<()> {
+        match bytes {
+            Some(b) => {
+                let len = i32::try_from(b.len())
+                    .map_err(|_| Error::invalid("events", "a text field is too long"))?;
+                buf.extend_from_slice(&len.to_be_bytes());
+                buf.extend_from_slice(b);
+            }
+            None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+        Ok(())
+    }
+    // PostgreSQL counts timestamps in microseconds from 2000-01-01 UTC.
+    const PG_EPOCH_SECS: i64 = 946_684_800;
+    let pg_epoch = DateTime::<Utc>::from_timestamp(PG_EPOCH_SECS, 0).unwrap_or_default();
+    let mut buf = Vec::with_capacity(19 + events.len() * 160 + 2);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    for (i, (e, &b)) in events.iter().zip(buckets).enumerate() {
+        let latency = event_i64(e.latency_us, i, "latency_us")?;
+        let cost = event_i64(e.cost, i, "cost")?;
+        let micros = (e.ts - pg_epoch)
+            .num_microseconds()
+            .ok_or_else(|| Error::invalid(format!("events[{i}].ts"), "out of range"))?;
+        buf.extend_from_slice(&12i16.to_be_bytes());
+        field(&mut buf, Some(e.request_id.as_bytes()))?;
+        field(
+            &mut buf,
+            e.key_id.as_ref().map(|k| k.as_uuid().as_bytes().as_slice()),
+        )?;
+        field(&mut buf, e.owner_id.as_deref().map(str::as_bytes))?;
+        field(&mut buf, Some(&micros.to_be_bytes()))?;
+        field(&mut buf, e.provider.as_deref().map(str::as_bytes))?;
+        field(&mut buf, e.route.as_deref().map(str::as_bytes))?;
+        field(&mut buf, e.method.as_deref().map(str::as_bytes))?;
+        field(&mut buf, Some(&i32::from(e.status).to_be_bytes()))?;
+        field(&mut buf, Some(&latency.to_be_bytes()))?;
+        field(&mut buf, Some(&b.to_be_bytes()))?;
+        field(&mut buf, e.outcome.map(|o| o.as_str().as_bytes()))?;
+        field(&mut buf, Some(&cost.to_be_bytes()))?;
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(buf)
+}
+
+/// An event's number as a `bigint`. The field is named (`events[i].name`) only when the value
+/// does not fit: formatting the name for every event of a batch cost more than the encoding.
+fn event_i64(value: u64, i: usize, name: &str) -> Result<i64> {
+    i64::try_from(value).or_else(|_| to_i64(value, &format!("events[{i}].{name}")))
+}
+
+/// Streams a batch into `kv_usage_events` with [`COPY`].
+async fn copy(conn: &mut PgConnection, data: &[u8]) -> sqlx::Result<()> {
+    let mut copy = conn.copy_in_raw(COPY).await?;
+    copy.send(data).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+/// Columns of a batch, as UNNEST takes them.
+#[derive(Default)]
+struct Columns<'a> {
+    request_id: Vec<&'a str>,
+    key_id: Vec<Option<Uuid>>,
+    owner_id: Vec<Option<&'a str>>,
+    ts: Vec<DateTime<Utc>>,
+    provider: Vec<Option<&'a str>>,
+    route: Vec<Option<&'a str>>,
+    method: Vec<Option<&'a str>>,
+    status: Vec<i32>,
+    latency_us: Vec<i64>,
+    bucket: Vec<i16>,
+    outcome: Vec<Option<&'static str>>,
+    cost: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: &'a [UsageEvent]) -> Result<Self> {
+        let n = events.len();
+        let mut c = Columns {
+            request_id: Vec::with_capacity(n),
+            key_id: Vec::with_capacity(n),
+            owner_id: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            provider: Vec::with_capacity(n),
+            route: Vec::with_capacity(n),
+            method: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            latency_us: Vec::with_capacity(n),
+            bucket: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+            cost: Vec::with_capacity(n),
+        };
+        for (i, e) in events.iter().enumerate() {
+            c.request_id.push(&e.request_id);
+            c.key_id.push(e.key_id.map(|k| *k.as_uuid()));
+            c.owner_id.push(e.owner_id.as_deref());
+            c.ts.push(e.ts);
+            c.provider.push(e.provider.as_deref());
+            c.route.push(e.route.as_deref());
+            c.method.push(e.method.as_deref());
+            c.status.push(i32::from(e.status));
+            c.latency_us.push(event_i64(e.latency_us, i, "latency_us")?);
+            c.bucket.push(
+                LatencyHistogram::bucket_of(e.latency_us)
+                    .try_into()
+                    .unwrap_or(i16::MAX),
+            );
+            c.outcome.push(e.outcome.map(|o| o.as_str()));
+            c.cost.push(event_i64(e.cost, i, "cost")?);
+        }
+        Ok(c)
+    }
+}
+
+impl PgStore {
+    /// Inserts a batch whose request ids are all distinct with one binary COPY and adds it
+    /// to the rollups. `Ok(false)`: an id is already stored; nothing was written.
+    async fn write_new(&self, events: &[UsageEvent], buckets: &[i16]) -> Result<bool> {
+        let data = encode(events, buckets)?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        match copy(&mut tx, &data).await {
+            Ok(()) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tx.rollback().await.map_err(db)?;
+                return Ok(false);
+            }
+            Err(e) => return Err(db(e)),
+        }
+        let mut r = Rollups::default();
+        for (e, &b) in events.iter().zip(buckets) {
+            r.add(e, b);
+        }
+        r.write(&mut tx).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    /// Inserts the events of a batch whose `request_id` is not stored yet (the first of
+    /// duplicates inside the batch) and adds exactly those to the rollups.
+    async fn write_some(&self, events: &[UsageEvent], buckets: &[i16]) -> Result<()> {
+        let c = Columns::of(events)?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let inserted: Vec<String> = sqlx::query_scalar(INSERT_NEW)
+            .bind(&c.request_id)
+            .bind(&c.key_id)
+            .bind(&c.owner_id)
+            .bind(&c.ts)
+            .bind(&c.provider)
+            .bind(&c.route)
+            .bind(&c.method)
+            .bind(&c.status)
+            .bind(&c.latency_us)
+            .bind(&c.bucket)
+            .bind(&c.outcome)
+            .bind(&c.cost)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        let mut new: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+        let mut r = Rollups::default();
+        for (e, &b) in events.iter().zip(buckets) {
+            // UNNEST keeps the batch's order, so the first of duplicates was inserted.
+            if new.remove(e.request_id.as_str()) {
+                r.add(e, b);
+            }
+        }
+        r.write(&mut tx).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl UsageSink for PgStore {
+    /// The common case, a batch of new events, goes in with binary COPY; a batch that
+    /// repeats a stored or in-batch `request_id` falls back to `INSERT … ON CONFLICT DO
+    /// NOTHING`. Either way only inserted events reach the rollups, in the same transaction.
+    async fn write(&self, events: &[UsageEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let buckets: Vec<i16> = events.iter().map(bucket).collect();
+        let mut seen = HashSet::with_capacity(events.len());
+        let distinct = events.iter().all(|e| seen.insert(e.request_id.as_str()));
+        if distinct && self.write_new(events, &buckets).await? {
+            return Ok(());
+        }
+        self.write_some(events, &buckets).await
+    }
+}

@@ -1,0 +1,141 @@
+//! Reading usage: [`UsageQuery`]'s overview from the hour and minute rollups and the raw
+//! events at the ends of the range, summed per step and bucket inside PostgreSQL and assembled
+//! by keyvault-core's [`OverviewBuilder`].
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keyvault_core::{
+    ALL_KEYS_ROLLUP, OverviewBuilder, RollupRanges, StatsOverview, StatsQuery, UsageQuery,
+};
+use sqlx::{
+    Postgres, Row,
+    postgres::{PgArguments, PgRow},
+    query::Query,
+};
+
+use crate::{PgStore, Result, corrupt, db, to_u64};
+
+/// Calls and failed calls per (provider, step): whole hours from the hourly rollups, whole
+/// minutes from the minute rollups, the partial minutes at either end of the range from raw
+/// events. `$2` is the step in seconds; hours are only read when the step is a whole number
+/// of hours (otherwise `$8 = $9` and the minutes cover the range).
+const COUNTS: &str = "\
+SELECT provider, (floor(extract(epoch FROM t) / $2) * $2)::bigint AS step,
+       sum(calls)::bigint AS calls, sum(errors)::bigint AS errors
+FROM (
+    SELECT provider, minute AS t, calls,
+           CASE WHEN status_class IN (2, 3) THEN 0 ELSE calls END AS errors
+    FROM kv_usage_rollup
+    WHERE key_id = $1 AND minute >= $4 AND minute < $5 AND ($3::text IS NULL OR provider = $3)
+    UNION ALL
+    SELECT provider, minute, calls, CASE WHEN status_class IN (2, 3) THEN 0 ELSE calls END
+    FROM kv_usage_rollup
+    WHERE key_id = $1 AND minute >= $6 AND minute < $7 AND ($3::text IS NULL OR provider = $3)
+    UNION ALL
+    SELECT provider, hour, calls, errors
+    FROM kv_usage_rollup_hour
+    WHERE key_id = $1 AND hour >= $8 AND hour < $9 AND ($3::text IS NULL OR provider = $3)
+    UNION ALL
+    SELECT coalesce(provider, ''), ts, 1, CASE WHEN status BETWEEN 200 AND 399 THEN 0 ELSE 1 END
+    FROM kv_usage_events
+    WHERE ((ts >= $10 AND ts < $11) OR (ts >= $12 AND ts < $13))
+      AND ($14::uuid IS NULL OR key_id = $14) AND ($3::text IS NULL OR provider = $3)
+) AS x
+GROUP BY 1, 2";
+
+/// The latency histogram over the same range: whole hours always from the hourly rollups.
+const HISTOGRAM: &str = "\
+SELECT b, sum(c)::bigint AS c FROM (
+    SELECT u.b, u.c
+    FROM kv_usage_rollup AS r, unnest(r.hist_buckets, r.hist_counts) AS u(b, c)
+    WHERE r.key_id = $1 AND r.minute >= $3 AND r.minute < $4
+      AND ($2::text IS NULL OR r.provider = $2)
+    UNION ALL
+    SELECT u.b, u.c
+    FROM kv_usage_rollup AS r, unnest(r.hist_buckets, r.hist_counts) AS u(b, c)
+    WHERE r.key_id = $1 AND r.minute >= $5 AND r.minute < $6
+      AND ($2::text IS NULL OR r.provider = $2)
+    UNION ALL
+    SELECT u.b, u.c
+    FROM kv_usage_rollup_hour AS r, unnest(r.hist_buckets, r.hist_counts) AS u(b, c)
+    WHERE r.key_id = $1 AND r.hour >= $7 AND r.hour < $8
+      AND ($2::text IS NULL OR r.provider = $2)
+    UNION ALL
+    SELECT latency_bucket, 1
+    FROM kv_usage_events
+    WHERE ((ts >= $9 AND ts < $10) OR (ts >= $11 AND ts < $12))
+      AND ($13::uuid IS NULL OR key_id = $13) AND ($2::text IS NULL OR provider = $2)
+) AS x GROUP BY b";
+
+/// The times [`COUNTS`] and [`HISTOGRAM`] bind after their key, step and provider: the whole
+/// minutes before the hours, those after them, the hours, then the raw head and tail.
+fn span_binds(r: &RollupRanges) -> impl Iterator<Item = DateTime<Utc>> {
+    [
+        r.minutes_before,
+        r.minutes_after,
+        r.hours,
+        r.raw_head,
+        r.raw_tail,
+    ]
+    .into_iter()
+    .flat_map(|s| [s.start, s.end])
+}
+
+impl PgStore {
+    /// Runs [`COUNTS`] or [`HISTOGRAM`], given with the binds before its times: the spans of
+    /// `ranges`, then the key filter.
+    async fn rows(
+        &self,
+        mut query: Query<'_, Postgres, PgArguments>,
+        ranges: &RollupRanges,
+        q: &StatsQuery,
+    ) -> Result<Vec<PgRow>> {
+        for t in span_binds(ranges) {
+            query = query.bind(t);
+        }
+        query
+            .bind(q.key_id.map(|k| *k.as_uuid()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+    }
+}
+
+#[async_trait]
+impl UsageQuery for PgStore {
+    async fn overview(&self, q: &StatsQuery) -> Result<StatsOverview> {
+        q.validate()?;
+        let ranges = RollupRanges::split(q.from, q.to);
+        let key = q.key_id.map_or(ALL_KEYS_ROLLUP, |k| *k.as_uuid());
+        let step = q.step();
+        let counts = sqlx::query(COUNTS)
+            .bind(key)
+            .bind(step.num_seconds())
+            .bind(&q.provider);
+        let hist = sqlx::query(HISTOGRAM).bind(key).bind(&q.provider);
+        // The histogram has no time axis and always reads hours; the series only where its
+        // steps hold whole hours.
+        let series = ranges.for_step(step);
+        let (counts, hist) =
+            tokio::try_join!(self.rows(counts, &series, q), self.rows(hist, &ranges, q))?;
+        let mut out = OverviewBuilder::new(q);
+        for row in &counts {
+            let provider: String = row.try_get("provider").map_err(db)?;
+            let step: i64 = row.try_get("step").map_err(db)?;
+            let calls = to_u64(row.try_get("calls").map_err(db)?, "usage calls")?;
+            let failed = to_u64(row.try_get("errors").map_err(db)?, "usage errors")?;
+            let at = DateTime::from_timestamp(step, 0)
+                .ok_or_else(|| corrupt("time series step", "out of range"))?;
+            // Rollup rows keep "no provider" as '' (the column is part of their key), and the
+            // raw events are read alike.
+            let provider = (!provider.is_empty()).then_some(provider.as_str());
+            out.add(provider, at, calls, calls.saturating_sub(failed));
+        }
+        for row in &hist {
+            let b: i16 = row.try_get("b").map_err(db)?;
+            let c = to_u64(row.try_get("c").map_err(db)?, "latency count")?;
+            out.latency().add(u16::try_from(b).unwrap_or(0), c);
+        }
+        Ok(out.finish())
+    }
+}
