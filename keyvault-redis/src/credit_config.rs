@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::fail::FailMode;
 
-/// How [`RedisCreditStore`] writes back and what it answers when Redis is unavailable.
+/// How [`RedisCreditStore`](crate::RedisCreditStore) writes back and what it answers when Redis is unavailable.
 ///
 /// ```
 /// use std::time::Duration;
