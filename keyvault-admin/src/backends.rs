@@ -11,8 +11,8 @@ use keyvault::{
     sqlite::SqliteStore,
 };
 use keyvault_core::{
-    AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault, LeaseStore,
-    SessionStore, SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
+    AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault, SettingStore,
+    TokenStore, UsageQuery, UsageSink, UserStore,
 };
 
 use crate::{
@@ -31,13 +31,8 @@ pub(crate) struct Backends {
     /// Lookups by digest are remembered for [`DEFAULT_TOKEN_TTL`]: a revocation made on any
     /// instance is honoured everywhere within it.
     pub(crate) tokens: Arc<CachedTokenStore<Arc<dyn TokenStore>>>,
-    // Dashboard sign-in keeps its sessions here once it leaves signed cookies (the dashboard).
-    #[allow(dead_code)]
-    pub(crate) sessions: Arc<dyn SessionStore>,
     pub(crate) settings: Arc<dyn SettingStore>,
-    // The jobs of `serve` take their turns through it.
-    #[allow(dead_code)]
-    pub(crate) leases: Arc<dyn LeaseStore>,
+    // Sessions and leases are in `deployment.durable()` for the dashboard and the jobs.
     deployment: Deployment,
 }
 
@@ -80,9 +75,7 @@ impl Backends {
             stats: d.stats.clone(),
             users: d.users.clone(),
             tokens: Arc::new(CachedTokenStore::new(d.tokens.clone(), DEFAULT_TOKEN_TTL)),
-            sessions: d.sessions.clone(),
             settings: d.settings.clone(),
-            leases: d.leases.clone(),
             deployment,
         })
     }

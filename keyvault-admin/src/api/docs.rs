@@ -6,6 +6,7 @@ use std::sync::{Arc, LazyLock};
 
 use axum::{
     Json, Router,
+    body::Bytes,
     extract::Path,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
@@ -22,6 +23,12 @@ use crate::error::Code;
 
 static DOCUMENT: LazyLock<Document> = LazyLock::new(ApiDoc::openapi);
 
+/// The document served at the root, serialised once.
+static ROOT_JSON: LazyLock<Bytes> = LazyLock::new(|| {
+    // A document of strings, maps and numbers always serialises.
+    Bytes::from(serde_json::to_vec(&*DOCUMENT).unwrap_or_default())
+});
+
 /// Swagger UI's page lives at `<prefix>/docs/`, so `../openapi.json` is the document
 /// under any prefix.
 static UI_CONFIG: LazyLock<Arc<Config<'static>>> =
@@ -36,14 +43,16 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/docs/{*file}", get(|Path(file): Path<String>| ui(file)))
 }
 
-async fn document(mount: Mount) -> Json<Document> {
+async fn document(mount: Mount) -> Response {
     let prefix = mount.path("");
     if prefix.is_empty() {
-        return Json(DOCUMENT.clone());
+        let json = HeaderValue::from_static("application/json");
+        return ([(header::CONTENT_TYPE, json)], ROOT_JSON.clone()).into_response();
     }
+    // Under a prefix the document names it as its server.
     let mut doc = DOCUMENT.clone();
     doc.servers = Some(vec![Server::new(prefix)]);
-    Json(doc)
+    Json(doc).into_response()
 }
 
 async fn ui(file: String) -> Response {
