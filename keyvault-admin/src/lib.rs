@@ -40,6 +40,7 @@
 mod admin;
 mod api;
 mod app;
+mod assets;
 mod auth;
 mod backends;
 mod backup;

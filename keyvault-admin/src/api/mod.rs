@@ -73,6 +73,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(docs::routes())
+        .merge(crate::assets::routes().route_layer(middleware::from_fn(note_route)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
