@@ -46,6 +46,7 @@ impl Admin {
         let state = AppState {
             metrics: recorder.handle(),
             recorder: usage,
+            guard: Default::default(),
             app,
         };
         Self {

@@ -291,6 +291,52 @@ impl App {
         }
     }
 
+    /// Changes a user's role or turns the user off or on; their sessions end with it. The
+    /// last enabled admin can be neither demoted nor disabled (a conflict).
+    pub async fn set_user_access(
+        &self,
+        username: &str,
+        role: Role,
+        enabled: bool,
+        actor: &Actor,
+    ) -> Result<()> {
+        let action = "user.update";
+        let target = Some(username.to_owned());
+        if role == Role::Verifier {
+            let e = Error::input("role", "must be one of admin, operator, viewer");
+            return Err(self.refused(actor, action, target, e).await);
+        }
+        let Some(old) = self.backends.users.user(username).await? else {
+            let e = Error::NotFound(format!("admin user {username:?}"));
+            return Err(self.refused(actor, action, target, e).await);
+        };
+        if old.role == role && old.enabled == enabled {
+            return Ok(());
+        }
+        let details = json!({
+            "role": role.as_str(),
+            "enabled": enabled,
+            "was": { "role": old.role.as_str(), "enabled": old.enabled },
+        });
+        let user = UserRecord {
+            role,
+            enabled,
+            updated_at: Self::now(),
+            ..old
+        };
+        let event = Self::success(actor, action, username, details);
+        match self.backends.users.update_user(&user, &[event]).await {
+            Err(CoreError::Conflict(c)) => Err(self
+                .refused(actor, action, target, Error::Conflict(c))
+                .await),
+            Err(CoreError::NotFound { .. }) => {
+                let e = Error::NotFound(format!("admin user {username:?}"));
+                Err(self.refused(actor, action, target, e).await)
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// Checks a login; audits the outcome either way. `actor` is the anonymous caller; a
     /// name that is not a user is not recorded (it may be a password typed in the wrong box).
     pub(crate) async fn login(

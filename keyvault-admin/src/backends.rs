@@ -11,8 +11,8 @@ use keyvault::{
     sqlite::SqliteStore,
 };
 use keyvault_core::{
-    AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault, SettingStore,
-    TokenStore, UsageQuery, UsageSink, UserStore,
+    AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault, SessionStore,
+    SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
 };
 
 use crate::{
@@ -32,7 +32,10 @@ pub(crate) struct Backends {
     /// instance is honoured everywhere within it.
     pub(crate) tokens: Arc<CachedTokenStore<Arc<dyn TokenStore>>>,
     pub(crate) settings: Arc<dyn SettingStore>,
-    // Sessions and leases are in `deployment.durable()` for the dashboard and the jobs.
+    /// Dashboard sessions: read on every request, never cached, so that an ended session
+    /// ends on every instance at once.
+    pub(crate) sessions: Arc<dyn SessionStore>,
+    // Leases are in `deployment.durable()` for the jobs.
     deployment: Deployment,
 }
 
@@ -76,6 +79,7 @@ impl Backends {
             users: d.users.clone(),
             tokens: Arc::new(CachedTokenStore::new(d.tokens.clone(), DEFAULT_TOKEN_TTL)),
             settings: d.settings.clone(),
+            sessions: d.sessions.clone(),
             deployment,
         })
     }

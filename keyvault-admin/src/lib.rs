@@ -47,6 +47,7 @@ mod backup;
 pub mod cli;
 mod commands;
 mod config;
+mod dashboard;
 mod error;
 mod out;
 mod serve;

@@ -232,12 +232,7 @@ async fn a_database_of_the_previous_server_upgrades_with_its_users_tokens_and_se
     let keys = s.req("GET", "/v1/keys").token(token.expose()).send().await;
     assert_eq!(keys.status, 200, "{}", keys.text());
     // The user still signs in with the same password.
-    let login = s
-        .req("POST", "/admin/login")
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .raw(b"username=alice&password=correct+horse+battery")
-        .send()
-        .await;
+    let login = s.sign_in("alice", "correct horse battery").await;
     assert!((300..400).contains(&login.status), "{}", login.text());
     // The secret that signed sessions is the one the old server generated.
     let db = pool(dir.path()).await;

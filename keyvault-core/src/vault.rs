@@ -489,6 +489,25 @@ impl Keyvault {
         Ok(())
     }
 
+    /// The live state of a key's rate limits, read without taking a token (empty when the
+    /// key has none): what a verification now would find, by the key's record alone.
+    pub async fn limit_states(&self, record: &KeyRecord) -> Result<Vec<crate::LimitState>> {
+        if record.ratelimits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let d = self
+            .inner
+            .limiter
+            .check(&LimitRequest {
+                quota_id: record.quota_id,
+                limits: &record.ratelimits,
+                take: false,
+                request_id: "",
+            })
+            .await?;
+        Ok(d.states)
+    }
+
     /// The live credit balance of a key (None: unlimited).
     pub async fn credits_remaining(&self, record: &KeyRecord) -> Result<Option<u64>> {
         match &record.credits {

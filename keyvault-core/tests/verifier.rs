@@ -456,3 +456,34 @@ async fn the_cached_answer_is_the_full_answer() {
     );
     assert!(kv.verify(&bad_cost).await.is_err());
 }
+
+#[tokio::test]
+async fn limit_states_read_a_keys_buckets_without_taking_a_token() {
+    let kv = Keyvault::in_memory();
+    let mut new = NewKey::new("limited");
+    new.ratelimits = vec![
+        keyvault_core::RateLimit::new("per_minute", 5, 60_000).unwrap(),
+        keyvault_core::RateLimit::new("per_day", 100, 86_400_000).unwrap(),
+    ];
+    let created = kv.create_key(new, &Actor::library()).await.unwrap();
+    for _ in 0..2 {
+        let v = kv
+            .verify(&VerifyRequest::new(created.key.expose()))
+            .await
+            .unwrap();
+        assert!(v.is_valid());
+    }
+    for _ in 0..3 {
+        let states = kv.limit_states(&created.record).await.unwrap();
+        let left: Vec<_> = states
+            .iter()
+            .map(|s| (s.name.as_str(), s.remaining))
+            .collect();
+        assert_eq!(left, [("per_minute", 3), ("per_day", 98)]);
+    }
+    let unlimited = kv
+        .create_key(NewKey::new("free"), &Actor::library())
+        .await
+        .unwrap();
+    assert!(kv.limit_states(&unlimited.record).await.unwrap().is_empty());
+}

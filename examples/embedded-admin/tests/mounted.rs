@@ -203,18 +203,34 @@ async fn sign_in_redirects_and_cookies_carry_the_prefix() {
         request("GET", "/kv/admin").body(Body::empty()).unwrap(),
     )
     .await;
+    assert_eq!(page.status, 303);
+    assert_eq!(page.header("location"), "/kv/admin/login");
+    let page = send(
+        &router,
+        request("GET", "/kv/admin/login")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(page.status, 200);
     assert!(
         page.text().contains(r#"action="/kv/admin/login""#),
         "{}",
         page.text()
     );
+    let nonce_cookie = page.header("set-cookie").to_owned();
+    assert!(nonce_cookie.contains("Path=/kv/admin;"), "{nonce_cookie}");
+    let nonce = nonce_cookie.split(';').next().unwrap().to_owned();
+    let csrf = hidden_csrf(&page.text());
 
     let login = send(
         &router,
         request("POST", "/kv/admin/login")
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from("username=ada&password=correct+horse+battery"))
+            .header(header::COOKIE, &nonce)
+            .body(Body::from(format!(
+                "username=ada&password=correct+horse+battery&csrf={csrf}"
+            )))
             .unwrap(),
     )
     .await;
@@ -236,14 +252,34 @@ async fn sign_in_redirects_and_cookies_carry_the_prefix() {
     assert!(signed_in.text().contains(r#"href="/kv/docs/""#));
     assert!(signed_in.text().contains(r#"action="/kv/admin/logout""#));
 
+    let csrf = hidden_csrf(&signed_in.text());
     let out = send(
         &router,
         request("POST", "/kv/admin/logout")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &session)
+            .body(Body::from(format!("csrf={csrf}")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(out.header("location"), "/kv/admin/login");
+    assert!(out.header("set-cookie").contains("Path=/kv/admin;"));
+    // The session has ended: the overview sends the browser to the sign-in form again.
+    let after = send(
+        &router,
+        request("GET", "/kv/admin")
+            .header(header::COOKIE, &session)
             .body(Body::empty())
             .unwrap(),
     )
     .await;
-    assert_eq!(out.header("location"), "/kv/admin");
-    assert!(out.header("set-cookie").contains("Path=/kv/admin;"));
+    assert_eq!(after.status, 303);
     admin.shutdown().await;
+}
+
+/// The CSRF token of a page's first form.
+fn hidden_csrf(page: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let at = page.find(marker).expect("a form with a CSRF token") + marker.len();
+    page[at..at + page[at..].find('"').unwrap()].to_owned()
 }

@@ -3,12 +3,11 @@
 mod docs;
 mod extract;
 mod keys;
-mod mount;
+pub(crate) mod mount;
 mod openapi;
 mod pagination;
 mod reports;
 pub(crate) mod shapes;
-mod signin;
 mod tokens;
 mod verify;
 pub(crate) mod wire;
@@ -27,7 +26,7 @@ use keyvault_core::UsageRecorder;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-pub(crate) use extract::{Caller, Ctx, RequestId};
+pub(crate) use extract::{Caller, Ctx, RequestId, redact};
 
 use crate::{
     app::App,
@@ -44,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) app: App,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) recorder: UsageRecorder,
+    /// The dashboard's sign-in lockout and throttle.
+    pub(crate) guard: std::sync::Arc<crate::dashboard::SignInGuard>,
 }
 
 /// The whole application.
@@ -52,9 +53,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/admin", get(signin::index))
-        .route("/admin/login", post(signin::login))
-        .route("/admin/logout", post(signin::logout))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/batch", post(keys::batch))
         .route("/v1/keys/verify", post(verify::verify))
@@ -68,6 +66,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/stats/overview", get(reports::stats))
         .route("/v1/audit", get(reports::audit))
+        .merge(crate::dashboard::routes())
         .route_layer(middleware::from_fn(note_route))
         .with_state(state.clone());
     Router::new()

@@ -62,7 +62,7 @@ impl Modify for Security {
             Authenticate with `Authorization: Bearer <API token>` (`keyvault token create`)."
     ),
     paths(
-        super::healthz, super::readyz, super::metrics, super::signin::index,
+        super::healthz, super::readyz, super::metrics,
         super::keys::create, super::keys::list, super::keys::get, super::keys::update,
         super::keys::delete, super::keys::rotate, super::keys::batch,
         super::verify::verify, super::verify::usage,
@@ -75,7 +75,7 @@ impl Modify for Security {
         (name = "keys", description = "Key management"),
         (name = "verification", description = "For services that verify over HTTP"),
         (name = "tokens", description = "API tokens (admin)"),
-        (name = "statistics"), (name = "audit"), (name = "operations"), (name = "dashboard"),
+        (name = "statistics"), (name = "audit"), (name = "operations"),
     )
 )]
 pub(crate) struct ApiDoc;

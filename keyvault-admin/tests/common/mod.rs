@@ -138,6 +138,46 @@ impl Server {
         created.token.expose().to_owned()
     }
 
+    /// Posts the sign-in form as a browser does: the form's page first (its CSRF token and
+    /// the nonce cookie behind it), then the form.
+    pub async fn sign_in(&self, username: &str, password: &str) -> Resp {
+        let form = self.req("GET", "/admin/login").send().await;
+        assert_eq!(form.status, 200, "{}", form.text());
+        let nonce = form
+            .cookie("kv_login")
+            .expect("the sign-in form sets its nonce");
+        let body = serde_html_form::to_string([
+            ("username", username),
+            ("password", password),
+            ("csrf", &form.csrf()),
+        ])
+        .unwrap();
+        self.req("POST", "/admin/login")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Cookie", &format!("kv_login={nonce}"))
+            .raw(body.as_bytes())
+            .send()
+            .await
+    }
+
+    /// A signed-in dashboard session of `username`.
+    pub async fn session(&self, username: &str, password: &str) -> Session {
+        let r = self.sign_in(username, password).await;
+        assert_eq!(r.status, 303, "{}", r.text());
+        let cookie = format!("kv_session={}", r.cookie("kv_session").unwrap());
+        let page = self
+            .req("GET", "/admin")
+            .header("Cookie", &cookie)
+            .send()
+            .await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        Session {
+            router: self.router.clone(),
+            cookie,
+            csrf: page.csrf(),
+        }
+    }
+
     pub fn req(&self, method: &str, path: &str) -> Req {
         Req {
             router: self.router.clone(),
@@ -168,6 +208,48 @@ pub struct Resp {
     pub body: Vec<u8>,
 }
 
+/// A signed-in browser: its session cookie and the session's CSRF token.
+#[derive(Clone)]
+pub struct Session {
+    router: Router,
+    pub cookie: String,
+    pub csrf: String,
+}
+
+impl Session {
+    /// A request carrying the session cookie.
+    pub fn req(&self, method: &str, path: &str) -> Req {
+        Req {
+            router: self.router.clone(),
+            method: method.into(),
+            path: path.into(),
+            headers: vec![("Cookie".into(), self.cookie.clone())],
+            body: None,
+            peer: "127.0.0.1:40000".parse().unwrap(),
+        }
+    }
+
+    /// A form post carrying the session's CSRF token.
+    pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        let mut all = vec![("csrf", self.csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.req("POST", path)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .raw(serde_html_form::to_string(&all).unwrap().as_bytes())
+            .send()
+            .await
+    }
+
+    /// A script's change: JSON with the token in `X-CSRF-Token`.
+    pub async fn script(&self, method: &str, path: &str, body: &Value) -> Resp {
+        self.req(method, path)
+            .header("X-CSRF-Token", &self.csrf)
+            .json(body)
+            .send()
+            .await
+    }
+}
+
 impl Resp {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
@@ -181,6 +263,24 @@ impl Resp {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+    /// The value a `Set-Cookie` of this response gives `name`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .find_map(|(_, v)| {
+                let pair = v.split(';').next()?;
+                let (k, v) = pair.split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            })
+    }
+    /// The CSRF token of the page's first form.
+    pub fn csrf(&self) -> String {
+        let page = self.text();
+        let marker = r#"name="csrf" value=""#;
+        let at = page.find(marker).expect("a form with a CSRF token") + marker.len();
+        page[at..at + page[at..].find('"').unwrap()].to_owned()
     }
     /// Asserts a problem document with this status and code.
     pub fn problem(&self, status: u16, code: &str) -> Value {

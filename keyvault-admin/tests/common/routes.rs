@@ -68,8 +68,11 @@ pub async fn walk_every_route(s: &Server) {
     let docs = s.req("GET", "/docs").send().await;
     assert!(docs.status == 200 || (300..400).contains(&docs.status));
     let admin_page = s.req("GET", "/admin").send().await;
-    assert_eq!(admin_page.status, 200);
-    assert!(admin_page.text().contains("<form"));
+    assert_eq!(admin_page.status, 303);
+    assert_eq!(admin_page.header("location"), Some("/admin/login"));
+    let login_page = s.req("GET", "/admin/login").send().await;
+    assert_eq!(login_page.status, 200);
+    assert!(login_page.text().contains("<form"));
 
     // Tokens: admin creates one per role; shown once; listed without secrets.
     let mut tokens = std::collections::HashMap::new();

@@ -181,6 +181,32 @@ fn pump(
 }
 
 impl Server {
+    /// Signs in through the form as a browser does (the form's CSRF token and its nonce
+    /// cookie first); the answer to the form's post.
+    #[allow(dead_code, reason = "not every test binary signs in")]
+    pub(crate) fn sign_in(&self, username: &str, password: &str) -> Resp {
+        let form = self.req("GET", "/admin/login").send();
+        assert_eq!(form.status, 200, "{}", form.text());
+        let nonce = form
+            .header("set-cookie")
+            .and_then(|c| c.split(';').next())
+            .expect("the sign-in form sets its nonce")
+            .to_owned();
+        let text = form.text();
+        let marker = r#"name="csrf" value=""#;
+        let at = text.find(marker).expect("a CSRF token") + marker.len();
+        let csrf = &text[at..at + text[at..].find('"').unwrap()];
+        let body = format!(
+            "username={username}&password={}&csrf={csrf}",
+            password.replace(' ', "+")
+        );
+        self.req("POST", "/admin/login")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Cookie", &nonce)
+            .raw(body.as_bytes())
+            .send()
+    }
+
     pub(crate) fn start(env: &Env) -> Server {
         let mut c = env.command();
         // Verbose logs make the secret grep meaningful.

@@ -1,0 +1,61 @@
+//! How figures read on the pages: percentages, milliseconds, counts (grouped per
+//! language). The scripts format live figures the same way (`static/js/format.js`).
+
+use keyvault_core::StatsOverview;
+
+use super::i18n::Lang;
+
+/// A fraction in [0, 1] as a percentage with one decimal; a dash without data.
+pub(crate) fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "–".to_owned(), |r| format!("{:.1}%", r * 100.0))
+}
+
+/// Milliseconds, to three significant figures at most; a dash without data.
+pub(crate) fn ms(v: Option<f64>) -> String {
+    match v {
+        None => "–".to_owned(),
+        Some(v) if v >= 100.0 => format!("{v:.0} ms"),
+        Some(v) if v >= 10.0 => format!("{v:.1} ms"),
+        Some(v) => format!("{v:.2} ms"),
+    }
+}
+
+/// The overview's headline figures, as shown.
+#[derive(Debug, Clone)]
+pub(crate) struct Kpis {
+    pub(crate) calls: String,
+    pub(crate) success_rate: String,
+    pub(crate) p50: String,
+    pub(crate) p95: String,
+    pub(crate) p99: String,
+    pub(crate) active_keys: String,
+    pub(crate) rejected: String,
+}
+
+impl Kpis {
+    pub(crate) fn of(s: &StatsOverview, lang: Lang) -> Self {
+        Self {
+            calls: lang.num(s.calls),
+            success_rate: percent(s.success_rate),
+            p50: ms(s.latency_ms.p50),
+            p95: ms(s.latency_ms.p95),
+            p99: ms(s.latency_ms.p99),
+            active_keys: "–".to_owned(),
+            rejected: "–".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_read_as_people_write_them() {
+        assert_eq!(percent(Some(0.98765)), "98.8%");
+        assert_eq!(percent(None), "–");
+        assert_eq!(ms(Some(1.234)), "1.23 ms");
+        assert_eq!(ms(Some(42.0)), "42.0 ms");
+        assert_eq!(ms(Some(1234.4)), "1234 ms");
+    }
+}

@@ -1,0 +1,693 @@
+//! The dashboard over the real router (CONTRACT §6): sign-in, lockout and throttle; roles
+//! enforced by the server whatever the browser sends; CSRF and origin checks; the key
+//! pages — list, toggle, batch, the new-key form and its one view of the key, errors beside
+//! their fields in the visitor's language; and no 500 for anything a form can send.
+
+mod common;
+
+use common::Server;
+use keyvault_admin::Role;
+use keyvault_core::Actor;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+
+const PW: &str = "correct horse battery";
+
+async fn user(s: &Server, name: &str, role: Role) {
+    s.app
+        .create_admin(name, role, PW.into(), &Actor::library())
+        .await
+        .unwrap();
+}
+
+async fn key(s: &Server, token: &str, name: &str) -> Value {
+    let r = s
+        .req("POST", "/v1/keys")
+        .token(token)
+        .json(&json!({ "name": name, "owner_id": "team-a" }))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+async fn key_enabled(s: &Server, token: &str, id: &str) -> bool {
+    let r = s
+        .req("GET", &format!("/v1/keys/{id}"))
+        .token(token)
+        .send()
+        .await;
+    r.json()["enabled"].as_bool().unwrap()
+}
+
+#[tokio::test]
+async fn ten_failures_lock_a_username_and_one_address_is_throttled() {
+    let s = Server::sqlite().await;
+    user(&s, "ada", Role::Admin).await;
+    for _ in 0..10 {
+        let r = s.sign_in("ada", "wrong password").await;
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert!(r.text().contains(r#"data-testid="login-error""#));
+    }
+    // Locked: even the right password is refused, saying so.
+    let r = s.sign_in("ada", PW).await;
+    assert_eq!(r.status, 429);
+    assert!(r.text().contains("locked"), "{}", r.text());
+    assert!(r.cookie("kv_session").is_none());
+    // An unknown name locks alike (the answer never tells whether a user exists).
+    for _ in 0..10 {
+        assert_eq!(s.sign_in("nobody", "wrong password").await.status, 401);
+    }
+    let r = s.sign_in("nobody", "wrong password").await;
+    assert_eq!(r.status, 429);
+    assert!(r.text().contains("locked"));
+
+    // Lockouts and failures are audited, never with a password.
+    let token = s.token("admin").await;
+    let audit = s
+        .req("GET", "/v1/audit?limit=100")
+        .token(&token)
+        .send()
+        .await;
+    let text = audit.text();
+    assert!(text.contains("login.lockout"), "{text}");
+    assert!(!text.contains("wrong password") && !text.contains(PW));
+    assert!(!text.contains("nobody"), "an unknown name is not recorded");
+}
+
+#[tokio::test]
+async fn more_than_thirty_attempts_a_minute_from_one_address_are_refused() {
+    let s = Server::sqlite().await;
+    let mut statuses = Vec::new();
+    for i in 0..32 {
+        statuses.push(s.sign_in(&format!("user{i}"), "wrong").await.status);
+    }
+    assert!(statuses[..30].iter().all(|&st| st == 401), "{statuses:?}");
+    assert_eq!(statuses[31], 429, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_viewer_sees_no_controls_and_the_server_refuses_its_forged_changes() {
+    let s = Server::sqlite().await;
+    let admin = s.token("admin").await;
+    let k = key(&s, &admin, "viewer-visible").await;
+    let id = k["id"].as_str().unwrap();
+    user(&s, "vic", Role::Viewer).await;
+    let vic = s.session("vic", PW).await;
+
+    let page = vic.req("GET", "/admin/keys").send().await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains(&format!(r#"data-key-id="{id}""#)));
+    for control in [
+        "key-toggle",
+        "key-select",
+        "batch-action",
+        "batch-apply",
+        "key-new",
+    ] {
+        assert!(
+            !html.contains(&format!(r#"data-testid="{control}""#)),
+            "{control}"
+        );
+    }
+    for nav in ["nav-overview", "nav-keys"] {
+        assert!(html.contains(&format!(r#"data-testid="{nav}""#)), "{nav}");
+    }
+    for nav in ["nav-audit", "nav-tokens", "nav-users"] {
+        assert!(!html.contains(&format!(r#"data-testid="{nav}""#)), "{nav}");
+    }
+    let detail = vic.req("GET", &format!("/admin/keys/{id}")).send().await;
+    assert_eq!(detail.status, 200);
+    for control in ["key-edit", "key-rotate", "key-delete", "key-toggle"] {
+        assert!(
+            !detail
+                .text()
+                .contains(&format!(r#"data-testid="{control}""#))
+        );
+    }
+    assert_eq!(vic.req("GET", "/admin/keys/new").send().await.status, 403);
+
+    // Forged changes, with the session's own CSRF token, are refused and change nothing.
+    let toggle = vic
+        .script(
+            "POST",
+            &format!("/admin/keys/{id}/toggle"),
+            &json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(toggle.status, 403, "{}", toggle.text());
+    let form = vic
+        .post_form(&format!("/admin/keys/{id}/toggle"), &[("enabled", "false")])
+        .await;
+    assert_eq!(form.status, 403);
+    let batch = vic
+        .script(
+            "POST",
+            "/admin/keys/batch",
+            &json!({"action": "delete", "ids": [id]}),
+        )
+        .await;
+    assert_eq!(batch.status, 403);
+    let made = vic
+        .post_form("/admin/keys/new", &[("name", "forged")])
+        .await;
+    assert_eq!(made.status, 403);
+    let del = vic
+        .post_form(&format!("/admin/keys/{id}/delete"), &[])
+        .await;
+    assert_eq!(del.status, 403);
+    assert!(key_enabled(&s, &admin, id).await);
+    let list = s.req("GET", "/v1/keys").token(&admin).send().await.json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_change_without_its_csrf_token_or_from_another_origin_is_refused() {
+    let s = Server::sqlite().await;
+    let admin = s.token("admin").await;
+    let k = key(&s, &admin, "guarded").await;
+    let id = k["id"].as_str().unwrap();
+    user(&s, "olga", Role::Operator).await;
+    let olga = s.session("olga", PW).await;
+    let path = format!("/admin/keys/{id}/toggle");
+
+    let no_token = olga
+        .req("POST", &path)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await;
+    assert_eq!(no_token.status, 403);
+    let wrong = olga
+        .req("POST", &path)
+        .header("X-CSRF-Token", &"0".repeat(64))
+        .json(&json!({"enabled": false}))
+        .send()
+        .await;
+    assert_eq!(wrong.status, 403);
+    let form_without = olga
+        .req("POST", &path)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .raw(b"enabled=false")
+        .send()
+        .await;
+    assert_eq!(form_without.status, 403);
+    let elsewhere = olga
+        .req("POST", &path)
+        .header("X-CSRF-Token", &olga.csrf)
+        .header("Origin", "https://evil.example")
+        .json(&json!({"enabled": false}))
+        .send()
+        .await;
+    assert_eq!(elsewhere.status, 403);
+    let referer = olga
+        .req("POST", &path)
+        .header("Referer", "http://evil.example/page")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .raw(format!("csrf={}&enabled=false", olga.csrf).as_bytes())
+        .send()
+        .await;
+    assert_eq!(referer.status, 403);
+    assert!(key_enabled(&s, &admin, id).await, "nothing changed");
+
+    // Another session's token is not this one's.
+    let other = s.session("olga", PW).await;
+    assert_ne!(other.csrf, olga.csrf);
+    let crossed = olga
+        .req("POST", &path)
+        .header("X-CSRF-Token", &other.csrf)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await;
+    assert_eq!(crossed.status, 403);
+
+    // The genuine change, from this origin, works; a session cookie never opens /v1.
+    let ok = olga
+        .req("POST", &path)
+        .header("X-CSRF-Token", &olga.csrf)
+        .header("Origin", "http://127.0.0.1:8080")
+        .json(&json!({"enabled": false}))
+        .send()
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["status"], "disabled");
+    assert!(!key_enabled(&s, &admin, id).await);
+    assert_eq!(
+        olga.req("GET", "/v1/keys").send().await.status,
+        401,
+        "a session cookie never authenticates /v1"
+    );
+}
+
+/// The secret shown on a page: the text of `new-key-secret`.
+fn shown_secret(html: &str) -> Option<String> {
+    let marker = r#"data-testid="new-key-secret">"#;
+    let at = html.find(marker)? + marker.len();
+    Some(html[at..at + html[at..].find('<')?].to_owned())
+}
+
+#[tokio::test]
+async fn a_new_key_is_shown_once_on_the_page_after_the_post() {
+    let s = Server::sqlite().await;
+    let admin = s.token("admin").await;
+    user(&s, "olga", Role::Operator).await;
+    let olga = s.session("olga", PW).await;
+    let made = olga
+        .post_form(
+            "/admin/keys/new",
+            &[
+                ("name", "billing service"),
+                ("owner_id", "team-b"),
+                ("credits", "1000"),
+                ("rl_name", "per_minute"),
+                ("rl_limit", "60"),
+                ("rl_period", "1m"),
+                ("scopes", "read write"),
+                ("metadata", r#"{"plan": "pro"}"#),
+                ("enabled", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 303, "{}", made.text());
+    let location = made.header("location").unwrap().to_owned();
+    assert!(location.starts_with("/admin/keys/"), "{location}");
+    let flash = made
+        .cookie("kv_flash")
+        .expect("the one view travels in a cookie");
+    assert!(
+        !made.text().contains("kv_"),
+        "the redirect carries no secret in its body"
+    );
+
+    let landed = olga
+        .req("GET", &location)
+        .header("Cookie", &format!("{}; kv_flash={flash}", olga.cookie))
+        .send()
+        .await;
+    assert_eq!(landed.status, 200);
+    assert_eq!(landed.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        landed.cookie("kv_flash").as_deref(),
+        Some(""),
+        "the view is used up"
+    );
+    let secret = shown_secret(&landed.text()).expect("the key is shown");
+    assert!(landed.text().contains(r#"data-testid="copy-key""#));
+    let verified = s
+        .req("POST", "/v1/keys/verify")
+        .token(&admin)
+        .json(&json!({"key": secret}))
+        .send()
+        .await
+        .json();
+    assert_eq!(verified["valid"], true, "{verified}");
+    assert_eq!(verified["owner_id"], "team-b");
+
+    // A reload (the browser no longer has the cookie) shows the key's page without it;
+    // another session cannot open the cookie either.
+    let reload = olga.req("GET", &location).send().await;
+    assert_eq!(reload.status, 200);
+    assert!(shown_secret(&reload.text()).is_none());
+    assert!(!reload.text().contains(&secret));
+    let other = s.session("olga", PW).await;
+    let stolen = other
+        .req("GET", &location)
+        .header("Cookie", &format!("{}; kv_flash={flash}", other.cookie))
+        .send()
+        .await;
+    assert!(!stolen.text().contains(&secret));
+    // Exactly one key was made.
+    let list = s.req("GET", "/v1/keys").token(&admin).send().await.json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn form_errors_are_shown_beside_their_fields_in_the_visitors_language() {
+    let s = Server::sqlite().await;
+    let admin = s.token("admin").await;
+    user(&s, "olga", Role::Operator).await;
+    let olga = s.session("olga", PW).await;
+    let field_error = |html: &str, field: &str| {
+        html.contains(&format!(
+            r#"data-testid="field-error" data-field="{field}""#
+        ))
+    };
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (&[("name", "")], "name"),
+        (&[("name", "k"), ("credits", "abc")], "credits.remaining"),
+        (&[("name", "k"), ("credits", "-5")], "credits.remaining"),
+        (
+            &[
+                ("name", "k"),
+                ("rl_name", "m"),
+                ("rl_limit", "0"),
+                ("rl_period", "1m"),
+            ],
+            "ratelimits[0].limit",
+        ),
+        (&[("name", "k"), ("metadata", "[1, 2]")], "metadata"),
+        (
+            &[("name", "k"), ("expires_at", "2001-01-01T00:00")],
+            "expires_at",
+        ),
+    ];
+    for (fields, field) in cases {
+        let r = olga.post_form("/admin/keys/new", fields).await;
+        assert_eq!(r.status, 422, "{fields:?}: {}", r.text());
+        assert!(field_error(&r.text(), field), "{fields:?}: {}", r.text());
+    }
+    // The form keeps what was typed.
+    let r = olga
+        .post_form(
+            "/admin/keys/new",
+            &[("name", "kept name"), ("credits", "abc")],
+        )
+        .await;
+    assert!(r.text().contains(r#"value="kept name""#));
+
+    // In Chinese.
+    let zh = olga
+        .req("POST", "/admin/keys/new")
+        .header("Cookie", &format!("{}; kv_lang=zh-CN", olga.cookie))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .raw(format!("csrf={}&name=k&credits=abc", olga.csrf).as_bytes())
+        .send()
+        .await;
+    assert_eq!(zh.status, 422);
+    assert!(zh.text().contains(r#"<html lang="zh-CN""#));
+    assert!(zh.text().contains("请输入不小于 0 的整数"), "{}", zh.text());
+    let list = s.req("GET", "/v1/keys").token(&admin).send().await.json();
+    assert!(
+        list["items"].as_array().unwrap().is_empty(),
+        "nothing was made"
+    );
+}
+
+#[tokio::test]
+async fn the_key_list_searches_and_pages_on_the_server_and_batches_report_per_key() {
+    let s = Server::sqlite().await;
+    let admin = s.token("admin").await;
+    let mut ids = Vec::new();
+    for i in 0..55 {
+        let name = if i % 10 == 0 {
+            format!("search-me {i}")
+        } else {
+            format!("other {i}")
+        };
+        ids.push(
+            key(&s, &admin, &name).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    user(&s, "olga", Role::Operator).await;
+    let olga = s.session("olga", PW).await;
+    let rows = |html: &str| html.matches(r#"data-testid="key-row""#).count();
+
+    let first = olga.req("GET", "/admin/keys").send().await.text();
+    assert_eq!(rows(&first), 50, "one page, never every key");
+    let marker = r#"href=""#;
+    let next_at = first
+        .find(r#"data-testid="page-next""#)
+        .expect("a next page");
+    let href_start = first[..next_at].rfind(marker).unwrap() + marker.len();
+    let next = first[href_start..href_start + first[href_start..].find('"').unwrap()]
+        .replace("&amp;", "&");
+    let second = olga.req("GET", &next).send().await.text();
+    assert_eq!(rows(&second), 5);
+
+    let found = olga
+        .req("GET", "/admin/keys?q=search-me")
+        .send()
+        .await
+        .text();
+    assert_eq!(rows(&found), 6);
+    assert!(!found.contains(">other "));
+
+    // Batch: two keys and an id nobody has; a result each.
+    let batch = olga
+        .script(
+            "POST",
+            "/admin/keys/batch",
+            &json!({"action": "disable", "ids": [ids[0], ids[1], "not-an-id"]}),
+        )
+        .await;
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let results = batch.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["ok"], true);
+    assert_eq!(results[0]["status"], "disabled");
+    assert_eq!(results[2]["ok"], false);
+    assert!(!key_enabled(&s, &admin, &ids[0]).await);
+    let disabled = olga
+        .req("GET", "/admin/keys?state=disabled")
+        .send()
+        .await
+        .text();
+    assert_eq!(rows(&disabled), 2);
+
+    // The same batch as a plain form (no script): a page with a result per key.
+    let form = olga
+        .post_form(
+            "/admin/keys/batch",
+            &[("action", "enable"), ("ids", &ids[0]), ("ids", &ids[1])],
+        )
+        .await;
+    assert_eq!(form.status, 200, "{}", form.text());
+    assert_eq!(
+        form.text().matches(r#"data-testid="batch-result""#).count(),
+        2
+    );
+    assert!(form.text().contains(r#"data-ok="true""#));
+    assert!(key_enabled(&s, &admin, &ids[0]).await);
+}
+
+#[tokio::test]
+async fn no_form_answers_500_to_random_oversized_or_malformed_values() {
+    let s = Server::sqlite().await;
+    let admin = s.token("admin").await;
+    let id = key(&s, &admin, "target").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    user(&s, "ada", Role::Admin).await;
+    let ada = s.session("ada", PW).await;
+    let mut rng = StdRng::seed_from_u64(7);
+    let fields = [
+        "name",
+        "owner_id",
+        "prefix",
+        "enabled",
+        "expires_at",
+        "tz",
+        "credits",
+        "refill_interval",
+        "refill_amount",
+        "rl_name",
+        "rl_limit",
+        "rl_period",
+        "scopes",
+        "ip_allowlist",
+        "metadata",
+        "rotation_every",
+        "rotation_grace",
+        "grace",
+        "action",
+        "ids",
+        "next",
+        "lang",
+        "username",
+        "password",
+    ];
+    let forms = [
+        "/admin/keys/new".to_owned(),
+        format!("/admin/keys/{id}/edit"),
+        format!("/admin/keys/{id}/toggle"),
+        format!("/admin/keys/{id}/rotate"),
+        "/admin/keys/batch".to_owned(),
+        "/admin/keys/00000000-0000-0000-0000-000000000000/toggle".to_owned(),
+        "/admin/keys/%ZZ/edit".to_owned(),
+    ];
+    let value = |rng: &mut StdRng| -> String {
+        match rng.random_range(0..8) {
+            0 => String::new(),
+            1 => "9".repeat(rng.random_range(1..40)),
+            2 => "x".repeat(rng.random_range(1000..30_000)),
+            3 => "-1".into(),
+            4 => "{\"a\":".into(),
+            5 => "\u{0}\u{202e}<script>é中文".into(),
+            6 => "1e309".into(),
+            _ => (0..rng.random_range(1..30))
+                .map(|_| rng.random_range(b' '..=b'~') as char)
+                .collect(),
+        }
+    };
+    for round in 0..150 {
+        let path = &forms[round % forms.len()];
+        let mut pairs: Vec<(String, String)> = vec![("csrf".into(), ada.csrf.clone())];
+        for _ in 0..rng.random_range(0..10) {
+            pairs.push((
+                fields[rng.random_range(0..fields.len())].into(),
+                value(&mut rng),
+            ));
+        }
+        let body = serde_html_form::to_string(&pairs).unwrap();
+        let r = ada
+            .req("POST", path)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .raw(body.as_bytes())
+            .send()
+            .await;
+        assert!(
+            r.status < 500,
+            "{path} {body:.300}: {} {:.500}",
+            r.status,
+            r.text()
+        );
+        // A malformed body (not a form at all).
+        let raw: Vec<u8> = (0..rng.random_range(0..200))
+            .map(|_| rng.random())
+            .collect();
+        let r = ada
+            .req("POST", path)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .raw(&raw)
+            .send()
+            .await;
+        assert!(r.status < 500, "{path} raw: {}", r.status);
+    }
+    // The sign-in form too.
+    for _ in 0..40 {
+        let body = format!("username={}&password={}", value(&mut rng), value(&mut rng));
+        let r = s
+            .req("POST", "/admin/login")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .raw(body.as_bytes())
+            .peer(&format!(
+                "10.0.{}.{}:1",
+                rng.random_range(0..250),
+                rng.random_range(1..250)
+            ))
+            .send()
+            .await;
+        assert!(r.status < 500, "login: {}", r.status);
+    }
+}
+
+#[tokio::test]
+async fn admins_make_tokens_shown_once_and_manage_users_but_not_the_last_admin() {
+    let s = Server::sqlite().await;
+    user(&s, "ada", Role::Admin).await;
+    user(&s, "olga", Role::Operator).await;
+    let ada = s.session("ada", PW).await;
+    let olga = s.session("olga", PW).await;
+    for page in ["/admin/tokens", "/admin/users"] {
+        assert_eq!(olga.req("GET", page).send().await.status, 403, "{page}");
+    }
+    assert_eq!(
+        olga.post_form("/admin/tokens", &[("name", "forged"), ("role", "admin")])
+            .await
+            .status,
+        403
+    );
+
+    let made = ada
+        .post_form("/admin/tokens", &[("name", "ci bot"), ("role", "viewer")])
+        .await;
+    assert_eq!(made.status, 303, "{}", made.text());
+    let flash = made.cookie("kv_flash").unwrap();
+    let page = ada
+        .req("GET", "/admin/tokens")
+        .header("Cookie", &format!("{}; kv_flash={flash}", ada.cookie))
+        .send()
+        .await;
+    let html = page.text();
+    let marker = r#"data-testid="new-token-secret">"#;
+    let at = html.find(marker).expect("the token is shown") + marker.len();
+    let token = html[at..at + html[at..].find('<').unwrap()].to_owned();
+    assert_eq!(
+        s.req("GET", "/v1/keys").token(&token).send().await.status,
+        200
+    );
+    let again = ada.req("GET", "/admin/tokens").send().await.text();
+    assert!(!again.contains(&token));
+    let marker = r#"data-testid="token-row" data-token-id=""#;
+    let at = again.find(marker).unwrap() + marker.len();
+    let id = &again[at..at + 36];
+    let revoked = ada
+        .post_form(&format!("/admin/tokens/{id}/revoke"), &[])
+        .await;
+    assert_eq!(revoked.status, 303);
+    assert_eq!(
+        s.req("GET", "/v1/keys").token(&token).send().await.status,
+        401
+    );
+    let bad = ada
+        .post_form("/admin/tokens", &[("name", " "), ("role", "viewer")])
+        .await;
+    assert_eq!(bad.status, 422);
+    assert!(bad.text().contains(r#"data-field="name""#));
+
+    // Users: a new one; a role change ends their session; the last admin stays.
+    let made = ada
+        .post_form(
+            "/admin/users",
+            &[("username", "vic"), ("role", "viewer"), ("password", PW)],
+        )
+        .await;
+    assert_eq!(made.status, 303, "{}", made.text());
+    let short = ada
+        .post_form(
+            "/admin/users",
+            &[
+                ("username", "pat"),
+                ("role", "viewer"),
+                ("password", "short"),
+            ],
+        )
+        .await;
+    assert_eq!(short.status, 422);
+    assert!(short.text().contains(r#"data-field="password""#));
+    assert!(
+        !short.text().contains("value=\"short\""),
+        "a password never goes back"
+    );
+    let users = ada.req("GET", "/admin/users").send().await.text();
+    assert!(users.contains(r#"data-testid="user-row" data-username="vic""#));
+    let promoted = ada
+        .post_form(
+            "/admin/users/olga/access",
+            &[("role", "admin"), ("enabled", "on")],
+        )
+        .await;
+    assert_eq!(promoted.status, 303);
+    assert_eq!(
+        olga.req("GET", "/admin").send().await.status,
+        303,
+        "her session ended"
+    );
+    let olga = s.session("olga", PW).await;
+    assert_eq!(olga.req("GET", "/admin/users").send().await.status, 200);
+    // Two admins: ada may step down; then olga is the last and cannot.
+    let down = ada
+        .post_form(
+            "/admin/users/ada/access",
+            &[("role", "viewer"), ("enabled", "on")],
+        )
+        .await;
+    assert_eq!(down.status, 303);
+    let last = olga
+        .post_form(
+            "/admin/users/olga/access",
+            &[("role", "operator"), ("enabled", "on")],
+        )
+        .await;
+    assert_eq!(last.status, 422, "{}", last.text());
+    assert!(last.text().contains(r#"data-testid="user-error""#));
+    let off = olga
+        .post_form("/admin/users/olga/access", &[("role", "admin")])
+        .await;
+    assert_eq!(off.status, 422, "the last admin cannot be disabled");
+    assert_eq!(olga.req("GET", "/admin/users").send().await.status, 200);
+}
