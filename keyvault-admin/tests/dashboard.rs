@@ -691,3 +691,70 @@ async fn admins_make_tokens_shown_once_and_manage_users_but_not_the_last_admin()
     assert_eq!(off.status, 422, "the last admin cannot be disabled");
     assert_eq!(olga.req("GET", "/admin/users").send().await.status, 200);
 }
+
+#[tokio::test]
+async fn the_audit_page_filters_exports_the_filtered_records_and_keeps_the_last_check() {
+    let s = Server::sqlite().await;
+    let admin = s.token("admin").await;
+    let k = key(&s, &admin, "audited").await;
+    let id = k["id"].as_str().unwrap();
+    // A refused rotation of a disabled key, and a success.
+    s.req("PATCH", &format!("/v1/keys/{id}"))
+        .token(&admin)
+        .json(&json!({"name": "=cmd|' /C calc'!A0"}))
+        .send()
+        .await;
+    user(&s, "olga", Role::Operator).await;
+    user(&s, "vic", Role::Viewer).await;
+    let vic = s.session("vic", PW).await;
+    assert_eq!(vic.req("GET", "/admin/audit").send().await.status, 403);
+    assert_eq!(vic.req("GET", "/admin/audit.csv").send().await.status, 403);
+    let olga = s.session("olga", PW).await;
+
+    let all = olga.req("GET", "/admin/audit").send().await.text();
+    assert!(
+        all.matches(r#"data-testid="audit-row""#).count() >= 4,
+        "{all}"
+    );
+    assert!(all.contains(r#"data-chain="never""#));
+    let created = olga
+        .req("GET", "/admin/audit?action=key.create")
+        .send()
+        .await
+        .text();
+    assert_eq!(created.matches(r#"data-testid="audit-row""#).count(), 1);
+    let export_at = created.find(r#"data-testid="audit-export""#).unwrap();
+    let href = &created[created[..export_at].rfind("href=\"").unwrap() + 6..];
+    let href = href[..href.find('"').unwrap()].replace("&amp;", "&");
+    assert_eq!(href, "/admin/audit.csv?action=key.create");
+    let csv = olga.req("GET", &href).send().await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
+    assert!(
+        csv.header("content-disposition")
+            .unwrap()
+            .contains("attachment")
+    );
+    let lines: Vec<_> = csv.text().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("seq,at,actor,action"));
+    assert!(lines[1].contains(",key.create,"));
+    let everything = olga.req("GET", "/admin/audit.csv").send().await.text();
+    assert!(!everything.contains(",=cmd"), "no cell starts a formula");
+
+    let refused = olga
+        .req("GET", "/admin/audit?outcome=refused")
+        .send()
+        .await
+        .text();
+    assert_eq!(refused.matches(r#"data-testid="audit-row""#).count(), 0);
+    let viewer_refused = vic.post_form("/admin/audit/verify", &[]).await;
+    assert_eq!(viewer_refused.status, 403);
+
+    let verified = olga.post_form("/admin/audit/verify", &[]).await;
+    assert_eq!(verified.status, 303);
+    let after = olga.req("GET", "/admin/audit").send().await.text();
+    assert!(after.contains(r#"data-chain="intact""#), "{after}");
+    // The check is kept, not rerun per page load: it names who ran it.
+    assert!(after.contains("olga"));
+}

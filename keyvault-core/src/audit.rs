@@ -270,6 +270,8 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// Only this target.
     pub target_id: Option<String>,
+    /// Only records with this outcome.
+    pub outcome: Option<AuditOutcome>,
     /// Page size.
     pub limit: usize,
     /// Only records before this position.

@@ -155,6 +155,7 @@ impl AuditLog for PgStore {
                AND ($4::text IS NULL OR actor = $4) \
                AND ($5::text IS NULL OR action = $5) \
                AND ($6::text IS NULL OR target_id = $6) \
+               AND ($8::text IS NULL OR outcome = $8) \
              ORDER BY seq DESC LIMIT $7",
         )
         .bind(q.before_seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
@@ -164,6 +165,7 @@ impl AuditLog for PgStore {
         .bind(&q.action)
         .bind(&q.target_id)
         .bind(limit.saturating_add(1))
+        .bind(q.outcome.map(AuditOutcome::as_str))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;

@@ -130,7 +130,8 @@ impl AuditLog for SqliteStore {
             "SELECT {AUDIT_COLUMNS} FROM kv_audit WHERE (?1 IS NULL OR seq < ?1) \
              AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at < ?3) \
              AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR action = ?5) \
-             AND (?6 IS NULL OR target_id = ?6) ORDER BY seq DESC LIMIT ?7"
+             AND (?6 IS NULL OR target_id = ?6) AND (?8 IS NULL OR outcome = ?8) \
+             ORDER BY seq DESC LIMIT ?7"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(q.before_seq.map(int))
@@ -140,6 +141,7 @@ impl AuditLog for SqliteStore {
             .bind(q.action.as_deref())
             .bind(q.target_id.as_deref())
             .bind(int(limit as u64).saturating_add(1))
+            .bind(q.outcome.map(AuditOutcome::as_str))
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;

@@ -138,6 +138,9 @@ pub(crate) struct AuditParams {
     action: Option<String>,
     /// Only this target.
     target_id: Option<String>,
+    /// Only this outcome.
+    #[param(pattern = "^(success|refused)$")]
+    outcome: Option<String>,
     /// Page size (default 50).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
@@ -220,6 +223,15 @@ pub(crate) async fn audit(
         actor: q.take("actor"),
         action: q.take("action"),
         target_id: q.take("target_id"),
+        outcome: q.parse(
+            "outcome",
+            |v| match v {
+                "success" => Some(keyvault_core::AuditOutcome::Success),
+                "refused" => Some(keyvault_core::AuditOutcome::Refused),
+                _ => None,
+            },
+            "success or refused",
+        )?,
         limit,
         before_seq: after,
     };

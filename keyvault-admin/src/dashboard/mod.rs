@@ -4,6 +4,7 @@
 //! and toggles.
 
 mod accounts;
+mod audit;
 mod flash;
 mod format;
 mod guard;
@@ -53,6 +54,9 @@ pub(crate) fn routes() -> Router<AppState> {
             "/admin/keys/{id}/delete",
             get(keydetail::confirm_delete).post(keydetail::delete),
         )
+        .route("/admin/audit", get(audit::page))
+        .route("/admin/audit.csv", get(audit::csv))
+        .route("/admin/audit/verify", post(audit::verify))
         .route(
             "/admin/tokens",
             get(accounts::tokens).post(accounts::create_token),

@@ -341,6 +341,7 @@ impl AuditLog for MemoryStore {
                     .as_ref()
                     .is_none_or(|t| r.event.target_id.as_ref() == Some(t))
             })
+            .filter(|r| q.outcome.is_none_or(|o| r.event.outcome == o))
             .take(q.limit + 1)
             .cloned()
             .collect();

@@ -889,6 +889,22 @@ pub async fn mutations_are_audited_in_a_valid_chain(b: Backends) {
         .await
         .unwrap();
     assert_eq!(by_action.items.len(), 1);
+    let refused = b
+        .audit
+        .list(&AuditQuery {
+            target_id: Some(id.to_string()),
+            outcome: Some(Refused),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refused: Vec<_> = refused
+        .items
+        .iter()
+        .map(|r| r.event.action.as_str())
+        .collect();
+    assert_eq!(refused, ["key.rotate"], "the outcome filter");
     let p1 = b
         .audit
         .list(&AuditQuery {
