@@ -758,3 +758,34 @@ async fn the_audit_page_filters_exports_the_filtered_records_and_keeps_the_last_
     // The check is kept, not rerun per page load: it names who ran it.
     assert!(after.contains("olga"));
 }
+
+#[tokio::test]
+async fn the_overview_lists_enabled_keys_expiring_within_seven_days_soonest_first() {
+    let s = Server::sqlite().await;
+    let admin = s.token("admin").await;
+    let at = |days: i64| (chrono::Utc::now() + chrono::TimeDelta::days(days)).to_rfc3339();
+    for (name, days, enabled) in [
+        ("in-five", 5, true),
+        ("in-two", 2, true),
+        ("in-thirty", 30, true),
+        ("off-in-one", 1, false),
+    ] {
+        let r = s
+            .req("POST", "/v1/keys")
+            .token(&admin)
+            .json(&json!({"name": name, "expires_at": at(days), "enabled": enabled}))
+            .send()
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    user(&s, "vic", Role::Viewer).await;
+    let vic = s.session("vic", PW).await;
+    let page = vic.req("GET", "/admin?range=7d").send().await.text();
+    let two = page.find(">in-two<").expect("in-two listed");
+    let five = page.find(">in-five<").expect("in-five listed");
+    assert!(two < five, "soonest first");
+    assert!(!page.contains(">in-thirty<") && !page.contains(">off-in-one<"));
+    for id in ["kpi-calls", "kpi-success-rate", "kpi-p95", "chart-calls", "chart-providers", "chart-latency", "range-1h", "range-24h", "range-7d", "range-30d"] {
+        assert!(page.contains(&format!(r#"data-testid="{id}""#)), "{id}");
+    }
+}

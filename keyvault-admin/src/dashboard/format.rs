@@ -28,8 +28,6 @@ pub(crate) struct Kpis {
     pub(crate) p50: String,
     pub(crate) p95: String,
     pub(crate) p99: String,
-    pub(crate) active_keys: String,
-    pub(crate) rejected: String,
 }
 
 impl Kpis {
@@ -40,8 +38,6 @@ impl Kpis {
             p50: ms(s.latency_ms.p50),
             p95: ms(s.latency_ms.p95),
             p99: ms(s.latency_ms.p99),
-            active_keys: "–".to_owned(),
-            rejected: "–".to_owned(),
         }
     }
 }

@@ -2,25 +2,42 @@
 //! the stores, so that handlers stay thin and no template computes.
 
 use chrono::{DateTime, Utc};
-use keyvault_core::StatsOverview;
 
-use super::{i18n::Lang, overview::KeyLine};
+use super::overview::KeyLine;
 use crate::{app::App, error::Result};
 
-impl App {
-    /// The overview's top keys, with their names.
-    pub(crate) async fn dashboard_top_keys(
-        &self,
-        stats: &StatsOverview,
-        lang: Lang,
-    ) -> Result<Vec<KeyLine>> {
-        let _ = (stats, lang);
-        Ok(Vec::new())
-    }
+/// Keys the overview lists as expiring.
+const EXPIRING: usize = 10;
+/// Keys read to find them (expired keys not yet cleaned up come first in the store's
+/// order; the cleanup job of CONTRACT §8 keeps them few).
+const EXPIRING_SCAN: usize = 2_000;
 
-    /// Keys whose expiry falls before `before` and that still verify.
+impl App {
+    /// Enabled keys whose expiry falls between now and `before`, soonest first.
     pub(crate) async fn dashboard_expiring(&self, before: DateTime<Utc>) -> Result<Vec<KeyLine>> {
-        let _ = before;
-        Ok(Vec::new())
+        let now = Utc::now();
+        let mut keys: Vec<_> = self
+            .backends
+            .store
+            .expired_before(before, EXPIRING_SCAN)
+            .await?
+            .into_iter()
+            .filter(|k| k.enabled && k.effective_expiry().is_some_and(|e| e > now))
+            .collect();
+        keys.sort_by_key(|k| k.effective_expiry());
+        Ok(keys
+            .into_iter()
+            .take(EXPIRING)
+            .map(|k| {
+                let at = k.effective_expiry().map(|e| e.to_rfc3339());
+                KeyLine {
+                    id: k.id.to_string(),
+                    name: k.name,
+                    start: k.start,
+                    figure: at.clone().unwrap_or_default(),
+                    at,
+                }
+            })
+            .collect())
     }
 }

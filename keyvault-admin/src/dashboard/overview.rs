@@ -1,4 +1,4 @@
-//! `/admin`: the overview — KPIs, charts, top keys, keys expiring soon — and the JSON the
+//! `/admin`: the overview — KPIs, charts, keys expiring soon — and the JSON the
 //! charts and live KPIs read (`/admin/api/overview`).
 
 use std::collections::HashMap;
@@ -27,7 +27,7 @@ pub(crate) struct KeyLine {
     pub(crate) id: String,
     pub(crate) name: String,
     pub(crate) start: String,
-    /// Calls in the range (top keys) or the expiry (expiring keys), as shown.
+    /// The expiry, as shown before the script puts it in local time.
     pub(crate) figure: String,
     /// RFC 3339, for the browser to show in its time zone.
     pub(crate) at: Option<String>,
@@ -41,7 +41,6 @@ struct OverviewPage {
     presets: Vec<(&'static str, String, bool)>,
     data_url: String,
     kpi: format::Kpis,
-    top_keys: Vec<KeyLine>,
     expiring: Vec<KeyLine>,
     custom_from: String,
     custom_to: String,
@@ -55,7 +54,6 @@ pub(crate) async fn page(
 ) -> Result<Response> {
     let range = Range::from_query(&q, Utc::now());
     let stats = st.app.backends.stats.overview(&range.query(None)).await?;
-    let top_keys = st.app.dashboard_top_keys(&stats, v.lang).await?;
     let expiring = st
         .app
         .dashboard_expiring(Utc::now() + TimeDelta::days(7))
@@ -84,7 +82,6 @@ pub(crate) async fn page(
         shell,
         range,
         presets,
-        top_keys,
         expiring,
     };
     Ok(render(StatusCode::OK, &page))
