@@ -785,7 +785,18 @@ async fn the_overview_lists_enabled_keys_expiring_within_seven_days_soonest_firs
     let five = page.find(">in-five<").expect("in-five listed");
     assert!(two < five, "soonest first");
     assert!(!page.contains(">in-thirty<") && !page.contains(">off-in-one<"));
-    for id in ["kpi-calls", "kpi-success-rate", "kpi-p95", "chart-calls", "chart-providers", "chart-latency", "range-1h", "range-24h", "range-7d", "range-30d"] {
+    for id in [
+        "kpi-calls",
+        "kpi-success-rate",
+        "kpi-p95",
+        "chart-calls",
+        "chart-providers",
+        "chart-latency",
+        "range-1h",
+        "range-24h",
+        "range-7d",
+        "range-30d",
+    ] {
         assert!(page.contains(&format!(r#"data-testid="{id}""#)), "{id}");
     }
 }

@@ -23,7 +23,7 @@ pub use self::{
         success_rate,
     },
 };
-use crate::error::Result;
+use crate::{KeyId, error::Result};
 
 /// Where usage events go. Writing the same `request_id` twice counts it once (a batch retried
 /// after a timeout must not double-count).
@@ -52,4 +52,23 @@ pub trait UsageSink: Send + Sync + fmt::Debug {
 pub trait UsageQuery: Send + Sync + fmt::Debug {
     /// CONTRACT §4's `/v1/stats/overview`.
     async fn overview(&self, query: &StatsQuery) -> Result<StatsOverview>;
+
+    /// Calls of each of `keys` in `query`'s range (its `key_id` is ignored; its provider
+    /// filter applies); a key without calls may be absent. The default asks
+    /// [`UsageQuery::overview`] once per key; stores override it with one query.
+    async fn calls_by_key(
+        &self,
+        query: &StatsQuery,
+        keys: &[KeyId],
+    ) -> Result<std::collections::HashMap<KeyId, u64>> {
+        let mut out = std::collections::HashMap::with_capacity(keys.len());
+        for &key in keys {
+            let q = StatsQuery {
+                key_id: Some(key),
+                ..query.clone()
+            };
+            out.insert(key, self.overview(&q).await?.calls);
+        }
+        Ok(out)
+    }
 }

@@ -439,6 +439,51 @@ impl UsageQuery for SqliteStore {
         self.tally_events(q, ranges.raw_tail, &mut out).await?;
         Ok(out.finish())
     }
+
+    async fn calls_by_key(
+        &self,
+        q: &StatsQuery,
+        keys: &[KeyId],
+    ) -> Result<std::collections::HashMap<KeyId, u64>> {
+        q.validate()?;
+        let mut out = std::collections::HashMap::with_capacity(keys.len());
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let ranges = RollupRanges::split(stored_precision(q.from), stored_precision(q.to));
+        let ids = serde_json::to_string(&keys.iter().map(|k| id_text(*k)).collect::<Vec<_>>())
+            .map_err(|e| backend(corrupt("key_id", e)))?;
+        // Primary-key range scans per key over the rollups, the ts index over the raw ends.
+        let filter = "key_id IN (SELECT value FROM json_each(?1)) \
+                      AND (?2 IS NULL OR (provider_set = 1 AND provider = ?2))";
+        let sql = format!(
+            "SELECT key_id, SUM(calls) FROM ( \
+             SELECT key_id, calls FROM kv_usage_rollup WHERE {filter} AND minute >= ?3 AND minute < ?4 \
+             UNION ALL SELECT key_id, calls FROM kv_usage_rollup_hour WHERE {filter} AND hour >= ?5 AND hour < ?6 \
+             UNION ALL SELECT key_id, calls FROM kv_usage_rollup WHERE {filter} AND minute >= ?7 AND minute < ?8 \
+             UNION ALL SELECT key_id, 1 FROM kv_usage_events \
+             WHERE ((ts >= ?9 AND ts < ?10) OR (ts >= ?11 AND ts < ?12)) \
+             AND key_id IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR provider = ?2) \
+             ) GROUP BY key_id"
+        );
+        let mut query = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(&ids)
+            .bind(q.provider.as_deref());
+        for t in rollup_binds(&ranges)
+            .chain(micros_of(ranges.raw_head))
+            .chain(micros_of(ranges.raw_tail))
+        {
+            query = query.bind(t);
+        }
+        let rows: Vec<(String, i64)> = query.fetch_all(&self.pool).await.map_err(backend)?;
+        for (id, calls) in rows {
+            let id = id
+                .parse::<KeyId>()
+                .map_err(|e| backend(corrupt("kv_usage_rollup.key_id", e)))?;
+            out.insert(id, u64::try_from(calls).unwrap_or(0));
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -231,6 +231,8 @@ pub(crate) async fn rows(st: &AppState, keys: &[KeyRecord], lang: Lang) -> Resul
         key_id: None,
         provider: None,
     };
+    let ids: Vec<KeyId> = keys.iter().map(|k| k.id).collect();
+    let calls = st.app.backends.stats.calls_by_key(&day, &ids).await?;
     let mut out = Vec::with_capacity(keys.len());
     for r in keys {
         let credits = match st.app.kv.credits_remaining(r).await? {
@@ -238,16 +240,6 @@ pub(crate) async fn rows(st: &AppState, keys: &[KeyRecord], lang: Lang) -> Resul
             None if r.credits.is_some() => lang.num(r.credits.map_or(0, |c| c.remaining)),
             None => lang.t("keys.unlimited").to_owned(),
         };
-        let calls = st
-            .app
-            .backends
-            .stats
-            .overview(&StatsQuery {
-                key_id: Some(r.id),
-                ..day.clone()
-            })
-            .await?
-            .calls;
         let status = Status::of(r, now);
         out.push(KeyRow {
             id: r.id.to_string(),
@@ -260,7 +252,7 @@ pub(crate) async fn rows(st: &AppState, keys: &[KeyRecord], lang: Lang) -> Resul
             credits,
             last_used: r.last_used_at.map(|t| t.to_rfc3339()),
             expires: r.expires_at.map(|t| t.to_rfc3339()),
-            calls_24h: lang.num(calls),
+            calls_24h: lang.num(calls.get(&r.id).copied().unwrap_or(0)),
         });
     }
     Ok(out)

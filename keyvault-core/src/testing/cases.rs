@@ -996,6 +996,32 @@ pub async fn usage_is_idempotent_and_summarised(b: Backends) {
         .await
         .unwrap();
     assert_eq!((other_key.calls, other_key.success_rate), (0, None));
+    // Per key, in one ask: over the hour (minutes and raw ends) and over a day (hours too).
+    let nobody = KeyId::new();
+    for range in [
+        q.clone(),
+        StatsQuery {
+            from: now - TimeDelta::hours(30),
+            ..q.clone()
+        },
+    ] {
+        let per_key = query.calls_by_key(&range, &[id, nobody]).await.unwrap();
+        assert_eq!(per_key.get(&id), Some(&100), "{range:?}");
+        assert_eq!(per_key.get(&nobody).copied().unwrap_or(0), 0);
+    }
+    let anthropic = StatsQuery {
+        provider: Some("anthropic".into()),
+        ..q.clone()
+    };
+    assert_eq!(
+        query
+            .calls_by_key(&anthropic, &[id])
+            .await
+            .unwrap()
+            .get(&id),
+        Some(&20)
+    );
+    assert!(query.calls_by_key(&q, &[]).await.unwrap().is_empty());
     let past = StatsQuery {
         from: now - TimeDelta::days(3),
         to: now - TimeDelta::days(2),

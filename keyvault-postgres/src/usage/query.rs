@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    ALL_KEYS_ROLLUP, OverviewBuilder, RollupRanges, StatsOverview, StatsQuery, UsageQuery,
+    ALL_KEYS_ROLLUP, KeyId, OverviewBuilder, RollupRanges, StatsOverview, StatsQuery, UsageQuery,
 };
 use sqlx::{
     Postgres, Row,
@@ -66,6 +66,24 @@ SELECT b, sum(c)::bigint AS c FROM (
     WHERE ((ts >= $9 AND ts < $10) OR (ts >= $11 AND ts < $12))
       AND ($13::uuid IS NULL OR key_id = $13) AND ($2::text IS NULL OR provider = $2)
 ) AS x GROUP BY b";
+
+/// Calls per key of `$1` (an array): the rollups' primary-key range scans per key, the raw
+/// events at the ends; `$2` the provider filter, then the spans as [`span_binds`] gives them.
+const PER_KEY: &str = "\
+SELECT key_id, sum(calls)::bigint AS calls FROM (
+    SELECT key_id, calls FROM kv_usage_rollup
+    WHERE key_id = ANY($1) AND minute >= $3 AND minute < $4 AND ($2::text IS NULL OR provider = $2)
+    UNION ALL
+    SELECT key_id, calls FROM kv_usage_rollup
+    WHERE key_id = ANY($1) AND minute >= $5 AND minute < $6 AND ($2::text IS NULL OR provider = $2)
+    UNION ALL
+    SELECT key_id, calls FROM kv_usage_rollup_hour
+    WHERE key_id = ANY($1) AND hour >= $7 AND hour < $8 AND ($2::text IS NULL OR provider = $2)
+    UNION ALL
+    SELECT key_id, 1 FROM kv_usage_events
+    WHERE ((ts >= $9 AND ts < $10) OR (ts >= $11 AND ts < $12))
+      AND key_id = ANY($1) AND ($2::text IS NULL OR provider = $2)
+) AS x GROUP BY key_id";
 
 /// The times [`COUNTS`] and [`HISTOGRAM`] bind after their key, step and provider: the whole
 /// minutes before the hours, those after them, the hours, then the raw head and tail.
@@ -137,5 +155,29 @@ impl UsageQuery for PgStore {
             out.latency().add(u16::try_from(b).unwrap_or(0), c);
         }
         Ok(out.finish())
+    }
+
+    async fn calls_by_key(
+        &self,
+        q: &StatsQuery,
+        keys: &[KeyId],
+    ) -> Result<std::collections::HashMap<KeyId, u64>> {
+        q.validate()?;
+        let mut out = std::collections::HashMap::with_capacity(keys.len());
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let ranges = RollupRanges::split(q.from, q.to);
+        let ids: Vec<uuid::Uuid> = keys.iter().map(|k| *k.as_uuid()).collect();
+        let mut query = sqlx::query(PER_KEY).bind(&ids).bind(&q.provider);
+        for t in span_binds(&ranges) {
+            query = query.bind(t);
+        }
+        for row in query.fetch_all(&self.pool).await.map_err(db)? {
+            let id: uuid::Uuid = row.try_get("key_id").map_err(db)?;
+            let calls = to_u64(row.try_get("calls").map_err(db)?, "usage calls")?;
+            out.insert(KeyId::from_uuid(id), calls);
+        }
+        Ok(out)
     }
 }
