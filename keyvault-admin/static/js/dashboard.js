@@ -6,25 +6,25 @@ const body = document.body;
 const messages = JSON.parse(document.getElementById("kv-messages")?.textContent || "{}");
 
 /** The message `key` of the page's language (the `js.` part of the catalogue). */
-export function t(key) {
+function t(key) {
   return messages[key] ?? key;
 }
 
-export const lang = body.dataset.lang || "en";
+const lang = body.dataset.lang || "en";
 const numbers = new Intl.NumberFormat(lang);
 
 /** A whole number grouped as the page's language writes it. */
-export function num(n) {
+function num(n) {
   return numbers.format(n);
 }
 
 /** A fraction as a percentage with one decimal; a dash without one. */
-export function percent(rate) {
+function percent(rate) {
   return rate == null ? "–" : `${(rate * 100).toFixed(1)}%`;
 }
 
 /** Milliseconds to three significant figures at most, as the server writes them. */
-export function ms(v) {
+function ms(v) {
   if (v == null) return "–";
   if (v >= 100) return `${v.toFixed(0)} ms`;
   if (v >= 10) return `${v.toFixed(1)} ms`;
@@ -32,7 +32,7 @@ export function ms(v) {
 }
 
 /** A time in the browser's time zone. */
-export function localTime(iso, withSeconds = false) {
+function localTime(iso, withSeconds = false) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
   return d.toLocaleString(lang, {
@@ -45,7 +45,7 @@ export function localTime(iso, withSeconds = false) {
  * A change by script: `method` on `path` (under the mount prefix) with a JSON body.
  * Resolves to `{ ok, status, data }`; never throws for an HTTP error.
  */
-export async function send(method, path, payload) {
+async function send(method, path, payload) {
   const res = await fetch(path, {
     method,
     credentials: "same-origin",
@@ -66,7 +66,7 @@ export async function send(method, path, payload) {
 }
 
 /** A short notice at the bottom of the page, read out by screen readers. */
-export function notify(text, kind = "secondary") {
+function notify(text, kind = "secondary") {
   let box = document.getElementById("kv-notice");
   if (!box) {
     box = document.createElement("div");
@@ -115,7 +115,7 @@ function initAutosubmit() {
 }
 
 /** Every `<time datetime>` shows its instant in the browser's time zone. */
-export function localiseTimes(root = document) {
+function localiseTimes(root = document) {
   for (const el of root.querySelectorAll("time[datetime]")) {
     if (el.dataset.keep !== undefined) continue;
     el.title = el.getAttribute("datetime");
@@ -173,6 +173,10 @@ function initProgress() {
     if (inner) inner.style.width = `${Number(bar.getAttribute("aria-valuenow")) || 0}%`;
   }
 }
+
+// The page scripts (classic deferred modules after this one) use these through `window.kv`:
+// an `import` would name this file without its content hash.
+window.kv = { t, lang, num, percent, ms, localTime, send, notify, localiseTimes };
 
 initTheme();
 initProgress();

@@ -1,7 +1,7 @@
 // The key list: toggles and batch actions without a reload (the forms work without this
 // script too), and the selection count.
 
-import { notify, send, t } from "./dashboard.js";
+const { notify, send, t } = window.kv;
 
 function setStatus(row, r) {
   const badge = row?.querySelector("[data-testid=key-status]");

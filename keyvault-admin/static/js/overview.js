@@ -1,7 +1,7 @@
 // The overview's charts and live figures: everything from `/admin/api/overview` (the same
 // statistics as `/v1/stats/overview`), redrawn every 2 seconds while the range is a preset.
 
-import { lang, ms, num, percent, t } from "./dashboard.js";
+const { lang, ms, num, percent, t } = window.kv;
 
 const root = document.querySelector("[data-overview]");
 const POLL_MS = 2000;
