@@ -25,6 +25,16 @@ if ! redis_up; then
     redis_up || { echo "test.sh: Redis did not come up on 127.0.0.1:6379" >&2; exit 1; }
 fi
 
+# The dashboard's browser tests drive Debian's Chromium through chromedriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "test.sh: installing chromium and chromium-driver for the browser tests" >&2
+    sudo=""
+    if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver fonts-wqy-zenhei >&2 \
+        || { $sudo apt-get update >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver fonts-wqy-zenhei >&2; } \
+        || { echo "test.sh: could not install chromium and chromium-driver (apt-get)" >&2; exit 1; }
+fi
+
 # The database sqlx's test harness creates per-test databases from.
 db="${DATABASE_URL##*/}"
 if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" postgres | grep -q 1; then

@@ -18,7 +18,7 @@ function initToggles() {
       const button = form.querySelector("button");
       const field = form.querySelector("input[name=enabled]");
       button.disabled = true;
-      const { ok, data } = await send("POST", form.action, { enabled: field.value === "true" });
+      const { ok, data } = await send("POST", form.getAttribute("action"), { enabled: field.value === "true" });
       button.disabled = false;
       if (!ok) {
         notify(data?.detail || t("toggle_failed"), "danger");
@@ -88,7 +88,8 @@ function initBatch() {
     }
     const action = form.querySelector("[name=action]").value;
     if (action === "delete" && !window.confirm(form.dataset.confirmDelete)) return;
-    const { ok, data } = await send("POST", form.action, { action, ids });
+    // `form.action` would be the select named "action", not the URL.
+    const { ok, data } = await send("POST", form.getAttribute("action"), { action, ids });
     if (!ok) {
       notify(data?.detail || t("toggle_failed"), "danger");
       return;
