@@ -800,3 +800,56 @@ async fn the_overview_lists_enabled_keys_expiring_within_seven_days_soonest_firs
         assert!(page.contains(&format!(r#"data-testid="{id}""#)), "{id}");
     }
 }
+
+#[tokio::test]
+async fn the_cookie_is_secure_when_a_trusted_proxy_says_https_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = common::Settings {
+        trusted_proxies: Some("127.0.0.1/32".into()),
+        ..common::Settings::sqlite(dir.path())
+    };
+    let s = Server::start(&settings).await;
+    user(&s, "ada", Role::Admin).await;
+    let sign_in = |proto: Option<&'static str>, peer: &'static str| {
+        let s = &s;
+        async move {
+            let mut form = s.req("GET", "/admin/login").peer(peer);
+            if let Some(p) = proto {
+                form = form.header("X-Forwarded-Proto", p);
+            }
+            let form = form.send().await;
+            let nonce = form.cookie("kv_login").unwrap();
+            let body = serde_html_form::to_string([
+                ("username", "ada"),
+                ("password", PW),
+                ("csrf", &form.csrf()),
+            ])
+            .unwrap();
+            let mut post = s
+                .req("POST", "/admin/login")
+                .peer(peer)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .header("Cookie", &format!("kv_login={nonce}"))
+                .raw(body.as_bytes());
+            if let Some(p) = proto {
+                post = post.header("X-Forwarded-Proto", p);
+            }
+            let r = post.send().await;
+            assert_eq!(r.status, 303, "{}", r.text());
+            r.headers
+                .iter()
+                .find(|(k, v)| k == "set-cookie" && v.starts_with("kv_session="))
+                .unwrap()
+                .1
+                .clone()
+        }
+    };
+    let behind_proxy = sign_in(Some("https"), "127.0.0.1:40000").await;
+    assert!(behind_proxy.contains("; Secure"), "{behind_proxy}");
+    assert!(behind_proxy.contains("HttpOnly") && behind_proxy.contains("SameSite=Strict"));
+    let plain = sign_in(None, "127.0.0.1:40000").await;
+    assert!(!plain.contains("Secure"), "{plain}");
+    // An untrusted peer cannot claim HTTPS.
+    let untrusted = sign_in(Some("https"), "198.51.100.7:40000").await;
+    assert!(!untrusted.contains("Secure"), "{untrusted}");
+}
