@@ -160,6 +160,22 @@ async fn a_viewer_sees_no_controls_and_the_server_refuses_its_forged_changes() {
     assert!(key_enabled(&s, &admin, id).await);
     let list = s.req("GET", "/v1/keys").token(&admin).send().await.json();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    // Each refused attempt is audited, as the API's are.
+    let refused = s
+        .req("GET", "/v1/audit?actor=user:vic&outcome=refused")
+        .token(&admin)
+        .send()
+        .await
+        .json();
+    let actions: Vec<_> = refused["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap().to_owned())
+        .collect();
+    for a in ["key.disable", "key.batch", "key.create", "key.delete"] {
+        assert!(actions.iter().any(|x| x == a), "{a} in {actions:?}");
+    }
 }
 
 #[tokio::test]

@@ -136,7 +136,10 @@ pub(crate) async fn create_token(
         body: form,
         script,
     } = change;
-    if let Err(r) = v.require_change(Need::Admin, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Admin, "token.create", script)
+        .await
+    {
         return r;
     }
     let mut errors = BTreeMap::new();
@@ -215,7 +218,10 @@ pub(crate) async fn revoke_token(
     change: Change<Empty>,
 ) -> Response {
     let Change { v, script, .. } = change;
-    if let Err(r) = v.require_change(Need::Admin, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Admin, "token.revoke", script)
+        .await
+    {
         return r;
     }
     match st.app.revoke_token(&id, &v.actor(&ctx)).await {
@@ -333,7 +339,10 @@ pub(crate) async fn create_user(
         body: form,
         script,
     } = change;
-    if let Err(r) = v.require_change(Need::Admin, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Admin, "user.create", script)
+        .await
+    {
         return r;
     }
     let Ok(role) = Role::from_str(form.role.trim()) else {
@@ -401,7 +410,10 @@ pub(crate) async fn set_access(
     change: Change<AccessForm>,
 ) -> Response {
     let Change { v, body, script } = change;
-    if let Err(r) = v.require_change(Need::Admin, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Admin, "user.update", script)
+        .await
+    {
         return r;
     }
     let result = match Role::from_str(body.role.trim()) {
@@ -427,7 +439,10 @@ pub(crate) async fn set_password(
     change: Change<AccessForm>,
 ) -> Response {
     let Change { v, body, script } = change;
-    if let Err(r) = v.require_change(Need::Admin, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Admin, "user.reset_password", script)
+        .await
+    {
         return r;
     }
     let result = st

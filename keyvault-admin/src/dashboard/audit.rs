@@ -323,7 +323,10 @@ pub(crate) async fn verify(
     change: Change<Empty>,
 ) -> Response {
     let Change { v, script, .. } = change;
-    if let Err(r) = v.require_change(Need::Operator, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Operator, "audit.verify", script)
+        .await
+    {
         return r;
     }
     let run = async {

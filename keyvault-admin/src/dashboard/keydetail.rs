@@ -259,7 +259,10 @@ pub(crate) async fn rotate(
     change: Change<RotateForm>,
 ) -> Response {
     let Change { v, body, script } = change;
-    if let Err(r) = v.require_change(Need::Operator, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Operator, "key.rotate", script)
+        .await
+    {
         return r;
     }
     let record = match load(&st, &id).await {
@@ -367,7 +370,10 @@ pub(crate) async fn delete(
     change: Change<Empty>,
 ) -> Response {
     let Change { v, script, .. } = change;
-    if let Err(r) = v.require_change(Need::Operator, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Operator, "key.delete", script)
+        .await
+    {
         return r;
     }
     let done = async {

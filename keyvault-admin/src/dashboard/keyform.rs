@@ -220,7 +220,10 @@ pub(crate) async fn create(
         body: form,
         script,
     } = change;
-    if let Err(r) = v.require_change(Need::Operator, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Operator, "key.create", script)
+        .await
+    {
         return r;
     }
     let body = match form.to_json(false) {
@@ -270,7 +273,10 @@ pub(crate) async fn update(
         body: form,
         script,
     } = change;
-    if let Err(r) = v.require_change(Need::Operator, script) {
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Operator, "key.update", script)
+        .await
+    {
         return r;
     }
     let record = match load(&st, &id).await {

@@ -304,7 +304,11 @@ pub(crate) async fn toggle(
     change: Change<ToggleBody>,
 ) -> Response {
     let Change { v, body, script } = change;
-    if let Err(refused) = v.require_change(Need::Operator, script) {
+    let action = match body.enabled.value() {
+        Some(false) => "key.disable",
+        _ => "key.enable",
+    };
+    if let Err(refused) = v.permit(&st, &ctx, Need::Operator, action, script).await {
         return refused;
     }
     toggle_one(&st, &ctx, &id, &v, body, script)
@@ -391,7 +395,10 @@ pub(crate) async fn batch(
     change: Change<BatchBody>,
 ) -> Response {
     let Change { v, body, script } = change;
-    if let Err(refused) = v.require_change(Need::Operator, script) {
+    if let Err(refused) = v
+        .permit(&st, &ctx, Need::Operator, "key.batch", script)
+        .await
+    {
         return refused;
     }
     batch_all(&st, &ctx, &v, body, script)

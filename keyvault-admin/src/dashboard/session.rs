@@ -190,22 +190,27 @@ impl Visitor {
         }
     }
 
-    /// Like [`Visitor::require`], for a change: a script is answered with a problem
-    /// document, a form with a page.
+    /// Whether the role grants `need` for the change `action`: a refusal is audited (as the
+    /// API audits its refused attempts) and answered — a problem document to a script, a
+    /// page to a form.
     #[allow(
         clippy::result_large_err,
         reason = "the refusal is the answer, sent at once"
     )]
-    pub(crate) fn require_change(
+    pub(crate) async fn permit(
         &self,
+        st: &AppState,
+        ctx: &crate::api::Ctx,
         need: Need,
+        action: &str,
         script: bool,
     ) -> std::result::Result<(), Response> {
         if self.may(need) {
-            Ok(())
-        } else {
-            Err(refuse(self, script, "error.forbidden"))
+            return Ok(());
         }
+        let e = Error::Forbidden("the role does not allow this change");
+        let _ = st.app.refused(&self.actor(ctx), action, None, e).await;
+        Err(refuse(self, script, "error.forbidden"))
     }
 
     /// The actor audit records name.
