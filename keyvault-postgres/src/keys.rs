@@ -329,25 +329,33 @@ impl KeyStore for PgStore {
         let limit = page_size(q.limit, "limit")?;
         // `search` is a case-insensitive substring, as the reference store matches it: strpos on
         // lower() rather than LIKE, so that % and _ in the search are plain characters.
-        let sql = concat!(
+        // Only the filters given, so that the plan walks the index that serves them
+        // (`kv_keys_owner`, `kv_keys_enabled`) rather than a generic plan over every key.
+        let mut qb: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new(concat!(
             "SELECT ",
             key_columns!(),
-            " FROM kv_keys \
-             WHERE ($1::uuid IS NULL OR id < $1) \
-               AND ($2::text IS NULL OR owner_id = $2) \
-               AND ($3::boolean IS NULL OR enabled = $3) \
-               AND ($4::text IS NULL OR strpos(lower(name), $4) > 0 OR strpos(lower(start), $4) > 0) \
-             ORDER BY id DESC LIMIT $5"
-        );
-        let rows = sqlx::query(sql)
-            .bind(q.before.map(|b| *b.as_uuid()))
-            .bind(&q.owner_id)
-            .bind(q.enabled)
-            .bind(q.search.as_ref().map(|s| s.to_lowercase()))
-            .bind(limit.saturating_add(1))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+            " FROM kv_keys WHERE true"
+        ));
+        if let Some(before) = q.before {
+            qb.push(" AND id < ").push_bind(*before.as_uuid());
+        }
+        if let Some(owner) = &q.owner_id {
+            qb.push(" AND owner_id = ").push_bind(owner.clone());
+        }
+        if let Some(enabled) = q.enabled {
+            qb.push(" AND enabled = ").push_bind(enabled);
+        }
+        if let Some(search) = &q.search {
+            let s = search.to_lowercase();
+            qb.push(" AND (strpos(lower(name), ")
+                .push_bind(s.clone())
+                .push(") > 0 OR strpos(lower(start), ")
+                .push_bind(s)
+                .push(") > 0)");
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(limit.saturating_add(1));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(db)?;
         let items = rows
             .iter()
             .map(record_from_row)

@@ -8,7 +8,7 @@ use keyvault_core::{
     AuditEvent, Change, Error, KeyDigest, KeyId, KeyQuery, KeyRecord, KeyStore, KeyWrite, Page,
     Result,
 };
-use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::{
     SqliteStore,
@@ -200,19 +200,31 @@ impl KeyStore for SqliteStore {
 
     async fn list(&self, q: &KeyQuery) -> Result<Page<KeyRecord>> {
         let limit = q.limit;
-        let search = q.search.as_ref().map(|s| s.to_lowercase());
-        let sql = select(
-            "WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR owner_id = ?2) \
-             AND (?3 IS NULL OR enabled = ?3) \
-             AND (?4 IS NULL OR instr(name_lower, ?4) > 0 OR instr(start_lower, ?4) > 0) \
-             ORDER BY id DESC LIMIT ?5",
-        );
-        let rows = sqlx::query(sql)
-            .bind(q.before.map(id_text))
-            .bind(q.owner_id.as_deref())
-            .bind(q.enabled)
-            .bind(search)
-            .bind(int(limit as u64).saturating_add(1))
+        // Only the filters given, so that SQLite walks the index that serves them
+        // (`kv_keys_owner`, `kv_keys_enabled`) instead of every key past a `? IS NULL OR`.
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {KEY_COLUMNS} FROM kv_keys WHERE 1 = 1"));
+        if let Some(before) = q.before {
+            qb.push(" AND id < ").push_bind(id_text(before));
+        }
+        if let Some(owner) = &q.owner_id {
+            qb.push(" AND owner_id = ").push_bind(owner.clone());
+        }
+        if let Some(enabled) = q.enabled {
+            qb.push(" AND enabled = ").push_bind(enabled);
+        }
+        if let Some(search) = &q.search {
+            let s = search.to_lowercase();
+            qb.push(" AND (instr(name_lower, ")
+                .push_bind(s.clone())
+                .push(") > 0 OR instr(start_lower, ")
+                .push_bind(s)
+                .push(") > 0)");
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(int(limit as u64).saturating_add(1));
+        let rows = qb
+            .build()
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
