@@ -223,11 +223,7 @@ impl KeyStore for SqliteStore {
         }
         qb.push(" ORDER BY id DESC LIMIT ")
             .push_bind(int(limit as u64).saturating_add(1));
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
         let items = rows
             .iter()
             .map(decode_key)
