@@ -280,7 +280,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 /// recorder that a mounting host would install itself.
 async fn serve_command(app: App, bind: std::net::SocketAddr) -> Result<()> {
     if app.no_credentials_yet().await? {
-        stderr_line(
+        crate::logs::announce(
             "No API token or admin user exists yet. Create an admin token with:\n  \
              keyvault token create --name admin --role admin\n\
              (it is printed once; send it as `Authorization: Bearer <token>`).",
@@ -298,7 +298,8 @@ async fn serve_command(app: App, bind: std::net::SocketAddr) -> Result<()> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("reading the bound address", e))?;
-    // A plain line, for people and for scripts that started the server on port 0.
-    stderr_line(&format!("keyvault listening on http://{addr}"));
+    // Whatever `KEYVAULT_LOG` says, for people and for scripts that started the server on
+    // port 0 (a JSON line in the JSON format).
+    crate::logs::announce(&format!("keyvault listening on http://{addr}"));
     serve(admin, listener, shutdown_signal()).await
 }

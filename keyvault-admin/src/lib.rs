@@ -31,7 +31,8 @@
 //!
 //! Nothing process-wide is installed behind the host's back: the Prometheus recorder is
 //! handed out by [`Admin::metrics_recorder`] for the host to install (the standalone server
-//! installs it), and so is the tracing subscriber.
+//! installs it), and so is the tracing subscriber ([`logs::init`] installs the server's own;
+//! a host adds [`logs::layer`] to its subscriber for `/v1/logs`).
 //!
 //! ## Feature flags
 //! None: SQLite, PostgreSQL and Redis are all built in and chosen by `DATABASE_URL` and
@@ -49,6 +50,7 @@ mod commands;
 mod config;
 mod dashboard;
 mod error;
+pub mod logs;
 mod out;
 mod serve;
 mod views;

@@ -101,3 +101,72 @@ async fn patch_sets_and_clears_the_owner_and_listings_follow() {
         .problem(422, "invalid_value");
     assert_eq!(p["field"], "owner_id");
 }
+
+#[tokio::test]
+async fn the_system_log_shows_recent_records_newest_first_without_secrets() {
+    let s = Server::sqlite().await;
+    let op = s.token("operator").await;
+    let r = s
+        .req("POST", "/v1/keys")
+        .token(&op)
+        .header("X-Request-Id", "log-test-1")
+        .json(&serde_json::json!({"name": "logged"}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201);
+    let key = r.json()["key"].as_str().unwrap().to_owned();
+    // A verification with the key in its body: neither the key nor the token may show.
+    let r = s
+        .req("POST", "/v1/keys/verify")
+        .token(&op)
+        .header("X-Request-Id", "log-test-2")
+        .json(&serde_json::json!({"key": key}))
+        .send()
+        .await;
+    assert!(r.status < 500);
+    let r = s.req("GET", "/v1/logs?limit=500").token(&op).send().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    common::assert_no_secrets(&r.text(), &[key, op.clone()]);
+    let items = r.json()["items"].as_array().unwrap().clone();
+    let pos = |rid: &str| {
+        items
+            .iter()
+            .position(|i| i["message"] == "request" && i["fields"]["request_id"] == rid)
+            .unwrap_or_else(|| panic!("no access record of {rid}: {items:?}"))
+    };
+    // Newest first: the verification's record comes before the creation's.
+    assert!(pos("log-test-2") < pos("log-test-1"));
+    let created = &items[pos("log-test-1")];
+    assert_eq!(created["level"], "info");
+    assert_eq!(created["target"], "keyvault::http");
+    assert_eq!(created["fields"]["route"], "/v1/keys");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(created["ts"].as_str().unwrap()).is_ok(),
+        "{created}"
+    );
+    // `warn` shows warnings and errors only; the limit holds.
+    let w = s
+        .req("GET", "/v1/logs?level=warn")
+        .token(&op)
+        .send()
+        .await
+        .json();
+    assert!(
+        w["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["level"] == "warn" || i["level"] == "error"),
+        "{w}"
+    );
+    let one = s
+        .req("GET", "/v1/logs?limit=1")
+        .token(&op)
+        .send()
+        .await
+        .json();
+    assert_eq!(one["items"].as_array().unwrap().len(), 1);
+    let bad = s.req("GET", "/v1/logs?level=loud").token(&op).send().await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("level"), "{}", bad.text());
+}

@@ -315,6 +315,7 @@ async fn sign_in_wrong_password_lockout_and_every_page_in_both_languages() {
         "nav-overview",
         "nav-keys",
         "nav-audit",
+        "nav-logs",
         "nav-tokens",
         "nav-users",
     ] {
@@ -328,6 +329,7 @@ async fn sign_in_wrong_password_lockout_and_every_page_in_both_languages() {
         ("key-edit", format!("/admin/keys/{id}/edit")),
         ("key-delete", format!("/admin/keys/{id}/delete")),
         ("audit", "/admin/audit".to_owned()),
+        ("logs", "/admin/logs".to_owned()),
         ("tokens", "/admin/tokens".to_owned()),
         ("users", "/admin/users".to_owned()),
     ];
@@ -673,5 +675,54 @@ async fn charts_draw_the_rest_statistics_and_a_new_call_shows_within_five_second
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("timings.json"), figures.to_string()).unwrap();
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_page_shows_a_new_record_within_five_seconds_and_filters_by_level() {
+    let s = Server::sqlite().await;
+    let token = s.token("admin").await;
+    user(&s, "olga", Role::Operator).await;
+    let base = serve(&s).await;
+    let b = Browser::open(&base, "en").await;
+    b.sign_in("olga", PW).await;
+    b.click("[data-testid=nav-logs]").await;
+    b.find("[data-testid=log-level]").await;
+    assert_eq!(b.path().await, "/admin/logs");
+    b.mark().await;
+    let r = s
+        .req("GET", "/v1/keys")
+        .token(&token)
+        .header("X-Request-Id", "live-log-record")
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
+    b.until(Duration::from_secs(5), "the new record on the page", async |b| {
+        b.js("return document.querySelector('[data-log-rows]').textContent.includes('live-log-record')")
+            .await
+            == json!(true)
+    })
+    .await;
+    assert!(b.same_page().await, "shown without a reload");
+    b.screenshot("logs-live").await;
+    // The level filter: errors only, so the access record is gone.
+    b.find("[data-testid=log-level]")
+        .await
+        .select_by_value("error")
+        .await
+        .unwrap();
+    b.until(
+        Duration::from_secs(5),
+        "the error filter applied",
+        async |b| {
+            b.path().await == "/admin/logs"
+                && b.js("return location.search").await == json!("?level=error")
+        },
+    )
+    .await;
+    let info_rows = b
+        .js("return document.querySelectorAll('[data-testid=log-row]:not([data-level=error])').length")
+        .await;
+    assert_eq!(info_rows, json!(0));
     b.close().await;
 }

@@ -114,9 +114,11 @@ async fn a_viewer_sees_no_controls_and_the_server_refuses_its_forged_changes() {
     for nav in ["nav-overview", "nav-keys"] {
         assert!(html.contains(&format!(r#"data-testid="{nav}""#)), "{nav}");
     }
-    for nav in ["nav-audit", "nav-tokens", "nav-users"] {
+    for nav in ["nav-audit", "nav-logs", "nav-tokens", "nav-users"] {
         assert!(!html.contains(&format!(r#"data-testid="{nav}""#)), "{nav}");
     }
+    assert_eq!(vic.req("GET", "/admin/logs").send().await.status, 403);
+    assert_eq!(vic.req("GET", "/admin/api/logs").send().await.status, 403);
     let detail = vic.req("GET", &format!("/admin/keys/{id}")).send().await;
     assert_eq!(detail.status, 200);
     for control in ["key-edit", "key-rotate", "key-delete", "key-toggle"] {
@@ -868,4 +870,42 @@ async fn the_cookie_is_secure_when_a_trusted_proxy_says_https_and_only_then() {
     // An untrusted peer cannot claim HTTPS.
     let untrusted = sign_in(Some("https"), "198.51.100.7:40000").await;
     assert!(!untrusted.contains("Secure"), "{untrusted}");
+}
+
+#[tokio::test]
+async fn operators_read_the_system_log_newest_first_by_level() {
+    let s = Server::sqlite().await;
+    let token = s.token("admin").await;
+    user(&s, "otto", Role::Operator).await;
+    let otto = s.session("otto", PW).await;
+    let r = s
+        .req("GET", "/v1/keys")
+        .token(&token)
+        .header("X-Request-Id", "page-log-record")
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
+    let page = otto.req("GET", "/admin/logs").send().await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains(r#"data-testid="nav-logs""#));
+    assert!(html.contains(r#"data-testid="log-row""#));
+    assert!(html.contains("request_id=page-log-record"), "{html}");
+    common::assert_no_secrets(&html, std::slice::from_ref(&token));
+    let errors = otto
+        .req("GET", "/admin/logs?level=error")
+        .send()
+        .await
+        .text();
+    assert!(!errors.contains("page-log-record"));
+    let data = otto.req("GET", "/admin/api/logs?level=info").send().await;
+    assert_eq!(data.status, 200);
+    let items = data.json()["items"].as_array().unwrap().clone();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["fields"].as_str().unwrap().contains("page-log-record"))
+    );
+    // Without a session the script gets a problem document, not the sign-in page.
+    assert_eq!(s.req("GET", "/admin/api/logs").send().await.status, 401);
 }

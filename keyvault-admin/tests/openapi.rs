@@ -451,6 +451,22 @@ async fn every_answer_of_every_route_matches_its_documented_schema() {
         assert_eq!(r.status, status, "{path}");
     }
 
+    // The system log: the requests above are in it, newest first.
+    for (path, token, status) in [
+        ("/v1/logs?level=info&limit=5", Some(&op), 200),
+        ("/v1/logs?level=error", Some(&op), 200),
+        ("/v1/logs?level=debug", Some(&op), 400),
+        ("/v1/logs?limit=0", Some(&op), 400),
+        ("/v1/logs?limit=501", Some(&op), 400),
+        ("/v1/logs", Some(&viewer), 403),
+        ("/v1/logs", None, 401),
+    ] {
+        let r = w
+            .call("GET", "/v1/logs", path, token.map(|t| t.as_str()), None)
+            .await;
+        assert_eq!(r.status, status, "{path}");
+    }
+
     // Rotation, batch, deletion, revocation.
     let rotate = "/v1/keys/{id}/rotate";
     for (path, body, token, status) in [

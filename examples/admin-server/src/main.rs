@@ -4,10 +4,7 @@
 //! Configuration comes from flags, each with an environment variable; a `.env` file in the
 //! working directory is read first and never overrides the environment.
 
-use std::{
-    io::{IsTerminal, Write},
-    process::ExitCode,
-};
+use std::{io::Write, process::ExitCode};
 
 use clap::{Parser, error::ErrorKind};
 use keyvault_admin::cli::{Cli, Command};
@@ -25,7 +22,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_exit(&e),
     };
-    init_tracing(matches!(cli.command, Command::Serve(_)));
+    if let Err(e) = keyvault_admin::logs::init(matches!(cli.command, Command::Serve(_))) {
+        stderr_line(&format!("error: {e}"));
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,21 +85,4 @@ fn clap_exit(e: &clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn init_tracing(serving: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if serving {
-        "info,sqlx=warn"
-    } else {
-        "warn,sqlx=error"
-    };
-    let filter =
-        EnvFilter::try_from_env("KEYVAULT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
 }

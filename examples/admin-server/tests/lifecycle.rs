@@ -342,3 +342,50 @@ fn rotate_due_hands_each_new_key_out_once() {
     all.push_str(&dst.transcript.lock().unwrap());
     assert_no_secrets(&all, &[old_key, new_key, admin]);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::sqlite(dir.path());
+    let admin = env.token("admin");
+    // Only the server's lines are read below.
+    env.transcript.lock().unwrap().clear();
+    let env = env.with("KEYVAULT_LOG_FORMAT", "json");
+    let s = env.serve();
+    let k = s
+        .req("POST", "/v1/keys")
+        .token(&admin)
+        .header("X-Request-Id", "json-log-1")
+        .json(&json!({"name": "k"}))
+        .send();
+    assert_eq!(k.status, 201);
+    let key = k.json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(s.terminate(), 0);
+    let transcript = env.transcript.lock().unwrap().clone();
+    let lines: Vec<Value> = transcript
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        for f in ["ts", "level", "target", "message"] {
+            assert!(l[f].is_string(), "{f} missing: {l}");
+        }
+    }
+    let access = lines
+        .iter()
+        .find(|l| l["message"] == "request" && l["request_id"] == "json-log-1")
+        .unwrap_or_else(|| panic!("no access record with the request id: {transcript}"));
+    assert_eq!(access["route"], "/v1/keys");
+    assert_eq!(access["status"], 201);
+    assert_no_secrets(&transcript, &[key]);
+}
+
+#[test]
+fn a_bad_log_format_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::sqlite(dir.path()).with("KEYVAULT_LOG_FORMAT", "yaml");
+    let o = env.run(&["migrate"]);
+    o.assert_one_line_error("a bad KEYVAULT_LOG_FORMAT");
+    assert!(o.stderr.contains("KEYVAULT_LOG_FORMAT"), "{}", o.stderr);
+}

@@ -25,6 +25,7 @@ use axum::{
 use keyvault_core::UsageRecorder;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
+use tracing::Instrument;
 
 pub(crate) use extract::{Caller, Ctx, RequestId, redact};
 
@@ -66,6 +67,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/stats/overview", get(reports::stats))
         .route("/v1/audit", get(reports::audit))
+        .route("/v1/logs", get(reports::logs))
         .merge(crate::dashboard::routes())
         .route_layer(middleware::from_fn(note_route))
         .with_state(state.clone());
@@ -109,7 +111,9 @@ async fn observe(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().as_str().to_owned();
-    let mut res = next.run(req).await;
+    // Every record logged while the request is handled carries its id (CONTRACT §7).
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut res = next.run(req).instrument(span.clone()).await;
     let route = res
         .extensions()
         .get::<MatchedPath>()
@@ -124,15 +128,18 @@ async fn observe(mut req: Request, next: Next) -> Response {
     metrics::counter!("keyvault_http_requests_total", &labels).increment(1);
     metrics::histogram!("keyvault_http_request_duration_seconds", &labels)
         .record(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "keyvault::http",
-        method,
-        route,
-        status,
-        latency_ms = elapsed.as_secs_f64() * 1e3,
-        request_id,
-        "request"
-    );
+    // Microseconds are enough; the dashboard's own polling and its assets are routine and
+    // go to `debug` so that they do not crowd the system log it shows.
+    let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+    let routine =
+        status < 400 && (route.contains("/admin/api/") || route.contains("/admin/assets/"));
+    span.in_scope(|| {
+        if routine {
+            tracing::debug!(target: "keyvault::http", method, route, status, latency_ms, "request");
+        } else {
+            tracing::info!(target: "keyvault::http", method, route, status, latency_ms, "request");
+        }
+    });
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         res.headers_mut().insert("x-request-id", v);
     }

@@ -67,7 +67,7 @@ impl Modify for Security {
         super::keys::delete, super::keys::rotate, super::keys::batch,
         super::verify::verify, super::verify::usage,
         super::tokens::create, super::tokens::list, super::tokens::revoke,
-        super::reports::stats, super::reports::audit,
+        super::reports::stats, super::reports::audit, super::reports::logs,
     ),
     components(schemas(ProblemDoc)),
     modifiers(&Security),

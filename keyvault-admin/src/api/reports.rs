@@ -150,6 +150,72 @@ pub(crate) struct AuditParams {
     cursor: Option<String>,
 }
 
+/// The query of `GET /v1/logs` (read by [`QueryParams`]; this is its schema).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct LogParams {
+    /// The least severe level shown, with those above it (default `info`).
+    #[param(pattern = "^(error|warn|info)$")]
+    level: Option<String>,
+    /// Records at most (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+}
+
+/// One record of the system log.
+#[derive(ToSchema)]
+#[schema(as = LogRecord)]
+#[allow(dead_code)]
+pub(crate) struct LogRecordDoc {
+    ts: DateTime<Utc>,
+    #[schema(pattern = "^(error|warn|info)$")]
+    level: String,
+    /// The module that logged it (`keyvault::http`, …).
+    target: String,
+    message: String,
+    /// The record's other fields (`request_id` inside a request), secrets redacted.
+    #[schema(value_type = Object)]
+    fields: Value,
+}
+
+/// This instance's recent log records, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LogPage {
+    #[schema(value_type = Vec<LogRecordDoc>)]
+    items: Vec<crate::logs::LogRecord>,
+}
+
+#[utoipa::path(get, path = "/v1/logs", tag = "operations", operation_id = "listLogs",
+    params(LogParams),
+    responses(
+        (status = 200, description = "Recent records, newest first", body = LogPage),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDoc, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn logs(
+    State(st): State<AppState>,
+    caller: Caller,
+    mut q: QueryParams,
+) -> Result<Json<LogPage>> {
+    caller.require(&st, Need::Operator, "logs.read").await?;
+    let level = q
+        .parse("level", crate::logs::MinLevel::parse, "error, warn or info")?
+        .unwrap_or(crate::logs::MinLevel::Info);
+    let limit = q
+        .parse(
+            "limit",
+            |v| v.parse::<usize>().ok().filter(|n| (1..=500).contains(n)),
+            "a whole number from 1 to 500",
+        )?
+        .unwrap_or(100);
+    q.finish()?;
+    Ok(Json(LogPage {
+        items: crate::logs::recent(level, limit),
+    }))
+}
+
 fn rfc3339(v: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v)
         .ok()

@@ -13,6 +13,7 @@ mod keydetail;
 mod keyform;
 mod keys;
 mod login;
+mod logs;
 mod model;
 mod overview;
 mod page;
@@ -56,6 +57,8 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/admin/audit", get(audit::page))
         .route("/admin/audit.csv", get(audit::csv))
+        .route("/admin/logs", get(logs::page))
+        .route("/admin/api/logs", get(logs::data))
         .route("/admin/audit/verify", post(audit::verify))
         .route(
             "/admin/tokens",

@@ -119,7 +119,7 @@ function localiseTimes(root = document) {
   for (const el of root.querySelectorAll("time[datetime]")) {
     if (el.dataset.keep !== undefined) continue;
     el.title = el.getAttribute("datetime");
-    el.textContent = localTime(el.getAttribute("datetime"));
+    el.textContent = localTime(el.getAttribute("datetime"), el.dataset.seconds !== undefined);
   }
 }
 

@@ -37,15 +37,19 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// Captures the logs at `debug`, which makes the secret grep meaningful.
+/// Captures the logs at `debug`, which makes the secret grep meaningful, through the
+/// server's own subscriber (so that `/v1/logs` has this process's records). `KEYVAULT_LOG_FORMAT`
+/// is read as `serve` reads it.
 fn capture_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug,sqlx=warn")
-            .with_writer(|| LogWriter)
-            .with_ansi(false)
-            .try_init();
+        let format = keyvault_admin::logs::Format::from_env().expect("a log format");
+        keyvault_admin::logs::install(
+            tracing_subscriber::EnvFilter::new("debug,sqlx=warn"),
+            format,
+            || Box::new(LogWriter),
+            false,
+        );
     });
 }
 

@@ -30,6 +30,7 @@ const CONTROLLED: &[&str] = &[
     "KEYVAULT_PEPPER",
     "KEYVAULT_TRUSTED_PROXIES",
     "KEYVAULT_LOG",
+    "KEYVAULT_LOG_FORMAT",
     "KEYVAULT_INSTANCES",
     "KEYVAULT_CREDITS_FAIL_MODE",
 ];
@@ -228,8 +229,13 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    // A plain line, or a JSON line in the JSON format.
                     if let Some(rest) = line.split("listening on http://").nth(1) {
-                        break rest.trim().parse().expect("bound address");
+                        let addr: String = rest
+                            .chars()
+                            .take_while(|c| !c.is_whitespace() && *c != '"')
+                            .collect();
+                        break addr.parse().expect("bound address");
                     }
                 }
                 Err(_) => {
