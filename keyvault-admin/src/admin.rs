@@ -29,6 +29,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Admin {
     state: AppState,
     recorder: Arc<Mutex<Option<PrometheusRecorder>>>,
+    /// The alert evaluation running beside the router, and the lease holder it runs as.
+    evaluation: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    holder: Arc<str>,
 }
 
 impl Admin {
@@ -43,15 +46,20 @@ impl Admin {
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
         let usage = UsageRecorder::spawn(app.backends.usage.clone(), RecorderConfig::default());
+        let holder: Arc<str> = format!("instance-{}", uuid::Uuid::now_v7()).into();
+        let evaluation = tokio::spawn(evaluate_every(app.clone(), holder.clone()));
         let state = AppState {
             metrics: recorder.handle(),
             recorder: usage,
             guard: Default::default(),
+            rejections: Default::default(),
             app,
         };
         Self {
             state,
             recorder: Arc::new(Mutex::new(Some(recorder))),
+            evaluation: Arc::new(Mutex::new(Some(evaluation))),
+            holder,
         }
     }
 
@@ -86,9 +94,39 @@ impl Admin {
     /// Writes the usage events still queued and the credit spends cached in Redis. Call it
     /// once requests have stopped.
     pub async fn shutdown(&self) {
+        let evaluation = self
+            .evaluation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = evaluation {
+            task.abort();
+            // Another instance takes the evaluation over at once instead of after a lapse.
+            let _ = self
+                .state
+                .app
+                .backends
+                .leases
+                .release_lease(crate::alerts::LEASE, &self.holder)
+                .await;
+        }
         self.state.recorder.shutdown().await;
         if let Err(e) = self.state.app.backends.flush().await {
             tracing::error!(error = %e.cli_line(), "credit spends cached in Redis not written back");
+        }
+    }
+}
+
+/// Evaluates the alert rules every `KEYVAULT_ALERT_INTERVAL` while this instance holds the
+/// evaluation's lease (taken when free or lapsed, renewed by each run).
+async fn evaluate_every(app: crate::App, holder: Arc<str>) {
+    let interval = app.config.alert_interval;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = crate::alerts::evaluate_leased(&app, &holder, interval).await {
+            tracing::warn!(target: "keyvault::alerts", error = %e.cli_line(), "alert evaluation failed; retried next interval");
         }
     }
 }

@@ -92,7 +92,7 @@ impl App {
     }
 
     /// The record of a successful mutation, written by the store with the change itself.
-    fn success(actor: &Actor, action: &str, target: &str, details: Value) -> AuditEvent {
+    pub(crate) fn success(actor: &Actor, action: &str, target: &str, details: Value) -> AuditEvent {
         AuditEvent::new(
             Self::now(),
             actor,

@@ -11,8 +11,8 @@ use keyvault::{
     sqlite::SqliteStore,
 };
 use keyvault_core::{
-    AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault, SessionStore,
-    SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
+    AlertStore, AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault,
+    LeaseStore, SessionStore, SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
 };
 
 use crate::{
@@ -35,7 +35,10 @@ pub(crate) struct Backends {
     /// Dashboard sessions: read on every request, never cached, so that an ended session
     /// ends on every instance at once.
     pub(crate) sessions: Arc<dyn SessionStore>,
-    // Leases are in `deployment.durable()` for the jobs.
+    /// Alert rules, alerts and baselines (CONTRACT §7).
+    pub(crate) alerts: Arc<dyn AlertStore>,
+    /// One instance at a time runs a background job (the alert evaluation).
+    pub(crate) leases: Arc<dyn LeaseStore>,
     deployment: Deployment,
 }
 
@@ -80,6 +83,8 @@ impl Backends {
             tokens: Arc::new(CachedTokenStore::new(d.tokens.clone(), DEFAULT_TOKEN_TTL)),
             settings: d.settings.clone(),
             sessions: d.sessions.clone(),
+            alerts: d.alerts.clone(),
+            leases: d.leases.clone(),
             deployment,
         })
     }

@@ -60,6 +60,14 @@ pub struct Global {
         global = true
     )]
     pub credits_fail_mode: String,
+    /// How often `serve` evaluates the alert rules (`30s`, `1m`; at least 100ms).
+    #[arg(
+        long,
+        env = "KEYVAULT_ALERT_INTERVAL",
+        default_value = "30s",
+        global = true
+    )]
+    pub alert_interval: String,
 }
 
 #[derive(Debug, Subcommand)]

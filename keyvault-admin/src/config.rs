@@ -29,6 +29,8 @@ pub struct Config {
     pub(crate) hasher: KeyHasher,
     /// Whose `X-Forwarded-For` is believed; `None`: nobody's.
     pub(crate) trusted_proxies: Option<TrustedProxies>,
+    /// How often the alert rules are evaluated.
+    pub(crate) alert_interval: std::time::Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -92,12 +94,25 @@ impl Config {
         let secret_key = g.secret_key.clone().filter(|s| !s.is_empty());
         let nets = parse_proxies(g.trusted_proxies.as_deref().unwrap_or(""))?;
         let trusted_proxies = (!nets.is_empty()).then(|| TrustedProxies::new(nets));
+        let alert_interval =
+            keyvault_core::HumanDuration::parse(g.alert_interval.trim(), "KEYVAULT_ALERT_INTERVAL")
+                .map_err(|e| Error::input("KEYVAULT_ALERT_INTERVAL", e.message))?
+                .get();
+        if alert_interval < std::time::Duration::from_millis(100)
+            || alert_interval > std::time::Duration::from_secs(86_400)
+        {
+            return Err(Error::input(
+                "KEYVAULT_ALERT_INTERVAL",
+                "must be from 100ms to 24h",
+            ));
+        }
         Ok(Self {
             db,
             redis,
             secret_key,
             hasher,
             trusted_proxies,
+            alert_interval,
         })
     }
 }

@@ -39,6 +39,7 @@
 //! `REDIS_URL` at run time.
 
 mod admin;
+mod alerts;
 mod api;
 mod app;
 mod assets;
@@ -56,6 +57,7 @@ mod serve;
 mod views;
 
 pub use admin::Admin;
+pub use alerts::{NewRule, RulePatch, Transitions};
 pub use app::{App, CreatedToken};
 // Roles are keyvault-core's; named here for hosts that create tokens and users.
 pub use config::{Config, DatabaseUrl};

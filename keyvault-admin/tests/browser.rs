@@ -279,6 +279,26 @@ async fn sign_in_wrong_password_lockout_and_every_page_in_both_languages() {
     let s = Server::sqlite().await;
     let token = s.token("admin").await;
     let id = make_key(&s, &token, "photographed").await;
+    // A key about to expire and a rule that fires for it, so the alert pages have a row.
+    let soon = (chrono::Utc::now() + chrono::TimeDelta::days(3)).to_rfc3339();
+    let r = s
+        .req("POST", "/v1/keys")
+        .token(&token)
+        .json(&json!({"name": "ending", "expires_at": soon}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = s
+        .req("POST", "/v1/alert-rules")
+        .token(&token)
+        .json(&json!({"name": "expiry", "kind": "expiring", "params": {"within": "7d"}}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    s.app
+        .evaluate_alerts(chrono::Utc::now(), Duration::from_secs(30))
+        .await
+        .unwrap();
     user(&s, "ada", Role::Admin).await;
     user(&s, "mallory", Role::Operator).await;
     let base = serve(&s).await;
@@ -315,6 +335,7 @@ async fn sign_in_wrong_password_lockout_and_every_page_in_both_languages() {
         "nav-overview",
         "nav-keys",
         "nav-audit",
+        "nav-alerts",
         "nav-logs",
         "nav-tokens",
         "nav-users",
@@ -329,6 +350,7 @@ async fn sign_in_wrong_password_lockout_and_every_page_in_both_languages() {
         ("key-edit", format!("/admin/keys/{id}/edit")),
         ("key-delete", format!("/admin/keys/{id}/delete")),
         ("audit", "/admin/audit".to_owned()),
+        ("alerts", "/admin/alerts?state=all".to_owned()),
         ("logs", "/admin/logs".to_owned()),
         ("tokens", "/admin/tokens".to_owned()),
         ("users", "/admin/users".to_owned()),

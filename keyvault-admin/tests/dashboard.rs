@@ -909,3 +909,160 @@ async fn operators_read_the_system_log_newest_first_by_level() {
     // Without a session the script gets a problem document, not the sign-in page.
     assert_eq!(s.req("GET", "/admin/api/logs").send().await.status, 401);
 }
+
+#[tokio::test]
+async fn viewers_read_alerts_and_operators_acknowledge_them_and_edit_rules() {
+    let s = Server::sqlite().await;
+    let token = s.token("operator").await;
+    user(&s, "vic", Role::Viewer).await;
+    user(&s, "otto", Role::Operator).await;
+    let soon = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    let r = s
+        .req("POST", "/v1/keys")
+        .token(&token)
+        .json(&json!({"name": "ending", "expires_at": soon}))
+        .send()
+        .await;
+    let kid = r.json()["id"].as_str().unwrap().to_owned();
+    let r = s
+        .req("POST", "/v1/alert-rules")
+        .token(&token)
+        .json(&json!({"name": "expiry", "kind": "expiring", "params": {"within": "2h"}, "key_id": kid}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let rule_id = r.json()["id"].as_str().unwrap().to_owned();
+    let t = s
+        .app
+        .evaluate_alerts(chrono::Utc::now(), std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let alert = t.fired[0].id.to_string();
+
+    // A viewer sees the alert, on its page and on the overview, and no control.
+    let vic = s.session("vic", PW).await;
+    let page = vic.req("GET", "/admin/alerts").send().await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains(r#"data-testid="nav-alerts""#));
+    assert!(html.contains(&format!(r#"data-alert-id="{alert}" data-state="firing""#)));
+    for control in ["alert-ack", "rule-form", "rule-row", "rule-delete"] {
+        assert!(
+            !html.contains(&format!(r#"data-testid="{control}""#)),
+            "{control}"
+        );
+    }
+    let overview = vic.req("GET", "/admin").send().await.text();
+    assert!(overview.contains(&format!(
+        r#"data-testid="firing-alert" data-alert-id="{alert}""#
+    )));
+    let refused = vic
+        .post_form(&format!("/admin/alerts/{alert}/ack"), &[])
+        .await;
+    assert_eq!(refused.status, 403);
+
+    // An operator acknowledges it: it leaves the firing filter for the acknowledged one.
+    let otto = s.session("otto", PW).await;
+    let page = otto.req("GET", "/admin/alerts").send().await.text();
+    assert!(page.contains(r#"data-testid="alert-ack""#));
+    assert!(page.contains(&format!(r#"data-rule-id="{rule_id}""#)));
+    let acked = otto
+        .post_form(&format!("/admin/alerts/{alert}/ack"), &[])
+        .await;
+    assert_eq!(acked.status, 303, "{}", acked.text());
+    let firing = otto
+        .req("GET", "/admin/alerts?state=firing")
+        .send()
+        .await
+        .text();
+    assert!(!firing.contains(&alert));
+    let later = otto
+        .req("GET", "/admin/alerts?state=acknowledged")
+        .send()
+        .await
+        .text();
+    assert!(later.contains(&format!(
+        r#"data-alert-id="{alert}" data-state="acknowledged""#
+    )));
+    let absent = otto
+        .post_form(
+            "/admin/alerts/01a22121-829c-725b-8039-33e816e31bea/ack",
+            &[],
+        )
+        .await;
+    assert_eq!(absent.status, 404);
+
+    // A bad param is named beside the params input, and nothing is created.
+    let bad = otto
+        .post_form(
+            "/admin/alerts/rules",
+            &[
+                ("name", "low"),
+                ("kind", "credits_low"),
+                ("params", r#"{"below_percent": 150}"#),
+                ("enabled", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let html = bad.text();
+    assert!(
+        html.contains(r#"data-testid="field-error" data-field="params.below_percent""#),
+        "{html}"
+    );
+    assert!(html.contains(r#"{&quot;below_percent&quot;: 150}"#) || html.contains("150"));
+    let not_json = otto
+        .post_form(
+            "/admin/alerts/rules",
+            &[("name", "low"), ("kind", "credits_low"), ("params", "{")],
+        )
+        .await;
+    assert_eq!(not_json.status, 422);
+    assert!(not_json.text().contains(r#"data-field="params""#));
+    assert_eq!(rules(&s, &token).await.len(), 1);
+
+    // A good one is created; its row edits name and switch and keeps the key it watches.
+    let made = otto
+        .post_form(
+            "/admin/alerts/rules",
+            &[
+                ("name", "low"),
+                ("kind", "credits_low"),
+                ("params", r#"{"below": 5}"#),
+                ("enabled", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 303, "{}", made.text());
+    assert_eq!(rules(&s, &token).await.len(), 2);
+    let edited = otto
+        .post_form(
+            &format!("/admin/alerts/rules/{rule_id}"),
+            &[
+                ("name", "expiry, renamed"),
+                ("params", r#"{"within": "3h"}"#),
+            ],
+        )
+        .await;
+    assert_eq!(edited.status, 303, "{}", edited.text());
+    let rule = s
+        .req("GET", &format!("/v1/alert-rules/{rule_id}"))
+        .token(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(rule["name"], "expiry, renamed");
+    assert_eq!(rule["enabled"], false);
+    assert_eq!(rule["params"]["within"], "3h");
+    assert_eq!(rule["key_id"], kid.as_str());
+    let gone = otto
+        .post_form(&format!("/admin/alerts/rules/{rule_id}/delete"), &[])
+        .await;
+    assert_eq!(gone.status, 303);
+    assert_eq!(rules(&s, &token).await.len(), 1);
+}
+
+async fn rules(s: &Server, token: &str) -> Vec<Value> {
+    let r = s.req("GET", "/v1/alert-rules").token(token).send().await;
+    r.json()["items"].as_array().unwrap().clone()
+}

@@ -467,6 +467,169 @@ async fn every_answer_of_every_route_matches_its_documented_schema() {
         assert_eq!(r.status, status, "{path}");
     }
 
+    // Live statistics.
+    for (token, status) in [(Some(&viewer), 200), (None, 401)] {
+        let r = w
+            .call(
+                "GET",
+                "/v1/stats/live",
+                "/v1/stats/live",
+                token.map(|t| t.as_str()),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, status);
+    }
+
+    // The stream: documented as an event stream whose events carry the live body.
+    let (status, headers, body) = s.req("GET", "/v1/stats/stream").token(&viewer).open().await;
+    assert_eq!(status, 200);
+    let content = &w.doc["paths"]["/v1/stats/stream"]["get"]["responses"]["200"]["content"];
+    assert!(content["text/event-stream"].is_object(), "{content}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/event-stream"))
+    );
+    let mut body = body.into_data_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        use futures::StreamExt;
+        let chunk = body.next().await.unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data = text.lines().find_map(|l| l.strip_prefix("data:")).unwrap();
+    let live = w.schema("GET", "/v1/stats/live", 200);
+    w.validate(
+        "the stream's event",
+        &live,
+        &serde_json::from_str(data.trim()).unwrap(),
+    );
+    w.seen
+        .insert(("GET".into(), "/v1/stats/stream".into(), 200));
+
+    // Alert rules, and an alert fired by one of them.
+    let soon = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    let ending = s
+        .req("POST", "/v1/keys")
+        .token(&op)
+        .json(&json!({"name": "ending", "expires_at": soon}))
+        .send()
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rules = "/v1/alert-rules";
+    let expiring =
+        json!({"name": "expiry", "kind": "expiring", "params": {"within": "2h"}, "key_id": ending});
+    for (body, token, status) in [
+        (expiring.clone(), Some(&op), 201),
+        (
+            json!({"name": "x", "kind": "loud", "params": {}}),
+            Some(&op),
+            422,
+        ),
+        (
+            json!({"name": 5, "kind": "expiring", "params": {}}),
+            Some(&op),
+            400,
+        ),
+        (expiring.clone(), Some(&viewer), 403),
+        (expiring.clone(), None, 401),
+    ] {
+        let r = w
+            .call("POST", rules, rules, token.map(|t| t.as_str()), Some(body))
+            .await;
+        assert_eq!(r.status, status, "{}", r.text());
+    }
+    let list = w.call("GET", rules, rules, Some(&op), None).await;
+    let rule_id = list.json()["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        w.call("GET", rules, rules, Some(&viewer), None)
+            .await
+            .status,
+        403
+    );
+    let one_rule = "/v1/alert-rules/{id}";
+    let rule_path = format!("/v1/alert-rules/{rule_id}");
+    for (token, path, status) in [
+        (Some(&op), rule_path.clone(), 200),
+        (Some(&op), format!("/v1/alert-rules/{absent}"), 404),
+        (None, rule_path.clone(), 401),
+    ] {
+        let r = w
+            .call("GET", one_rule, &path, token.map(|t| t.as_str()), None)
+            .await;
+        assert_eq!(r.status, status, "{path}");
+    }
+    for (body, token, status) in [
+        (json!({"name": "expiry soon"}), Some(&op), 200),
+        (
+            json!({"params": {"within": "2d", "extra": 1}}),
+            Some(&op),
+            422,
+        ),
+        (json!({"nmae": "x"}), Some(&op), 400),
+        (json!({"name": "x"}), Some(&viewer), 403),
+    ] {
+        let r = w
+            .call(
+                "PATCH",
+                one_rule,
+                &rule_path,
+                token.map(|t| t.as_str()),
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, status, "{}", r.text());
+    }
+    let fired = s
+        .app
+        .evaluate_alerts(chrono::Utc::now(), std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(fired.fired.len(), 1);
+    let alert_id = fired.fired[0].id.to_string();
+    for (path, token, status) in [
+        (
+            format!("/v1/alerts?rule_id={rule_id}&state=firing"),
+            Some(&viewer),
+            200,
+        ),
+        ("/v1/alerts?limit=1".to_owned(), Some(&viewer), 200),
+        ("/v1/alerts?state=loud".to_owned(), Some(&viewer), 400),
+        ("/v1/alerts?cursor=al1.x".to_owned(), Some(&viewer), 400),
+        ("/v1/alerts".to_owned(), None, 401),
+    ] {
+        let r = w
+            .call("GET", "/v1/alerts", &path, token.map(|t| t.as_str()), None)
+            .await;
+        assert_eq!(r.status, status, "{path}");
+    }
+    let ack = "/v1/alerts/{id}/ack";
+    for (path, token, status) in [
+        (format!("/v1/alerts/{alert_id}/ack"), Some(&viewer), 403),
+        (format!("/v1/alerts/{alert_id}/ack"), Some(&op), 200),
+        (format!("/v1/alerts/{absent}/ack"), Some(&op), 404),
+        (format!("/v1/alerts/{alert_id}/ack"), None, 401),
+    ] {
+        let r = w
+            .call("POST", ack, &path, token.map(|t| t.as_str()), None)
+            .await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
+    for (path, token, status) in [
+        (rule_path.clone(), Some(&viewer), 403),
+        (rule_path.clone(), Some(&op), 204),
+        (rule_path.clone(), Some(&op), 404),
+    ] {
+        let r = w
+            .call("DELETE", one_rule, &path, token.map(|t| t.as_str()), None)
+            .await;
+        assert_eq!(r.status, status, "{path}");
+    }
+
     // Rotation, batch, deletion, revocation.
     let rotate = "/v1/keys/{id}/rotate";
     for (path, body, token, status) in [
@@ -565,6 +728,14 @@ async fn the_document_names_the_routes_the_router_serves() {
     for route in paths {
         let path = route.replace("{id}", id);
         for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            if method == "GET" && route == "/v1/stats/stream" {
+                // An endless event stream: its handler answers with headers at once.
+                let (status, headers, _) = s.req(method, &path).token(&admin).open().await;
+                let ct = headers.iter().find(|(k, _)| k == "content-type");
+                assert_eq!(status, 200, "{route}");
+                assert_eq!(ct.map(|(_, v)| v.as_str()), Some("text/event-stream"));
+                continue;
+            }
             let r = s
                 .req(method, &path)
                 .token(&admin)

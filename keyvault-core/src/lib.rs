@@ -68,8 +68,9 @@ mod vault;
 pub mod testing;
 
 pub use accounts::{
-    CachedTokenStore, DEFAULT_TOKEN_TTL, LeaseStore, Need, Role, SECRET_KEY_SETTING, SessionRecord,
-    SessionStore, SettingStore, TokenRecord, TokenStore, UserRecord, UserStore,
+    Alert, AlertQuery, AlertRule, AlertState, AlertStore, Baseline, CachedTokenStore,
+    DEFAULT_TOKEN_TTL, LeaseStore, Need, Role, SECRET_KEY_SETTING, SessionRecord, SessionStore,
+    SettingStore, TokenRecord, TokenStore, UserRecord, UserStore,
 };
 pub use audit::{
     Actor, AuditEvent, AuditLog, AuditOutcome, AuditQuery, AuditRecord, ChainReport, ChainVerifier,
@@ -99,9 +100,10 @@ pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
 pub use rotate::RotatedKey;
 pub use store::{KeyQuery, KeyStore, KeyWrite, Page, every_page};
 pub use usage::{
-    ALL_KEYS_ROLLUP, LATENCY_BUCKETS, Label, LatencyHistogram, OverviewBuilder, Percentiles,
-    ProviderStats, RequestId, RollupRanges, Span, StatsOverview, StatsQuery, TimePoint,
-    UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink, success_rate,
+    ALL_KEYS_ROLLUP, KeyWindow, KeyWindows, LATENCY_BUCKETS, Label, LatencyHistogram,
+    OverviewBuilder, Percentiles, ProviderStats, RequestId, RollupRanges, SecondCounts, Span,
+    StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink,
+    success_rate,
 };
 pub use vault::{Keyvault, KeyvaultBuilder, VerifyRequest};
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::KeyRecord;
 
 /// The one code every verification yields, in the order the checks run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
     /// No key presented (middleware only).

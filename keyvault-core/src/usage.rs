@@ -9,10 +9,12 @@ mod event;
 mod histogram;
 mod rollup;
 mod stats;
+mod window;
 
 use std::fmt;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 pub use self::{
     event::{Label, RequestId, UsageEvent},
@@ -22,6 +24,7 @@ pub use self::{
         OverviewBuilder, ProviderStats, StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER,
         success_rate,
     },
+    window::{KeyWindow, KeyWindows, SecondCounts},
 };
 use crate::{KeyId, error::Result};
 
@@ -70,5 +73,36 @@ pub trait UsageQuery: Send + Sync + fmt::Debug {
             out.insert(key, self.overview(&q).await?.calls);
         }
         Ok(out)
+    }
+
+    /// Each key's calls in `[from, to)` (only `key`'s, when given), from the raw events
+    /// through their time index: for short windows (alert evaluation). The default answers
+    /// that the store cannot.
+    async fn key_windows(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        key: Option<KeyId>,
+    ) -> Result<KeyWindows> {
+        let _ = (from, to, key);
+        Err(crate::Error::backend(
+            "usage",
+            "this store does not read windows of raw events",
+        ))
+    }
+
+    /// Calls per whole second of `[from, to)` (Unix seconds as keys; seconds without calls
+    /// absent), from the raw events: the live statistics. The default answers that the
+    /// store cannot.
+    async fn per_second(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<i64, SecondCounts>> {
+        let _ = (from, to);
+        Err(crate::Error::backend(
+            "usage",
+            "this store does not read seconds of raw events",
+        ))
     }
 }

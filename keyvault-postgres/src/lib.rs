@@ -2,8 +2,9 @@
 //!
 //! keyvault's durable backend on PostgreSQL 12+ (sqlx): [`PgStore`] keeps keys, credit
 //! balances, the hash-chained audit log, usage statistics and the server's accounts (users,
-//! API tokens, sessions, settings, job leases); [`PgChangeBus`] tells every instance on the
-//! same database about key changes with `LISTEN/NOTIFY`.
+//! API tokens, sessions, settings, job leases, alert rules and their alerts);
+//! [`PgChangeBus`] tells every instance on the same database about key changes with
+//! `LISTEN/NOTIFY`.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -27,7 +28,10 @@
 //! ## Guarantees
 //! - A key mutation and its audit records commit in one transaction; the chain's tail is
 //!   locked inside it, so concurrent writers link one after the other. Account mutations
-//!   (users, tokens, sessions, settings) commit with their audit records the same way.
+//!   (users, tokens, sessions, settings, alert rules, acknowledgements) commit with their
+//!   audit records the same way.
+//! - A rule has at most one unresolved alert per subject: a partial unique index holds it,
+//!   so a batch of alerts that would break it is refused whole.
 //! - The last enabled admin stays: user updates take turns on a table lock (reads do not
 //!   wait), so two admins demoting each other at once cannot both succeed.
 //! - A credit spend is one conditional `INSERT … ON CONFLICT DO UPDATE`: the refill, the check
@@ -72,8 +76,8 @@ pub const MIGRATIONS_TABLE: &str = "kv_schema_migrations";
 /// cheap (the pool is shared).
 ///
 /// It implements `KeyStore`, `CreditStore`, `AuditLog`, `UsageSink`, `UsageQuery` and the
-/// account traits `UserStore`, `TokenStore`, `SessionStore`, `SettingStore` and `LeaseStore`
-/// of keyvault-core.
+/// account traits `UserStore`, `TokenStore`, `SessionStore`, `SettingStore`, `LeaseStore`
+/// and `AlertStore` of keyvault-core.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,

@@ -16,7 +16,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::{
     SqliteStore,
-    codec::{from_micros, id_text, int, micros},
+    codec::{from_micros, id_text, int, micros, parse_id},
     error::{backend, corrupt},
 };
 
@@ -440,6 +440,67 @@ impl UsageQuery for SqliteStore {
         Ok(out.finish())
     }
 
+    async fn key_windows(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        key: Option<KeyId>,
+    ) -> Result<keyvault_core::KeyWindows> {
+        // The time index, then one row per event of the window: windows are short.
+        let rows: Vec<(String, i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT key_id, status, latency_us, outcome FROM kv_usage_events \
+             WHERE ts >= ?1 AND ts < ?2 AND key_id IS NOT NULL AND (?3 IS NULL OR key_id = ?3)",
+        )
+        .bind(micros(from))
+        .bind(micros(to))
+        .bind(key.map(id_text))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut out = keyvault_core::KeyWindows::new();
+        for (key, status, latency, outcome) in rows {
+            let key = parse_id(&key, "kv_usage_events.key_id")?;
+            out.entry(key).or_default().add(
+                u16::try_from(status).unwrap_or(500),
+                u64::try_from(latency).unwrap_or(0),
+                outcome_of(outcome.as_deref())?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn per_second(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<i64, keyvault_core::SecondCounts>> {
+        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT ts / 1000000, count(*), \
+               sum(status NOT BETWEEN 200 AND 399), \
+               sum(outcome IS NOT NULL AND outcome <> 'VALID') \
+             FROM kv_usage_events WHERE ts >= ?1 AND ts < ?2 GROUP BY 1",
+        )
+        .bind(micros(from))
+        .bind(micros(to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(rows
+            .into_iter()
+            .map(|(s, calls, errors, rejected)| {
+                (
+                    s,
+                    keyvault_core::SecondCounts {
+                        calls: n(calls),
+                        errors: n(errors),
+                        rejected: n(rejected),
+                    },
+                )
+            })
+            .collect())
+    }
+
     async fn calls_by_key(
         &self,
         q: &StatsQuery,
@@ -484,6 +545,15 @@ impl UsageQuery for SqliteStore {
         }
         Ok(out)
     }
+}
+
+/// An event's outcome column: NULL, or an outcome code.
+fn outcome_of(text: Option<&str>) -> Result<Option<keyvault_core::Outcome>, crate::Error> {
+    text.map(|t| {
+        serde_json::from_value(serde_json::Value::String(t.to_owned()))
+            .map_err(|e| corrupt("kv_usage_events.outcome", e))
+    })
+    .transpose()
 }
 
 #[cfg(test)]

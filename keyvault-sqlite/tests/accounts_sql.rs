@@ -214,6 +214,9 @@ async fn a_new_database_gets_the_account_tables_without_the_old_ones() {
     assert_eq!(
         tables_named(&store, "kv_%").await,
         [
+            "kv_alert_baselines",
+            "kv_alert_rules",
+            "kv_alerts",
             "kv_api_tokens",
             "kv_audit",
             "kv_changes",

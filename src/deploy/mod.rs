@@ -29,9 +29,9 @@ use std::{sync::Arc, time::Duration};
 pub use settings::{DatabaseUrl, RedisSettings};
 
 use keyvault_core::{
-    AuditLog, CacheConfig, ChangeBus, CreditStore, Error, FanOutBus, KeyHasher, KeyStore,
-    KeyvaultBuilder, LeaseStore, RateLimiter, Result, SessionStore, SettingStore, TokenStore,
-    UsageQuery, UsageSink, UserStore,
+    AlertStore, AuditLog, CacheConfig, ChangeBus, CreditStore, Error, FanOutBus, KeyHasher,
+    KeyStore, KeyvaultBuilder, LeaseStore, RateLimiter, Result, SessionStore, SettingStore,
+    TokenStore, UsageQuery, UsageSink, UserStore,
 };
 use keyvault_postgres::{PgChangeBus, PgStore};
 use keyvault_redis::{
@@ -99,6 +99,8 @@ pub struct Durable {
     pub settings: Arc<dyn SettingStore>,
     /// Leases that let one instance at a time run a background job.
     pub leases: Arc<dyn LeaseStore>,
+    /// Alert rules, alerts and their baselines.
+    pub alerts: Arc<dyn AlertStore>,
     /// Changes announced through the database (the only bus without Redis).
     pub bus: Arc<dyn ChangeBus>,
     database: Database,
@@ -163,6 +165,7 @@ impl Durable {
             + SessionStore
             + SettingStore
             + LeaseStore
+            + AlertStore
             + 'static,
     {
         Self {
@@ -175,7 +178,8 @@ impl Durable {
             tokens: s.clone(),
             sessions: s.clone(),
             settings: s.clone(),
-            leases: s,
+            leases: s.clone(),
+            alerts: s,
             bus,
             database,
         }

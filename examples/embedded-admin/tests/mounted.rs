@@ -63,6 +63,7 @@ async fn open(dir: &std::path::Path) -> Admin {
         trusted_proxies: None,
         instances: "1".into(),
         credits_fail_mode: "closed".into(),
+        alert_interval: "30s".into(),
     })
     .unwrap();
     Admin::new(App::open(config).await.unwrap())

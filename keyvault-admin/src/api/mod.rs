@@ -1,8 +1,10 @@
 //! The REST API (CONTRACT §4).
 
+mod alerts;
 mod docs;
 mod extract;
 mod keys;
+pub(crate) mod live;
 pub(crate) mod mount;
 mod openapi;
 mod pagination;
@@ -46,6 +48,8 @@ pub(crate) struct AppState {
     pub(crate) recorder: UsageRecorder,
     /// The dashboard's sign-in lockout and throttle.
     pub(crate) guard: std::sync::Arc<crate::dashboard::SignInGuard>,
+    /// Verifications `/v1/keys/verify` refused, for the live statistics.
+    pub(crate) rejections: std::sync::Arc<live::Rejections>,
 }
 
 /// The whole application.
@@ -66,6 +70,20 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/stats/overview", get(reports::stats))
+        .route("/v1/stats/live", get(live::live))
+        .route("/v1/stats/stream", get(live::stream))
+        .route(
+            "/v1/alert-rules",
+            get(alerts::list_rules).post(alerts::create_rule),
+        )
+        .route(
+            "/v1/alert-rules/{id}",
+            get(alerts::get_rule)
+                .patch(alerts::update_rule)
+                .delete(alerts::delete_rule),
+        )
+        .route("/v1/alerts", get(alerts::list_alerts))
+        .route("/v1/alerts/{id}/ack", post(alerts::acknowledge))
         .route("/v1/audit", get(reports::audit))
         .route("/v1/logs", get(reports::logs))
         .merge(crate::dashboard::routes())

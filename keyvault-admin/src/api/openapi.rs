@@ -68,6 +68,10 @@ impl Modify for Security {
         super::verify::verify, super::verify::usage,
         super::tokens::create, super::tokens::list, super::tokens::revoke,
         super::reports::stats, super::reports::audit, super::reports::logs,
+        super::live::live, super::live::stream,
+        super::alerts::create_rule, super::alerts::list_rules, super::alerts::get_rule,
+        super::alerts::update_rule, super::alerts::delete_rule, super::alerts::list_alerts,
+        super::alerts::acknowledge,
     ),
     components(schemas(ProblemDoc)),
     modifiers(&Security),
@@ -75,7 +79,9 @@ impl Modify for Security {
         (name = "keys", description = "Key management"),
         (name = "verification", description = "For services that verify over HTTP"),
         (name = "tokens", description = "API tokens (admin)"),
-        (name = "statistics"), (name = "audit"), (name = "operations"),
+        (name = "statistics"), (name = "audit"),
+        (name = "alerts", description = "Alert rules and the alerts they raise"),
+        (name = "operations"),
     )
 )]
 pub(crate) struct ApiDoc;

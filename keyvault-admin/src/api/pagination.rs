@@ -44,6 +44,14 @@ impl Listed for Audit {
     type Position = u64;
 }
 
+/// `GET /v1/alerts`: newest first, after an alert id.
+#[derive(Debug)]
+pub(crate) struct Alerts;
+impl Listed for Alerts {
+    const PREFIX: &'static str = "al1.";
+    type Position = Uuid;
+}
+
 /// Page size when `limit` is not given.
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 100;

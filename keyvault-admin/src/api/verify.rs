@@ -179,6 +179,9 @@ pub(crate) async fn verify(
         .ip(ip);
     let v = st.app.kv.verify(&req).await?;
     metrics::counter!("keyvault_verifications_total", "code" => v.outcome.as_str()).increment(1);
+    if v.outcome != Outcome::Valid {
+        st.rejections.record(chrono::Utc::now());
+    }
     let key = v.key.as_deref();
     Ok(Json(VerificationView {
         valid: v.outcome == Outcome::Valid,

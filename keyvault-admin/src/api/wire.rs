@@ -121,7 +121,7 @@ impl Required for KeyPatchBody {}
 
 /// A present field: `Some(None)` for `null`, `Some(Some(v))` for a value (an absent one is
 /// the `default`, `None`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)

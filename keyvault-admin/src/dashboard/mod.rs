@@ -4,6 +4,7 @@
 //! and toggles.
 
 mod accounts;
+mod alerts;
 mod audit;
 mod flash;
 mod format;
@@ -57,6 +58,11 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/admin/audit", get(audit::page))
         .route("/admin/audit.csv", get(audit::csv))
+        .route("/admin/alerts", get(alerts::page))
+        .route("/admin/alerts/{id}/ack", post(alerts::acknowledge))
+        .route("/admin/alerts/rules", post(alerts::create_rule))
+        .route("/admin/alerts/rules/{id}", post(alerts::update_rule))
+        .route("/admin/alerts/rules/{id}/delete", post(alerts::delete_rule))
         .route("/admin/logs", get(logs::page))
         .route("/admin/api/logs", get(logs::data))
         .route("/admin/audit/verify", post(audit::verify))

@@ -33,6 +33,9 @@ pub(crate) struct KeyLine {
     pub(crate) at: Option<String>,
 }
 
+/// Firing alerts the overview lists, newest first.
+const FIRING_SHOWN: usize = 10;
+
 #[derive(Template)]
 #[template(path = "overview.html")]
 struct OverviewPage {
@@ -42,6 +45,7 @@ struct OverviewPage {
     data_url: String,
     kpi: format::Kpis,
     expiring: Vec<KeyLine>,
+    firing: Vec<super::alerts::AlertLine>,
     custom_from: String,
     custom_to: String,
 }
@@ -57,9 +61,17 @@ pub(crate) async fn page(
     let query = range.query(None);
     let stats =
         async { Ok::<_, crate::error::Error>(st.app.backends.stats.overview(&query).await?) };
-    let (stats, expiring) = tokio::try_join!(
+    let firing = async {
+        let mut open = st.app.backends.alerts.open_alerts().await?;
+        open.retain(|a| a.state == keyvault_core::AlertState::Firing);
+        open.sort_by_key(|a| std::cmp::Reverse(a.id));
+        open.truncate(FIRING_SHOWN);
+        Ok::<_, crate::error::Error>(open)
+    };
+    let (stats, expiring, firing) = tokio::try_join!(
         stats,
         st.app.dashboard_expiring(Utc::now() + TimeDelta::days(7)),
+        firing,
     )?;
     let here = format!("{}?{}", v.mount.path("/admin"), range.query_string());
     let shell = Shell::new(&v, "overview", "overview.title", here);
@@ -86,6 +98,7 @@ pub(crate) async fn page(
         range,
         presets,
         expiring,
+        firing: firing.into_iter().map(Into::into).collect(),
     };
     Ok(render(StatusCode::OK, &page))
 }

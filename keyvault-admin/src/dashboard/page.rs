@@ -17,10 +17,11 @@ pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src '
     frame-ancestors 'none'; base-uri 'none'";
 
 /// The navigation entries, in order: (id, message, path, role needed).
-const NAV: [(&str, &str, &str, Need); 6] = [
+const NAV: [(&str, &str, &str, Need); 7] = [
     ("overview", "nav.overview", "/admin", Need::Viewer),
     ("keys", "nav.keys", "/admin/keys", Need::Viewer),
     ("audit", "nav.audit", "/admin/audit", Need::Operator),
+    ("alerts", "nav.alerts", "/admin/alerts", Need::Viewer),
     ("logs", "nav.logs", "/admin/logs", Need::Operator),
     ("tokens", "nav.tokens", "/admin/tokens", Need::Admin),
     ("users", "nav.users", "/admin/users", Need::Admin),

@@ -66,6 +66,8 @@ pub struct Settings {
     pub secret_key: Option<String>,
     pub pepper: Option<String>,
     pub trusted_proxies: Option<String>,
+    /// `KEYVAULT_ALERT_INTERVAL` (default 30s).
+    pub alert_interval: Option<String>,
 }
 
 impl Settings {
@@ -77,6 +79,7 @@ impl Settings {
             secret_key: None,
             pepper: None,
             trusted_proxies: None,
+            alert_interval: None,
         }
     }
 
@@ -89,6 +92,7 @@ impl Settings {
             trusted_proxies: self.trusted_proxies.clone(),
             instances: "1".into(),
             credits_fail_mode: "closed".into(),
+            alert_interval: self.alert_interval.clone().unwrap_or_else(|| "30s".into()),
         })
         .expect("test settings are valid")
     }
@@ -324,6 +328,27 @@ impl Req {
         self
     }
 
+    /// Sends the request and answers with the status, the headers and the body as it comes
+    /// (for streams, which never end).
+    pub async fn open(self) -> (u16, Vec<(String, String)>, Body) {
+        let mut b = Request::builder()
+            .method(self.method.as_str())
+            .uri(self.path.as_str())
+            .header("host", "127.0.0.1:8080")
+            .extension(ConnectInfo(self.peer));
+        for (k, v) in &self.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let req = b.body(Body::from(self.body.unwrap_or_default())).unwrap();
+        let res = self.router.oneshot(req).await.unwrap();
+        let headers = res
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        (res.status().as_u16(), headers, res.into_body())
+    }
+
     pub async fn send(self) -> Resp {
         let mut b = Request::builder()
             .method(self.method.as_str())
@@ -373,6 +398,7 @@ impl Settings {
             secret_key: None,
             pepper: None,
             trusted_proxies: None,
+            alert_interval: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! nothing (revoking a revoked token, ending a session that is gone) writes nothing either,
 //! and says so in its return value.
 
+mod alerts;
 mod cache;
 mod leases;
 mod role;
@@ -15,6 +16,7 @@ mod settings;
 mod tokens;
 mod users;
 
+pub use alerts::{Alert, AlertQuery, AlertRule, AlertState, AlertStore, Baseline};
 pub use cache::{CachedTokenStore, DEFAULT_TOKEN_TTL};
 pub use leases::LeaseStore;
 pub use role::{Need, Role};

@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
+    KeyId,
     accounts::{
-        LeaseStore, SessionRecord, SessionStore, SettingStore, TokenRecord, TokenStore, UserRecord,
-        UserStore,
+        Alert, AlertQuery, AlertRule, AlertState, AlertStore, Baseline, LeaseStore, SessionRecord,
+        SessionStore, SettingStore, TokenRecord, TokenStore, UserRecord, UserStore,
     },
     audit::AuditEvent,
     digest::KeyDigest,
@@ -29,6 +30,9 @@ pub(super) struct Accounts {
     sessions: HashMap<KeyDigest, SessionRecord>,
     settings: BTreeMap<String, String>,
     leases: HashMap<String, Lease>,
+    rules: BTreeMap<Uuid, AlertRule>,
+    alerts: BTreeMap<Uuid, Alert>,
+    baselines: BTreeMap<(Uuid, KeyId), Baseline>,
 }
 
 #[derive(Debug)]
@@ -307,5 +311,159 @@ impl LeaseStore for MemoryStore {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+#[async_trait]
+impl AlertStore for MemoryStore {
+    async fn create_rule(&self, rule: &AlertRule, audit: &[AuditEvent]) -> Result<()> {
+        let mut st = self.state();
+        if st.accounts.rules.contains_key(&rule.id) {
+            return Err(Error::Conflict(format!(
+                "alert rule {} already exists",
+                rule.id
+            )));
+        }
+        st.accounts.rules.insert(rule.id, rule.clone());
+        st.append_audit(audit);
+        Ok(())
+    }
+
+    async fn update_rule(&self, rule: &AlertRule, audit: &[AuditEvent]) -> Result<bool> {
+        let mut st = self.state();
+        match st.accounts.rules.get_mut(&rule.id) {
+            Some(r) => *r = rule.clone(),
+            None => return Ok(false),
+        }
+        st.append_audit(audit);
+        Ok(true)
+    }
+
+    async fn delete_rule(&self, id: Uuid, at: DateTime<Utc>, audit: &[AuditEvent]) -> Result<bool> {
+        let mut st = self.state();
+        if st.accounts.rules.remove(&id).is_none() {
+            return Ok(false);
+        }
+        st.accounts.baselines.retain(|(rule, _), _| *rule != id);
+        for a in st.accounts.alerts.values_mut() {
+            if a.rule_id == id && a.state != AlertState::Resolved {
+                a.state = AlertState::Resolved;
+                a.resolved_at = Some(at);
+            }
+        }
+        st.append_audit(audit);
+        Ok(true)
+    }
+
+    async fn rule(&self, id: Uuid) -> Result<Option<AlertRule>> {
+        Ok(self.state().accounts.rules.get(&id).cloned())
+    }
+
+    async fn rules(&self) -> Result<Vec<AlertRule>> {
+        let mut rules: Vec<AlertRule> = self.state().accounts.rules.values().cloned().collect();
+        rules.sort_by_key(|r| (r.created_at, r.id));
+        Ok(rules)
+    }
+
+    async fn alerts(&self, q: &AlertQuery) -> Result<Vec<Alert>> {
+        Ok(self
+            .state()
+            .accounts
+            .alerts
+            .values()
+            .rev()
+            .filter(|a| {
+                q.state.is_none_or(|s| a.state == s)
+                    && q.rule_id.is_none_or(|r| a.rule_id == r)
+                    && q.key_id.is_none_or(|k| a.key_id == Some(k))
+                    && q.before.is_none_or(|b| a.id < b)
+            })
+            .take(q.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn alert(&self, id: Uuid) -> Result<Option<Alert>> {
+        Ok(self.state().accounts.alerts.get(&id).cloned())
+    }
+
+    async fn open_alerts(&self) -> Result<Vec<Alert>> {
+        Ok(self
+            .state()
+            .accounts
+            .alerts
+            .values()
+            .filter(|a| a.state != AlertState::Resolved)
+            .cloned()
+            .collect())
+    }
+
+    async fn firing_count(&self) -> Result<u64> {
+        Ok(self
+            .state()
+            .accounts
+            .alerts
+            .values()
+            .filter(|a| a.state == AlertState::Firing)
+            .count() as u64)
+    }
+
+    async fn save_alerts(&self, alerts: &[Alert]) -> Result<()> {
+        let mut st = self.state();
+        let mut next = st.accounts.alerts.clone();
+        for a in alerts {
+            next.insert(a.id, a.clone());
+        }
+        let mut open = std::collections::HashSet::new();
+        for a in next.values().filter(|a| a.state != AlertState::Resolved) {
+            if !open.insert((a.rule_id, a.subject())) {
+                return Err(Error::Conflict(format!(
+                    "rule {} already has an open alert for {}",
+                    a.rule_id,
+                    a.subject()
+                )));
+            }
+        }
+        st.accounts.alerts = next;
+        Ok(())
+    }
+
+    async fn acknowledge(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &[AuditEvent],
+    ) -> Result<Option<Alert>> {
+        let mut st = self.state();
+        let Some(a) = st.accounts.alerts.get_mut(&id) else {
+            return Ok(None);
+        };
+        if a.state != AlertState::Firing {
+            return Ok(Some(a.clone()));
+        }
+        a.state = AlertState::Acknowledged;
+        a.acknowledged_at = Some(at);
+        let out = a.clone();
+        st.append_audit(audit);
+        Ok(Some(out))
+    }
+
+    async fn baselines(&self, rule_id: Uuid) -> Result<Vec<Baseline>> {
+        Ok(self
+            .state()
+            .accounts
+            .baselines
+            .iter()
+            .filter(|((r, _), _)| *r == rule_id)
+            .map(|(_, b)| *b)
+            .collect())
+    }
+
+    async fn save_baselines(&self, rule_id: Uuid, baselines: &[Baseline]) -> Result<()> {
+        let mut st = self.state();
+        for b in baselines {
+            st.accounts.baselines.insert((rule_id, b.key_id), *b);
+        }
+        Ok(())
     }
 }

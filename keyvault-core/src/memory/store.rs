@@ -413,4 +413,38 @@ impl UsageQuery for MemoryStore {
         }
         Ok(out.finish())
     }
+
+    async fn key_windows(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        key: Option<KeyId>,
+    ) -> Result<crate::KeyWindows> {
+        let u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = crate::KeyWindows::new();
+        for e in u.events.iter().filter(|e| e.ts >= from && e.ts < to) {
+            let Some(k) = e.key_id.filter(|k| key.is_none_or(|want| want == *k)) else {
+                continue;
+            };
+            out.entry(k)
+                .or_default()
+                .add(e.status, e.latency_us, e.outcome);
+        }
+        Ok(out)
+    }
+
+    async fn per_second(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<i64, crate::SecondCounts>> {
+        let u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = std::collections::BTreeMap::<i64, crate::SecondCounts>::new();
+        for e in u.events.iter().filter(|e| e.ts >= from && e.ts < to) {
+            out.entry(e.ts.timestamp())
+                .or_default()
+                .add(e.status, e.outcome);
+        }
+        Ok(out)
+    }
 }

@@ -954,3 +954,208 @@ pub async fn a_refused_audit_changes_nothing(
     assert_eq!(audit_len().await, records + 6);
     assert_eq!(a.audit.verify_chain().await.unwrap().first_broken, None);
 }
+
+fn rule(name: &str) -> crate::AlertRule {
+    crate::AlertRule {
+        id: Uuid::now_v7(),
+        name: name.into(),
+        kind: "error_rate".into(),
+        params: json!({"above": 0.5, "window": "5m", "min_calls": 10}),
+        key_id: None,
+        owner_id: None,
+        enabled: true,
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+fn alert(rule: &crate::AlertRule, key: crate::KeyId) -> crate::Alert {
+    crate::Alert {
+        id: Uuid::now_v7(),
+        rule_id: rule.id,
+        kind: rule.kind.clone(),
+        key_id: Some(key),
+        ip: None,
+        state: crate::AlertState::Firing,
+        value: 0.75,
+        threshold: 0.5,
+        summary: "errors".into(),
+        started_at: now(),
+        acknowledged_at: None,
+        resolved_at: None,
+        last_seen_at: now(),
+    }
+}
+
+pub async fn alerts_keep_one_open_alert_per_rule_and_subject(a: Accounts) {
+    use crate::{AlertQuery, AlertState};
+    let s = &a.alerts;
+    let r = rule("errors");
+    s.create_rule(&r, &[event("alert_rule.create", &r.id.to_string())])
+        .await
+        .unwrap();
+    let dup = s.create_rule(&r, &[]).await.unwrap_err();
+    assert!(matches!(dup, Error::Conflict(_)), "{dup}");
+    let (k1, k2) = (crate::KeyId::new(), crate::KeyId::new());
+    let first = alert(&r, k1);
+    let other = alert(&r, k2);
+    s.save_alerts(&[first.clone(), other.clone()])
+        .await
+        .unwrap();
+    assert_eq!(s.firing_count().await.unwrap(), 2);
+    // A second open alert for the same rule and key is refused, and nothing is written.
+    let again = alert(&r, k1);
+    let third = alert(&r, crate::KeyId::new());
+    let err = s.save_alerts(&[third.clone(), again]).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    assert!(s.alert(third.id).await.unwrap().is_none(), "all or nothing");
+    // Acknowledging: once, audited once; again changes nothing.
+    let ack = s
+        .acknowledge(
+            first.id,
+            now(),
+            &[event("alert.ack", &first.id.to_string())],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.state, AlertState::Acknowledged);
+    assert!(ack.acknowledged_at.is_some());
+    let twice = s
+        .acknowledge(
+            first.id,
+            now(),
+            &[event("alert.ack", &first.id.to_string())],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(twice, ack);
+    assert_eq!(audited(&a, "alert.ack", &first.id.to_string()).await, 1);
+    assert!(
+        s.acknowledge(Uuid::now_v7(), now(), &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.firing_count().await.unwrap(), 1);
+    // Resolved, the subject may fire again: history keeps both.
+    let mut resolved = ack.clone();
+    resolved.state = AlertState::Resolved;
+    resolved.resolved_at = Some(now());
+    let reopened = alert(&r, k1);
+    s.save_alerts(&[resolved.clone(), reopened.clone()])
+        .await
+        .unwrap();
+    let open: Vec<Uuid> = s
+        .open_alerts()
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(open.len(), 2);
+    assert!(open.contains(&reopened.id) && open.contains(&other.id));
+    // Listings: newest first, filtered, paged by `before`.
+    let all = s
+        .alerts(&AlertQuery {
+            limit: 10,
+            ..AlertQuery::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = all.iter().map(|a| a.id).collect();
+    assert_eq!(ids, [reopened.id, other.id, first.id]);
+    assert_eq!(all[2], resolved, "stored whole");
+    let of_k1 = s
+        .alerts(&AlertQuery {
+            key_id: Some(k1),
+            limit: 10,
+            ..AlertQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_k1.len(), 2);
+    let resolved_only = s
+        .alerts(&AlertQuery {
+            state: Some(AlertState::Resolved),
+            rule_id: Some(r.id),
+            limit: 10,
+            ..AlertQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(resolved_only.len(), 1);
+    let page = s
+        .alerts(&AlertQuery {
+            before: Some(reopened.id),
+            limit: 1,
+            ..AlertQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|a| a.id).collect::<Vec<_>>(), [other.id]);
+}
+
+pub async fn alert_rules_are_replaced_and_deleted_with_their_alerts_resolved(a: Accounts) {
+    use crate::{AlertState, Baseline};
+    let s = &a.alerts;
+    let mut r = rule("first");
+    let later = rule("second");
+    s.create_rule(&r, &[]).await.unwrap();
+    s.create_rule(&later, &[]).await.unwrap();
+    r.name = "renamed".into();
+    r.enabled = false;
+    r.params = json!({"above": 0.9, "window": "1h", "min_calls": 1});
+    assert!(
+        s.update_rule(&r, &[event("alert_rule.update", &r.id.to_string())])
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.rule(r.id).await.unwrap().unwrap(), r);
+    let names: Vec<String> = s
+        .rules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["renamed", "second"], "oldest first");
+    let missing = rule("missing");
+    assert!(!s.update_rule(&missing, &[]).await.unwrap());
+    assert!(s.rule(missing.id).await.unwrap().is_none());
+
+    let key = crate::KeyId::new();
+    let through = now();
+    let b = Baseline {
+        key_id: key,
+        mean: 12.5,
+        windows: 3,
+        through,
+    };
+    s.save_baselines(r.id, &[b]).await.unwrap();
+    let moved = Baseline {
+        mean: 10.0,
+        windows: 4,
+        ..b
+    };
+    s.save_baselines(r.id, &[moved]).await.unwrap();
+    assert_eq!(s.baselines(r.id).await.unwrap(), [moved]);
+    assert!(s.baselines(later.id).await.unwrap().is_empty());
+
+    let open = alert(&r, key);
+    s.save_alerts(std::slice::from_ref(&open)).await.unwrap();
+    let at = now();
+    assert!(
+        s.delete_rule(r.id, at, &[event("alert_rule.delete", &r.id.to_string())])
+            .await
+            .unwrap()
+    );
+    assert!(!s.delete_rule(r.id, at, &[]).await.unwrap());
+    assert!(s.rule(r.id).await.unwrap().is_none());
+    assert!(s.baselines(r.id).await.unwrap().is_empty());
+    let kept = s.alert(open.id).await.unwrap().unwrap();
+    assert_eq!(kept.state, AlertState::Resolved, "history stays, resolved");
+    assert_eq!(kept.resolved_at, Some(at));
+    assert_eq!(audited(&a, "alert_rule.delete", &r.id.to_string()).await, 1);
+}

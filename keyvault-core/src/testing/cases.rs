@@ -1135,3 +1135,68 @@ pub async fn a_disable_reaches_another_instance_within_a_second(b: Backends) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+pub async fn usage_windows_count_by_key_and_by_second(b: Backends) {
+    let Some((sink, query)) = b.usage.clone() else {
+        return;
+    };
+    let (k1, k2) = (KeyId::new(), KeyId::new());
+    // Whole seconds, so that every event falls in the second it is meant for.
+    let t0 = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 30, 0).unwrap();
+    let ev =
+        |i: u32, key: Option<KeyId>, secs: i64, status: u16, outcome: Option<Outcome>| UsageEvent {
+            request_id: format!("win-{i}").into(),
+            key_id: key,
+            owner_id: None,
+            ts: t0 + TimeDelta::seconds(secs) + TimeDelta::milliseconds(250),
+            provider: None,
+            route: None,
+            method: None,
+            status,
+            latency_us: 1_000 * u64::from(i + 1),
+            outcome,
+            cost: 1,
+        };
+    let events = [
+        ev(0, Some(k1), 0, 200, Some(Outcome::Valid)),
+        ev(1, Some(k1), 0, 500, Some(Outcome::Valid)),
+        ev(2, Some(k1), 1, 429, Some(Outcome::RateLimited)),
+        ev(3, Some(k2), 1, 200, None),
+        ev(4, None, 2, 401, Some(Outcome::NotFound)),
+        // Outside the windows read below.
+        ev(5, Some(k1), 10, 200, None),
+    ];
+    sink.write(&events).await.unwrap();
+    let to = t0 + TimeDelta::seconds(3);
+    let w = query.key_windows(t0, to, None).await.unwrap();
+    assert_eq!(w.len(), 2, "{w:?}");
+    let one = &w[&k1];
+    assert_eq!((one.calls, one.errors), (3, 2));
+    assert_eq!(one.latency.total(), 3);
+    assert_eq!(
+        one.rejected
+            .iter()
+            .map(|(o, n)| (*o, *n))
+            .collect::<Vec<_>>(),
+        [(Outcome::RateLimited, 1)]
+    );
+    assert_eq!((w[&k2].calls, w[&k2].errors), (1, 0));
+    let only = query.key_windows(t0, to, Some(k2)).await.unwrap();
+    assert_eq!(only.keys().collect::<Vec<_>>(), [&k2]);
+    let s = query.per_second(t0, to).await.unwrap();
+    let first = t0.timestamp();
+    assert_eq!(s.len(), 3, "{s:?}");
+    assert_eq!(
+        (s[&first].calls, s[&first].errors, s[&first].rejected),
+        (2, 1, 0)
+    );
+    assert_eq!((s[&(first + 1)].calls, s[&(first + 1)].rejected), (2, 1));
+    assert_eq!(
+        (
+            s[&(first + 2)].calls,
+            s[&(first + 2)].errors,
+            s[&(first + 2)].rejected
+        ),
+        (1, 1, 1)
+    );
+}

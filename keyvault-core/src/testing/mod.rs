@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The account traits ([`UserStore`], [`TokenStore`], [`SessionStore`], [`SettingStore`],
-//! [`LeaseStore`]) have a suite of their own, [`accounts_suite!`](crate::accounts_suite), whose
+//! [`LeaseStore`], [`AlertStore`](crate::AlertStore)) have a suite of their own, [`accounts_suite!`](crate::accounts_suite), whose
 //! setup returns fresh [`Accounts`]:
 //!
 //! ```text
@@ -117,6 +117,8 @@ pub struct Accounts {
     pub settings: Arc<dyn SettingStore>,
     /// Leases.
     pub leases: Arc<dyn LeaseStore>,
+    /// Alert rules, alerts and baselines.
+    pub alerts: Arc<dyn crate::AlertStore>,
     /// Where the account mutations' audit events land.
     pub audit: Arc<dyn AuditLog>,
     /// Whatever the stores need alive while the suite runs (a temporary directory).
@@ -135,7 +137,14 @@ impl Accounts {
     /// Every role played by one store (what each backend offers).
     pub fn of<S>(store: Arc<S>) -> Self
     where
-        S: UserStore + TokenStore + SessionStore + SettingStore + LeaseStore + AuditLog + 'static,
+        S: UserStore
+            + TokenStore
+            + SessionStore
+            + SettingStore
+            + LeaseStore
+            + crate::AlertStore
+            + AuditLog
+            + 'static,
     {
         Self {
             users: store.clone(),
@@ -143,6 +152,7 @@ impl Accounts {
             sessions: store.clone(),
             settings: store.clone(),
             leases: store.clone(),
+            alerts: store.clone(),
             audit: store,
             guard: None,
         }
@@ -193,6 +203,7 @@ macro_rules! conformance_suite {
             refills_set_the_balance_once_per_interval,
             rate_limit_math_on_a_fake_clock,
             a_disable_reaches_another_instance_within_a_second,
+            usage_windows_count_by_key_and_by_second,
         }
     };
 }
@@ -216,6 +227,8 @@ macro_rules! accounts_suite {
             the_first_setting_written_wins,
             leases_are_exclusive_renewable_and_lapse,
             account_mutations_are_audited_in_a_valid_chain,
+            alerts_keep_one_open_alert_per_rule_and_subject,
+            alert_rules_are_replaced_and_deleted_with_their_alerts_resolved,
         }
     };
 }

@@ -2,6 +2,7 @@
 //! with its audit records ([`append_in`](crate::audit::append_in)); the checks it makes take
 //! the locks that keep concurrent transactions from racing past them.
 
+mod alerts;
 mod leases;
 mod sessions;
 mod settings;

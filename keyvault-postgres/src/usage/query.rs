@@ -2,10 +2,13 @@
 //! events at the ends of the range, summed per step and bucket inside PostgreSQL and assembled
 //! by keyvault-core's [`OverviewBuilder`].
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    ALL_KEYS_ROLLUP, KeyId, OverviewBuilder, RollupRanges, StatsOverview, StatsQuery, UsageQuery,
+    ALL_KEYS_ROLLUP, KeyId, KeyWindow, KeyWindows, Outcome, OverviewBuilder, RollupRanges,
+    SecondCounts, StatsOverview, StatsQuery, UsageQuery,
 };
 use sqlx::{
     Postgres, Row,
@@ -99,6 +102,44 @@ fn span_binds(r: &RollupRanges) -> impl Iterator<Item = DateTime<Utc>> {
     .flat_map(|s| [s.start, s.end])
 }
 
+/// One row of [`UsageQuery::key_windows`]'s grouping: the key, the latency bucket, whether
+/// the calls succeeded, their outcome (None: not a verification) and how many they were.
+fn window_cell(row: &PgRow) -> Result<(KeyId, u16, bool, Option<Outcome>, u64), crate::Error> {
+    let key: uuid::Uuid = row.try_get("key_id")?;
+    let bucket: i16 = row.try_get("latency_bucket")?;
+    let bucket = u16::try_from(bucket).map_err(|e| corrupt("kv_usage_events.latency_bucket", e))?;
+    let outcome = row
+        .try_get::<Option<String>, _>("outcome")?
+        .map(|text| {
+            Outcome::from_code(&text).ok_or_else(|| {
+                corrupt(
+                    "kv_usage_events.outcome",
+                    format!("{text:?} is not an outcome"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok((
+        KeyId::from_uuid(key),
+        bucket,
+        row.try_get("ok")?,
+        outcome,
+        to_u64(row.try_get("n")?, "usage calls")?,
+    ))
+}
+
+/// One row of [`UsageQuery::per_second`]: the Unix second and its counts.
+fn second_cell(row: &PgRow) -> Result<(i64, SecondCounts), crate::Error> {
+    Ok((
+        row.try_get("s")?,
+        SecondCounts {
+            calls: to_u64(row.try_get("calls")?, "usage calls")?,
+            errors: to_u64(row.try_get("errors")?, "usage errors")?,
+            rejected: to_u64(row.try_get("rejected")?, "usage rejections")?,
+        },
+    ))
+}
+
 impl PgStore {
     /// Runs [`COUNTS`] or [`HISTOGRAM`], given with the binds before its times: the spans of
     /// `ranges`, then the key filter.
@@ -155,6 +196,69 @@ impl UsageQuery for PgStore {
             out.latency().add(u16::try_from(b).unwrap_or(0), c);
         }
         Ok(out.finish())
+    }
+
+    async fn key_windows(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        key: Option<KeyId>,
+    ) -> Result<KeyWindows> {
+        // Through the time index, grouped inside PostgreSQL: one row per key, latency
+        // bucket, success and outcome, whatever the number of events.
+        let rows = sqlx::query(
+            "SELECT key_id, latency_bucket, (status BETWEEN 200 AND 399) AS ok, outcome, \
+                    count(*) AS n \
+             FROM kv_usage_events \
+             WHERE ts >= $1 AND ts < $2 AND key_id IS NOT NULL \
+               AND ($3::uuid IS NULL OR key_id = $3) \
+             GROUP BY 1, 2, 3, 4",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(key.map(|k| *k.as_uuid()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out = KeyWindows::new();
+        for row in &rows {
+            let (key, bucket, ok, outcome, n) = window_cell(row)?;
+            let w: &mut KeyWindow = out.entry(key).or_default();
+            w.calls += n;
+            if !ok {
+                w.errors += n;
+            }
+            w.latency.add(bucket, n);
+            if let Some(o) = outcome.filter(|o| *o != Outcome::Valid) {
+                *w.rejected.entry(o).or_default() += n;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn per_second(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<BTreeMap<i64, SecondCounts>> {
+        let rows = sqlx::query(
+            "SELECT floor(extract(epoch FROM ts))::bigint AS s, count(*) AS calls, \
+                    count(*) FILTER (WHERE status NOT BETWEEN 200 AND 399) AS errors, \
+                    count(*) FILTER (WHERE outcome IS NOT NULL AND outcome <> 'VALID') \
+                      AS rejected \
+             FROM kv_usage_events WHERE ts >= $1 AND ts < $2 GROUP BY 1",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out = BTreeMap::new();
+        for row in &rows {
+            let (s, counts) = second_cell(row)?;
+            out.insert(s, counts);
+        }
+        Ok(out)
     }
 
     async fn calls_by_key(

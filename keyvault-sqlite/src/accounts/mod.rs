@@ -2,6 +2,7 @@
 //! IMMEDIATE` transaction with its audit records ([`append_linked`](crate::audit)), so the
 //! checks it makes (the last enabled admin, a user's sessions) see no other writer.
 
+mod alerts;
 mod leases;
 mod sessions;
 mod settings;

@@ -1,0 +1,549 @@
+//! Alerts (CONTRACT §7): rules evaluated every `KEYVAULT_ALERT_INTERVAL` on one instance at a
+//! time (a lease in the database that lapses when its holder dies), one alert per rule and
+//! subject while its condition holds, resolved once the condition has been false for a
+//! whole interval.
+//!
+//! Evaluation reads the keys (credits, expiry), short windows of raw events through their
+//! time index (error rate, latency, rejections, traffic) and the baselines kept in the
+//! database; nothing scans the usage tables.
+
+mod manage;
+mod spec;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use keyvault_core::{
+    Alert, AlertRule, AlertState, Baseline, KeyId, KeyQuery, KeyRecord, KeyWindows, every_page,
+};
+use uuid::Uuid;
+
+pub use manage::{NewRule, RulePatch};
+pub(crate) use spec::{KINDS, Spec};
+
+use crate::{app::App, error::Result};
+
+/// The lease the evaluation runs under.
+pub(crate) const LEASE: &str = "alert-evaluation";
+/// The weight of the newest window in a traffic baseline.
+const BASELINE_WEIGHT: f64 = 0.3;
+/// Windows a key needs before its traffic has a baseline.
+const BASELINE_WINDOWS: u32 = 3;
+/// Windows folded into baselines at most per evaluation (after a long stop, older ones are
+/// left out rather than read all at once).
+const MAX_FOLDED: i64 = 12;
+/// How long a `new_network` alert, an event, stays unacknowledged before it resolves.
+const EVENT_LIFETIME: TimeDelta = TimeDelta::hours(24);
+
+/// What an evaluation changed.
+#[derive(Debug, Default, Clone)]
+pub struct Transitions {
+    /// Alerts that started firing.
+    pub fired: Vec<Alert>,
+    /// Alerts that resolved.
+    pub resolved: Vec<Alert>,
+}
+
+/// A condition found holding for one subject.
+#[derive(Debug)]
+struct Hit {
+    key_id: Option<KeyId>,
+    ip: Option<String>,
+    value: f64,
+    threshold: f64,
+    summary: String,
+}
+
+impl Hit {
+    fn subject(&self) -> String {
+        match (&self.key_id, &self.ip) {
+            (_, Some(ip)) => format!("ip:{ip}"),
+            (Some(k), None) => format!("key:{k}"),
+            (None, None) => "all".to_owned(),
+        }
+    }
+}
+
+/// Runs one evaluation if this instance holds (or takes) the lease; None when another
+/// instance holds it.
+pub(crate) async fn evaluate_leased(
+    app: &App,
+    holder: &str,
+    interval: Duration,
+) -> Result<Option<Transitions>> {
+    let now = Utc::now();
+    let ttl = TimeDelta::from_std(interval * 2).unwrap_or(TimeDelta::minutes(1));
+    if !app
+        .backends
+        .leases
+        .try_lease(LEASE, holder, now, now + ttl)
+        .await?
+    {
+        return Ok(None);
+    }
+    evaluate(app, now, interval).await.map(Some)
+}
+
+/// Evaluates every rule at `now` and stores what changed. `interval` is how often it runs:
+/// an alert resolves once its condition has been false for that long.
+pub(crate) async fn evaluate(
+    app: &App,
+    now: DateTime<Utc>,
+    interval: Duration,
+) -> Result<Transitions> {
+    let store = &app.backends.alerts;
+    let rules = store.rules().await?;
+    let mut open: HashMap<(Uuid, String), Alert> = store
+        .open_alerts()
+        .await?
+        .into_iter()
+        .map(|a| ((a.rule_id, a.subject()), a))
+        .collect();
+    let mut ctx = Context::new(app, now);
+    let mut changed: Vec<Alert> = Vec::new();
+    let mut out = Transitions::default();
+    let live_rules: HashSet<Uuid> = rules.iter().filter(|r| r.enabled).map(|r| r.id).collect();
+    for rule in rules.iter().filter(|r| r.enabled) {
+        let spec = match Spec::parse(&rule.kind, &rule.params) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(rule = %rule.id, error = %e, "an alert rule cannot be read; skipped");
+                continue;
+            }
+        };
+        let hits = ctx.hits(rule, &spec).await?;
+        let mut seen = HashSet::with_capacity(hits.len());
+        for hit in hits {
+            let subject = hit.subject();
+            seen.insert(subject.clone());
+            match open.remove(&(rule.id, subject)) {
+                Some(mut a) => {
+                    a.value = hit.value;
+                    a.threshold = hit.threshold;
+                    a.last_seen_at = now;
+                    changed.push(a);
+                }
+                None => {
+                    let a = Alert {
+                        id: Uuid::now_v7(),
+                        rule_id: rule.id,
+                        kind: rule.kind.clone(),
+                        key_id: hit.key_id,
+                        ip: hit.ip,
+                        state: AlertState::Firing,
+                        value: hit.value,
+                        threshold: hit.threshold,
+                        summary: format!("{}: {}", rule.name, hit.summary),
+                        started_at: now,
+                        acknowledged_at: None,
+                        resolved_at: None,
+                        last_seen_at: now,
+                    };
+                    out.fired.push(a.clone());
+                    changed.push(a);
+                }
+            }
+        }
+    }
+    // What is left open was not found holding this time.
+    let quiet = TimeDelta::from_std(interval).unwrap_or(TimeDelta::seconds(30));
+    for (_, mut a) in open {
+        let lapsed = if a.kind == "new_network" {
+            a.state == AlertState::Acknowledged || now - a.started_at >= EVENT_LIFETIME
+        } else {
+            !live_rules.contains(&a.rule_id) || now - a.last_seen_at >= quiet
+        };
+        if lapsed {
+            a.state = AlertState::Resolved;
+            a.resolved_at = Some(now);
+            out.resolved.push(a.clone());
+            changed.push(a);
+        }
+    }
+    store.save_alerts(&changed).await?;
+    for (rule, baselines) in ctx.baselines {
+        store.save_baselines(rule, &baselines).await?;
+    }
+    metrics::gauge!("keyvault_alerts_firing").set(store.firing_count().await? as f64);
+    for a in &out.fired {
+        tracing::warn!(target: "keyvault::alerts", alert = %a.id, rule = %a.rule_id, kind = a.kind, summary = a.summary, "alert firing");
+    }
+    for a in &out.resolved {
+        tracing::info!(target: "keyvault::alerts", alert = %a.id, rule = %a.rule_id, kind = a.kind, "alert resolved");
+    }
+    Ok(out)
+}
+
+/// What one evaluation has read so far, shared by its rules.
+struct Context<'a> {
+    app: &'a App,
+    now: DateTime<Utc>,
+    keys: Option<Vec<KeyRecord>>,
+    owners: HashMap<String, HashSet<KeyId>>,
+    windows: HashMap<(DateTime<Utc>, DateTime<Utc>), KeyWindows>,
+    baselines: Vec<(Uuid, Vec<Baseline>)>,
+}
+
+impl<'a> Context<'a> {
+    fn new(app: &'a App, now: DateTime<Utc>) -> Self {
+        Self {
+            app,
+            now,
+            keys: None,
+            owners: HashMap::new(),
+            windows: HashMap::new(),
+            baselines: Vec::new(),
+        }
+    }
+
+    /// Every key, read once per evaluation.
+    async fn keys(&mut self) -> Result<&[KeyRecord]> {
+        if self.keys.is_none() {
+            let store = &self.app.backends.store;
+            let all = every_page(
+                |before| async move {
+                    store
+                        .list(&KeyQuery {
+                            limit: 1_000,
+                            before,
+                            ..KeyQuery::default()
+                        })
+                        .await
+                },
+                |k: &KeyRecord| k.id,
+            )
+            .await?;
+            self.keys = Some(all);
+        }
+        Ok(self.keys.as_deref().unwrap_or_default())
+    }
+
+    /// Whether `key` is one the rule watches.
+    async fn watched(&mut self, rule: &AlertRule, key: KeyId) -> Result<bool> {
+        if rule.key_id.is_some_and(|k| k != key) {
+            return Ok(false);
+        }
+        let Some(owner) = &rule.owner_id else {
+            return Ok(true);
+        };
+        if !self.owners.contains_key(owner) {
+            let ids: HashSet<KeyId> = self
+                .keys()
+                .await?
+                .iter()
+                .filter(|k| k.owner_id.as_deref() == Some(owner))
+                .map(|k| k.id)
+                .collect();
+            self.owners.insert(owner.clone(), ids);
+        }
+        Ok(self.owners.get(owner).is_some_and(|s| s.contains(&key)))
+    }
+
+    /// The keys' windows of `[from, to)`, read once per evaluation (only the rule's key when
+    /// it names one).
+    async fn window(
+        &mut self,
+        rule: &AlertRule,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<KeyWindows> {
+        if let Some(k) = rule.key_id {
+            if let Some(w) = self.windows.get(&(from, to)) {
+                return Ok(w
+                    .get(&k)
+                    .map(|x| [(k, x.clone())].into())
+                    .unwrap_or_default());
+            }
+            return Ok(self
+                .app
+                .backends
+                .stats
+                .key_windows(from, to, Some(k))
+                .await?);
+        }
+        if let Some(w) = self.windows.get(&(from, to)) {
+            return Ok(w.clone());
+        }
+        let w = self.app.backends.stats.key_windows(from, to, None).await?;
+        self.windows.insert((from, to), w.clone());
+        Ok(w)
+    }
+
+    async fn hits(&mut self, rule: &AlertRule, spec: &Spec) -> Result<Vec<Hit>> {
+        let now = self.now;
+        let mut hits = Vec::new();
+        match spec {
+            Spec::CreditsLow(_) | Spec::CreditsLowPercent(_) => {
+                let keys: Vec<KeyRecord> = self
+                    .keys()
+                    .await?
+                    .iter()
+                    .filter(|k| k.enabled && k.credits.is_some())
+                    .cloned()
+                    .collect();
+                for k in keys {
+                    if !self.watched(rule, k.id).await? {
+                        continue;
+                    }
+                    let Some(credits) = &k.credits else { continue };
+                    let Some(left) = self.app.kv.credits_remaining(&k).await? else {
+                        continue;
+                    };
+                    let threshold = match spec {
+                        Spec::CreditsLow(n) => *n as f64,
+                        Spec::CreditsLowPercent(p) => {
+                            let base = credits
+                                .refill
+                                .as_ref()
+                                .map_or(credits.remaining, |r| r.amount);
+                            base as f64 * p / 100.0
+                        }
+                        _ => continue,
+                    };
+                    if (left as f64) < threshold {
+                        hits.push(Hit {
+                            key_id: Some(k.id),
+                            ip: None,
+                            value: left as f64,
+                            threshold,
+                            summary: format!(
+                                "key {} has {left} credits left (below {threshold})",
+                                k.name
+                            ),
+                        });
+                    }
+                }
+            }
+            Spec::Expiring { within } => {
+                let within = TimeDelta::from_std(*within).unwrap_or(TimeDelta::MAX);
+                let keys: Vec<KeyRecord> = self
+                    .keys()
+                    .await?
+                    .iter()
+                    .filter(|k| {
+                        k.enabled && k.expires_at.is_some_and(|t| t > now && t - now <= within)
+                    })
+                    .cloned()
+                    .collect();
+                for k in keys {
+                    if !self.watched(rule, k.id).await? {
+                        continue;
+                    }
+                    let left = k.expires_at.map_or(0, |t| (t - now).num_seconds());
+                    hits.push(Hit {
+                        key_id: Some(k.id),
+                        ip: None,
+                        value: left as f64,
+                        threshold: within.num_seconds() as f64,
+                        summary: format!("key {} expires in {}", k.name, human_secs(left)),
+                    });
+                }
+            }
+            Spec::ErrorRate {
+                above,
+                window,
+                min_calls,
+            } => {
+                let w = self.window(rule, now - delta(*window), now).await?;
+                for (key, kw) in w {
+                    if kw.calls < *min_calls || !self.watched(rule, key).await? {
+                        continue;
+                    }
+                    let rate = kw.errors as f64 / kw.calls as f64;
+                    if rate > *above {
+                        hits.push(Hit {
+                            key_id: Some(key),
+                            ip: None,
+                            value: rate,
+                            threshold: *above,
+                            summary: format!(
+                                "key {key}: {:.1}% of {} calls failed in the last {}",
+                                rate * 100.0,
+                                kw.calls,
+                                human(*window)
+                            ),
+                        });
+                    }
+                }
+            }
+            Spec::LatencyP95 {
+                above_ms,
+                window,
+                min_calls,
+            } => {
+                let w = self.window(rule, now - delta(*window), now).await?;
+                for (key, kw) in w {
+                    if kw.calls < *min_calls || !self.watched(rule, key).await? {
+                        continue;
+                    }
+                    let Some(p95) = kw.latency.quantile_ms(0.95) else {
+                        continue;
+                    };
+                    if p95 > *above_ms {
+                        hits.push(Hit {
+                            key_id: Some(key),
+                            ip: None,
+                            value: p95,
+                            threshold: *above_ms,
+                            summary: format!(
+                                "key {key}: p95 latency {p95:.1} ms over {} calls in the last {}",
+                                kw.calls,
+                                human(*window)
+                            ),
+                        });
+                    }
+                }
+            }
+            Spec::Rejections {
+                codes,
+                above,
+                window,
+            } => {
+                let w = self.window(rule, now - delta(*window), now).await?;
+                for (key, kw) in w {
+                    let n: u64 = codes.iter().filter_map(|c| kw.rejected.get(c)).sum();
+                    if n > *above && self.watched(rule, key).await? {
+                        hits.push(Hit {
+                            key_id: Some(key),
+                            ip: None,
+                            value: n as f64,
+                            threshold: *above as f64,
+                            summary: format!(
+                                "key {key}: {n} verifications rejected in the last {}",
+                                human(*window)
+                            ),
+                        });
+                    }
+                }
+            }
+            Spec::TrafficSpike {
+                factor,
+                window,
+                min_calls,
+            } => {
+                hits = self.traffic(rule, *factor, *window, *min_calls).await?;
+            }
+            // Their signal, client addresses of verifications, is not recorded yet.
+            Spec::InvalidKeys { .. } | Spec::NewNetwork { .. } => {}
+        }
+        Ok(hits)
+    }
+
+    /// `traffic_spike`: windows follow each other from the rule's creation; each completed
+    /// window but the last is folded into the keys' baselines (kept in the database), and
+    /// the last is compared with them.
+    async fn traffic(
+        &mut self,
+        rule: &AlertRule,
+        factor: f64,
+        window: Duration,
+        min_calls: u64,
+    ) -> Result<Vec<Hit>> {
+        let w = delta(window);
+        let elapsed = self.now - rule.created_at;
+        let done = elapsed.num_milliseconds() / w.num_milliseconds().max(1);
+        if done < 1 {
+            return Ok(Vec::new());
+        }
+        let start_of = |n: i64| rule.created_at + w * (n as i32);
+        // The last completed window is [start_of(done - 1), start_of(done)).
+        let last_start = start_of(done - 1);
+        let stored = self.app.backends.alerts.baselines(rule.id).await?;
+        let mut base: HashMap<KeyId, Baseline> =
+            stored.into_iter().map(|b| (b.key_id, b)).collect();
+        let through = base
+            .values()
+            .map(|b| b.through)
+            .max()
+            .unwrap_or(rule.created_at);
+        let first = ((through - rule.created_at).num_milliseconds() / w.num_milliseconds().max(1))
+            .max(done - 1 - MAX_FOLDED);
+        let mut dirty = false;
+        for n in first.max(0)..done - 1 {
+            let (from, to) = (start_of(n), start_of(n + 1));
+            let calls = self.window(rule, from, to).await?;
+            for b in base.values_mut() {
+                if b.through < to {
+                    let c = calls.get(&b.key_id).map_or(0, |k| k.calls);
+                    b.mean = BASELINE_WEIGHT * c as f64 + (1.0 - BASELINE_WEIGHT) * b.mean;
+                    b.windows += 1;
+                    b.through = to;
+                }
+            }
+            for (key, kw) in &calls {
+                base.entry(*key).or_insert(Baseline {
+                    key_id: *key,
+                    mean: kw.calls as f64,
+                    windows: 1,
+                    through: to,
+                });
+            }
+            dirty = true;
+        }
+        let last = self.window(rule, last_start, start_of(done)).await?;
+        let mut hits = Vec::new();
+        for (key, kw) in last {
+            let Some(b) = base.get(&key) else { continue };
+            if b.windows < BASELINE_WINDOWS || kw.calls < min_calls {
+                continue;
+            }
+            let threshold = factor * b.mean;
+            if kw.calls as f64 > threshold && self.watched(rule, key).await? {
+                hits.push(Hit {
+                    key_id: Some(key),
+                    ip: None,
+                    value: kw.calls as f64,
+                    threshold,
+                    summary: format!(
+                        "key {key}: {} calls in {}, {:.1}× its usual {:.1}",
+                        kw.calls,
+                        human(window),
+                        kw.calls as f64 / b.mean.max(f64::MIN_POSITIVE),
+                        b.mean
+                    ),
+                });
+            }
+        }
+        if dirty {
+            self.baselines.push((rule.id, base.into_values().collect()));
+        }
+        Ok(hits)
+    }
+}
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+fn human(d: Duration) -> String {
+    keyvault_core::HumanDuration::new(d).to_string()
+}
+
+/// A time left as a person reads it: its two largest units (`2d 23h`, `5h 12m`, `40s`).
+fn human_secs(s: i64) -> String {
+    let s = s.max(0);
+    let (d, h, m, sec) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_secs;
+
+    #[test]
+    fn times_left_read_in_their_two_largest_units() {
+        assert_eq!(human_secs(259_199), "2d 23h");
+        assert_eq!(human_secs(3_600 * 5 + 60 * 12 + 7), "5h 12m");
+        assert_eq!(human_secs(125), "2m 5s");
+        assert_eq!(human_secs(40), "40s");
+        assert_eq!(human_secs(-3), "0s");
+    }
+}
