@@ -13,6 +13,9 @@ use crate::{
     app::App,
 };
 
+/// A job running beside the router, and the lease it runs under.
+type Job = (tokio::task::JoinHandle<()>, &'static str);
+
 /// The buckets of `keyvault_http_request_duration_seconds`, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -29,8 +32,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Admin {
     state: AppState,
     recorder: Arc<Mutex<Option<PrometheusRecorder>>>,
-    /// The alert evaluation running beside the router, and the lease holder it runs as.
-    evaluation: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// The jobs running beside the router (alert evaluation, notification delivery), each
+    /// with the lease it runs under, and the lease holder they run as.
+    background: Arc<Mutex<Vec<Job>>>,
     holder: Arc<str>,
 }
 
@@ -47,7 +51,32 @@ impl Admin {
             .build_recorder();
         let usage = UsageRecorder::spawn(app.backends.usage.clone(), RecorderConfig::default());
         let holder: Arc<str> = format!("instance-{}", uuid::Uuid::now_v7()).into();
-        let evaluation = tokio::spawn(evaluate_every(app.clone(), holder.clone()));
+        // Deliveries are polled every second, or as often as the shortest retry wait.
+        let poll = app
+            .config
+            .retry_delays
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(1))
+            .clamp(
+                std::time::Duration::from_millis(50),
+                std::time::Duration::from_secs(1),
+            );
+        let background = vec![
+            (
+                tokio::spawn(evaluate_every(app.clone(), holder.clone())),
+                crate::alerts::LEASE,
+            ),
+            (
+                tokio::spawn(crate::notify::deliver_every(
+                    app.clone(),
+                    holder.clone(),
+                    poll,
+                )),
+                crate::notify::LEASE,
+            ),
+        ];
         let state = AppState {
             metrics: recorder.handle(),
             recorder: usage,
@@ -58,7 +87,7 @@ impl Admin {
         Self {
             state,
             recorder: Arc::new(Mutex::new(Some(recorder))),
-            evaluation: Arc::new(Mutex::new(Some(evaluation))),
+            background: Arc::new(Mutex::new(background)),
             holder,
         }
     }
@@ -94,20 +123,21 @@ impl Admin {
     /// Writes the usage events still queued and the credit spends cached in Redis. Call it
     /// once requests have stopped.
     pub async fn shutdown(&self) {
-        let evaluation = self
-            .evaluation
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = evaluation {
+        let background = std::mem::take(
+            &mut *self
+                .background
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (task, lease) in background {
             task.abort();
-            // Another instance takes the evaluation over at once instead of after a lapse.
+            // Another instance takes the job over at once instead of after a lapse.
             let _ = self
                 .state
                 .app
                 .backends
                 .leases
-                .release_lease(crate::alerts::LEASE, &self.holder)
+                .release_lease(lease, &self.holder)
                 .await;
         }
         self.state.recorder.shutdown().await;

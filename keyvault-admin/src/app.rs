@@ -29,6 +29,10 @@ pub struct App {
     pub(crate) kv: Keyvault,
     /// The session-signing secret, settled once at open.
     secret: Arc<str>,
+    /// The notifiers channels name by kind.
+    pub(crate) notifiers: Arc<crate::notify::Registry>,
+    /// The client deliveries go through.
+    pub(crate) outbound: Arc<crate::notify::Outbound>,
 }
 
 /// A token just created: the only time its plaintext exists.
@@ -48,11 +52,18 @@ impl App {
         let secret = settle_secret(&config, backends.settings.as_ref())
             .await?
             .into();
+        let outbound = crate::notify::Outbound::new(
+            Arc::new(crate::notify::guard::SystemResolver),
+            config.allow_private_webhooks,
+            config.lang,
+        )?;
         Ok(Self {
             config: Arc::new(config),
             backends,
             kv,
             secret,
+            notifiers: Arc::default(),
+            outbound: Arc::new(outbound),
         })
     }
 

@@ -12,7 +12,8 @@ use keyvault::{
 };
 use keyvault_core::{
     AlertStore, AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault,
-    LeaseStore, SessionStore, SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
+    LeaseStore, NotifierStore, SessionStore, SettingStore, TokenStore, UsageQuery, UsageSink,
+    UserStore,
 };
 
 use crate::{
@@ -39,6 +40,8 @@ pub(crate) struct Backends {
     pub(crate) alerts: Arc<dyn AlertStore>,
     /// One instance at a time runs a background job (the alert evaluation).
     pub(crate) leases: Arc<dyn LeaseStore>,
+    /// Notification channels and their outbox (CONTRACT §7).
+    pub(crate) notifiers: Arc<dyn NotifierStore>,
     deployment: Deployment,
 }
 
@@ -85,6 +88,7 @@ impl Backends {
             sessions: d.sessions.clone(),
             alerts: d.alerts.clone(),
             leases: d.leases.clone(),
+            notifiers: d.notifiers.clone(),
             deployment,
         })
     }

@@ -68,6 +68,27 @@ pub struct Global {
         global = true
     )]
     pub alert_interval: String,
+    /// Lets webhooks and Slack channels reach loopback, private, link-local and unique-local
+    /// addresses (receivers on this machine or network).
+    #[arg(
+        long,
+        env = "KEYVAULT_ALLOW_PRIVATE_WEBHOOKS",
+        default_value = "false",
+        global = true
+    )]
+    pub allow_private_webhooks: String,
+    /// The waits between a failed delivery's attempts, comma-separated (each up to 24h);
+    /// one more attempt than waits is made, then the delivery is given up.
+    #[arg(
+        long,
+        env = "KEYVAULT_NOTIFY_RETRY_DELAYS",
+        default_value = "10s,30s,5m,30m,2h",
+        global = true
+    )]
+    pub notify_retry_delays: String,
+    /// The language of Slack messages: `en` or `zh-CN`.
+    #[arg(long, env = "KEYVAULT_LANG", default_value = "en", global = true)]
+    pub lang: String,
 }
 
 #[derive(Debug, Subcommand)]

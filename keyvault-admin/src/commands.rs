@@ -277,7 +277,7 @@ pub(crate) async fn keys(app: &App, cmd: KeysCommand) -> Result<()> {
         }
         KeysCommand::Rotate { id, grace } => {
             let grace = grace.as_deref().map(|g| duration(g, "grace")).transpose()?;
-            let r = kv
+            let r = app
                 .rotate_key(key_id(&id)?, grace.map(HumanDuration::get), &cli_actor())
                 .await?;
             stdout_line(r.key.expose());

@@ -31,6 +31,12 @@ pub struct Config {
     pub(crate) trusted_proxies: Option<TrustedProxies>,
     /// How often the alert rules are evaluated.
     pub(crate) alert_interval: std::time::Duration,
+    /// Whether deliveries may reach private addresses (`KEYVAULT_ALLOW_PRIVATE_WEBHOOKS`).
+    pub(crate) allow_private_webhooks: bool,
+    /// The waits between a delivery's attempts.
+    pub(crate) retry_delays: Vec<std::time::Duration>,
+    /// The language of Slack messages.
+    pub(crate) lang: crate::dashboard::Lang,
 }
 
 impl std::fmt::Debug for Config {
@@ -106,6 +112,19 @@ impl Config {
                 "must be from 100ms to 24h",
             ));
         }
+        let allow_private_webhooks = match g.allow_private_webhooks.trim() {
+            "true" | "1" => true,
+            "false" | "0" | "" => false,
+            _ => {
+                return Err(Error::input(
+                    "KEYVAULT_ALLOW_PRIVATE_WEBHOOKS",
+                    "must be true or false",
+                ));
+            }
+        };
+        let retry_delays = parse_delays(&g.notify_retry_delays)?;
+        let lang = crate::dashboard::Lang::from_code(g.lang.trim())
+            .ok_or_else(|| Error::input("KEYVAULT_LANG", "must be en or zh-CN"))?;
         Ok(Self {
             db,
             redis,
@@ -113,8 +132,32 @@ impl Config {
             hasher,
             trusted_proxies,
             alert_interval,
+            allow_private_webhooks,
+            retry_delays,
+            lang,
         })
     }
+}
+
+/// `KEYVAULT_NOTIFY_RETRY_DELAYS`: 1–20 durations, each from 1ms to 24h.
+fn parse_delays(text: &str) -> Result<Vec<std::time::Duration>> {
+    const NAME: &str = "KEYVAULT_NOTIFY_RETRY_DELAYS";
+    let delays = text
+        .split(',')
+        .map(|d| {
+            let d = keyvault_core::HumanDuration::parse(d.trim(), NAME)
+                .map_err(|e| Error::input(NAME, e.message))?
+                .get();
+            if d.is_zero() || d > std::time::Duration::from_secs(86_400) {
+                return Err(Error::input(NAME, "each wait must be from 1ms to 24h"));
+            }
+            Ok(d)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if delays.len() > 20 {
+        return Err(Error::input(NAME, "at most 20 waits"));
+    }
+    Ok(delays)
 }
 
 /// What the limiter and the credit cache do while Redis is unreachable.

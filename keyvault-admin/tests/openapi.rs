@@ -144,7 +144,15 @@ async fn token(w: &mut Walk<'_>, admin: &str, role: &str) -> (String, String) {
 
 #[tokio::test]
 async fn every_answer_of_every_route_matches_its_documented_schema() {
-    let s = Server::sqlite().await;
+    // Channels' hosts resolve inside, so a test message is refused without a network.
+    let s = Server::sqlite_with(|app| {
+        let inside = ("hooks.test".to_owned(), "10.0.0.9".parse().unwrap());
+        app.with_resolver(std::sync::Arc::new(
+            keyvault_admin::notify::guard::StaticResolver(vec![inside]),
+        ))
+        .unwrap()
+    })
+    .await;
     let admin = s.token("admin").await;
     let mut w = Walk::new(&s).await;
     let absent = "01a22121-829c-725b-8039-33e816e31bea";
@@ -626,6 +634,76 @@ async fn every_answer_of_every_route_matches_its_documented_schema() {
     ] {
         let r = w
             .call("DELETE", one_rule, &path, token.map(|t| t.as_str()), None)
+            .await;
+        assert_eq!(r.status, status, "{path}");
+    }
+
+    // Notification channels (admin).
+    let notifiers = "/v1/notifiers";
+    let hook = json!({"name": "ops", "kind": "webhook", "url": "https://hooks.test/h"});
+    for (body, token, status) in [
+        (hook.clone(), Some(&admin), 201),
+        (
+            json!({"name": "chat", "kind": "slack", "url": "https://hooks.test/s", "events": ["test"]}),
+            Some(&admin),
+            201,
+        ),
+        (
+            json!({"name": "x", "kind": "webhook", "url": "http://127.0.0.1/"}),
+            Some(&admin),
+            422,
+        ),
+        (json!({"name": "x", "kind": "webhook"}), Some(&admin), 400),
+        (hook.clone(), Some(&op), 403),
+        (hook.clone(), None, 401),
+    ] {
+        let r = w
+            .call(
+                "POST",
+                notifiers,
+                notifiers,
+                token.map(|t| t.as_str()),
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, status, "{}", r.text());
+    }
+    let listed = w
+        .call("GET", notifiers, notifiers, Some(&admin), None)
+        .await;
+    let channel = listed.json()["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        w.call("GET", notifiers, notifiers, Some(&op), None)
+            .await
+            .status,
+        403
+    );
+    let test = "/v1/notifiers/{id}/test";
+    for (path, token, status) in [
+        (format!("/v1/notifiers/{channel}/test"), Some(&admin), 200),
+        (format!("/v1/notifiers/{absent}/test"), Some(&admin), 404),
+        (format!("/v1/notifiers/{channel}/test"), Some(&op), 403),
+    ] {
+        let r = w
+            .call("POST", test, &path, token.map(|t| t.as_str()), None)
+            .await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
+    let one_channel = "/v1/notifiers/{id}";
+    for (path, token, status) in [
+        (format!("/v1/notifiers/{channel}"), Some(&op), 403),
+        (format!("/v1/notifiers/{channel}"), Some(&admin), 204),
+        (format!("/v1/notifiers/{channel}"), Some(&admin), 404),
+        (format!("/v1/notifiers/{channel}"), None, 401),
+    ] {
+        let r = w
+            .call(
+                "DELETE",
+                one_channel,
+                &path,
+                token.map(|t| t.as_str()),
+                None,
+            )
             .await;
         assert_eq!(r.status, status, "{path}");
     }

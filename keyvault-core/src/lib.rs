@@ -69,8 +69,9 @@ pub mod testing;
 
 pub use accounts::{
     Alert, AlertQuery, AlertRule, AlertState, AlertStore, Baseline, CachedTokenStore,
-    DEFAULT_TOKEN_TTL, LeaseStore, Need, Role, SECRET_KEY_SETTING, SessionRecord, SessionStore,
-    SettingStore, TokenRecord, TokenStore, UserRecord, UserStore,
+    DEFAULT_TOKEN_TTL, Delivery, DeliveryState, LeaseStore, Need, NotifierRecord, NotifierStore,
+    Role, SECRET_KEY_SETTING, SessionRecord, SessionStore, SettingStore, TokenRecord, TokenStore,
+    UserRecord, UserStore,
 };
 pub use audit::{
     Actor, AuditEvent, AuditLog, AuditOutcome, AuditQuery, AuditRecord, ChainReport, ChainVerifier,

@@ -2,7 +2,8 @@
 //!
 //! keyvault's durable backend on PostgreSQL 12+ (sqlx): [`PgStore`] keeps keys, credit
 //! balances, the hash-chained audit log, usage statistics and the server's accounts (users,
-//! API tokens, sessions, settings, job leases, alert rules and their alerts);
+//! API tokens, sessions, settings, job leases, alert rules and their alerts, notification
+//! channels and the outbox of their deliveries);
 //! [`PgChangeBus`] tells every instance on the same database about key changes with
 //! `LISTEN/NOTIFY`.
 //!
@@ -28,10 +29,12 @@
 //! ## Guarantees
 //! - A key mutation and its audit records commit in one transaction; the chain's tail is
 //!   locked inside it, so concurrent writers link one after the other. Account mutations
-//!   (users, tokens, sessions, settings, alert rules, acknowledgements) commit with their
-//!   audit records the same way.
+//!   (users, tokens, sessions, settings, alert rules, acknowledgements, notification
+//!   channels) commit with their audit records the same way.
 //! - A rule has at most one unresolved alert per subject: a partial unique index holds it,
 //!   so a batch of alerts that would break it is refused whole.
+//! - Deliveries (`kv_deliveries`) are written once per id: a repeated enqueue leaves the
+//!   stored one as it is, and a batch is one statement, written whole or not at all.
 //! - The last enabled admin stays: user updates take turns on a table lock (reads do not
 //!   wait), so two admins demoting each other at once cannot both succeed.
 //! - A credit spend is one conditional `INSERT … ON CONFLICT DO UPDATE`: the refill, the check
@@ -76,8 +79,8 @@ pub const MIGRATIONS_TABLE: &str = "kv_schema_migrations";
 /// cheap (the pool is shared).
 ///
 /// It implements `KeyStore`, `CreditStore`, `AuditLog`, `UsageSink`, `UsageQuery` and the
-/// account traits `UserStore`, `TokenStore`, `SessionStore`, `SettingStore`, `LeaseStore`
-/// and `AlertStore` of keyvault-core.
+/// account traits `UserStore`, `TokenStore`, `SessionStore`, `SettingStore`, `LeaseStore`,
+/// `AlertStore` and `NotifierStore` of keyvault-core.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,

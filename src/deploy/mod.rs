@@ -30,8 +30,8 @@ pub use settings::{DatabaseUrl, RedisSettings};
 
 use keyvault_core::{
     AlertStore, AuditLog, CacheConfig, ChangeBus, CreditStore, Error, FanOutBus, KeyHasher,
-    KeyStore, KeyvaultBuilder, LeaseStore, RateLimiter, Result, SessionStore, SettingStore,
-    TokenStore, UsageQuery, UsageSink, UserStore,
+    KeyStore, KeyvaultBuilder, LeaseStore, NotifierStore, RateLimiter, Result, SessionStore,
+    SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
 };
 use keyvault_postgres::{PgChangeBus, PgStore};
 use keyvault_redis::{
@@ -101,6 +101,8 @@ pub struct Durable {
     pub leases: Arc<dyn LeaseStore>,
     /// Alert rules, alerts and their baselines.
     pub alerts: Arc<dyn AlertStore>,
+    /// Notification channels and the outbox of their deliveries.
+    pub notifiers: Arc<dyn NotifierStore>,
     /// Changes announced through the database (the only bus without Redis).
     pub bus: Arc<dyn ChangeBus>,
     database: Database,
@@ -166,6 +168,7 @@ impl Durable {
             + SettingStore
             + LeaseStore
             + AlertStore
+            + NotifierStore
             + 'static,
     {
         Self {
@@ -179,7 +182,8 @@ impl Durable {
             sessions: s.clone(),
             settings: s.clone(),
             leases: s.clone(),
-            alerts: s,
+            alerts: s.clone(),
+            notifiers: s,
             bus,
             database,
         }

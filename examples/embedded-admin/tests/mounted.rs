@@ -64,6 +64,9 @@ async fn open(dir: &std::path::Path) -> Admin {
         instances: "1".into(),
         credits_fail_mode: "closed".into(),
         alert_interval: "30s".into(),
+        allow_private_webhooks: "false".into(),
+        notify_retry_delays: "10s,30s,5m,30m,2h".into(),
+        lang: "en".into(),
     })
     .unwrap();
     Admin::new(App::open(config).await.unwrap())

@@ -166,13 +166,32 @@ impl App {
             Err(e) => return Err(self.refused(actor, action, None, e).await),
         };
         let event = Self::success(actor, action, &rule.id.to_string(), rule_details(&rule));
+        let open: Vec<Alert> = self
+            .backends
+            .alerts
+            .open_alerts()
+            .await?
+            .into_iter()
+            .filter(|a| a.rule_id == rule.id)
+            .collect();
+        let now = Self::now();
         if !self
             .backends
             .alerts
-            .delete_rule(rule.id, Self::now(), &[event])
+            .delete_rule(rule.id, now, &[event])
             .await?
         {
             return Err(Error::NotFound("alert rule".into()));
+        }
+        // Its alerts resolved with it: the channels hear so, as from an evaluation.
+        for mut a in open {
+            a.state = keyvault_core::AlertState::Resolved;
+            a.resolved_at = Some(now);
+            let data = serde_json::to_value(crate::api::alerts::AlertView::from(a))
+                .map_err(|e| Error::Internal(format!("alert not serialisable: {e}")))?;
+            if let Err(e) = self.notify("alert.resolved", data).await {
+                tracing::warn!(target: "keyvault::notify", error = %e.cli_line(), "alert.resolved not queued");
+            }
         }
         Ok(())
     }

@@ -174,6 +174,17 @@ pub(crate) async fn evaluate(
     for a in &out.resolved {
         tracing::info!(target: "keyvault::alerts", alert = %a.id, rule = %a.rule_id, kind = a.kind, "alert resolved");
     }
+    // Each transition goes to the outbox once: only this evaluation saw it happen.
+    let events = out
+        .fired
+        .iter()
+        .map(|a| ("alert.firing", a))
+        .chain(out.resolved.iter().map(|a| ("alert.resolved", a)));
+    for (event, a) in events {
+        let data = serde_json::to_value(crate::api::alerts::AlertView::from(a.clone()))
+            .map_err(|e| crate::error::Error::Internal(format!("alert not serialisable: {e}")))?;
+        app.notify(event, data).await?;
+    }
     Ok(out)
 }
 

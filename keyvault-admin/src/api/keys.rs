@@ -252,7 +252,7 @@ pub(crate) async fn rotate(
         Err(e) => return Err(st.app.refused(&caller.actor(), "key.rotate", None, e).await),
     };
     let grace = body.grace_seconds.map(Duration::from_secs);
-    let rotated = st.app.kv.rotate_key(id, grace, &caller.actor()).await?;
+    let rotated = st.app.rotate_key(id, grace, &caller.actor()).await?;
     let view = KeyView::load(&st.app.kv, &rotated.record).await?;
     let body = RotatedKeyView {
         id: rotated.record.id.to_string(),

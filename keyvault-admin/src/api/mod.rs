@@ -1,11 +1,12 @@
 //! The REST API (CONTRACT §4).
 
-mod alerts;
+pub(crate) mod alerts;
 mod docs;
 mod extract;
 mod keys;
 pub(crate) mod live;
 pub(crate) mod mount;
+mod notifiers;
 mod openapi;
 mod pagination;
 mod reports;
@@ -84,6 +85,15 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/alerts", get(alerts::list_alerts))
         .route("/v1/alerts/{id}/ack", post(alerts::acknowledge))
+        .route(
+            "/v1/notifiers",
+            get(notifiers::list).post(notifiers::create),
+        )
+        .route(
+            "/v1/notifiers/{id}",
+            axum::routing::delete(notifiers::delete),
+        )
+        .route("/v1/notifiers/{id}/test", post(notifiers::test))
         .route("/v1/audit", get(reports::audit))
         .route("/v1/logs", get(reports::logs))
         .merge(crate::dashboard::routes())

@@ -72,6 +72,8 @@ impl Modify for Security {
         super::alerts::create_rule, super::alerts::list_rules, super::alerts::get_rule,
         super::alerts::update_rule, super::alerts::delete_rule, super::alerts::list_alerts,
         super::alerts::acknowledge,
+        super::notifiers::create, super::notifiers::list, super::notifiers::delete,
+        super::notifiers::test,
     ),
     components(schemas(ProblemDoc)),
     modifiers(&Security),
@@ -80,7 +82,7 @@ impl Modify for Security {
         (name = "verification", description = "For services that verify over HTTP"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "statistics"), (name = "audit"),
-        (name = "alerts", description = "Alert rules and the alerts they raise"),
+        (name = "alerts", description = "Alert rules, the alerts they raise, and the channels notified"),
         (name = "operations"),
     )
 )]

@@ -295,7 +295,7 @@ pub(crate) async fn rotate(
             Err(_) => return refuse(v.lang.t("form.duration").to_owned()).await,
         }
     };
-    match st.app.kv.rotate_key(record.id, grace, &v.actor(&ctx)).await {
+    match st.app.rotate_key(record.id, grace, &v.actor(&ctx)).await {
         Ok(rotated) => {
             let new_id = rotated.record.id.to_string();
             let mut res =
@@ -312,7 +312,6 @@ pub(crate) async fn rotate(
             }
         }
         Err(e) => {
-            let e = Error::from(e);
             let code = crate::error::Problem::from(&e).code();
             if e.field().is_some() || code == "conflict" {
                 refuse(v.lang.t(&format!("problem.{code}")).to_owned()).await

@@ -27,6 +27,7 @@ use axum::{
 };
 
 pub(crate) use guard::SignInGuard;
+pub(crate) use i18n::Lang;
 
 use crate::api::AppState;
 

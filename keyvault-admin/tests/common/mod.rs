@@ -68,6 +68,12 @@ pub struct Settings {
     pub trusted_proxies: Option<String>,
     /// `KEYVAULT_ALERT_INTERVAL` (default 30s).
     pub alert_interval: Option<String>,
+    /// `KEYVAULT_ALLOW_PRIVATE_WEBHOOKS`.
+    pub allow_private_webhooks: bool,
+    /// `KEYVAULT_NOTIFY_RETRY_DELAYS` (default the server's).
+    pub retry_delays: Option<String>,
+    /// `KEYVAULT_LANG`.
+    pub lang: Option<String>,
 }
 
 impl Settings {
@@ -80,6 +86,9 @@ impl Settings {
             pepper: None,
             trusted_proxies: None,
             alert_interval: None,
+            allow_private_webhooks: false,
+            retry_delays: None,
+            lang: None,
         }
     }
 
@@ -93,6 +102,17 @@ impl Settings {
             instances: "1".into(),
             credits_fail_mode: "closed".into(),
             alert_interval: self.alert_interval.clone().unwrap_or_else(|| "30s".into()),
+            allow_private_webhooks: if self.allow_private_webhooks {
+                "true"
+            } else {
+                "false"
+            }
+            .into(),
+            notify_retry_delays: self
+                .retry_delays
+                .clone()
+                .unwrap_or_else(|| "10s,30s,5m,30m,2h".into()),
+            lang: self.lang.clone().unwrap_or_else(|| "en".into()),
         })
         .expect("test settings are valid")
     }
@@ -115,9 +135,27 @@ impl Server {
         s
     }
 
+    /// A deployment on a fresh SQLite file, its app changed by `f` first (a resolver, a
+    /// notifier).
+    pub async fn sqlite_with(f: impl FnOnce(App) -> App) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::open(Settings::sqlite(dir.path()).config())
+            .await
+            .expect("open the app");
+        let mut s = Self::of(f(app));
+        s._dir = Some(dir);
+        s
+    }
+
     pub async fn start(settings: &Settings) -> Self {
         capture_logs();
         let app = App::open(settings.config()).await.expect("open the app");
+        Self::of(app)
+    }
+
+    /// The deployment of an app opened (and perhaps changed) by the test.
+    pub fn of(app: App) -> Self {
+        capture_logs();
         let admin = Admin::new(app.clone());
         // One deployment per test process: its figures go to the process's recorder.
         if let Some(r) = admin.metrics_recorder() {
@@ -399,6 +437,9 @@ impl Settings {
             pepper: None,
             trusted_proxies: None,
             alert_interval: None,
+            allow_private_webhooks: false,
+            retry_delays: None,
+            lang: None,
         }
     }
 }

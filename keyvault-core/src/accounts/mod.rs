@@ -10,6 +10,7 @@
 mod alerts;
 mod cache;
 mod leases;
+mod notify;
 mod role;
 mod sessions;
 mod settings;
@@ -19,6 +20,7 @@ mod users;
 pub use alerts::{Alert, AlertQuery, AlertRule, AlertState, AlertStore, Baseline};
 pub use cache::{CachedTokenStore, DEFAULT_TOKEN_TTL};
 pub use leases::LeaseStore;
+pub use notify::{Delivery, DeliveryState, NotifierRecord, NotifierStore};
 pub use role::{Need, Role};
 pub use sessions::{SessionRecord, SessionStore};
 pub use settings::{SECRET_KEY_SETTING, SettingStore};

@@ -11,8 +11,9 @@ use uuid::Uuid;
 use crate::{
     KeyId,
     accounts::{
-        Alert, AlertQuery, AlertRule, AlertState, AlertStore, Baseline, LeaseStore, SessionRecord,
-        SessionStore, SettingStore, TokenRecord, TokenStore, UserRecord, UserStore,
+        Alert, AlertQuery, AlertRule, AlertState, AlertStore, Baseline, Delivery, DeliveryState,
+        LeaseStore, NotifierRecord, NotifierStore, SessionRecord, SessionStore, SettingStore,
+        TokenRecord, TokenStore, UserRecord, UserStore,
     },
     audit::AuditEvent,
     digest::KeyDigest,
@@ -33,6 +34,8 @@ pub(super) struct Accounts {
     rules: BTreeMap<Uuid, AlertRule>,
     alerts: BTreeMap<Uuid, Alert>,
     baselines: BTreeMap<(Uuid, KeyId), Baseline>,
+    notifiers: BTreeMap<Uuid, NotifierRecord>,
+    deliveries: BTreeMap<String, Delivery>,
 }
 
 #[derive(Debug)]
@@ -465,5 +468,93 @@ impl AlertStore for MemoryStore {
             st.accounts.baselines.insert((rule_id, b.key_id), *b);
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl NotifierStore for MemoryStore {
+    async fn create_notifier(&self, n: &NotifierRecord, audit: &[AuditEvent]) -> Result<()> {
+        let mut st = self.state();
+        if st.accounts.notifiers.contains_key(&n.id) {
+            return Err(Error::Conflict(format!("notifier {} already exists", n.id)));
+        }
+        st.accounts.notifiers.insert(n.id, n.clone());
+        st.append_audit(audit);
+        Ok(())
+    }
+
+    async fn delete_notifier(&self, id: Uuid, audit: &[AuditEvent]) -> Result<bool> {
+        let mut st = self.state();
+        if st.accounts.notifiers.remove(&id).is_none() {
+            return Ok(false);
+        }
+        // Its delivered and given-up history goes too: it would name a channel that is gone.
+        st.accounts.deliveries.retain(|_, d| d.notifier_id != id);
+        st.append_audit(audit);
+        Ok(true)
+    }
+
+    async fn notifier(&self, id: Uuid) -> Result<Option<NotifierRecord>> {
+        Ok(self.state().accounts.notifiers.get(&id).cloned())
+    }
+
+    async fn notifiers(&self) -> Result<Vec<NotifierRecord>> {
+        let mut all: Vec<NotifierRecord> =
+            self.state().accounts.notifiers.values().cloned().collect();
+        all.sort_by_key(|n| (n.created_at, n.id));
+        Ok(all)
+    }
+
+    async fn enqueue(&self, deliveries: &[Delivery]) -> Result<()> {
+        let mut st = self.state();
+        for d in deliveries {
+            st.accounts
+                .deliveries
+                .entry(d.id.clone())
+                .or_insert_with(|| d.clone());
+        }
+        Ok(())
+    }
+
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Delivery>> {
+        let mut due: Vec<Delivery> = self
+            .state()
+            .accounts
+            .deliveries
+            .values()
+            .filter(|d| d.state == DeliveryState::Pending && d.next_at <= now)
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| (a.next_at, &a.id).cmp(&(b.next_at, &b.id)));
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn update_delivery(&self, d: &Delivery) -> Result<bool> {
+        let mut st = self.state();
+        let Some(stored) = st.accounts.deliveries.get_mut(&d.id) else {
+            return Ok(false);
+        };
+        stored.attempts = d.attempts;
+        stored.state = d.state;
+        stored.next_at = d.next_at;
+        stored.last_status = d.last_status;
+        stored.last_error.clone_from(&d.last_error);
+        stored.updated_at = d.updated_at;
+        Ok(true)
+    }
+
+    async fn deliveries(&self, notifier_id: Uuid, limit: usize) -> Result<Vec<Delivery>> {
+        let mut of: Vec<Delivery> = self
+            .state()
+            .accounts
+            .deliveries
+            .values()
+            .filter(|d| d.notifier_id == notifier_id)
+            .cloned()
+            .collect();
+        of.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        of.truncate(limit);
+        Ok(of)
     }
 }

@@ -1159,3 +1159,276 @@ pub async fn alert_rules_are_replaced_and_deleted_with_their_alerts_resolved(a: 
     assert_eq!(kept.resolved_at, Some(at));
     assert_eq!(audited(&a, "alert_rule.delete", &r.id.to_string()).await, 1);
 }
+
+fn notifier(name: &str, created_at: DateTime<Utc>) -> crate::NotifierRecord {
+    crate::NotifierRecord {
+        id: Uuid::now_v7(),
+        name: name.into(),
+        kind: "webhook".into(),
+        url: format!("https://hooks.example.com/{name}"),
+        secret: Some(format!("whsec_{name}")),
+        events: vec!["alert.firing".into(), "alert.resolved".into()],
+        created_at,
+    }
+}
+
+fn delivery(
+    n: &crate::NotifierRecord,
+    next_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+) -> crate::Delivery {
+    let id = format!("msg_{}", Uuid::now_v7());
+    crate::Delivery {
+        body: json!({"type": "alert.firing", "id": id}).to_string(),
+        id,
+        notifier_id: n.id,
+        event: "alert.firing".into(),
+        attempts: 0,
+        next_at,
+        state: crate::DeliveryState::Pending,
+        last_status: None,
+        last_error: None,
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+fn ids(ds: &[crate::Delivery]) -> Vec<&str> {
+    ds.iter().map(|d| d.id.as_str()).collect()
+}
+
+pub async fn notifiers_are_created_listed_and_deleted_with_their_deliveries(a: Accounts) {
+    use crate::DeliveryState;
+    let s = &a.notifiers;
+    let at = now();
+    let late = notifier("late", at);
+    // Made second, with the larger id, but the older channel: listings go by creation time.
+    let early = crate::NotifierRecord {
+        kind: "slack".into(),
+        secret: None,
+        events: vec![],
+        ..notifier("early", at - TimeDelta::hours(1))
+    };
+    for n in [&late, &early] {
+        s.create_notifier(n, &[event("notifier.create", &n.id.to_string())])
+            .await
+            .unwrap();
+    }
+    let dup = crate::NotifierRecord {
+        name: "again".into(),
+        ..late.clone()
+    };
+    let err = s
+        .create_notifier(&dup, &[event("notifier.create", &late.id.to_string())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    assert_eq!(
+        audited(&a, "notifier.create", &late.id.to_string()).await,
+        1,
+        "the refused create wrote no audit record"
+    );
+    assert_eq!(s.notifier(late.id).await.unwrap(), Some(late.clone()));
+    assert_eq!(s.notifier(early.id).await.unwrap(), Some(early.clone()));
+    assert!(s.notifier(Uuid::now_v7()).await.unwrap().is_none());
+    assert_eq!(s.notifiers().await.unwrap(), [early.clone(), late.clone()]);
+
+    let past = at - TimeDelta::minutes(1);
+    let pending = delivery(&late, past, past);
+    let delivered = crate::Delivery {
+        state: DeliveryState::Delivered,
+        attempts: 1,
+        last_status: Some(200),
+        ..delivery(&late, past, past)
+    };
+    let kept = delivery(&early, past, past);
+    s.enqueue(&[pending.clone(), delivered.clone(), kept.clone()])
+        .await
+        .unwrap();
+    assert_eq!(s.deliveries(late.id, 10).await.unwrap().len(), 2);
+
+    assert!(
+        s.delete_notifier(late.id, &[event("notifier.delete", &late.id.to_string())])
+            .await
+            .unwrap()
+    );
+    assert!(s.notifier(late.id).await.unwrap().is_none());
+    assert!(s.deliveries(late.id, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.due_deliveries(at, 10).await.unwrap(),
+        std::slice::from_ref(&kept),
+        "the deleted channel's pending delivery is gone, the other channel's stays"
+    );
+    assert_eq!(s.deliveries(early.id, 10).await.unwrap(), [kept]);
+    assert_eq!(s.notifiers().await.unwrap(), [early]);
+    assert_eq!(
+        audited(&a, "notifier.delete", &late.id.to_string()).await,
+        1
+    );
+    // Absent: false, and nothing audited.
+    assert!(
+        !s.delete_notifier(late.id, &[event("notifier.delete", &late.id.to_string())])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        audited(&a, "notifier.delete", &late.id.to_string()).await,
+        1
+    );
+    assert_eq!(a.audit.verify_chain().await.unwrap().first_broken, None);
+}
+
+pub async fn the_outbox_hands_out_due_deliveries_in_order_and_keeps_their_attempts(a: Accounts) {
+    use crate::DeliveryState;
+    let s = &a.notifiers;
+    let at = now();
+    let n = notifier("ops", at - TimeDelta::hours(1));
+    let other = notifier("other", at - TimeDelta::hours(1));
+    for c in [&n, &other] {
+        s.create_notifier(c, &[]).await.unwrap();
+    }
+    let base = at - TimeDelta::minutes(1);
+    let secs = TimeDelta::seconds;
+    // Made in this order (ids ascending); due in the order of `next_at`.
+    let d1 = delivery(&n, base - secs(10), base);
+    let d2 = delivery(&n, base - secs(5), base + secs(1));
+    let d3 = delivery(&n, base, base + secs(2));
+    let d4 = delivery(&n, base + secs(1), base + secs(3));
+    let later = delivery(&n, at + TimeDelta::hours(1), base + secs(4));
+    // Due long ago, but done: never handed out again.
+    let delivered = crate::Delivery {
+        state: DeliveryState::Delivered,
+        attempts: 1,
+        last_status: Some(204),
+        ..delivery(&n, base - secs(20), base)
+    };
+    let gave_up = crate::Delivery {
+        state: DeliveryState::GaveUp,
+        attempts: 8,
+        last_status: None,
+        last_error: Some("connection refused".into()),
+        ..delivery(&n, base - secs(30), base)
+    };
+    let elsewhere = delivery(&other, base + secs(2), base + secs(5));
+    s.enqueue(&[
+        d3.clone(),
+        later.clone(),
+        d1.clone(),
+        delivered.clone(),
+        gave_up.clone(),
+        elsewhere.clone(),
+    ])
+    .await
+    .unwrap();
+    // A second enqueue of d1 (an event written twice) keeps the first; d2 and d4 are new.
+    let d1_again = crate::Delivery {
+        body: "{}".into(),
+        attempts: 3,
+        ..d1.clone()
+    };
+    s.enqueue(&[d2.clone(), d1_again, d4.clone()])
+        .await
+        .unwrap();
+    s.enqueue(&[]).await.unwrap();
+
+    let due = s.due_deliveries(at, 100).await.unwrap();
+    assert_eq!(
+        ids(&due),
+        ids(&[
+            d1.clone(),
+            d2.clone(),
+            d3.clone(),
+            d4.clone(),
+            elsewhere.clone()
+        ])
+    );
+    assert_eq!(due[0], d1, "stored whole, the first enqueue kept");
+    assert_eq!(due[3], d4);
+    assert_eq!(
+        ids(&s.due_deliveries(at, 2).await.unwrap()),
+        ids(&[d1.clone(), d2.clone()])
+    );
+    // `next_at <= now`: d2 is due at its own `next_at`, d3 not yet.
+    assert_eq!(
+        ids(&s.due_deliveries(d2.next_at, 100).await.unwrap()),
+        ids(&[d1.clone(), d2.clone()])
+    );
+    assert!(s.due_deliveries(at, 0).await.unwrap().is_empty());
+
+    // An attempt failed: retried later, with its status and error kept.
+    let failed = crate::Delivery {
+        attempts: 1,
+        next_at: at + TimeDelta::minutes(5),
+        last_status: Some(503),
+        last_error: Some("HTTP 503".into()),
+        updated_at: at,
+        ..d1.clone()
+    };
+    assert!(s.update_delivery(&failed).await.unwrap());
+    // Then delivered: the status changes, the error goes.
+    let done = crate::Delivery {
+        attempts: 2,
+        state: DeliveryState::Delivered,
+        last_status: Some(200),
+        last_error: None,
+        updated_at: at + secs(1),
+        ..gave_up.clone()
+    };
+    assert!(s.update_delivery(&done).await.unwrap());
+    // Only the attempt's fields change: the body is fixed when the event happens.
+    let d2_given_up = crate::Delivery {
+        attempts: 8,
+        state: DeliveryState::GaveUp,
+        next_at: at + secs(30),
+        last_status: Some(500),
+        last_error: Some("HTTP 500".into()),
+        updated_at: at + secs(2),
+        ..d2.clone()
+    };
+    let rewritten = crate::Delivery {
+        event: "key.rotated".into(),
+        body: "{}".into(),
+        created_at: at,
+        ..d2_given_up.clone()
+    };
+    assert!(s.update_delivery(&rewritten).await.unwrap());
+    assert_eq!(
+        ids(&s.due_deliveries(at, 100).await.unwrap()),
+        ids(&[d3.clone(), d4.clone(), elsewhere.clone()])
+    );
+    assert_eq!(
+        ids(&s
+            .due_deliveries(at + TimeDelta::minutes(5), 100)
+            .await
+            .unwrap()),
+        ids(&[d3.clone(), d4.clone(), elsewhere.clone(), failed.clone()])
+    );
+
+    // Newest first by creation; of the three made at `base`, the larger id first.
+    let listed = s.deliveries(n.id, 100).await.unwrap();
+    assert_eq!(
+        listed,
+        [
+            later.clone(),
+            d4.clone(),
+            d3.clone(),
+            d2_given_up,
+            done,
+            delivered,
+            failed,
+        ]
+    );
+    assert_eq!(
+        ids(&s.deliveries(n.id, 3).await.unwrap()),
+        ids(&[later, d4, d3.clone()])
+    );
+    assert_eq!(s.deliveries(other.id, 100).await.unwrap(), [elsewhere]);
+    assert!(s.deliveries(Uuid::now_v7(), 100).await.unwrap().is_empty());
+
+    // Gone with its channel (or never there): nothing to update.
+    assert!(s.delete_notifier(n.id, &[]).await.unwrap());
+    assert!(!s.update_delivery(&d3).await.unwrap());
+    let unknown = delivery(&other, at, at);
+    assert!(!s.update_delivery(&unknown).await.unwrap());
+    assert_eq!(s.deliveries(other.id, 100).await.unwrap().len(), 1);
+}

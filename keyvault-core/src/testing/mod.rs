@@ -14,8 +14,9 @@
 //! ```
 //!
 //! The account traits ([`UserStore`], [`TokenStore`], [`SessionStore`], [`SettingStore`],
-//! [`LeaseStore`], [`AlertStore`](crate::AlertStore)) have a suite of their own, [`accounts_suite!`](crate::accounts_suite), whose
-//! setup returns fresh [`Accounts`]:
+//! [`LeaseStore`], [`AlertStore`](crate::AlertStore), [`NotifierStore`](crate::NotifierStore))
+//! have a suite of their own, [`accounts_suite!`](crate::accounts_suite), whose setup returns
+//! fresh [`Accounts`]:
 //!
 //! ```text
 //! async fn accounts() -> keyvault_core::testing::Accounts { Accounts::of(Arc::new(store)) }
@@ -119,6 +120,8 @@ pub struct Accounts {
     pub leases: Arc<dyn LeaseStore>,
     /// Alert rules, alerts and baselines.
     pub alerts: Arc<dyn crate::AlertStore>,
+    /// Notification channels and their outbox.
+    pub notifiers: Arc<dyn crate::NotifierStore>,
     /// Where the account mutations' audit events land.
     pub audit: Arc<dyn AuditLog>,
     /// Whatever the stores need alive while the suite runs (a temporary directory).
@@ -143,6 +146,7 @@ impl Accounts {
             + SettingStore
             + LeaseStore
             + crate::AlertStore
+            + crate::NotifierStore
             + AuditLog
             + 'static,
     {
@@ -153,6 +157,7 @@ impl Accounts {
             settings: store.clone(),
             leases: store.clone(),
             alerts: store.clone(),
+            notifiers: store.clone(),
             audit: store,
             guard: None,
         }
@@ -229,6 +234,8 @@ macro_rules! accounts_suite {
             account_mutations_are_audited_in_a_valid_chain,
             alerts_keep_one_open_alert_per_rule_and_subject,
             alert_rules_are_replaced_and_deleted_with_their_alerts_resolved,
+            notifiers_are_created_listed_and_deleted_with_their_deliveries,
+            the_outbox_hands_out_due_deliveries_in_order_and_keeps_their_attempts,
         }
     };
 }

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod leases;
+mod notify;
 mod sessions;
 mod settings;
 mod tokens;
