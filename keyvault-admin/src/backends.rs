@@ -12,8 +12,8 @@ use keyvault::{
 };
 use keyvault_core::{
     AlertStore, AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault,
-    LeaseStore, NotifierStore, SessionStore, SettingStore, TokenStore, UsageQuery, UsageSink,
-    UserStore,
+    LeaseStore, NotifierStore, SessionStore, SettingStore, SignalStore, TokenStore, UsageQuery,
+    UsageSink, UserStore,
 };
 
 use crate::{
@@ -42,6 +42,8 @@ pub(crate) struct Backends {
     pub(crate) leases: Arc<dyn LeaseStore>,
     /// Notification channels and their outbox (CONTRACT §7).
     pub(crate) notifiers: Arc<dyn NotifierStore>,
+    /// Client signals: `NOT_FOUND` counts per IP, key sightings (CONTRACT §7).
+    pub(crate) signals: Arc<dyn SignalStore>,
     deployment: Deployment,
 }
 
@@ -89,6 +91,7 @@ impl Backends {
             alerts: d.alerts.clone(),
             leases: d.leases.clone(),
             notifiers: d.notifiers.clone(),
+            signals: d.signals.clone(),
             deployment,
         })
     }
@@ -105,6 +108,11 @@ impl Backends {
     /// Checks every backend answers (for `/readyz`).
     pub(crate) async fn ping(&self) -> Result<()> {
         Ok(self.deployment.ping().await?)
+    }
+
+    /// Writes the client signals gathered so far.
+    pub(crate) async fn flush_signals(&self) -> Result<()> {
+        Ok(self.deployment.flush_signals().await?)
     }
 
     /// Writes back credit spends cached in Redis (on shutdown).

@@ -118,6 +118,12 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Alerts: list them, acknowledge one.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+    /// Notification channels: list them, send one a test message.
+    #[command(subcommand)]
+    Notifiers(NotifiersCommand),
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +285,41 @@ pub enum AuditCommand {
     Verify,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// List alerts, newest first (every state unless --state names one).
+    List {
+        /// Only alerts in this state.
+        #[arg(long, value_parser = ["firing", "acknowledged", "resolved"])]
+        state: Option<String>,
+        /// Print a JSON array of alert objects (as `GET /v1/alerts` shows them).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge a firing alert (one already acknowledged or resolved stays as it is).
+    Ack {
+        /// The alert's id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifiersCommand {
+    /// List notification channels, oldest first: their URLs as scheme and host only, never
+    /// a secret.
+    List {
+        /// Print a JSON array of channel objects (as `GET /v1/notifiers` shows them).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a channel a test message now, once; the exit status is 0 only when it was
+    /// delivered.
+    Test {
+        /// The channel's id.
+        id: String,
+    },
+}
+
 /// Runs one parsed command line: the whole `keyvault` binary but for its `main`.
 pub async fn run(cli: Cli) -> Result<()> {
     let config = Config::from_args(&cli.global)?;
@@ -302,6 +343,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Backup(a) => backup::backup(&app, &a.out).await,
         Command::Restore(a) => backup::restore(&app, &a.input).await,
         Command::Audit(AuditCommand::Verify) => commands::audit_verify(&app).await,
+        Command::Alerts(cmd) => commands::alerts(&app, cmd).await,
+        Command::Notifiers(cmd) => commands::notifiers(&app, cmd).await,
     }
 }
 

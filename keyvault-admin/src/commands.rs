@@ -8,15 +8,16 @@ use std::{
 };
 
 use keyvault_core::{
-    Actor, Credits, HumanDuration, KeyQuery, NewKey, Prefix, RateLimit, RotatedKey, TokenStore,
-    every_page,
+    Actor, AlertQuery, AlertState, Credits, HumanDuration, KeyQuery, NewKey, Prefix, RateLimit,
+    RotatedKey, TokenStore, every_page,
 };
 use serde_json::json;
 
 use crate::{
+    api::{alerts::AlertView, notifiers::NotifierView},
     app::App,
     auth::Role,
-    cli::{KeysCommand, KeysCreateArgs, TokenCommand},
+    cli::{AlertsCommand, KeysCommand, KeysCreateArgs, NotifiersCommand, TokenCommand},
     error::{Error, Result},
     out::{stderr_line, stdout_line},
     views::{KeyView, TokenView},
@@ -346,6 +347,126 @@ pub(crate) async fn cleanup_expired(app: &App, older_than: &str) -> Result<()> {
         stdout_line(&id.to_string());
     }
     stderr_line(&format!("Deleted {} expired key(s).", deleted.len()));
+    Ok(())
+}
+
+/// Alerts fetched per page by `alerts list`.
+const ALERT_PAGE: usize = 500;
+
+pub(crate) async fn alerts(app: &App, cmd: AlertsCommand) -> Result<()> {
+    match cmd {
+        AlertsCommand::List { state, json } => {
+            // clap admits only the three names; parsed again rather than trusted blindly.
+            let state = state
+                .as_deref()
+                .map(|s| {
+                    AlertState::parse(s).ok_or_else(|| {
+                        Error::input("--state", "must be one of firing, acknowledged, resolved")
+                    })
+                })
+                .transpose()?;
+            let mut all = Vec::new();
+            let mut before = None;
+            loop {
+                let page = app
+                    .alerts(&AlertQuery {
+                        state,
+                        before,
+                        limit: ALERT_PAGE,
+                        ..AlertQuery::default()
+                    })
+                    .await?;
+                let more = page.len() == ALERT_PAGE;
+                before = page.last().map(|a| a.id);
+                all.extend(page);
+                if !more {
+                    break;
+                }
+            }
+            if json {
+                let views: Vec<AlertView> = all.into_iter().map(AlertView::from).collect();
+                stdout_line(&to_json(&views)?);
+            } else {
+                stdout_line(
+                    "ID                                    STATE         KIND            STARTED               SUMMARY",
+                );
+                for a in &all {
+                    stdout_line(&format!(
+                        "{}  {:<12}  {:<14}  {}  {}",
+                        a.id,
+                        a.state.as_str(),
+                        a.kind,
+                        a.started_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                        a.summary.replace('\n', " ")
+                    ));
+                }
+            }
+        }
+        AlertsCommand::Ack { id } => {
+            let alert = app.acknowledge_alert(&id, &cli_actor()).await?;
+            if alert.state == AlertState::Acknowledged {
+                stderr_line(&format!("Acknowledged alert {}.", alert.id));
+            } else {
+                stderr_line(&format!(
+                    "Alert {} is {}: nothing to acknowledge.",
+                    alert.id,
+                    alert.state.as_str()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn notifiers(app: &App, cmd: NotifiersCommand) -> Result<()> {
+    match cmd {
+        NotifiersCommand::List { json } => {
+            let channels = app.notifier_channels().await?;
+            if json {
+                let views: Vec<NotifierView> = channels.iter().map(NotifierView::from).collect();
+                stdout_line(&to_json(&views)?);
+            } else {
+                stdout_line(
+                    "ID                                    KIND      URL                             EVENTS  NAME",
+                );
+                for n in &channels {
+                    let events = if n.events.is_empty() {
+                        "all".to_owned()
+                    } else {
+                        n.events.join(",")
+                    };
+                    stdout_line(&format!(
+                        "{}  {:<8}  {:<30}  {}  {}",
+                        n.id,
+                        n.kind,
+                        // Scheme and host only: a Slack URL is a credential.
+                        crate::notify::guard::shown(&n.url),
+                        events,
+                        n.name
+                    ));
+                }
+            }
+        }
+        NotifiersCommand::Test { id } => {
+            let out = app.test_notifier(&id, &cli_actor()).await?;
+            if out.delivered {
+                let status = out
+                    .status
+                    .map_or_else(String::new, |s| format!(" (HTTP {s})"));
+                stdout_line(&format!("delivered{status}"));
+            } else {
+                // The error names the answer's status when there was one, never the URL.
+                let why = out
+                    .error
+                    .or_else(|| out.status.map(|s| format!("HTTP {s}")))
+                    .unwrap_or_else(|| "no answer".to_owned());
+                stdout_line(&format!("not delivered: {why}"));
+                return Err(Error::Conflict(format!(
+                    "the test message to notifier {id} was not delivered"
+                )));
+            }
+        }
+    }
     Ok(())
 }
 

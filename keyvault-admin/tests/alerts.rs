@@ -682,3 +682,195 @@ async fn live_statistics_count_the_last_minute_and_stream_them() {
         .await
         .problem(403, "forbidden");
 }
+
+async fn verify_from(s: &Server, verifier: &str, key: &str, ip: &str) -> Value {
+    let r = s
+        .req("POST", "/v1/keys/verify")
+        .token(verifier)
+        .json(&json!({"key": key, "ip": ip}))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test]
+async fn unknown_keys_from_one_address_fire_an_alert_on_that_address() {
+    let s = Server::sqlite().await;
+    let op = s.token("operator").await;
+    let verifier = s.token("verifier").await;
+    let rule_id = rule(
+        &s,
+        &op,
+        json!({"name": "guessing", "kind": "invalid_keys", "params": {"above": 3, "window": "5m"}}),
+    )
+    .await;
+    for _ in 0..5 {
+        let v = verify_from(&s, &verifier, "kv_guess_0000000000000000", "198.51.100.7").await;
+        assert_eq!(v["code"], "NOT_FOUND");
+    }
+    for _ in 0..2 {
+        verify_from(&s, &verifier, "not even a key", "198.51.100.8").await;
+    }
+    s.app.flush_signals().await.unwrap();
+    let now = Utc::now();
+    let (fired, _) = evaluate(&s, now).await;
+    assert_eq!(fired.len(), 1);
+    let a = &alerts(&s, &op, &format!("rule_id={rule_id}")).await[0];
+    assert_eq!(a["ip"], "198.51.100.7");
+    assert!(a["key_id"].is_null());
+    assert_eq!(
+        (a["value"].as_f64(), a["threshold"].as_f64()),
+        (Some(5.0), Some(3.0))
+    );
+    // Once and only once while it holds; resolved when the window has passed.
+    let (again, resolved) = evaluate(&s, now + TimeDelta::seconds(30)).await;
+    assert!(again.is_empty() && resolved.is_empty());
+    let (_, resolved) = evaluate(&s, now + TimeDelta::minutes(10)).await;
+    assert_eq!(resolved, [a["id"].as_str().unwrap().to_owned()]);
+}
+
+#[tokio::test]
+async fn a_key_used_from_a_new_network_fires_once_until_acknowledged() {
+    let s = Server::sqlite().await;
+    let op = s.token("operator").await;
+    let verifier = s.token("verifier").await;
+    let (kid, key) = key(&s, &op, json!({"name": "roaming"})).await;
+    rule(
+        &s,
+        &op,
+        json!({"name": "networks", "kind": "new_network", "params": {"v4_prefix": 24}}),
+    )
+    .await;
+    let step = async |ip: &str| {
+        let v = verify_from(&s, &verifier, &key, ip).await;
+        assert_eq!(v["valid"], true);
+        s.app.flush_signals().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        evaluate(&s, Utc::now()).await
+    };
+    // Its first network is not new (nothing to compare with); a neighbour in it is known.
+    assert!(step("203.0.113.5").await.0.is_empty());
+    assert!(step("203.0.113.77").await.0.is_empty());
+    // Another network is.
+    let (fired, _) = step("198.51.100.20").await;
+    assert_eq!(fired.len(), 1);
+    let a = &alerts(&s, &op, "state=firing").await[0];
+    assert_eq!(a["key_id"], kid.as_str());
+    assert_eq!(a["ip"], "198.51.100.20");
+    assert_eq!(a["kind"], "new_network");
+    assert!(
+        a["summary"].as_str().unwrap().contains("198.51.100.0/24"),
+        "{a}"
+    );
+    // Seen again from there: still the one alert.
+    assert!(step("198.51.100.21").await.0.is_empty());
+    assert_eq!(alerts(&s, &op, "").await.len(), 1);
+    // Acknowledged, it resolves at the next evaluation.
+    let id = a["id"].as_str().unwrap();
+    let r = s
+        .req("POST", &format!("/v1/alerts/{id}/ack"))
+        .token(&op)
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
+    let (_, resolved) = evaluate(&s, Utc::now()).await;
+    assert_eq!(resolved, [id.to_owned()]);
+}
+
+#[tokio::test]
+async fn metrics_report_alerts_and_the_process() {
+    let s = Server::sqlite().await;
+    let text = s.req("GET", "/metrics").send().await.text();
+    for series in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("{series} missing"));
+        let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        // CPU seconds are whole seconds, 0 in a short test; the others cannot be 0.
+        assert!(v > 0.0 || series == "process_cpu_seconds_total", "{line}");
+    }
+    s.app.evaluate_alerts(Utc::now(), INTERVAL).await.unwrap();
+    let text = s.req("GET", "/metrics").send().await.text();
+    assert!(
+        text.lines().any(|l| l == "keyvault_alerts_firing 0"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_overview_series_follows_the_granularity_asked_for() {
+    let s = Server::sqlite().await;
+    let op = s.token("operator").await;
+    let (kid, _) = key(&s, &op, json!({"name": "steady"})).await;
+    let base = Utc::now() - TimeDelta::hours(3);
+    let base = DateTime::from_timestamp(base.timestamp() / 3_600 * 3_600, 0).unwrap();
+    record(
+        &s,
+        &op,
+        (0..3)
+            .map(|h| {
+                event(
+                    &kid,
+                    base + TimeDelta::hours(h) + TimeDelta::minutes(7),
+                    200,
+                    5,
+                    None,
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let q = |g: &str| {
+        format!(
+            "/v1/stats/overview?from={}&to={}&granularity={g}",
+            base.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            (base + TimeDelta::hours(3)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    };
+    let points = async |g: &str| {
+        let r = s.req("GET", &q(g)).token(&op).send().await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["timeseries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["calls"].as_u64() > Some(0))
+            .map(|p| p["ts"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let minutes = points("minute").await;
+    assert_eq!(minutes.len(), 3);
+    assert!(
+        minutes.iter().all(|t| t.timestamp() % 3_600 == 7 * 60),
+        "{minutes:?}"
+    );
+    let hours = points("hour").await;
+    assert_eq!(
+        hours,
+        (0..3)
+            .map(|h| base + TimeDelta::hours(h))
+            .collect::<Vec<_>>()
+    );
+    let mut days: Vec<_> = hours.iter().map(|t| t.date_naive()).collect();
+    days.dedup();
+    let by_day = points("day").await;
+    assert_eq!(by_day.len(), days.len());
+    assert!(by_day.iter().all(|t| t.timestamp() % 86_400 == 0));
+    s.req("GET", &q("week"))
+        .token(&op)
+        .send()
+        .await
+        .problem(400, "invalid_request");
+    let long = format!(
+        "/v1/stats/overview?from={}&granularity=minute",
+        (Utc::now() - TimeDelta::days(60)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let p = s.req("GET", &long).token(&op).send().await.json();
+    assert_eq!(p["field"], "granularity", "{p}");
+}

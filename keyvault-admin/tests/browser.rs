@@ -299,6 +299,29 @@ async fn sign_in_wrong_password_lockout_and_every_page_in_both_languages() {
         .evaluate_alerts(chrono::Utc::now(), Duration::from_secs(30))
         .await
         .unwrap();
+    // Notification channels, so the admin's part of the alerts page has rows.
+    for (name, kind, url, events) in [
+        (
+            "on-call webhook",
+            "webhook",
+            "https://hooks.example.com/on-call",
+            None,
+        ),
+        (
+            "team room",
+            "slack",
+            "https://hooks.slack.com/services/T0/B0/x",
+            Some(vec!["alert.firing".to_owned(), "alert.resolved".to_owned()]),
+        ),
+    ] {
+        let new = keyvault_admin::NewNotifier {
+            name: name.into(),
+            kind: kind.into(),
+            url: url.into(),
+            events,
+        };
+        s.app.create_notifier(new, &Actor::library()).await.unwrap();
+    }
     user(&s, "ada", Role::Admin).await;
     user(&s, "mallory", Role::Operator).await;
     let base = serve(&s).await;
@@ -378,6 +401,10 @@ async fn sign_in_wrong_password_lockout_and_every_page_in_both_languages() {
             b.find("body[data-base]").await;
             let html_lang = b.js("return document.documentElement.lang").await;
             assert_eq!(html_lang, json!(lang), "{path}");
+            if *name == "alerts" {
+                assert!(b.has("[data-testid=notifier-row]").await, "{lang}");
+                assert!(b.has("[data-testid=notifier-form]").await, "{lang}");
+            }
             if *name == "overview" {
                 b.until(Duration::from_secs(5), "charts drawn", async |b| {
                     b.has("canvas[data-testid=chart-calls][data-drawn=true]")
@@ -386,6 +413,12 @@ async fn sign_in_wrong_password_lockout_and_every_page_in_both_languages() {
                 .await;
             }
             b.screenshot(&format!("{name}-{lang}")).await;
+            if *name == "alerts" {
+                // The admin's channels sit below the rules: photographed where they are.
+                b.js("document.getElementById('channels').scrollIntoView({behavior: 'instant'}); return true")
+                    .await;
+                b.screenshot(&format!("alerts-channels-{lang}")).await;
+            }
         }
     }
     b.close().await;

@@ -517,6 +517,9 @@ async fn no_form_answers_500_to_random_oversized_or_malformed_values() {
         "lang",
         "username",
         "password",
+        "kind",
+        "url",
+        "events",
     ];
     let forms = [
         "/admin/keys/new".to_owned(),
@@ -526,6 +529,7 @@ async fn no_form_answers_500_to_random_oversized_or_malformed_values() {
         "/admin/keys/batch".to_owned(),
         "/admin/keys/00000000-0000-0000-0000-000000000000/toggle".to_owned(),
         "/admin/keys/%ZZ/edit".to_owned(),
+        "/admin/alerts/notifiers".to_owned(),
     ];
     let value = |rng: &mut StdRng| -> String {
         match rng.random_range(0..8) {
@@ -1065,4 +1069,242 @@ async fn viewers_read_alerts_and_operators_acknowledge_them_and_edit_rules() {
 async fn rules(s: &Server, token: &str) -> Vec<Value> {
     let r = s.req("GET", "/v1/alert-rules").token(token).send().await;
     r.json()["items"].as_array().unwrap().clone()
+}
+
+/// The text of the element with this `data-testid`, up to its first tag.
+fn testid_text(html: &str, testid: &str) -> Option<String> {
+    let marker = format!(r#"data-testid="{testid}">"#);
+    let at = html.find(&marker)? + marker.len();
+    Some(html[at..at + html[at..].find('<')?].to_owned())
+}
+
+async fn channels(s: &Server, token: &str) -> Vec<Value> {
+    let r = s.req("GET", "/v1/notifiers").token(token).send().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn admins_make_channels_see_a_webhook_secret_once_send_a_test_and_delete_them() {
+    // hooks.test resolves inside: its test is refused without reaching any network.
+    let resolver = keyvault_admin::notify::guard::StaticResolver(vec![(
+        "hooks.test".into(),
+        "10.0.0.9".parse().unwrap(),
+    )]);
+    let s = Server::sqlite_with(|app| {
+        app.with_resolver(std::sync::Arc::new(resolver))
+            .expect("a resolver")
+    })
+    .await;
+    let token = s.token("admin").await;
+    user(&s, "ada", Role::Admin).await;
+    user(&s, "otto", Role::Operator).await;
+    let ada = s.session("ada", PW).await;
+    let otto = s.session("otto", PW).await;
+
+    let page = ada.req("GET", "/admin/alerts").send().await.text();
+    assert!(page.contains(r#"data-testid="notifier-form""#));
+    assert!(page.contains(r#"data-testid="notifiers-none""#));
+
+    // A URL naming a loopback address is refused beside the url input; the form keeps
+    // what was typed, and nothing is made.
+    let bad = ada
+        .post_form(
+            "/admin/alerts/notifiers",
+            &[
+                ("name", "ops"),
+                ("kind", "webhook"),
+                ("url", "http://127.0.0.1/"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.text());
+    let html = bad.text();
+    assert!(
+        html.contains(r#"data-testid="field-error" data-field="url""#),
+        "{html}"
+    );
+    assert!(html.contains(r#"value="ops""#));
+    // In the visitor's language; a forged event is named as the API names it.
+    let form = serde_html_form::to_string([
+        ("csrf", ada.csrf.as_str()),
+        ("name", " "),
+        ("kind", "webhook"),
+        ("url", "https://hooks.example.com/x"),
+    ])
+    .unwrap();
+    let zh = ada
+        .req("POST", "/admin/alerts/notifiers")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Accept-Language", "zh-CN")
+        .raw(form.as_bytes())
+        .send()
+        .await;
+    assert_eq!(zh.status, 422);
+    assert!(zh.text().contains(r#"data-field="name""#));
+    assert!(zh.text().contains("请为渠道命名"), "{}", zh.text());
+    let forged = ada
+        .post_form(
+            "/admin/alerts/notifiers",
+            &[
+                ("name", "ops"),
+                ("kind", "webhook"),
+                ("url", "https://hooks.example.com/x"),
+                ("events", "alert.bogus"),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, 422);
+    assert!(forged.text().contains(r#"data-field="events[0]""#));
+    assert!(channels(&s, &token).await.is_empty());
+
+    // An operator sees no channel control, and the server refuses its forged changes.
+    let good = [
+        ("name", "ops hook"),
+        ("kind", "webhook"),
+        ("url", "https://hooks.example.com/x/private-path"),
+        ("events", "alert.firing"),
+        ("events", "test"),
+    ];
+    let page = otto.req("GET", "/admin/alerts").send().await.text();
+    for control in [
+        "notifier-form",
+        "notifier-row",
+        "notifier-test",
+        "notifier-delete",
+    ] {
+        assert!(
+            !page.contains(&format!(r#"data-testid="{control}""#)),
+            "{control}"
+        );
+    }
+    let refused = otto.post_form("/admin/alerts/notifiers", &good).await;
+    assert_eq!(refused.status, 403);
+    assert!(channels(&s, &token).await.is_empty());
+
+    // A webhook: its signing secret is shown on the page after the redirect, once.
+    let made = ada.post_form("/admin/alerts/notifiers", &good).await;
+    assert_eq!(made.status, 303, "{}", made.text());
+    let location = made.header("location").unwrap().to_owned();
+    assert_eq!(location, "/admin/alerts");
+    let flash = made
+        .cookie("kv_flash")
+        .expect("the one view travels in a cookie");
+    assert!(!made.text().contains("whsec_"));
+    let landed = ada
+        .req("GET", &location)
+        .header("Cookie", &format!("{}; kv_flash={flash}", ada.cookie))
+        .send()
+        .await;
+    assert_eq!(landed.status, 200);
+    assert_eq!(landed.header("cache-control"), Some("no-store"));
+    assert_eq!(landed.cookie("kv_flash").as_deref(), Some(""));
+    let secret = testid_text(&landed.text(), "new-notifier-secret").expect("the secret is shown");
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let listed = channels(&s, &token).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["url"], "https://hooks.example.com");
+    assert_eq!(listed[0]["events"], json!(["alert.firing", "test"]));
+    let hook = listed[0]["id"].as_str().unwrap().to_owned();
+    // A reload, or another session with the same cookie, never shows it again.
+    let reload = ada.req("GET", "/admin/alerts").send().await.text();
+    assert!(testid_text(&reload, "new-notifier-secret").is_none());
+    assert!(!reload.contains(&secret));
+    let other = s.session("ada", PW).await;
+    let stolen = other
+        .req("GET", "/admin/alerts")
+        .header("Cookie", &format!("{}; kv_flash={flash}", other.cookie))
+        .send()
+        .await;
+    assert!(!stolen.text().contains(&secret));
+    // The listing shows the scheme and host only.
+    assert!(reload.contains(&format!(
+        r#"data-testid="notifier-row" data-notifier-id="{hook}""#
+    )));
+    assert_eq!(
+        testid_text(&reload, "notifier-url").as_deref(),
+        Some("https://hooks.example.com")
+    );
+    assert!(!reload.contains("private-path"));
+
+    // An operator may neither test nor delete it.
+    for action in ["test", "delete"] {
+        let r = otto
+            .post_form(&format!("/admin/alerts/notifiers/{hook}/{action}"), &[])
+            .await;
+        assert_eq!(r.status, 403, "{action}");
+    }
+
+    // A Slack channel (no secret) whose host resolves inside: its test is refused, and the
+    // page says why.
+    let made = ada
+        .post_form(
+            "/admin/alerts/notifiers",
+            &[
+                ("name", "team room"),
+                ("kind", "slack"),
+                ("url", "https://hooks.test/x"),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 303, "{}", made.text());
+    assert!(made.cookie("kv_flash").is_none(), "nothing to show once");
+    let slack = channels(&s, &token).await[1]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tested = ada
+        .post_form(&format!("/admin/alerts/notifiers/{slack}/test"), &[])
+        .await;
+    assert_eq!(tested.status, 200, "{}", tested.text());
+    let html = tested.text();
+    assert!(
+        html.contains(r#"data-testid="notifier-test-result" data-delivered="false""#),
+        "{html}"
+    );
+    assert!(html.contains("hooks.test resolves to"), "{html}");
+    assert!(html.contains("team room"));
+    let audit = s
+        .req("GET", "/v1/audit?action=notifier.test")
+        .token(&token)
+        .send()
+        .await
+        .json();
+    let outcomes: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap(),
+                r["target_id"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(
+        outcomes.contains(&("success", slack.as_str())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|(o, _)| *o == "refused"),
+        "the operator's try"
+    );
+    let unknown = ada
+        .post_form(
+            "/admin/alerts/notifiers/01a22121-829c-725b-8039-33e816e31bea/test",
+            &[],
+        )
+        .await;
+    assert_eq!(unknown.status, 404);
+
+    // Deleting removes it.
+    let gone = ada
+        .post_form(&format!("/admin/alerts/notifiers/{slack}/delete"), &[])
+        .await;
+    assert_eq!(gone.status, 303);
+    let left = channels(&s, &token).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], hook.as_str());
+    let page = ada.req("GET", "/admin/alerts").send().await.text();
+    assert!(!page.contains(&slack));
 }

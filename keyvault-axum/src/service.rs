@@ -182,6 +182,7 @@ where
             return Ok(res);
         }
     };
+    shared.vault.note_client(&v, ip);
     if !v.is_valid() {
         let res = problem::rejection(v.outcome, Some(&v), shared.vault.clock().now());
         record(

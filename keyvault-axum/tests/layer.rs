@@ -768,3 +768,55 @@ async fn ratelimit_reset_is_at_least_one_on_usage_exceeded() {
     assert!(header(&res, "retry-after").is_none());
     assert_problem(res, 429, "USAGE_EXCEEDED").await;
 }
+
+#[tokio::test]
+async fn the_layer_notes_the_callers_address_as_a_client_signal() {
+    let clock = FakeClock::new(Utc::now());
+    let signals = keyvault_core::ClientSignals::new();
+    let vault = Keyvault::builder()
+        .backend(Arc::new(MemoryStore::new()))
+        .clock(Arc::new(clock.clone()))
+        .client_signals(signals.clone())
+        .build()
+        .unwrap();
+    let made = vault
+        .create_key(NewKey::new("seen"), &Actor::library())
+        .await
+        .unwrap();
+    let router = app(KeyvaultLayer::new(vault.clone()));
+    let from = |key: &str, peer: &str| {
+        let mut req = get_req("/v1/hello")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        req
+    };
+    let key = made.key.expose().to_owned();
+    assert_eq!(
+        send(&router, from(&key, "198.51.100.7:4000"))
+            .await
+            .status(),
+        200
+    );
+    for _ in 0..3 {
+        let res = send(
+            &router,
+            from("kv_nope_00000000000000000000", "[2001:db8::5]:4000"),
+        )
+        .await;
+        assert_eq!(res.status(), 401);
+    }
+    let (not_found, seen) = signals.take();
+    assert_eq!(not_found.len(), 1);
+    assert_eq!(
+        (not_found[0].ip.as_str(), not_found[0].count),
+        ("2001:db8::5", 3)
+    );
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].key_id, seen[0].ip.as_str()),
+        (made.record.id, "198.51.100.7")
+    );
+}

@@ -38,6 +38,9 @@
 //! | [`SessionStore`] | dashboard sessions (digests of cookies), ended when credentials change | memory, PostgreSQL, SQLite |
 //! | [`SettingStore`] | named settings, the generated session secret among them | memory, PostgreSQL, SQLite |
 //! | [`LeaseStore`] | one holder at a time for background jobs, lapsing when it dies | memory, PostgreSQL, SQLite |
+//! | [`AlertStore`] | alert rules, one open alert per rule and subject, traffic baselines | memory, PostgreSQL, SQLite |
+//! | [`NotifierStore`] | notification channels and the outbox of their deliveries | memory, PostgreSQL, SQLite |
+//! | [`SignalStore`] | client signals rolled up: unknown keys per IP and minute, networks per key | memory, PostgreSQL, SQLite |
 //!
 //! ## Feature flags
 //! - `testing`: the backend conformance suites (`conformance_suite!`, `accounts_suite!`).
@@ -60,6 +63,7 @@ mod model;
 mod outcome;
 mod recorder;
 mod rotate;
+mod signals;
 mod store;
 mod usage;
 mod vault;
@@ -99,9 +103,12 @@ pub use model::{
 pub use outcome::{LimitState, Outcome, Verification};
 pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
 pub use rotate::RotatedKey;
+pub use signals::{
+    ClientSignals, IpCount, MAX_PENDING as MAX_PENDING_SIGNALS, Sighting, SignalStore,
+};
 pub use store::{KeyQuery, KeyStore, KeyWrite, Page, every_page};
 pub use usage::{
-    ALL_KEYS_ROLLUP, KeyWindow, KeyWindows, LATENCY_BUCKETS, Label, LatencyHistogram,
+    ALL_KEYS_ROLLUP, Granularity, KeyWindow, KeyWindows, LATENCY_BUCKETS, Label, LatencyHistogram,
     OverviewBuilder, Percentiles, ProviderStats, RequestId, RollupRanges, SecondCounts, Span,
     StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink,
     success_rate,

@@ -21,8 +21,8 @@ pub use self::{
     histogram::{LATENCY_BUCKETS, LatencyHistogram, Percentiles},
     rollup::{ALL_KEYS_ROLLUP, RollupRanges, Span},
     stats::{
-        OverviewBuilder, ProviderStats, StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER,
-        success_rate,
+        Granularity, OverviewBuilder, ProviderStats, StatsOverview, StatsQuery, TimePoint,
+        UNKNOWN_PROVIDER, success_rate,
     },
     window::{KeyWindow, KeyWindows, SecondCounts},
 };

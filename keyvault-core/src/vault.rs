@@ -84,6 +84,7 @@ pub(crate) struct Inner {
     pub(crate) bus: Option<Arc<dyn ChangeBus>>,
     pub(crate) clock: SharedClock,
     pub(crate) hasher: KeyHasher,
+    signals: Option<crate::ClientSignals>,
     listener: Option<JoinHandle<()>>,
 }
 
@@ -138,6 +139,7 @@ pub struct KeyvaultBuilder {
     clock: Option<SharedClock>,
     hasher: KeyHasher,
     cache: CacheConfig,
+    signals: Option<crate::ClientSignals>,
 }
 
 impl std::fmt::Debug for KeyvaultBuilder {
@@ -194,6 +196,13 @@ impl KeyvaultBuilder {
         self
     }
 
+    /// Where [`Keyvault::note_client`] gathers client signals (the IPs of unknown keys, the
+    /// networks keys are used from); without it, nothing is gathered.
+    pub fn client_signals(mut self, signals: crate::ClientSignals) -> Self {
+        self.signals = Some(signals);
+        self
+    }
+
     /// Builds it. With a change bus it must run inside a Tokio runtime (a listener task
     /// evicts changed keys).
     pub fn build(self) -> Result<Keyvault, InvalidInput> {
@@ -246,6 +255,7 @@ impl KeyvaultBuilder {
                 bus: self.bus,
                 clock,
                 hasher: self.hasher,
+                signals: self.signals,
                 listener,
             }),
         })
@@ -253,6 +263,21 @@ impl KeyvaultBuilder {
 }
 
 impl Keyvault {
+    /// Notes a verification from `ip` as a client signal, when the keyvault gathers them
+    /// ([`KeyvaultBuilder::client_signals`]): the middleware and `/v1/keys/verify` call it.
+    #[inline]
+    pub fn note_client(&self, v: &Verification, ip: Option<std::net::IpAddr>) {
+        if let (Some(signals), Some(ip)) = (&self.inner.signals, ip) {
+            let key = v.key.as_ref().map(|k| k.id);
+            signals.note(key, ip, v.outcome, self.inner.clock.now());
+        }
+    }
+
+    /// The aggregator client signals are gathered in, if any.
+    pub fn client_signals(&self) -> Option<&crate::ClientSignals> {
+        self.inner.signals.as_ref()
+    }
+
     /// A builder.
     pub fn builder() -> KeyvaultBuilder {
         KeyvaultBuilder::default()

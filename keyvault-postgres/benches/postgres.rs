@@ -318,6 +318,7 @@ async fn statistics(pool: &PgPool, store: &PgStore) {
         to: t0 + TimeDelta::days(1) + TimeDelta::seconds(30),
         key_id: None,
         provider: None,
+        granularity: None,
     };
     let total = store.overview(&q).await.unwrap().calls;
     println!(

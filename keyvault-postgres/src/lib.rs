@@ -33,6 +33,9 @@
 //!   channels) commit with their audit records the same way.
 //! - A rule has at most one unresolved alert per subject: a partial unique index holds it,
 //!   so a batch of alerts that would break it is refused whole.
+//! - Client signals (`NOT_FOUND` counts per IP and minute, key sightings) are flushed in one
+//!   transaction of one array `INSERT … ON CONFLICT DO UPDATE` per table, whatever the
+//!   batch's size: counts add up, a sighting keeps its earliest first and latest last seen.
 //! - Deliveries (`kv_deliveries`) are written once per id: a repeated enqueue leaves the
 //!   stored one as it is, and a batch is one statement, written whole or not at all.
 //! - The last enabled admin stays: user updates take turns on a table lock (reads do not
@@ -57,6 +60,7 @@ mod bus;
 mod credits;
 mod error;
 mod keys;
+mod signals;
 mod usage;
 
 use keyvault_core::Result;
@@ -78,9 +82,9 @@ pub const MIGRATIONS_TABLE: &str = "kv_schema_migrations";
 /// keyvault's tables, indexes and rollups in PostgreSQL, over a connection pool. Cloning is
 /// cheap (the pool is shared).
 ///
-/// It implements `KeyStore`, `CreditStore`, `AuditLog`, `UsageSink`, `UsageQuery` and the
-/// account traits `UserStore`, `TokenStore`, `SessionStore`, `SettingStore`, `LeaseStore`,
-/// `AlertStore` and `NotifierStore` of keyvault-core.
+/// It implements `KeyStore`, `CreditStore`, `AuditLog`, `UsageSink`, `UsageQuery`,
+/// `SignalStore` and the account traits `UserStore`, `TokenStore`, `SessionStore`,
+/// `SettingStore`, `LeaseStore`, `AlertStore` and `NotifierStore` of keyvault-core.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,

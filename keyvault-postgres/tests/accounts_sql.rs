@@ -30,6 +30,7 @@ async fn a_refused_audit_record_stops_every_mutation(pool: PgPool) {
         credits: store.clone(),
         limiter: Arc::new(MemoryRateLimiter::with_clock(Arc::new(clock.clone()))),
         audit: store.clone(),
+        signals: store.clone(),
         usage: None,
         bus: None,
         clock: Some(clock),

@@ -20,6 +20,7 @@ async fn postgres(pool: PgPool) -> Backends {
         credits: store.clone(),
         limiter: Arc::new(MemoryRateLimiter::with_clock(Arc::new(clock.clone()))),
         audit: store.clone(),
+        signals: store.clone(),
         usage: Some((store.clone(), store)),
         bus: Some(Arc::new(bus)),
         clock: Some(clock),

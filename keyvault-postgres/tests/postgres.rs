@@ -416,6 +416,7 @@ async fn usage_rollups_count_each_request_once_and_outlive_raw_events(pool: PgPo
             to,
             key_id,
             provider: provider.map(Into::into),
+            granularity: None,
         };
         assert_eq!(
             s.overview(&q).await.unwrap(),
@@ -437,6 +438,7 @@ async fn usage_rollups_count_each_request_once_and_outlive_raw_events(pool: PgPo
         to: base + TimeDelta::minutes(5),
         key_id: None,
         provider: None,
+        granularity: None,
     };
     assert_eq!(
         s.overview(&q).await.unwrap(),
@@ -489,6 +491,7 @@ async fn hourly_rollups_answer_like_the_reference_across_hours(pool: PgPool) {
         to,
         key_id,
         provider: provider.map(Into::into),
+        granularity: None,
     };
     let m = TimeDelta::minutes;
     let queries = [
@@ -595,12 +598,14 @@ async fn upgrading_folds_existing_minute_rollups_into_hours(pool: PgPool) {
             to: base + TimeDelta::hours(3),
             key_id: None,
             provider: None,
+            granularity: None,
         },
         StatsQuery {
             from: base - TimeDelta::days(2),
             to: base + TimeDelta::days(2),
             key_id: None,
             provider: Some("openai".into()),
+            granularity: None,
         },
     ] {
         assert_eq!(

@@ -29,6 +29,7 @@ async fn redis() -> Backends {
         )),
         limiter: Arc::new(RedisRateLimiter::new(&redis, RedisLimiterConfig::default())),
         audit: durable.clone(),
+        signals: durable.clone(),
         usage: Some((durable.clone(), durable)),
         bus: Some(bus),
         // Redis keeps its own time (TIME): cases that move a fake clock are skipped.

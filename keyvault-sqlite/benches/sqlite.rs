@@ -278,6 +278,7 @@ async fn statistics(store: &SqliteStore) {
         to: t0 + TimeDelta::minutes(minutes) + TimeDelta::seconds(30),
         key_id: None,
         provider: None,
+        granularity: None,
     };
     let total = store.overview(&q).await.unwrap().calls;
     println!(

@@ -43,6 +43,7 @@
 //! |---|---|
 //! | `KeyStore`, `CreditStore`, `AuditLog`, `UsageSink`, `UsageQuery` | [`SqliteStore`] |
 //! | `UserStore`, `TokenStore`, `SessionStore`, `SettingStore`, `LeaseStore` | [`SqliteStore`] |
+//! | `SignalStore` (client signals: `NOT_FOUND` counts per IP and minute, key sightings) | [`SqliteStore`] |
 //! | `ChangeBus` | [`SqliteChangeBus`] |
 //!
 //! Rate limits stay in process (`keyvault_core::memory::MemoryRateLimiter`) or in Redis.
@@ -63,6 +64,7 @@ mod codec;
 mod credits;
 mod error;
 mod keys;
+mod signals;
 mod store;
 mod usage;
 

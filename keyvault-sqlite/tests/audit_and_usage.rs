@@ -104,6 +104,7 @@ async fn overview_matches_the_in_memory_reference_for_any_range() {
         to: t0 + TimeDelta::hours(4),
         key_id: None,
         provider: None,
+        granularity: None,
     }];
     for _ in 0..40 {
         let a = rng.next(3 * 3_600_000_000) as i64;
@@ -117,6 +118,7 @@ async fn overview_matches_the_in_memory_reference_for_any_range() {
                 1 => Some(String::new()),
                 _ => None,
             },
+            granularity: None,
         });
     }
     // Whole minutes and sub-minute ranges too.
@@ -125,12 +127,14 @@ async fn overview_matches_the_in_memory_reference_for_any_range() {
         to: t0 + TimeDelta::minutes(65),
         key_id: None,
         provider: None,
+        granularity: None,
     });
     queries.push(StatsQuery {
         from: t0 + TimeDelta::seconds(61),
         to: t0 + TimeDelta::seconds(119),
         key_id: None,
         provider: None,
+        granularity: None,
     });
     for q in &queries {
         let got = store.overview(q).await.unwrap();
@@ -192,6 +196,7 @@ async fn usage_touches_keys_and_purges_raw_events_only() {
         to: t0 + TimeDelta::hours(1),
         key_id: None,
         provider: None,
+        granularity: None,
     };
     assert_eq!(store.overview(&all).await.unwrap().calls, 11);
     // Raw events before the cut go; statistics read the rollups and stay whole.

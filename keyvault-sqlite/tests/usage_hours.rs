@@ -69,6 +69,7 @@ fn queries(rng: &mut Lcg, keys: &[KeyId]) -> Vec<StatsQuery> {
         to,
         key_id: None,
         provider: None,
+        granularity: None,
     };
     let h = TimeDelta::hours;
     let mut qs = vec![
@@ -102,6 +103,7 @@ fn queries(rng: &mut Lcg, keys: &[KeyId]) -> Vec<StatsQuery> {
                 1 => Some(String::new()),
                 _ => None,
             },
+            granularity: None,
         });
     }
     qs

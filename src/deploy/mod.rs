@@ -29,9 +29,9 @@ use std::{sync::Arc, time::Duration};
 pub use settings::{DatabaseUrl, RedisSettings};
 
 use keyvault_core::{
-    AlertStore, AuditLog, CacheConfig, ChangeBus, CreditStore, Error, FanOutBus, KeyHasher,
-    KeyStore, KeyvaultBuilder, LeaseStore, NotifierStore, RateLimiter, Result, SessionStore,
-    SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
+    AlertStore, AuditLog, CacheConfig, ChangeBus, ClientSignals, CreditStore, Error, FanOutBus,
+    KeyHasher, KeyStore, KeyvaultBuilder, LeaseStore, NotifierStore, RateLimiter, Result,
+    SessionStore, SettingStore, SignalStore, TokenStore, UsageQuery, UsageSink, UserStore,
 };
 use keyvault_postgres::{PgChangeBus, PgStore};
 use keyvault_redis::{
@@ -103,6 +103,8 @@ pub struct Durable {
     pub alerts: Arc<dyn AlertStore>,
     /// Notification channels and the outbox of their deliveries.
     pub notifiers: Arc<dyn NotifierStore>,
+    /// Client signals: `NOT_FOUND` counts per IP and minute, and where each key is used from.
+    pub signals: Arc<dyn SignalStore>,
     /// Changes announced through the database (the only bus without Redis).
     pub bus: Arc<dyn ChangeBus>,
     database: Database,
@@ -169,6 +171,7 @@ impl Durable {
             + LeaseStore
             + AlertStore
             + NotifierStore
+            + SignalStore
             + 'static,
     {
         Self {
@@ -183,7 +186,8 @@ impl Durable {
             settings: s.clone(),
             leases: s.clone(),
             alerts: s.clone(),
-            notifiers: s,
+            notifiers: s.clone(),
+            signals: s,
             bus,
             database,
         }
@@ -288,11 +292,24 @@ impl Redis {
 }
 
 /// A [`Durable`] database and, when configured, [`Redis`] in front of it: what a verifying
-/// process runs on.
+/// process runs on. Its keyvaults gather client signals (the addresses of unknown keys, the
+/// networks keys are used from), written to the database every second.
 #[derive(Debug, Clone)]
 pub struct Deployment {
     durable: Durable,
     redis: Option<Redis>,
+    signals: ClientSignals,
+    _flusher: Arc<Flusher>,
+}
+
+/// The task writing client signals, stopped when the last clone of its deployment goes.
+#[derive(Debug)]
+struct Flusher(tokio::task::JoinHandle<()>);
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Deployment {
@@ -313,7 +330,26 @@ impl Deployment {
             Some(settings) => Some(Redis::connect_with(settings, &durable).await?),
             None => None,
         };
-        Ok(Self { durable, redis })
+        let signals = ClientSignals::new();
+        let flusher = tokio::spawn(
+            signals
+                .clone()
+                .flush_every(durable.signals.clone(), Duration::from_secs(1)),
+        );
+        Ok(Self {
+            durable,
+            redis,
+            signals,
+            _flusher: Arc::new(Flusher(flusher)),
+        })
+    }
+
+    /// Writes the client signals gathered so far (the flusher does every second).
+    ///
+    /// # Errors
+    /// The database's error; the signals are kept for the next write.
+    pub async fn flush_signals(&self) -> Result<()> {
+        self.signals.flush(self.durable.signals.as_ref()).await
     }
 
     /// The database.
@@ -362,7 +398,8 @@ impl Deployment {
             .credits(self.credits())
             .audit_log(self.durable.audit.clone())
             .change_bus(self.bus())
-            .cache(cache);
+            .cache(cache)
+            .client_signals(self.signals.clone());
         match self.limiter() {
             Some(l) => builder.limiter(l),
             None => builder,
@@ -381,15 +418,16 @@ impl Deployment {
         Ok(())
     }
 
-    /// Writes back credit spends cached in Redis (on shutdown).
+    /// Writes back credit spends cached in Redis and the client signals gathered (on
+    /// shutdown).
     ///
     /// # Errors
-    /// The backend's error when a balance could not be written.
+    /// The backend's error when a balance or the signals could not be written.
     pub async fn flush(&self) -> Result<()> {
         if let Some(r) = &self.redis {
             r.credits.flush().await?;
         }
-        Ok(())
+        self.flush_signals().await
     }
 }
 

@@ -25,6 +25,8 @@ fn help_and_one_line_errors() {
         "backup",
         "restore",
         "audit",
+        "alerts",
+        "notifiers",
     ] {
         assert!(help.stdout.contains(cmd), "{cmd} missing from --help");
     }
@@ -457,4 +459,220 @@ fn dotenv_is_read_and_the_environment_wins() {
         std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// A webhook receiver on loopback answering 204 to every request; the requests it got.
+fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut raw = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if raw.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&raw).into_owned());
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn alerts_are_listed_and_acknowledged_and_channels_listed_and_tested() {
+    let dir = tempfile::tempdir().unwrap();
+    // A receiver on this machine: the address rule is lifted, for the CLI and the server.
+    let env = Env::sqlite(dir.path())
+        .with("KEYVAULT_ALLOW_PRIVATE_WEBHOOKS", "true")
+        .with("KEYVAULT_ALERT_INTERVAL", "200ms");
+    let mut secrets = Vec::new();
+    for args in [
+        &["alerts", "list", "--json"][..],
+        &["notifiers", "list", "--json"],
+    ] {
+        let o = env.run(args);
+        assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
+        assert_eq!(serde_json::from_str::<Value>(&o.stdout).unwrap(), json!([]));
+    }
+    let o = env.run(&["alerts", "list", "--state", "open"]);
+    o.assert_one_line_error("bad state");
+    assert!(o.stderr.contains("--state"), "{}", o.stderr);
+    for (args, what) in [
+        (&["alerts", "ack", "nope"][..], "bad alert id"),
+        (
+            &["alerts", "ack", "01a22121-829c-725b-8039-33e816e31bea"],
+            "unknown alert",
+        ),
+        (&["alerts"], "no subcommand"),
+        (
+            &["notifiers", "test", "01a22121-829c-725b-8039-33e816e31bea"],
+            "unknown channel",
+        ),
+        (&["notifiers", "test"], "no id"),
+    ] {
+        env.run(args).assert_one_line_error(what);
+    }
+    for sub in [&["alerts", "--help"][..], &["notifiers", "--help"]] {
+        let o = env.run(sub);
+        assert_eq!(o.code, 0, "{sub:?}");
+        assert!(o.stdout.contains("list"), "{sub:?}: {}", o.stdout);
+    }
+    let help = env.run(&["--help"]).stdout;
+    assert!(
+        help.contains("alerts") && help.contains("notifiers"),
+        "{help}"
+    );
+
+    // A key about to expire and a rule that watches for it: the server fires an alert.
+    let admin = env.token("admin");
+    secrets.push(admin.clone());
+    let o = env.run_secret(&["keys", "create", "--name", "ending", "--expires-in", "1d"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    secrets.push(o.stdout.trim().to_owned());
+    let s = env.serve();
+    let r = s
+        .req("POST", "/v1/alert-rules")
+        .token(&admin)
+        .json(&json!({"name": "expiry", "kind": "expiring", "params": {"within": "7d"}}))
+        .send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let firing = || -> Vec<Value> {
+        let o = env.run(&["alerts", "list", "--state", "firing", "--json"]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        serde_json::from_str::<Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            std::thread::sleep(Duration::from_millis(100));
+            !firing().is_empty()
+        })
+        .is_some(),
+        "no alert fired"
+    );
+    let alerts = firing();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = alerts[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(alerts[0]["kind"], "expiring");
+    assert_eq!(alerts[0]["state"], "firing");
+    let table = env.run(&["alerts", "list"]).stdout;
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&alert) && l.contains("firing") && l.contains("expiring")),
+        "{table}"
+    );
+    let o = env.run(&["alerts", "ack", &alert]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("Acknowledged"), "{}", o.stderr);
+    assert!(firing().is_empty());
+    let o = env.run(&["alerts", "list", "--state", "acknowledged", "--json"]);
+    let acked: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(acked[0]["id"], alert.as_str(), "{acked}");
+    assert!(acked[0]["acknowledged_at"].is_string(), "{acked}");
+    let o = env.run(&["alerts", "ack", &alert]);
+    assert_eq!(o.code, 0, "a second ack changes nothing: {}", o.stderr);
+    let all: Value = serde_json::from_str(&env.run(&["alerts", "list", "--json"]).stdout).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+
+    // Channels: a receiver that answers, and a port where nothing listens.
+    let (port, got) = receiver();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut channel = |name: &str, url: String| -> String {
+        let r = s
+            .req("POST", "/v1/notifiers")
+            .token(&admin)
+            .json(&json!({"name": name, "kind": "webhook", "url": url, "events": ["test"]}))
+            .send();
+        assert_eq!(r.status, 201, "{}", r.text());
+        let made = r.json();
+        secrets.push(made["secret"].as_str().unwrap().to_owned());
+        made["id"].as_str().unwrap().to_owned()
+    };
+    let live = channel(
+        "receiver",
+        format!("http://127.0.0.1:{port}/hook/private-path"),
+    );
+    let dead = channel("nobody", format!("http://127.0.0.1:{closed}/x"));
+    let listed: Value =
+        serde_json::from_str(&env.run(&["notifiers", "list", "--json"]).stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["id"], live.as_str());
+    assert_eq!(listed[0]["url"], format!("http://127.0.0.1:{port}"));
+    assert!(listed[0].get("secret").is_none(), "{listed:?}");
+    let table = env.run(&["notifiers", "list"]).stdout;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&live) && l.contains(&format!("http://127.0.0.1:{port}"))),
+        "{table}"
+    );
+    assert!(
+        !table.contains("private-path") && !table.contains("whsec_"),
+        "{table}"
+    );
+
+    let o = env.run(&["notifiers", "test", &live]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.trim(), "delivered (HTTP 204)");
+    let requests = got.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(requests[0].starts_with("POST /hook/private-path"));
+    assert!(requests[0].contains(r#""type":"test""#), "{}", requests[0]);
+    let o = env.run(&["notifiers", "test", &dead]);
+    o.assert_one_line_error("not delivered");
+    assert!(o.stdout.starts_with("not delivered: "), "{}", o.stdout);
+
+    // Every acknowledgement and test is audited with the CLI as actor.
+    let audit: Value = s
+        .req("GET", "/v1/audit?actor=cli&limit=100")
+        .token(&admin)
+        .send()
+        .json();
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    for a in ["alert.ack", "notifier.test"] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+    drop(s);
+    assert_no_secrets(&env.transcript.lock().unwrap(), &secrets);
 }

@@ -33,6 +33,7 @@ pub(crate) async fn run(
         to,
         key_id,
         provider: None,
+        granularity: None,
     };
     base.validate()
         .map_err(|e| Error::config(if e.field == "from" { "--from" } else { "--to" }, e.message))?;

@@ -12,10 +12,12 @@ mod spec;
 
 use std::{
     collections::{HashMap, HashSet},
+    net::IpAddr,
     time::Duration,
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
+use ipnet::IpNet;
 use keyvault_core::{
     Alert, AlertRule, AlertState, Baseline, KeyId, KeyQuery, KeyRecord, KeyWindows, every_page,
 };
@@ -60,7 +62,8 @@ struct Hit {
 impl Hit {
     fn subject(&self) -> String {
         match (&self.key_id, &self.ip) {
-            (_, Some(ip)) => format!("ip:{ip}"),
+            (Some(k), Some(ip)) => format!("key:{k}/ip:{ip}"),
+            (None, Some(ip)) => format!("ip:{ip}"),
             (Some(k), None) => format!("key:{k}"),
             (None, None) => "all".to_owned(),
         }
@@ -102,7 +105,7 @@ pub(crate) async fn evaluate(
         .into_iter()
         .map(|a| ((a.rule_id, a.subject()), a))
         .collect();
-    let mut ctx = Context::new(app, now);
+    let mut ctx = Context::new(app, now, interval);
     let mut changed: Vec<Alert> = Vec::new();
     let mut out = Transitions::default();
     let live_rules: HashSet<Uuid> = rules.iter().filter(|r| r.enabled).map(|r| r.id).collect();
@@ -192,6 +195,8 @@ pub(crate) async fn evaluate(
 struct Context<'a> {
     app: &'a App,
     now: DateTime<Utc>,
+    /// How often evaluations run.
+    interval: Duration,
     keys: Option<Vec<KeyRecord>>,
     owners: HashMap<String, HashSet<KeyId>>,
     windows: HashMap<(DateTime<Utc>, DateTime<Utc>), KeyWindows>,
@@ -199,10 +204,11 @@ struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    fn new(app: &'a App, now: DateTime<Utc>) -> Self {
+    fn new(app: &'a App, now: DateTime<Utc>, interval: Duration) -> Self {
         Self {
             app,
             now,
+            interval,
             keys: None,
             owners: HashMap::new(),
             windows: HashMap::new(),
@@ -437,8 +443,101 @@ impl<'a> Context<'a> {
             } => {
                 hits = self.traffic(rule, *factor, *window, *min_calls).await?;
             }
-            // Their signal, client addresses of verifications, is not recorded yet.
-            Spec::InvalidKeys { .. } | Spec::NewNetwork { .. } => {}
+            Spec::InvalidKeys { above, window } => {
+                // Counted per minute: the window covers the minutes it touches.
+                let from = floor_minute(now - delta(*window));
+                let signals = &self.app.backends.signals;
+                for (ip, n) in signals.not_found_by_ip(from, now, *above).await? {
+                    hits.push(Hit {
+                        key_id: None,
+                        value: n as f64,
+                        threshold: *above as f64,
+                        summary: format!(
+                            "{n} verifications of unknown keys from {ip} in the last {}",
+                            human(*window)
+                        ),
+                        ip: Some(ip),
+                    });
+                }
+            }
+            Spec::NewNetwork {
+                v4_prefix,
+                v6_prefix,
+            } => {
+                hits = self.new_networks(rule, *v4_prefix, *v6_prefix).await?;
+            }
+        }
+        Ok(hits)
+    }
+
+    /// `new_network`: keys first seen from an address whose network (at the rule's prefix)
+    /// none of their sightings of the previous 30 days is in. A key's very first use is not
+    /// a new network (it has none to compare with).
+    async fn new_networks(&mut self, rule: &AlertRule, v4: u8, v6: u8) -> Result<Vec<Hit>> {
+        let now = self.now;
+        let lookback = delta(self.interval * 2).max(TimeDelta::minutes(2));
+        let signals = self.app.backends.signals.clone();
+        let mut fresh = signals.new_sightings(now - lookback, now).await?;
+        fresh.retain(|s| rule.key_id.is_none_or(|k| k == s.key_id));
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<KeyId> = fresh.iter().map(|s| s.key_id).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let history = signals
+            .sightings(&keys, now - lookback - TimeDelta::days(30))
+            .await?;
+        let net = |ip: &str| -> Option<IpNet> {
+            let ip: IpAddr = ip.parse().ok()?;
+            let prefix = if ip.is_ipv4() { v4 } else { v6 };
+            IpNet::new(ip, prefix).ok().map(|n| n.trunc())
+        };
+        // A sighting already alerted on (the alert may since be acknowledged or resolved) is
+        // not an alert again while it stays in the look-back.
+        let alerted: HashSet<(KeyId, String)> = self
+            .app
+            .backends
+            .alerts
+            .alerts(&keyvault_core::AlertQuery {
+                rule_id: Some(rule.id),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .filter(|a| a.started_at >= now - lookback - lookback)
+            .filter_map(|a| Some((a.key_id?, a.ip?)))
+            .collect();
+        let mut hits = Vec::new();
+        let mut reported: HashSet<(KeyId, IpNet)> = HashSet::new();
+        for s in fresh {
+            if alerted.contains(&(s.key_id, s.ip.clone())) {
+                continue;
+            }
+            let Some(n) = net(&s.ip) else { continue };
+            let earlier: Vec<_> = history
+                .iter()
+                .filter(|o| {
+                    o.key_id == s.key_id
+                        && o.first_seen < s.first_seen
+                        && o.last_seen >= s.first_seen - TimeDelta::days(30)
+                })
+                .collect();
+            let known = earlier.iter().any(|o| net(&o.ip) == Some(n));
+            if earlier.is_empty() || known || !reported.insert((s.key_id, n)) {
+                continue;
+            }
+            if !self.watched(rule, s.key_id).await? {
+                continue;
+            }
+            hits.push(Hit {
+                key_id: Some(s.key_id),
+                value: 0.0,
+                threshold: 0.0,
+                summary: format!("key {} used from a new network {n} ({})", s.key_id, s.ip),
+                ip: Some(s.ip),
+            });
         }
         Ok(hits)
     }
@@ -534,6 +633,11 @@ fn human(d: Duration) -> String {
 }
 
 /// A time left as a person reads it: its two largest units (`2d 23h`, `5h 12m`, `40s`).
+fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    let us = t.timestamp_micros();
+    DateTime::from_timestamp_micros(us.div_euclid(60_000_000) * 60_000_000).unwrap_or(t)
+}
+
 fn human_secs(s: i64) -> String {
     let s = s.max(0);
     let (d, h, m, sec) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);

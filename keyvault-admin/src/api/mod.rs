@@ -6,7 +6,7 @@ mod extract;
 mod keys;
 pub(crate) mod live;
 pub(crate) mod mount;
-mod notifiers;
+pub(crate) mod notifiers;
 mod openapi;
 mod pagination;
 mod reports;
@@ -230,6 +230,10 @@ pub(crate) async fn metrics(
     metrics::counter!("keyvault_usage_events_written_total").absolute(usage.written);
     metrics::counter!("keyvault_limiter_fallbacks_total")
         .absolute(st.app.backends.limiter_fallbacks());
+    if let Some(signals) = st.app.kv.client_signals() {
+        metrics::counter!("keyvault_client_signals_dropped_total").absolute(signals.dropped());
+    }
+    metrics_process::Collector::default().collect();
     let mut res = st.metrics.render().into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

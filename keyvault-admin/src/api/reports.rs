@@ -119,6 +119,10 @@ pub(crate) struct StatsParams {
     key_id: Option<String>,
     /// Only this provider.
     provider: Option<String>,
+    /// The time series' step (default: chosen from the range, at most 300 points); at most
+    /// 50,000 points. Past the usage retention a `minute` series has no points.
+    #[param(pattern = "^(minute|hour|day)$")]
+    granularity: Option<String>,
 }
 
 /// The query of `GET /v1/audit` (read by [`QueryParams`]; this is its schema).
@@ -241,6 +245,11 @@ pub(crate) async fn stats(
     let to = q.parse("to", rfc3339, "an RFC 3339 time")?;
     let key_id = q.parse("key_id", |v| v.parse().ok(), "a key id")?;
     let provider = q.take("provider");
+    let granularity = q.parse(
+        "granularity",
+        keyvault_core::Granularity::parse,
+        "minute, hour or day",
+    )?;
     q.finish()?;
     let to = to.unwrap_or_else(Utc::now);
     let from = from.unwrap_or(to - TimeDelta::hours(24));
@@ -249,6 +258,7 @@ pub(crate) async fn stats(
         to,
         key_id,
         provider,
+        granularity,
     };
     query.validate().map_err(keyvault_core::Error::from)?;
     Ok(Json(st.app.backends.stats.overview(&query).await?))

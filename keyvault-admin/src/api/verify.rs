@@ -178,6 +178,7 @@ pub(crate) async fn verify(
         .scopes(&scopes)
         .ip(ip);
     let v = st.app.kv.verify(&req).await?;
+    st.app.kv.note_client(&v, ip);
     metrics::counter!("keyvault_verifications_total", "code" => v.outcome.as_str()).increment(1);
     if v.outcome != Outcome::Valid {
         st.rejections.record(chrono::Utc::now());

@@ -1,12 +1,13 @@
 //! `/admin/alerts`: the alerts (firing, acknowledged, resolved) newest first, filtered by
-//! state; operators acknowledge them and create, change, enable, disable and delete rules.
+//! state; operators acknowledge them and create, change, enable, disable and delete rules;
+//! admins manage the notification channels ([`super::channels`]).
 
 use std::collections::{BTreeMap, HashMap};
 
 use askama::Template;
 use axum::{
     extract::{Path, Query, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Redirect, Response},
 };
 use keyvault_core::{Alert, AlertQuery, AlertRule, AlertState};
@@ -14,6 +15,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
+    channels::{self, ChannelLine, Panel},
+    flash,
     page::{Shell, failure, render},
     session::{Change, Visitor},
 };
@@ -135,6 +138,11 @@ struct AlertsPage {
     form_rule: String,
     /// By the input they are shown beside: the field as the REST API names it, and the message.
     errors: BTreeMap<String, (String, String)>,
+    /// Admins: the notification channels, the kinds they may have, the events they may get.
+    channels: Vec<ChannelLine>,
+    channel_kinds: Vec<&'static str>,
+    events: [&'static str; 4],
+    channel: Panel,
 }
 
 impl AlertsPage {
@@ -145,6 +153,14 @@ impl AlertsPage {
     /// The field the error beside `input` names (`params.window` beside `params`).
     fn error_field<'a>(&'a self, input: &'a str) -> &'a str {
         self.errors.get(input).map_or(input, |(f, _)| f.as_str())
+    }
+
+    /// A channel kind in words (a kind a Rust host registered shows as its name).
+    fn kind_label(&self, kind: &str) -> String {
+        match self.shell.lang.lookup(&format!("notifiers.kind_{kind}")) {
+            Some(words) => format!("{kind} — {words}"),
+            None => kind.to_owned(),
+        }
     }
 }
 
@@ -161,7 +177,7 @@ fn state_of(q: &HashMap<String, String>) -> (&'static str, Option<AlertState>) {
 }
 
 #[allow(clippy::too_many_arguments, reason = "one page's parts")]
-async fn show(
+pub(super) async fn show(
     st: &AppState,
     v: &Visitor,
     status: StatusCode,
@@ -169,6 +185,7 @@ async fn show(
     form: RuleForm,
     form_rule: String,
     errors: BTreeMap<String, (String, String)>,
+    channel: Panel,
 ) -> Result<Response> {
     let (state, filter) = state_of(q);
     let mut alerts = if state == "open" {
@@ -191,6 +208,11 @@ async fn show(
     } else {
         Vec::new()
     };
+    let channels = if v.may(Need::Admin) {
+        st.app.notifier_channels().await?
+    } else {
+        Vec::new()
+    };
     let here = v.mount.path(&format!("/admin/alerts?state={state}"));
     let page = AlertsPage {
         shell: Shell::new(v, "alerts", "alerts.title", here),
@@ -201,11 +223,15 @@ async fn show(
         form,
         form_rule,
         errors,
+        channels: channels.iter().map(ChannelLine::from).collect(),
+        channel_kinds: st.app.notifiers.kinds(),
+        events: channels::events(),
+        channel,
     };
     Ok(render(status, &page))
 }
 
-fn blank_form() -> RuleForm {
+pub(super) fn blank_form() -> RuleForm {
     RuleForm {
         kind: "error_rate".into(),
         params: r#"{"above": 0.1, "window": "5m", "min_calls": 20}"#.into(),
@@ -214,13 +240,20 @@ fn blank_form() -> RuleForm {
     }
 }
 
-/// `GET /admin/alerts?state=open|firing|acknowledged|resolved|all`.
+/// `GET /admin/alerts?state=open|firing|acknowledged|resolved|all` (a channel just made
+/// shows its secret here once).
 pub(crate) async fn page(
     State(st): State<AppState>,
     v: Visitor,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    show(
+    let channel = Panel {
+        secret: flash::open(&headers, st.app.secret_key(), &v, channels::NEW_NOTIFIER)
+            .filter(|_| v.may(Need::Admin)),
+        ..Panel::blank()
+    };
+    let mut res = show(
         &st,
         &v,
         StatusCode::OK,
@@ -228,9 +261,14 @@ pub(crate) async fn page(
         blank_form(),
         String::new(),
         BTreeMap::new(),
+        channel,
     )
     .await
-    .unwrap_or_else(|e| failure(&v, false, e))
+    .unwrap_or_else(|e| failure(&v, false, e));
+    if flash::present(&headers) {
+        flash::clear(&mut res, &v);
+    }
+    res
 }
 
 /// A form that carries nothing but its token.
@@ -328,6 +366,7 @@ async fn refused_form(
         form,
         form_rule,
         errors,
+        Panel::blank(),
     )
     .await
     .unwrap_or_else(|e| failure(v, false, e))

@@ -230,6 +230,7 @@ pub(crate) async fn rows(st: &AppState, keys: &[KeyRecord], lang: Lang) -> Resul
         to: now,
         key_id: None,
         provider: None,
+        granularity: None,
     };
     let ids: Vec<KeyId> = keys.iter().map(|k| k.id).collect();
     let calls = st.app.backends.stats.calls_by_key(&day, &ids).await?;

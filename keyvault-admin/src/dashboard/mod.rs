@@ -6,6 +6,7 @@
 mod accounts;
 mod alerts;
 mod audit;
+mod channels;
 mod flash;
 mod format;
 mod guard;
@@ -64,6 +65,12 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/alerts/rules", post(alerts::create_rule))
         .route("/admin/alerts/rules/{id}", post(alerts::update_rule))
         .route("/admin/alerts/rules/{id}/delete", post(alerts::delete_rule))
+        .route("/admin/alerts/notifiers", post(channels::create))
+        .route("/admin/alerts/notifiers/{id}/test", post(channels::test))
+        .route(
+            "/admin/alerts/notifiers/{id}/delete",
+            post(channels::delete),
+        )
         .route("/admin/logs", get(logs::page))
         .route("/admin/api/logs", get(logs::data))
         .route("/admin/audit/verify", post(audit::verify))

@@ -48,6 +48,7 @@ pub(crate) struct Shell {
     pub(crate) nav: Vec<NavItem>,
     pub(crate) signed_in: bool,
     operator: bool,
+    admin: bool,
     /// The path and query of this page (where the language switch returns to).
     pub(crate) here: String,
 }
@@ -75,6 +76,7 @@ impl Shell {
             nav,
             signed_in: true,
             operator: v.may(Need::Operator),
+            admin: v.may(Need::Admin),
             here,
         }
     }
@@ -92,6 +94,7 @@ impl Shell {
             nav: Vec::new(),
             signed_in: false,
             operator: false,
+            admin: false,
         }
     }
 
@@ -121,6 +124,10 @@ impl Shell {
 
     pub(crate) fn operator(&self) -> bool {
         self.operator
+    }
+
+    pub(crate) fn admin(&self) -> bool {
+        self.admin
     }
 
     pub(crate) fn lang_code(&self) -> &'static str {

@@ -81,6 +81,7 @@ impl Range {
             to: self.to,
             key_id,
             provider: None,
+            granularity: None,
         }
     }
 

@@ -291,6 +291,12 @@ impl App {
         Ok(rotated)
     }
 
+    /// Writes the client signals gathered so far (`serve` does every second): for tests and
+    /// batch jobs that evaluate right after verifying.
+    pub async fn flush_signals(&self) -> Result<()> {
+        self.backends.flush_signals().await
+    }
+
     /// Attempts the deliveries due now, whoever holds the lease (what `serve` does every
     /// second under it): for tests and batch jobs.
     pub async fn deliver_notifications(&self) -> Result<usize> {

@@ -82,11 +82,12 @@ pub struct Alert {
 }
 
 impl Alert {
-    /// What the alert is about within its rule: the key's id, or the client IP. A rule has at
-    /// most one unresolved alert per subject.
+    /// What the alert is about within its rule: the key's id, the client IP, or both (a key
+    /// used from a new network). A rule has at most one unresolved alert per subject.
     pub fn subject(&self) -> String {
         match (&self.key_id, &self.ip) {
-            (_, Some(ip)) => format!("ip:{ip}"),
+            (Some(k), Some(ip)) => format!("key:{k}/ip:{ip}"),
+            (None, Some(ip)) => format!("ip:{ip}"),
             (Some(k), None) => format!("key:{k}"),
             (None, None) => "all".to_owned(),
         }

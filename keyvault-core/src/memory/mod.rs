@@ -5,6 +5,7 @@
 mod accounts;
 mod bus;
 mod limiter;
+mod signals;
 mod store;
 mod usage;
 

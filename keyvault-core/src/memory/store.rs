@@ -19,8 +19,8 @@ use crate::{
     },
 };
 
-/// Keys, credit balances, the audit log, usage and accounts (users, API tokens, sessions,
-/// settings, leases) in process memory.
+/// Keys, credit balances, the audit log, usage, accounts (users, API tokens, sessions,
+/// settings, leases) and client signals in process memory.
 ///
 /// One lock guards keys, accounts and the audit log together, so a mutation and its audit
 /// record are one step, as a database transaction makes them elsewhere.
@@ -29,6 +29,7 @@ pub struct MemoryStore {
     state: Mutex<State>,
     balances: Mutex<HashMap<KeyId, Balance>>,
     usage: Mutex<Usage>,
+    signals: Mutex<super::signals::Signals>,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +91,10 @@ impl MemoryStore {
 
     pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn signals(&self) -> std::sync::MutexGuard<'_, super::signals::Signals> {
+        self.signals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn balances(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, Balance>> {

@@ -445,6 +445,7 @@ mod tests {
             to,
             key_id: None,
             provider: None,
+            granularity: None,
         };
         for q in [
             base.clone(),

@@ -11,9 +11,9 @@ use serde_json::json;
 
 use super::Backends;
 use crate::{
-    Actor, AuditQuery, BatchAction, Credits, Error, KeyId, KeyPatch, KeyQuery, KeyWrite, Keyvault,
-    NewKey, Outcome, RateLimit, Refill, RefillInterval, RotationPolicy, StatsQuery, UsageEvent,
-    Verification, VerifyRequest, parse_allowlist,
+    Actor, AuditQuery, BatchAction, Credits, Error, IpCount, KeyId, KeyPatch, KeyQuery, KeyWrite,
+    Keyvault, NewKey, Outcome, RateLimit, Refill, RefillInterval, RotationPolicy, Sighting,
+    StatsQuery, UsageEvent, Verification, VerifyRequest, parse_allowlist,
 };
 
 const HOUR: u64 = 3_600_000;
@@ -965,6 +965,7 @@ pub async fn usage_is_idempotent_and_summarised(b: Backends) {
         to: now + TimeDelta::minutes(1),
         key_id: None,
         provider: None,
+        granularity: None,
     };
     let s = query.overview(&q).await.unwrap();
     assert_eq!(s.calls, 100);
@@ -1199,4 +1200,187 @@ pub async fn usage_windows_count_by_key_and_by_second(b: Backends) {
         ),
         (1, 1, 1)
     );
+}
+
+pub async fn client_signals_roll_up_and_are_read_by_window(b: Backends) {
+    let s = b.signals.clone();
+    // A whole minute; sightings carry microseconds, which every store keeps.
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let m = |i: i64| t0 + TimeDelta::minutes(i);
+    let t = t0 + TimeDelta::microseconds(123_456);
+    let count = |ip: &str, minute, count| IpCount {
+        ip: ip.into(),
+        minute,
+        count,
+    };
+    let (a, b4, c, v6) = ("203.0.113.9", "198.51.100.7", "192.0.2.1", "2001:db8::1");
+    let mut keys = [KeyId::new(), KeyId::new(), KeyId::new()];
+    keys.sort();
+    let [k1, k2, k3] = keys;
+    let seen = |key_id, ip: &str, first: TimeDelta, last: TimeDelta| Sighting {
+        key_id,
+        ip: ip.into(),
+        first_seen: t + first,
+        last_seen: t + last,
+    };
+    let secs = TimeDelta::seconds;
+    let mins = TimeDelta::minutes;
+
+    s.record_signals(
+        &[count(a, m(0), 3), count(b4, m(0), 5), count(v6, m(1), 2)],
+        &[
+            seen(k1, a, secs(10), secs(20)),
+            seen(k1, b4, mins(5), mins(6)),
+            seen(k1, v6, secs(10), secs(10)),
+            seen(k2, a, mins(1), mins(1)),
+            seen(k2, c, secs(10), secs(10)),
+        ],
+    )
+    .await
+    .unwrap();
+    s.record_signals(
+        &[
+            count(a, m(0), 4),
+            count(a, m(2), 1),
+            count(b4, m(3), 9),
+            count(c, m(1), 2),
+        ],
+        &[
+            // A later first and a later last: only the last moves.
+            seen(k1, a, secs(30), secs(40)),
+            // An earlier first and an earlier last: only the first moves.
+            seen(k2, a, secs(30), secs(30)),
+            seen(k3, c, TimeDelta::hours(2), TimeDelta::hours(3)),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let by_ip = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|&(ip, n)| (ip.to_owned(), n)).collect()
+    };
+    assert_eq!(
+        s.not_found_by_ip(m(0), m(1), 0).await.unwrap(),
+        by_ip(&[(a, 7), (b4, 5)]),
+        "counts of one IP and minute add up across writes"
+    );
+    assert_eq!(
+        s.not_found_by_ip(m(0), m(3), 0).await.unwrap(),
+        by_ip(&[(a, 8), (b4, 5), (c, 2), (v6, 2)]),
+        "the minute at `to` is outside; ties are ordered by address"
+    );
+    assert_eq!(
+        s.not_found_by_ip(m(0), m(4), 0).await.unwrap(),
+        by_ip(&[(b4, 14), (a, 8), (c, 2), (v6, 2)]),
+        "the highest count first"
+    );
+    assert_eq!(
+        s.not_found_by_ip(m(1), m(3), 0).await.unwrap(),
+        by_ip(&[(c, 2), (v6, 2), (a, 1)]),
+        "the minute at `from` is inside"
+    );
+    assert_eq!(
+        s.not_found_by_ip(m(0), m(3), 5).await.unwrap(),
+        by_ip(&[(a, 8)]),
+        "a count equal to `above` does not exceed it"
+    );
+    assert_eq!(s.not_found_by_ip(m(4), m(9), 0).await.unwrap(), []);
+
+    let (k1a, k1b, k1v6) = (
+        seen(k1, a, secs(10), secs(40)),
+        seen(k1, b4, mins(5), mins(6)),
+        seen(k1, v6, secs(10), secs(10)),
+    );
+    let (k2a, k2c, k3c) = (
+        seen(k2, a, secs(30), mins(1)),
+        seen(k2, c, secs(10), secs(10)),
+        seen(k3, c, TimeDelta::hours(2), TimeDelta::hours(3)),
+    );
+    assert_eq!(
+        s.new_sightings(m(0), m(5)).await.unwrap(),
+        [k1v6.clone(), k1a.clone(), k2c, k2a.clone()],
+        "the earliest first and latest last are kept; ordered by first seen, key, then IP"
+    );
+    assert_eq!(
+        s.new_sightings(t + secs(30), t + mins(5)).await.unwrap(),
+        [k2a],
+        "first seen at `from` is inside, at `to` outside"
+    );
+    assert_eq!(
+        s.new_sightings(t + mins(5), m(6)).await.unwrap(),
+        std::slice::from_ref(&k1b)
+    );
+
+    let sorted = |mut v: Vec<Sighting>| {
+        v.sort_by(|x, y| (x.key_id, &x.ip).cmp(&(y.key_id, &y.ip)));
+        v
+    };
+    assert_eq!(
+        sorted(s.sightings(&[k1], m(-60)).await.unwrap()),
+        sorted(vec![k1a.clone(), k1b.clone(), k1v6.clone()])
+    );
+    assert_eq!(
+        sorted(s.sightings(&[k1, k3], t + secs(40)).await.unwrap()),
+        sorted(vec![k1a.clone(), k1b.clone(), k3c.clone()]),
+        "last seen at `since` is kept; other keys are not read"
+    );
+    assert_eq!(s.sightings(&[], m(-60)).await.unwrap(), []);
+    assert_eq!(s.sightings(&[KeyId::new()], m(-60)).await.unwrap(), []);
+
+    // Counts of m(0) and m(1) (four), and sightings last seen before m(2) (four) go.
+    assert_eq!(s.prune_signals(m(2)).await.unwrap(), 8);
+    assert_eq!(
+        s.not_found_by_ip(m(-60), m(60), 0).await.unwrap(),
+        by_ip(&[(b4, 9), (a, 1)]),
+        "the minute at `before` is kept"
+    );
+    assert_eq!(
+        sorted(s.sightings(&[k1, k2, k3], m(-60)).await.unwrap()),
+        sorted(vec![k1b, k3c])
+    );
+    assert_eq!(s.prune_signals(m(2)).await.unwrap(), 0);
+
+    // A full flush is one call: past any store's limit of values per statement.
+    const N: u32 = 40_000;
+    let ip = |i: u32| IpAddr::from((0x0a00_0000 + i).to_be_bytes()).to_string();
+    let many_keys: Vec<KeyId> = (0..N).map(|_| KeyId::new()).collect();
+    let counts: Vec<IpCount> = (0..N).map(|i| count(&ip(i), m(10), 1)).collect();
+    let sightings: Vec<Sighting> = many_keys
+        .iter()
+        .zip(0..N)
+        .map(|(&key_id, i)| Sighting {
+            key_id,
+            ip: ip(i),
+            first_seen: m(10),
+            last_seen: m(10) + TimeDelta::microseconds(i64::from(i)),
+        })
+        .collect();
+    s.record_signals(&counts, &sightings).await.unwrap();
+    let read = s.not_found_by_ip(m(10), m(11), 0).await.unwrap();
+    assert_eq!(read.len(), N as usize);
+    assert!(read.iter().all(|(_, n)| *n == 1));
+    assert!(
+        read.windows(2).all(|w| w[0].0 < w[1].0),
+        "equal counts are ordered by address"
+    );
+    assert_eq!(
+        s.new_sightings(m(10), m(11)).await.unwrap().len(),
+        N as usize
+    );
+    assert_eq!(
+        sorted(s.sightings(&many_keys, m(10)).await.unwrap()),
+        sorted(sightings.clone()),
+        "a long list of keys is read whole"
+    );
+    assert_eq!(
+        s.sightings(
+            &many_keys,
+            m(10) + TimeDelta::microseconds(i64::from(N) - 1)
+        )
+        .await
+        .unwrap(),
+        [sightings[N as usize - 1].clone()]
+    );
+    // The batch, and the two counts and one sighting left from above.
+    assert_eq!(s.prune_signals(m(11)).await.unwrap(), 2 * u64::from(N) + 3);
 }

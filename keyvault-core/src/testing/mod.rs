@@ -30,7 +30,8 @@ use std::sync::Arc;
 
 use crate::{
     AuditLog, ChangeBus, CreditStore, FakeClock, KeyStore, Keyvault, KeyvaultBuilder, LeaseStore,
-    RateLimiter, SessionStore, SettingStore, TokenStore, UsageQuery, UsageSink, UserStore,
+    RateLimiter, SessionStore, SettingStore, SignalStore, TokenStore, UsageQuery, UsageSink,
+    UserStore,
 };
 
 /// One isolated set of backends under test.
@@ -46,6 +47,9 @@ pub struct Backends {
     pub audit: Arc<dyn AuditLog>,
     /// Usage in and statistics out, if the backend keeps usage.
     pub usage: Option<(Arc<dyn UsageSink>, Arc<dyn UsageQuery>)>,
+    /// Client signals (`NOT_FOUND` counts per IP, key sightings): every durable store keeps
+    /// them.
+    pub signals: Arc<dyn SignalStore>,
     /// Change propagation, if the backend has it.
     pub bus: Option<Arc<dyn ChangeBus>>,
     /// A fake clock that *every* backend above honours; `None` for backends that keep their
@@ -74,6 +78,7 @@ impl Backends {
                 clock.clone(),
             ))),
             audit: store.clone(),
+            signals: store.clone(),
             usage: Some((store.clone(), store)),
             bus: Some(Arc::new(crate::memory::MemoryChangeBus::new())),
             clock: Some(clock),
@@ -209,6 +214,7 @@ macro_rules! conformance_suite {
             rate_limit_math_on_a_fake_clock,
             a_disable_reaches_another_instance_within_a_second,
             usage_windows_count_by_key_and_by_second,
+            client_signals_roll_up_and_are_read_by_window,
         }
     };
 }

@@ -20,7 +20,51 @@ pub struct StatsQuery {
     pub key_id: Option<KeyId>,
     /// Only this provider.
     pub provider: Option<String>,
+    /// The time series' step; None: chosen from the range ([`StatsQuery::step`]).
+    pub granularity: Option<Granularity>,
 }
+
+/// A time series' step, as `GET /v1/stats/overview?granularity=` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    /// `minute`, `hour` or `day`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
+    /// The granularity named by [`Granularity::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "minute" => Some(Self::Minute),
+            "hour" => Some(Self::Hour),
+            "day" => Some(Self::Day),
+            _ => None,
+        }
+    }
+
+    /// Its step.
+    pub fn step(self) -> TimeDelta {
+        match self {
+            Self::Minute => TimeDelta::minutes(1),
+            Self::Hour => TimeDelta::hours(1),
+            Self::Day => TimeDelta::days(1),
+        }
+    }
+}
+
+/// The most points a time series may have.
+pub(crate) const MAX_POINTS: i64 = 50_000;
 
 impl StatsQuery {
     /// The last 24 hours.
@@ -31,6 +75,7 @@ impl StatsQuery {
             to,
             key_id: None,
             provider: None,
+            granularity: None,
         }
     }
 
@@ -45,11 +90,27 @@ impl StatsQuery {
                 "the range must be at most 400 days",
             ));
         }
+        if let Some(g) = self.granularity {
+            let points = (self.to - self.from).num_seconds() / g.step().num_seconds();
+            if points > MAX_POINTS {
+                return Err(InvalidInput::new(
+                    "granularity",
+                    format!(
+                        "{} steps over this range give {points} points; at most {MAX_POINTS}",
+                        g.as_str()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
-    /// The time-series step: the smallest of 1 m, 5 m, 15 m, 1 h, 6 h, 1 d giving ≤ 300 points.
+    /// The time-series step: the granularity asked for, else the smallest of 1 m, 5 m, 15 m,
+    /// 1 h, 6 h, 1 d giving ≤ 300 points.
     pub fn step(&self) -> TimeDelta {
+        if let Some(g) = self.granularity {
+            return g.step();
+        }
         let span = self.to - self.from;
         [1, 5, 15, 60, 360, 1_440]
             .into_iter()
@@ -121,7 +182,7 @@ pub const UNKNOWN_PROVIDER: &str = "unknown";
 /// # use chrono::{TimeDelta, TimeZone, Utc};
 /// # use keyvault_core::{OverviewBuilder, StatsQuery, UNKNOWN_PROVIDER};
 /// let from = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-/// let q = StatsQuery { from, to: from + TimeDelta::hours(24), key_id: None, provider: None };
+/// let q = StatsQuery { from, to: from + TimeDelta::hours(24), key_id: None, provider: None, granularity: None };
 /// let mut b = OverviewBuilder::new(&q); // 5-minute steps
 /// b.add("openai", from + TimeDelta::minutes(1), 3, 2);
 /// b.add(None, from + TimeDelta::minutes(4), 1, 1); // the same step
@@ -224,6 +285,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_granularity_asked_for_is_the_step_within_the_points_allowed() {
+        let to = Utc::now();
+        let q = |days: i64, g: Granularity| StatsQuery {
+            from: to - TimeDelta::days(days),
+            to,
+            key_id: None,
+            provider: None,
+            granularity: Some(g),
+        };
+        assert_eq!(q(30, Granularity::Minute).step(), TimeDelta::minutes(1));
+        assert_eq!(q(30, Granularity::Hour).step(), TimeDelta::hours(1));
+        assert_eq!(q(30, Granularity::Day).step(), TimeDelta::days(1));
+        assert!(q(30, Granularity::Minute).validate().is_ok());
+        let e = q(60, Granularity::Minute).validate().unwrap_err();
+        assert_eq!(e.field, "granularity");
+        assert!(q(400, Granularity::Hour).validate().is_ok());
+        assert_eq!(Granularity::parse("hour"), Some(Granularity::Hour));
+        assert_eq!(Granularity::parse("week"), None);
+    }
+
+    #[test]
     fn steps_keep_the_series_short() {
         let to = Utc::now();
         let q = |h| StatsQuery {
@@ -231,6 +313,7 @@ mod tests {
             to,
             key_id: None,
             provider: None,
+            granularity: None,
         };
         assert_eq!(q(1).step(), TimeDelta::minutes(1));
         assert_eq!(q(24).step(), TimeDelta::minutes(5));
@@ -245,6 +328,7 @@ mod tests {
             to: from + TimeDelta::hours(24),
             key_id: None,
             provider: None,
+            granularity: None,
         }
     }
 
