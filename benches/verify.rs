@@ -103,6 +103,31 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // What the middleware adds per request for the client signals of CONTRACT §7: one note
+    // of an accepted key from one of 1,000 addresses (the common case), and of an unknown
+    // key; the same run's SHA-256 above is the baseline.
+    let signals = keyvault::ClientSignals::new();
+    let ips: Vec<std::net::IpAddr> = (0..1_000u32)
+        .map(|i| std::net::IpAddr::from((0xcb00_7100u32 + i).to_be_bytes()))
+        .collect();
+    let id = plain.record.id;
+    let now = chrono::Utc::now();
+    let mut g = c.benchmark_group("client_signals");
+    let mut i = 0usize;
+    g.bench_function("note_accepted", |b| {
+        b.iter(|| {
+            i = (i + 1) % ips.len();
+            signals.note(Some(id), black_box(ips[i]), Outcome::Valid, now);
+        })
+    });
+    g.bench_function("note_not_found", |b| {
+        b.iter(|| {
+            i = (i + 1) % ips.len();
+            signals.note(None, black_box(ips[i]), Outcome::NotFound, now);
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);
