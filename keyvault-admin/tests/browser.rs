@@ -187,13 +187,20 @@ impl Browser {
             .send_keys(password)
             .await
             .unwrap();
+        self.mark().await;
         self.find("[data-testid=login-submit]")
             .await
             .click()
             .await
             .unwrap();
-        // The next page has loaded once its body carries the script's data.
-        self.find("body[data-base]").await;
+        // The next page (a new document: the mark is gone) has loaded once its body carries
+        // the script's data; checking the body alone could still find the sign-in page's.
+        self.until(
+            Duration::from_secs(10),
+            "the page after signing in",
+            async |b| !b.same_page().await && b.has("body[data-base]").await,
+        )
+        .await;
     }
 
     /// Marks the page; [`Browser::same_page`] tells whether it was reloaded since.
