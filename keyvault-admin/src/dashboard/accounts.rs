@@ -19,7 +19,7 @@ use super::{
     flash,
     page::{Shell, failure, render},
     range::{local_time, tz_offset},
-    session::{Change, Visitor},
+    session::{Change, Empty, Visitor},
 };
 use crate::{
     api::{AppState, Ctx},
@@ -205,10 +205,6 @@ pub(crate) async fn create_token(
         }
     }
 }
-
-/// A form that carries nothing but its token.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Empty {}
 
 /// `POST /admin/tokens/{id}/revoke`.
 pub(crate) async fn revoke_token(

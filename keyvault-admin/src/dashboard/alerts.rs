@@ -18,7 +18,7 @@ use super::{
     channels::{self, ChannelLine, Panel},
     flash,
     page::{Shell, failure, render},
-    session::{Change, Visitor},
+    session::{Change, Empty, Visitor},
 };
 use crate::{
     alerts::{KINDS, NewRule, RulePatch},
@@ -270,10 +270,6 @@ pub(crate) async fn page(
     }
     res
 }
-
-/// A form that carries nothing but its token.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Empty {}
 
 /// `POST /admin/alerts/{id}/ack`.
 pub(crate) async fn acknowledge(

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::{
     page::{Shell, failure, render, with_headers},
     range::{local_time, tz_offset},
-    session::{Change, Visitor},
+    session::{Change, Empty, Visitor},
 };
 use crate::{
     api::{AppState, Ctx},
@@ -311,10 +311,6 @@ fn cell(text: &str) -> String {
         guarded
     }
 }
-
-/// The verify form carries nothing but its token.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Empty {}
 
 /// `POST /admin/audit/verify`: verifies the whole chain now and keeps the result.
 pub(crate) async fn verify(

@@ -13,10 +13,10 @@ use keyvault_core::NotifierRecord;
 use serde::Deserialize;
 
 use super::{
-    alerts::{Empty, blank_form, show},
+    alerts::{blank_form, show},
     flash,
     page::failure,
-    session::{Change, Visitor},
+    session::{Change, Empty, Visitor},
 };
 use crate::{
     NewNotifier,

@@ -339,6 +339,10 @@ fn refuse(v: &Visitor, script: bool, message: &'static str) -> Response {
     }
 }
 
+/// A form that carries nothing but its token (a button: acknowledge, revoke, delete, verify).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Empty {}
+
 impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequest<AppState> for Change<T> {
     type Rejection = Response;
 
