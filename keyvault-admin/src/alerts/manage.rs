@@ -184,14 +184,17 @@ impl App {
             return Err(Error::NotFound("alert rule".into()));
         }
         // Its alerts resolved with it: the channels hear so, as from an evaluation.
-        for mut a in open {
-            a.state = keyvault_core::AlertState::Resolved;
-            a.resolved_at = Some(now);
-            let data = serde_json::to_value(crate::api::alerts::AlertView::from(a))
-                .map_err(|e| Error::Internal(format!("alert not serialisable: {e}")))?;
-            if let Err(e) = self.notify("alert.resolved", data).await {
-                tracing::warn!(target: "keyvault::notify", error = %e.cli_line(), "alert.resolved not queued");
-            }
+        let resolved: Vec<Alert> = open
+            .into_iter()
+            .map(|mut a| {
+                a.state = keyvault_core::AlertState::Resolved;
+                a.resolved_at = Some(now);
+                a
+            })
+            .collect();
+        let events = resolved.iter().map(|a| ("alert.resolved", a));
+        if let Err(e) = self.notify_alerts(events).await {
+            tracing::warn!(target: "keyvault::notify", error = %e.cli_line(), "alert.resolved not queued");
         }
         Ok(())
     }

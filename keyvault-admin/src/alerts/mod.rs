@@ -61,12 +61,7 @@ struct Hit {
 
 impl Hit {
     fn subject(&self) -> String {
-        match (&self.key_id, &self.ip) {
-            (Some(k), Some(ip)) => format!("key:{k}/ip:{ip}"),
-            (None, Some(ip)) => format!("ip:{ip}"),
-            (Some(k), None) => format!("key:{k}"),
-            (None, None) => "all".to_owned(),
-        }
+        Alert::subject_of(self.key_id, self.ip.as_deref())
     }
 }
 
@@ -183,11 +178,7 @@ pub(crate) async fn evaluate(
         .iter()
         .map(|a| ("alert.firing", a))
         .chain(out.resolved.iter().map(|a| ("alert.resolved", a)));
-    for (event, a) in events {
-        let data = serde_json::to_value(crate::api::alerts::AlertView::from(a.clone()))
-            .map_err(|e| crate::error::Error::Internal(format!("alert not serialisable: {e}")))?;
-        app.notify(event, data).await?;
-    }
+    app.notify_alerts(events).await?;
     Ok(out)
 }
 

@@ -50,6 +50,25 @@ pub(crate) fn event_body(event: &str, data: Value) -> String {
     .to_string()
 }
 
+/// A delivery of `body` to `channel`, due now, not yet attempted; its id is the
+/// `webhook-id` every attempt carries.
+fn delivery(channel: Uuid, event: &str, body: String) -> Delivery {
+    let now = App::now();
+    Delivery {
+        id: format!("msg_{}", Uuid::now_v7().simple()),
+        notifier_id: channel,
+        event: event.to_owned(),
+        body,
+        attempts: 0,
+        next_at: now,
+        state: DeliveryState::Pending,
+        last_status: None,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
 fn details(n: &NotifierRecord) -> Value {
     json!({ "name": n.name, "kind": n.kind, "url": guard::shown(&n.url), "events": n.events })
 }
@@ -192,48 +211,27 @@ impl App {
             ));
             return Err(self.refused(actor, action, Some(id.to_owned()), e).await);
         };
-        let now = Self::now();
-        let delivery = Delivery {
-            id: format!("msg_{}", Uuid::now_v7().simple()),
-            notifier_id: channel.id,
-            event: "test".into(),
-            body: event_body("test", json!({})),
-            attempts: 0,
-            next_at: now,
-            state: DeliveryState::Pending,
-            last_status: None,
-            last_error: None,
-            created_at: now,
-            updated_at: now,
+        let test = delivery(channel.id, "test", event_body("test", json!({})));
+        let attempt = notifier.deliver(&channel, &test, &self.outbound).await;
+        metrics::counter!("keyvault_notifications_total", "outcome" => attempt.label())
+            .increment(1);
+        let outcome = match attempt {
+            Attempt::Delivered { status } => TestOutcome {
+                delivered: true,
+                status: Some(status),
+                error: None,
+            },
+            Attempt::Failed { status, error } => TestOutcome {
+                delivered: false,
+                status,
+                error: Some(error),
+            },
+            Attempt::Refused { error } => TestOutcome {
+                delivered: false,
+                status: None,
+                error: Some(error),
+            },
         };
-        let attempt = notifier.deliver(&channel, &delivery, &self.outbound).await;
-        let (label, outcome) = match attempt {
-            Attempt::Delivered { status } => (
-                "delivered",
-                TestOutcome {
-                    delivered: true,
-                    status: Some(status),
-                    error: None,
-                },
-            ),
-            Attempt::Failed { status, error } => (
-                "failed",
-                TestOutcome {
-                    delivered: false,
-                    status,
-                    error: Some(error),
-                },
-            ),
-            Attempt::Refused { error } => (
-                "refused",
-                TestOutcome {
-                    delivered: false,
-                    status: None,
-                    error: Some(error),
-                },
-            ),
-        };
-        metrics::counter!("keyvault_notifications_total", "outcome" => label).increment(1);
         let record = json!({ "delivered": outcome.delivered, "status": outcome.status });
         self.audit(
             actor,
@@ -248,30 +246,47 @@ impl App {
 
     /// Puts an event in the outbox for every channel that wants it.
     pub(crate) async fn notify(&self, event: &str, data: Value) -> Result<usize> {
+        self.notify_all(vec![(event, data)]).await
+    }
+
+    /// Puts events in the outbox for every channel that wants each, reading the channels
+    /// once (an evaluation may open thousands of alerts).
+    pub(crate) async fn notify_all(&self, events: Vec<(&str, Value)>) -> Result<usize> {
+        if events.is_empty() {
+            return Ok(0);
+        }
         let channels = self.backends.notifiers.notifiers().await?;
-        let now = Self::now();
-        let body = event_body(event, data);
-        let deliveries: Vec<Delivery> = channels
-            .iter()
-            .filter(|c| c.wants(event))
-            .map(|c| Delivery {
-                id: format!("msg_{}", Uuid::now_v7().simple()),
-                notifier_id: c.id,
-                event: event.to_owned(),
-                body: body.clone(),
-                attempts: 0,
-                next_at: now,
-                state: DeliveryState::Pending,
-                last_status: None,
-                last_error: None,
-                created_at: now,
-                updated_at: now,
-            })
-            .collect();
+        let mut deliveries = Vec::new();
+        for (event, data) in events {
+            let body = event_body(event, data);
+            deliveries.extend(
+                channels
+                    .iter()
+                    .filter(|c| c.wants(event))
+                    .map(|c| delivery(c.id, event, body.clone())),
+            );
+        }
         if !deliveries.is_empty() {
             self.backends.notifiers.enqueue(&deliveries).await?;
         }
         Ok(deliveries.len())
+    }
+
+    /// The `alert.firing` or `alert.resolved` events of these alerts, each carrying the
+    /// alert as `GET /v1/alerts` shows it.
+    pub(crate) async fn notify_alerts<'a>(
+        &self,
+        alerts: impl IntoIterator<Item = (&'a str, &'a keyvault_core::Alert)>,
+    ) -> Result<usize> {
+        let events = alerts
+            .into_iter()
+            .map(|(event, a)| {
+                serde_json::to_value(crate::api::alerts::AlertView::from(a.clone()))
+                    .map(|data| (event, data))
+                    .map_err(|e| Error::Internal(format!("alert not serialisable: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.notify_all(events).await
     }
 
     /// Rotates a key (as [`Keyvault::rotate_key`](keyvault_core::Keyvault::rotate_key) does)

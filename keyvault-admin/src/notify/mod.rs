@@ -71,6 +71,17 @@ pub enum Attempt {
     Refused { error: String },
 }
 
+impl Attempt {
+    /// Its outcome as `keyvault_notifications_total` labels it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Delivered { .. } => "delivered",
+            Self::Failed { .. } => "failed",
+            Self::Refused { .. } => "refused",
+        }
+    }
+}
+
 /// Sends one kind of channel's deliveries.
 #[async_trait]
 pub trait Notifier: Send + Sync + Debug {

@@ -76,13 +76,14 @@ async fn attempt(app: &App, channel: Option<NotifierRecord>, mut d: Delivery) ->
     d.attempts += 1;
     let now = Utc::now();
     d.updated_at = now;
-    let (label, status, error) = match outcome {
+    let label = outcome.label();
+    let (status, error) = match outcome {
         Attempt::Delivered { status } => {
             d.state = DeliveryState::Delivered;
-            ("delivered", Some(status), None)
+            (Some(status), None)
         }
-        Attempt::Failed { status, error } => ("failed", status, Some(error)),
-        Attempt::Refused { error } => ("refused", None, Some(error)),
+        Attempt::Failed { status, error } => (status, Some(error)),
+        Attempt::Refused { error } => (None, Some(error)),
     };
     metrics::counter!(COUNTER, "outcome" => label).increment(1);
     d.last_status = status;

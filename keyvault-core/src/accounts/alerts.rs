@@ -85,7 +85,12 @@ impl Alert {
     /// What the alert is about within its rule: the key's id, the client IP, or both (a key
     /// used from a new network). A rule has at most one unresolved alert per subject.
     pub fn subject(&self) -> String {
-        match (&self.key_id, &self.ip) {
+        Self::subject_of(self.key_id, self.ip.as_deref())
+    }
+
+    /// The subject of an alert on `key_id` and `ip` (see [`Alert::subject`]).
+    pub fn subject_of(key_id: Option<KeyId>, ip: Option<&str>) -> String {
+        match (key_id, ip) {
             (Some(k), Some(ip)) => format!("key:{k}/ip:{ip}"),
             (None, Some(ip)) => format!("ip:{ip}"),
             (Some(k), None) => format!("key:{k}"),
