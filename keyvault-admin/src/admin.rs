@@ -13,8 +13,8 @@ use crate::{
     app::App,
 };
 
-/// A job running beside the router, and the lease it runs under.
-type Job = (tokio::task::JoinHandle<()>, &'static str);
+/// A job running beside the router, and the leases it runs under.
+type Job = (tokio::task::JoinHandle<()>, &'static [&'static str]);
 
 /// The buckets of `keyvault_http_request_duration_seconds`, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -32,7 +32,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Admin {
     state: AppState,
     recorder: Arc<Mutex<Option<PrometheusRecorder>>>,
-    /// The jobs running beside the router (alert evaluation, notification delivery), each
+    /// The jobs running beside the router (alert evaluation, notification delivery, the
+    /// rotation, clean-up and retention jobs), each
     /// with the lease it runs under, and the lease holder they run as.
     background: Arc<Mutex<Vec<Job>>>,
     holder: Arc<str>,
@@ -66,7 +67,7 @@ impl Admin {
         let background = vec![
             (
                 tokio::spawn(evaluate_every(app.clone(), holder.clone())),
-                crate::alerts::LEASE,
+                &[crate::alerts::LEASE][..],
             ),
             (
                 tokio::spawn(crate::notify::deliver_every(
@@ -74,7 +75,11 @@ impl Admin {
                     holder.clone(),
                     poll,
                 )),
-                crate::notify::LEASE,
+                &[crate::notify::LEASE][..],
+            ),
+            (
+                tokio::spawn(crate::jobs::run_every(app.clone(), holder.clone())),
+                &crate::jobs::LEASES[..],
             ),
         ];
         let state = AppState {
@@ -120,6 +125,12 @@ impl Admin {
             .take()
     }
 
+    /// Runs the jobs of `serve` once now, as this instance (what it does every
+    /// `KEYVAULT_JOB_INTERVAL`): a job whose lease another instance holds is left to it.
+    pub async fn run_jobs(&self) -> crate::Result<crate::JobRun> {
+        self.state.app.run_jobs(&self.holder).await
+    }
+
     /// Writes the usage events still queued and the credit spends cached in Redis. Call it
     /// once requests have stopped.
     pub async fn shutdown(&self) {
@@ -129,16 +140,18 @@ impl Admin {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        for (task, lease) in background {
+        for (task, leases) in background {
             task.abort();
             // Another instance takes the job over at once instead of after a lapse.
-            let _ = self
-                .state
-                .app
-                .backends
-                .leases
-                .release_lease(lease, &self.holder)
-                .await;
+            for lease in leases {
+                let _ = self
+                    .state
+                    .app
+                    .backends
+                    .leases
+                    .release_lease(lease, &self.holder)
+                    .await;
+            }
         }
         self.state.recorder.shutdown().await;
         if let Err(e) = self.state.app.backends.flush().await {

@@ -89,6 +89,64 @@ pub struct Global {
     /// The language of Slack messages: `en` or `zh-CN`.
     #[arg(long, env = "KEYVAULT_LANG", default_value = "en", global = true)]
     pub lang: String,
+    /// How often `serve` runs its jobs: due rotations, clean-up of expired keys, usage
+    /// retention (from 100ms to 24h).
+    #[arg(
+        long,
+        env = "KEYVAULT_JOB_INTERVAL",
+        default_value = "60s",
+        global = true
+    )]
+    pub job_interval: String,
+    /// `on`: `serve` rotates keys whose policy is due and seals each new key for the holder
+    /// of the old one; `off`: leave rotations to `keyvault rotate-due`.
+    #[arg(
+        long,
+        env = "KEYVAULT_AUTO_ROTATE",
+        default_value = "on",
+        global = true
+    )]
+    pub auto_rotate: String,
+    /// `serve` deletes keys expired for longer than this (`off` keeps them).
+    #[arg(
+        long,
+        env = "KEYVAULT_CLEANUP_AFTER",
+        default_value = "30d",
+        global = true
+    )]
+    pub cleanup_after: String,
+    /// `serve` deletes raw usage events and minute rollups older than this (`off` keeps
+    /// them); hourly rollups stay.
+    #[arg(
+        long,
+        env = "KEYVAULT_USAGE_RETENTION",
+        default_value = "90d",
+        global = true
+    )]
+    pub usage_retention: String,
+}
+
+impl Default for Global {
+    /// The `keyvault` command's defaults, with nothing read from the environment.
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://keyvault.db".into(),
+            redis_url: None,
+            secret_key: None,
+            pepper: None,
+            trusted_proxies: None,
+            instances: "1".into(),
+            credits_fail_mode: "closed".into(),
+            alert_interval: "30s".into(),
+            allow_private_webhooks: "false".into(),
+            notify_retry_delays: "10s,30s,5m,30m,2h".into(),
+            lang: "en".into(),
+            job_interval: "60s".into(),
+            auto_rotate: "on".into(),
+            cleanup_after: "30d".into(),
+            usage_retention: "90d".into(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +182,9 @@ pub enum Command {
     /// Notification channels: list them, send one a test message.
     #[command(subcommand)]
     Notifiers(NotifiersCommand),
+    /// Stored usage.
+    #[command(subcommand)]
+    Usage(UsageCommand),
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +381,20 @@ pub enum NotifiersCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Delete raw usage events and minute rollups older than a duration, now (what `serve`
+    /// does every KEYVAULT_JOB_INTERVAL with KEYVAULT_USAGE_RETENTION); hourly rollups stay,
+    /// so statistics over whole hours do not change.
+    #[command(after_help = "Examples:\n  keyvault usage purge --older-than 90d\n  \
+                            keyvault usage purge --older-than 36h")]
+    Purge {
+        /// What to keep: usage younger than this (e.g. 90d; at least 1s).
+        #[arg(long)]
+        older_than: String,
+    },
+}
+
 /// Runs one parsed command line: the whole `keyvault` binary but for its `main`.
 pub async fn run(cli: Cli) -> Result<()> {
     let config = Config::from_args(&cli.global)?;
@@ -345,6 +420,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Audit(AuditCommand::Verify) => commands::audit_verify(&app).await,
         Command::Alerts(cmd) => commands::alerts(&app, cmd).await,
         Command::Notifiers(cmd) => commands::notifiers(&app, cmd).await,
+        Command::Usage(UsageCommand::Purge { older_than }) => {
+            commands::usage_purge(&app, &older_than).await
+        }
     }
 }
 

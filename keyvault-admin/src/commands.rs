@@ -350,6 +350,30 @@ pub(crate) async fn cleanup_expired(app: &App, older_than: &str) -> Result<()> {
     Ok(())
 }
 
+pub(crate) async fn usage_purge(app: &App, older_than: &str) -> Result<()> {
+    let keep = duration(older_than, "older-than")?.get();
+    if keep < std::time::Duration::from_secs(1) {
+        return Err(Error::input("older-than", "must be at least 1s"));
+    }
+    let purged = app.purge_usage(keep).await?;
+    app.audit(
+        &cli_actor(),
+        "usage.purge",
+        None,
+        keyvault_core::AuditOutcome::Success,
+        json!({ "older_than": older_than.trim(), "events": purged.events,
+                "minute_rollups": purged.minute_rollups }),
+    )
+    .await?;
+    stderr_line(&format!(
+        "Deleted {} usage event(s) and {} minute rollup(s) older than {}; hourly rollups kept.",
+        purged.events,
+        purged.minute_rollups,
+        older_than.trim()
+    ));
+    Ok(())
+}
+
 /// Alerts fetched per page by `alerts list`.
 const ALERT_PAGE: usize = 500;
 

@@ -37,6 +37,14 @@ pub struct Config {
     pub(crate) retry_delays: Vec<std::time::Duration>,
     /// The language of Slack messages.
     pub(crate) lang: crate::dashboard::Lang,
+    /// How often `serve` runs its jobs.
+    pub(crate) job_interval: std::time::Duration,
+    /// Whether `serve` rotates due keys itself (`KEYVAULT_AUTO_ROTATE`).
+    pub(crate) auto_rotate: bool,
+    /// Keys expired for longer than this are deleted; `None`: kept.
+    pub(crate) cleanup_after: Option<std::time::Duration>,
+    /// Usage older than this is deleted; `None`: kept.
+    pub(crate) usage_retention: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Config {
@@ -125,6 +133,28 @@ impl Config {
         let retry_delays = parse_delays(&g.notify_retry_delays)?;
         let lang = crate::dashboard::Lang::from_code(g.lang.trim())
             .ok_or_else(|| Error::input("KEYVAULT_LANG", "must be en or zh-CN"))?;
+        let job_interval = duration(&g.job_interval, "KEYVAULT_JOB_INTERVAL")?;
+        if job_interval < std::time::Duration::from_millis(100)
+            || job_interval > std::time::Duration::from_secs(86_400)
+        {
+            return Err(Error::input(
+                "KEYVAULT_JOB_INTERVAL",
+                "must be from 100ms to 24h",
+            ));
+        }
+        let auto_rotate = match g.auto_rotate.trim() {
+            "on" | "true" | "1" => true,
+            "off" | "false" | "0" => false,
+            _ => return Err(Error::input("KEYVAULT_AUTO_ROTATE", "must be on or off")),
+        };
+        let cleanup_after = optional_duration(&g.cleanup_after, "KEYVAULT_CLEANUP_AFTER")?;
+        let usage_retention = optional_duration(&g.usage_retention, "KEYVAULT_USAGE_RETENTION")?;
+        if usage_retention.is_some_and(|d| d < std::time::Duration::from_secs(1)) {
+            return Err(Error::input(
+                "KEYVAULT_USAGE_RETENTION",
+                "must be at least 1s (or off)",
+            ));
+        }
         Ok(Self {
             db,
             redis,
@@ -135,7 +165,26 @@ impl Config {
             allow_private_webhooks,
             retry_delays,
             lang,
+            job_interval,
+            auto_rotate,
+            cleanup_after,
+            usage_retention,
         })
+    }
+}
+
+/// A duration setting (`90s`, `30d`), or an error naming it.
+fn duration(text: &str, name: &str) -> Result<std::time::Duration> {
+    keyvault_core::HumanDuration::parse(text.trim(), name)
+        .map(|d| d.get())
+        .map_err(|e| Error::input(name, e.message))
+}
+
+/// A duration setting that `off` turns off.
+fn optional_duration(text: &str, name: &str) -> Result<Option<std::time::Duration>> {
+    match text.trim() {
+        "off" => Ok(None),
+        other => duration(other, name).map(Some),
     }
 }
 

@@ -147,6 +147,8 @@ pub enum Code {
     NotFound,
     /// A conflict with the current state.
     Conflict,
+    /// A successor already handed out (410).
+    SuccessorClaimed,
     /// A body over the limit.
     PayloadTooLarge,
     /// A method the endpoint does not answer.
@@ -172,6 +174,7 @@ impl Code {
             Code::Forbidden => "forbidden",
             Code::NotFound => "not_found",
             Code::Conflict => "conflict",
+            Code::SuccessorClaimed => "successor_claimed",
             Code::PayloadTooLarge => "payload_too_large",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::BackendUnavailable => "backend_unavailable",
@@ -193,6 +196,7 @@ impl Code {
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Conflict => StatusCode::CONFLICT,
+            Code::SuccessorClaimed => StatusCode::GONE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,

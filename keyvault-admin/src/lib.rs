@@ -51,6 +51,7 @@ mod commands;
 mod config;
 mod dashboard;
 mod error;
+mod jobs;
 pub mod logs;
 pub mod notify;
 mod out;
@@ -63,6 +64,7 @@ pub use app::{App, CreatedToken};
 // Roles are keyvault-core's; named here for hosts that create tokens and users.
 pub use config::{Config, DatabaseUrl};
 pub use error::{Code, Error, Problem, Result};
+pub use jobs::JobRun;
 pub use keyvault_core::Role;
 pub use notify::manage::{CreatedNotifier, NewNotifier, TestOutcome};
 pub use serve::{serve, shutdown_signal};

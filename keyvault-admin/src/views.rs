@@ -2,7 +2,9 @@
 //! holds a key, a token or a digest.
 
 use chrono::{DateTime, Utc};
-use keyvault_core::{KeyRecord, Keyvault, RateLimit, Refill, RotationPolicy, TokenRecord};
+use keyvault_core::{
+    KeyRecord, Keyvault, RateLimit, Refill, RotationPolicy, Successor, TokenRecord,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -60,6 +62,12 @@ pub(crate) struct KeyView {
     pub(crate) superseded_by: Option<String>,
     /// After a rotation: when this (old) key stops verifying.
     pub(crate) grace_until: Option<DateTime<Utc>>,
+    /// After an automatic rotation, on the old key: `sealed` until its holder claims the new
+    /// key (`POST /v1/keys/successor`), then `claimed`; null otherwise.
+    #[schema(value_type = Option<String>, example = "sealed")]
+    pub(crate) successor: Option<&'static str>,
+    /// The last verification of this key (on an old key during its grace: whether traffic
+    /// has moved to the new one yet).
     pub(crate) last_used_at: Option<DateTime<Utc>>,
 }
 
@@ -94,6 +102,10 @@ impl KeyView {
             rotated_from: r.rotated_from.map(|i| i.to_string()),
             superseded_by: r.superseded_by.map(|i| i.to_string()),
             grace_until: r.grace_until,
+            successor: r.successor.as_ref().map(|s| match s {
+                Successor::Sealed { .. } => "sealed",
+                Successor::Claimed { .. } => "claimed",
+            }),
             last_used_at: r.last_used_at,
         }
     }

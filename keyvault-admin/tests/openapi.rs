@@ -739,6 +739,48 @@ async fn every_answer_of_every_route_matches_its_documented_schema() {
             .await;
         assert_eq!(r.status, status, "{path}: {}", r.text());
     }
+    // Successor delivery: a key the jobs rotated, claimed with the old key (no API token),
+    // and its grace ended.
+    let r = w
+        .call(
+            "POST",
+            "/v1/keys",
+            "/v1/keys",
+            Some(&op),
+            Some(json!({"name": "auto", "rotation": {"every": "1s", "grace": "1h"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (auto, auto_key) = (
+        r.json()["id"].as_str().unwrap().to_owned(),
+        r.json()["key"].as_str().unwrap().to_owned(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let jobs = s.admin.run_jobs().await.unwrap();
+    assert!(jobs.rotated.unwrap_or(0) >= 1, "{jobs:?}");
+    let claim = "/v1/keys/successor";
+    for (key, status) in [
+        (None, 401),
+        (Some(plain_key.as_str()), 404),
+        (Some(auto_key.as_str()), 200),
+        (Some(auto_key.as_str()), 410),
+    ] {
+        let r = w.call("POST", claim, claim, key, None).await;
+        assert_eq!(r.status, status, "{}", r.text());
+    }
+    let end_grace = "/v1/keys/{id}/end-grace";
+    for (path, token, status) in [
+        (format!("/v1/keys/{auto}/end-grace"), Some(&viewer), 403),
+        (format!("/v1/keys/{auto}/end-grace"), None, 401),
+        (format!("/v1/keys/{absent}/end-grace"), Some(&op), 404),
+        (format!("/v1/keys/{auto}/end-grace"), Some(&op), 200),
+        (format!("/v1/keys/{auto}/end-grace"), Some(&op), 409),
+    ] {
+        let r = w
+            .call("POST", end_grace, &path, token.map(|t| t.as_str()), None)
+            .await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
     let batch = "/v1/keys/batch";
     for (body, token, status) in [
         (

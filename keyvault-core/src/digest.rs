@@ -118,6 +118,30 @@ impl KeyHasher {
             }
         }
     }
+
+    /// Key material derived from a full key's text for successor delivery
+    /// ([`crate::SealKey`]): HKDF-SHA-256 of the key, whose input is first keyed by the pepper
+    /// when there is one, so that without the pepper the derived public key confirms no guess
+    /// of the key (as the peppered digest does not).
+    pub(crate) fn successor_material(&self, key: &str) -> [u8; 32] {
+        const INFO: &[u8] = b"keyvault successor x25519 v1";
+        let mut out = [0u8; 32];
+        let expand = |ikm: &[u8], out: &mut [u8; 32]| {
+            hkdf::Hkdf::<Sha256>::new(None, ikm)
+                .expand(INFO, out)
+                .expect("32 bytes is a valid HKDF-SHA-256 output length");
+        };
+        match &self.pepper {
+            None => expand(key.as_bytes(), &mut out),
+            Some(mac) => {
+                let mut mac = mac.clone();
+                mac.update(INFO);
+                mac.update(key.as_bytes());
+                expand(&mac.finalize().into_bytes(), &mut out);
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Debug for KeyHasher {

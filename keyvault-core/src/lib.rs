@@ -65,6 +65,7 @@ mod recorder;
 mod rotate;
 mod signals;
 mod store;
+mod successor;
 mod usage;
 mod vault;
 
@@ -97,8 +98,9 @@ pub use limits::{
 };
 pub use manage::{BatchAction, CreatedKey};
 pub use model::{
-    Credits, DEFAULT_GRACE, KeyId, KeyRecord, MAX_CREDITS, MAX_LIMIT, MAX_NAME_LEN, MAX_PERIOD_MS,
-    RateLimit, Refill, RefillInterval, RotationPolicy, check_credit_amount, parse_allowlist,
+    Credits, DEFAULT_GRACE, FailMode, KeyId, KeyRecord, MAX_CREDITS, MAX_LIMIT, MAX_NAME_LEN,
+    MAX_PERIOD_MS, RateLimit, Refill, RefillInterval, RotationPolicy, check_credit_amount,
+    parse_allowlist,
 };
 pub use outcome::{LimitState, Outcome, Verification};
 pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
@@ -107,11 +109,12 @@ pub use signals::{
     ClientSignals, IpCount, MAX_PENDING as MAX_PENDING_SIGNALS, Sighting, SignalStore,
 };
 pub use store::{KeyQuery, KeyStore, KeyWrite, Page, every_page};
+pub use successor::{ClaimRefusal, ClaimedSuccessor, SealKey, Successor};
 pub use usage::{
     ALL_KEYS_ROLLUP, Granularity, KeyWindow, KeyWindows, LATENCY_BUCKETS, Label, LatencyHistogram,
-    OverviewBuilder, Percentiles, ProviderStats, RequestId, RollupRanges, SecondCounts, Span,
-    StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery, UsageSink,
-    success_rate,
+    OverviewBuilder, Percentiles, ProviderStats, Purged, RequestId, RollupRanges, SecondCounts,
+    Span, StatsOverview, StatsQuery, TimePoint, UNKNOWN_PROVIDER, UsageEvent, UsageQuery,
+    UsageSink, success_rate,
 };
 pub use vault::{Keyvault, KeyvaultBuilder, VerifyRequest};
 

@@ -13,6 +13,7 @@ use crate::{
     key::{ApiKey, Prefix},
     model::{KeyId, KeyRecord},
     store::{KeyQuery, KeyStore, KeyWrite, Page},
+    successor::SealKey,
     vault::Keyvault,
 };
 
@@ -112,6 +113,8 @@ impl Keyvault {
             grace_until: None,
             last_used_at: None,
             revision: 1,
+            seal_key: Some(SealKey::derive(&self.inner.hasher, key.expose())),
+            successor: None,
         };
         let audit = AuditEvent::new(
             now,

@@ -172,6 +172,48 @@ pub fn check_credit_amount(value: u64, field: &str) -> Result<(), InvalidInput> 
     }
 }
 
+/// What a limit answers while its shared backend (Redis) is unreachable or too slow, and only
+/// then (any other error is returned as it is). Stored on each rate limit (default `local`);
+/// credits take theirs from the deployment (default `closed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Return an error: the middleware answers 503. Nothing is admitted.
+    #[default]
+    Closed,
+    /// Admit without counting.
+    Open,
+    /// Count in this process instead: a rate limit of ⌈L/N⌉ for N instances; for credits,
+    /// spend on the durable store directly.
+    Local,
+}
+
+impl FailMode {
+    /// The name used in configuration, JSON and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Closed => "closed",
+            FailMode::Open => "open",
+            FailMode::Local => "local",
+        }
+    }
+}
+
+impl std::str::FromStr for FailMode {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "closed" => Ok(FailMode::Closed),
+            "open" => Ok(FailMode::Open),
+            "local" => Ok(FailMode::Local),
+            _ => Err(InvalidInput::new(
+                "fail_mode",
+                "must be \"closed\", \"open\" or \"local\"",
+            )),
+        }
+    }
+}
+
 /// A named token-bucket rate limit: at most `limit` tokens, refilled continuously at `limit`
 /// per `period_ms`. Fields are private: a constructed limit is always within bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -179,6 +221,7 @@ pub struct RateLimit {
     name: String,
     limit: u32,
     period_ms: u64,
+    fail_mode: FailMode,
 }
 
 impl RateLimit {
@@ -214,21 +257,38 @@ impl RateLimit {
             name,
             limit: limit as u32,
             period_ms,
+            fail_mode: FailMode::Local,
         })
     }
 
-    /// Parses the CLI form `<limit>/<duration>` (`100/60s`), named after the period.
+    /// The same limit with another fail mode (a new limit's is `local`).
+    #[must_use]
+    pub fn with_fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// Parses the CLI form `<limit>/<duration>[:<fail mode>]` (`100/60s`, `5/1s:closed`),
+    /// named after the period.
     pub fn parse_spec(spec: &str) -> Result<Self, InvalidInput> {
         let field = "rate-limit";
+        let (spec, mode) = match spec.split_once(':') {
+            Some((spec, mode)) => (
+                spec,
+                Some(mode.parse::<FailMode>().map_err(|e| e.within(field))?),
+            ),
+            None => (spec, None),
+        };
         let (limit, period) = spec
             .split_once('/')
-            .ok_or_else(|| InvalidInput::new(field, "must look like 100/60s"))?;
+            .ok_or_else(|| InvalidInput::new(field, "must look like 100/60s or 100/60s:closed"))?;
         let limit: u64 = limit
             .parse()
             .map_err(|_| InvalidInput::new(field, "the limit must be a whole number"))?;
         let period = HumanDuration::parse(period, field)?;
         let ms = u64::try_from(period.get().as_millis()).unwrap_or(u64::MAX);
-        Self::new(period.to_string(), limit, ms).map_err(|e| e.within(field))
+        let limit = Self::new(period.to_string(), limit, ms).map_err(|e| e.within(field))?;
+        Ok(limit.with_fail_mode(mode.unwrap_or(FailMode::Local)))
     }
 
     /// The limit's name.
@@ -243,6 +303,10 @@ impl RateLimit {
     pub fn period_ms(&self) -> u64 {
         self.period_ms
     }
+    /// What the limit answers while Redis is unreachable.
+    pub fn fail_mode(&self) -> FailMode {
+        self.fail_mode
+    }
 }
 
 impl<'de> Deserialize<'de> for RateLimit {
@@ -253,9 +317,16 @@ impl<'de> Deserialize<'de> for RateLimit {
             name: String,
             limit: u64,
             period_ms: u64,
+            #[serde(default = "local")]
+            fail_mode: FailMode,
+        }
+        fn local() -> FailMode {
+            FailMode::Local
         }
         let raw = Raw::deserialize(d)?;
-        RateLimit::new(raw.name, raw.limit, raw.period_ms).map_err(serde::de::Error::custom)
+        RateLimit::new(raw.name, raw.limit, raw.period_ms)
+            .map(|l| l.with_fail_mode(raw.fail_mode))
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -338,6 +409,14 @@ pub struct KeyRecord {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Incremented by every change; stores refuse a write from a stale revision.
     pub revision: u64,
+    /// What an automatic rotation seals this key's successor to (derived from the key at its
+    /// creation); none for keys made before successor delivery existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key: Option<crate::SealKey>,
+    /// After an automatic rotation: the successor sealed for this (old) key's holder, or when
+    /// it was claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<crate::Successor>,
 }
 
 impl Default for KeyDigest {

@@ -12,6 +12,7 @@ use crate::{
     key::ApiKey,
     model::{DEFAULT_GRACE, KeyId, KeyRecord},
     store::{KeyStore, KeyWrite},
+    successor::{SealKey, Successor},
     vault::Keyvault,
 };
 
@@ -43,7 +44,7 @@ impl Keyvault {
     ) -> Result<RotatedKey> {
         let action = "key.rotate";
         let old = self.load_for(id, actor, action).await?;
-        match self.prepare_rotation(&old, grace, actor, action) {
+        match self.prepare_rotation(&old, grace, actor, action, false) {
             Ok((rotated, writes, audit)) => {
                 self.write(writes, audit).await?;
                 Ok(rotated)
@@ -58,6 +59,7 @@ impl Keyvault {
         grace: Option<Duration>,
         actor: &Actor,
         action: &str,
+        seal: bool,
     ) -> Result<(RotatedKey, Vec<KeyWrite>, Vec<AuditEvent>)> {
         let now = self.now();
         let grace = grace.unwrap_or(DEFAULT_GRACE);
@@ -92,6 +94,8 @@ impl Keyvault {
             grace_until: None,
             last_used_at: None,
             revision: 1,
+            seal_key: Some(SealKey::derive(&self.inner.hasher, key.expose())),
+            successor: None,
             ..old.clone()
         };
         let mut retired = old.clone();
@@ -100,6 +104,9 @@ impl Keyvault {
         retired.next_rotation_at = None;
         retired.updated_at = now;
         retired.revision = old.revision + 1;
+        if seal && let Some(to) = &old.seal_key {
+            retired.successor = Some(Successor::seal(to, old.id, &key));
+        }
         let audit = AuditEvent::new(
             now,
             actor,
@@ -146,7 +153,7 @@ impl Keyvault {
             for old in due {
                 let grace = old.rotation.map(|r| r.grace.get());
                 let (rotated, writes, audit) =
-                    match self.prepare_rotation(&old, grace, actor, "key.rotate_due") {
+                    match self.prepare_rotation(&old, grace, actor, "key.rotate_due", false) {
                         Ok(p) => p,
                         // Disabled or expired keys with a policy are not rotated.
                         Err(Error::Conflict(_)) => continue,
@@ -166,6 +173,84 @@ impl Keyvault {
                 return Ok(done);
             }
         }
+    }
+
+    /// Rotates every due key that has a [`SealKey`], sealing each new key to the old one
+    /// for its holder to claim ([`Keyvault::claim_successor`]): what `serve` does on its own.
+    /// Nothing is shown to anyone here; keys without a seal key are left to
+    /// [`Keyvault::rotate_due_with`]. A key rotated meanwhile by another process is skipped.
+    pub async fn rotate_due_sealed(&self, actor: &Actor) -> Result<Vec<RotatedKey>> {
+        let mut done = Vec::new();
+        // Due keys left alone (no seal key; disabled or expired) come back on every read: ask
+        // for that many more, so that they never hide the others behind them.
+        let mut skipped = std::collections::HashSet::new();
+        loop {
+            let limit = 100 + skipped.len();
+            let due = self.inner.keys.due_for_rotation(self.now(), limit).await?;
+            let mut progressed = false;
+            for old in due {
+                if old.seal_key.is_none() {
+                    skipped.insert(old.id);
+                    continue;
+                }
+                let grace = old.rotation.map(|r| r.grace.get());
+                let (rotated, writes, audit) =
+                    match self.prepare_rotation(&old, grace, actor, "key.rotate_auto", true) {
+                        Ok(p) => p,
+                        Err(Error::Conflict(_)) => {
+                            skipped.insert(old.id);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                match self.write(writes, audit).await {
+                    Ok(()) => {
+                        progressed = true;
+                        done.push(rotated);
+                    }
+                    Err(Error::Conflict(_)) | Err(Error::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !progressed {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Ends a rotated key's grace now, once traffic has moved to its successor: from then on
+    /// it answers `EXPIRED` (everywhere within the propagation bound). A key that is not an
+    /// old key in its grace is a conflict; an unknown id is `NotFound`.
+    pub async fn end_grace(&self, id: KeyId, actor: &Actor) -> Result<KeyRecord> {
+        let action = "key.end_grace";
+        let old = self.load_for(id, actor, action).await?;
+        let now = self.now();
+        if old.superseded_by.is_none() {
+            let e = Error::Conflict(format!("key {id} was not rotated: it has no grace"));
+            return Err(self.refused(actor, action, Some(id.to_string()), e).await);
+        }
+        if old.is_expired(now) {
+            let e = Error::Conflict(format!("key {id} no longer verifies: its grace is over"));
+            return Err(self.refused(actor, action, Some(id.to_string()), e).await);
+        }
+        let mut ended = old.clone();
+        ended.grace_until = Some(now);
+        ended.updated_at = now;
+        ended.revision = old.revision + 1;
+        let audit = AuditEvent::new(
+            now,
+            actor,
+            action,
+            Some(id.to_string()),
+            AuditOutcome::Success,
+            json!({ "was": old.grace_until, "last_used_at": old.last_used_at }),
+        );
+        let write = KeyWrite::Update {
+            record: ended.clone(),
+            reset_credits: false,
+        };
+        self.write(vec![write], vec![audit]).await?;
+        Ok(ended)
     }
 
     /// Rotates every key whose policy is due and returns the new keys (shown once).

@@ -48,6 +48,27 @@ use crate::{KeyId, error::Result};
 pub trait UsageSink: Send + Sync + fmt::Debug {
     /// Stores a batch, idempotently on `request_id`.
     async fn write(&self, events: &[UsageEvent]) -> Result<()>;
+
+    /// Usage retention: removes the raw events and minute rollups older than `before` (hourly
+    /// rollups stay, so statistics over whole hours are unchanged). A batch retried after this
+    /// with events older than `before` would be counted again: keep at least a day. The
+    /// default answers that the store cannot.
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<Purged> {
+        let _ = before;
+        Err(crate::Error::backend(
+            "usage",
+            "this store does not purge usage",
+        ))
+    }
+}
+
+/// What a usage purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Purged {
+    /// Raw events.
+    pub events: u64,
+    /// Minute rollup rows.
+    pub minute_rollups: u64,
 }
 
 /// Statistics over stored usage.

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{
     AuditEvent, Credits, Error, KeyDigest, KeyId, KeyQuery, KeyRecord, KeyStore, KeyWrite, Page,
-    Prefix, RateLimit, RotationPolicy,
+    Prefix, RateLimit, RotationPolicy, SealKey,
 };
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, Row, postgres::PgRow};
@@ -17,15 +17,16 @@ macro_rules! key_columns {
     () => {
         "id, quota_id, name, owner_id, prefix, start, digest, created_at, updated_at, enabled, \
          expires_at, scopes, ip_allowlist, credits, ratelimits, metadata, rotation, \
-         next_rotation_at, rotated_from, superseded_by, grace_until, last_used_at, revision"
+         next_rotation_at, rotated_from, superseded_by, grace_until, last_used_at, revision, \
+         seal_key, successor"
     };
 }
 
 const INSERT_KEY: &str = "INSERT INTO kv_keys (id, quota_id, name, owner_id, prefix, start, \
     digest, created_at, updated_at, enabled, expires_at, scopes, ip_allowlist, credits, \
     ratelimits, metadata, rotation, next_rotation_at, rotated_from, superseded_by, grace_until, \
-    last_used_at, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-    $15, $16, $17, $18, $19, $20, $21, $22, $23)";
+    seal_key, successor, last_used_at, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+    $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)";
 
 // last_used_at only moves forward: usage sinks update it between a management read and its
 // write, and the write's older copy must not move it back.
@@ -33,8 +34,8 @@ const UPDATE_KEY: &str = "UPDATE kv_keys SET quota_id = $2, name = $3, owner_id 
     prefix = $5, start = $6, digest = $7, created_at = $8, updated_at = $9, enabled = $10, \
     expires_at = $11, scopes = $12, ip_allowlist = $13, credits = $14, ratelimits = $15, \
     metadata = $16, rotation = $17, next_rotation_at = $18, rotated_from = $19, \
-    superseded_by = $20, grace_until = $21, revision = $22, \
-    last_used_at = GREATEST(last_used_at, $24) WHERE id = $1 AND revision = $23";
+    superseded_by = $20, grace_until = $21, seal_key = $22, successor = $23, revision = $24, \
+    last_used_at = GREATEST(last_used_at, $26) WHERE id = $1 AND revision = $25";
 
 /// A record's columns, encoded.
 struct Encoded {
@@ -43,6 +44,8 @@ struct Encoded {
     metadata: Value,
     rotation: Option<Value>,
     allowlist: Vec<String>,
+    seal_key: Option<Vec<u8>>,
+    successor: Option<Value>,
     revision: i64,
 }
 
@@ -61,6 +64,12 @@ fn encode(r: &KeyRecord) -> Result<Encoded> {
             .map(|p| json(p, "rotation"))
             .transpose()?,
         allowlist: r.ip_allowlist.iter().map(ToString::to_string).collect(),
+        seal_key: r.seal_key.map(|k| k.as_bytes().to_vec()),
+        successor: r
+            .successor
+            .as_ref()
+            .map(|s| json(s, "successor"))
+            .transpose()?,
         revision: to_i64(r.revision, "revision")?,
     })
 }
@@ -142,6 +151,14 @@ pub(crate) fn record_from_row(row: &PgRow) -> Result<KeyRecord, crate::Error> {
         grace_until: row.try_get("grace_until")?,
         last_used_at: row.try_get("last_used_at")?,
         revision: to_u64(row.try_get("revision")?, "revision")?,
+        seal_key: row
+            .try_get::<Option<Vec<u8>>, _>("seal_key")?
+            .map(|b| SealKey::from_slice(&b).map_err(|e| corrupt("seal_key", e)))
+            .transpose()?,
+        successor: row
+            .try_get::<Option<Value>, _>("successor")?
+            .map(|v| from_json(v, "successor"))
+            .transpose()?,
     })
 }
 
@@ -151,7 +168,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|d| d.code().as_deref() == Some("23505"))
 }
 
-/// Binds `$1`–`$21`, the columns `INSERT_KEY` and `UPDATE_KEY` share, in table order.
+/// Binds `$1`–`$23`, the columns `INSERT_KEY` and `UPDATE_KEY` share, in table order.
 fn bind_record<'q>(
     q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     r: &'q KeyRecord,
@@ -178,6 +195,8 @@ fn bind_record<'q>(
         .bind(r.rotated_from.map(|k| *k.as_uuid()))
         .bind(r.superseded_by.map(|k| *k.as_uuid()))
         .bind(r.grace_until)
+        .bind(&e.seal_key)
+        .bind(&e.successor)
 }
 
 async fn insert(conn: &mut PgConnection, r: &KeyRecord) -> Result<()> {

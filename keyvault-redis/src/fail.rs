@@ -2,46 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// What to answer while Redis is unreachable or too slow (and only then: any other error is
-/// returned as it is).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum FailMode {
-    /// Return an error: the middleware answers 503. Nothing is admitted.
-    #[default]
-    Closed,
-    /// Admit without counting.
-    Open,
-    /// Count in this process instead: a rate limit of ⌈L/N⌉ for N instances; for credits,
-    /// spend on the durable store directly.
-    Local,
-}
-
-impl FailMode {
-    /// The name used in configuration and metrics.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            FailMode::Closed => "closed",
-            FailMode::Open => "open",
-            FailMode::Local => "local",
-        }
-    }
-}
-
-impl std::str::FromStr for FailMode {
-    type Err = keyvault_core::InvalidInput;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "closed" => Ok(FailMode::Closed),
-            "open" => Ok(FailMode::Open),
-            "local" => Ok(FailMode::Local),
-            _ => Err(keyvault_core::InvalidInput::new(
-                "fail_mode",
-                "must be \"closed\", \"open\" or \"local\"",
-            )),
-        }
-    }
-}
+pub use keyvault_core::FailMode;
 
 /// How often a component met an unavailable Redis, and what it answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -23,30 +23,36 @@ use crate::{
     lanes::{Lane, Lanes, Lead, MAX_CALLS_PER_LANE, Pending, SECOND_CALL_AT, lane_mut},
 };
 
-/// How [`RedisRateLimiter`] behaves when Redis is unavailable.
+/// How [`RedisRateLimiter`] behaves when Redis is unavailable. Each limit states its own
+/// fail mode ([`RateLimit::fail_mode`], stored with the key); a deployment may override it
+/// for the limits of one name.
 ///
 /// ```
 /// use std::num::NonZeroU32;
-/// use keyvault_redis::{FailMode, RedisLimiterConfig};
+/// use keyvault_core::{FailMode, RateLimit};
+/// use keyvault_redis::RedisLimiterConfig;
 ///
 /// let config = RedisLimiterConfig::default()
 ///     .instances(NonZeroU32::new(4).unwrap())      // local fallback: ⌈L/4⌉ per instance
 ///     .fail_mode_for("per-day", FailMode::Closed); // this limit must never be exceeded
-/// assert_eq!(config.mode_of("per-day"), FailMode::Closed);
-/// assert_eq!(config.mode_of("per-minute"), FailMode::Local);
+/// let per_day = RateLimit::new("per-day", 10_000, 86_400_000)?;
+/// let per_minute = RateLimit::new("per-minute", 100, 60_000)?;
+/// assert_eq!(config.mode_of(&per_day), FailMode::Closed);
+/// assert_eq!(config.mode_of(&per_minute), FailMode::Local);
+/// let strict = per_minute.with_fail_mode(FailMode::Open);
+/// assert_eq!(config.mode_of(&strict), FailMode::Open);
+/// # Ok::<(), keyvault_core::InvalidInput>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct RedisLimiterConfig {
-    fail_mode: FailMode,
     per_limit: HashMap<String, FailMode>,
     instances: NonZeroU32,
 }
 
 impl Default for RedisLimiterConfig {
-    /// Rate limits fall back to `local` with N = 1.
+    /// Each limit's own fail mode, with N = 1.
     fn default() -> Self {
         Self {
-            fail_mode: FailMode::Local,
             per_limit: HashMap::new(),
             instances: NonZeroU32::MIN,
         }
@@ -54,13 +60,7 @@ impl Default for RedisLimiterConfig {
 }
 
 impl RedisLimiterConfig {
-    /// The fail mode of every limit not named in [`Self::fail_mode_for`] (default `local`).
-    pub fn fail_mode(mut self, mode: FailMode) -> Self {
-        self.fail_mode = mode;
-        self
-    }
-
-    /// The fail mode of the limits named `name`.
+    /// Overrides the fail mode of the limits named `name`, whatever they state.
     pub fn fail_mode_for(mut self, name: impl Into<String>, mode: FailMode) -> Self {
         self.per_limit.insert(name.into(), mode);
         self
@@ -73,9 +73,12 @@ impl RedisLimiterConfig {
         self
     }
 
-    /// The fail mode of the limits named `name`.
-    pub fn mode_of(&self, name: &str) -> FailMode {
-        self.per_limit.get(name).copied().unwrap_or(self.fail_mode)
+    /// The fail mode applied to `limit`: the override for its name, else its own.
+    pub fn mode_of(&self, limit: &RateLimit) -> FailMode {
+        self.per_limit
+            .get(limit.name())
+            .copied()
+            .unwrap_or(limit.fail_mode())
     }
 }
 
@@ -267,11 +270,7 @@ impl RedisRateLimiter {
         error: Error,
     ) -> keyvault_core::Result<LimitDecision> {
         self.counters.unavailable(&error);
-        let modes: Vec<FailMode> = req
-            .limits
-            .iter()
-            .map(|l| self.config.mode_of(l.name()))
-            .collect();
+        let modes: Vec<FailMode> = req.limits.iter().map(|l| self.config.mode_of(l)).collect();
         if modes.contains(&FailMode::Closed) {
             self.counters.fallback(FailMode::Closed);
             return Err(error.into());
@@ -366,7 +365,7 @@ impl RateLimiter for RedisRateLimiter {
                 if req
                     .limits
                     .iter()
-                    .any(|l| self.config.mode_of(l.name()) == FailMode::Closed)
+                    .any(|l| self.config.mode_of(l) == FailMode::Closed)
                 {
                     self.counters.fallback(FailMode::Closed);
                     return Err(e.into());
@@ -374,7 +373,7 @@ impl RateLimiter for RedisRateLimiter {
                 // The check was most likely answered in process too: give back there.
                 let mut local = Vec::new();
                 for l in req.limits {
-                    if self.config.mode_of(l.name()) == FailMode::Local {
+                    if self.config.mode_of(l) == FailMode::Local {
                         local.push(self.local_share(l)?);
                     }
                 }

@@ -392,3 +392,74 @@ async fn a_busy_healthy_redis_never_triggers_a_fallback() {
     assert_eq!(inst.limiter.stats(), Default::default());
     assert_eq!(inst.credits.stats(), Default::default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_limit_answers_with_its_own_stored_fail_mode_while_redis_is_down() {
+    let mut server = OwnRedis::start().await;
+    let durable = Arc::new(MemoryStore::new());
+    let inst = common::instance(
+        lazy(&server.url()),
+        &durable,
+        RedisCreditConfig::default(),
+        RedisLimiterConfig::default().instances(NonZeroU32::new(2).unwrap()),
+    )
+    .await;
+    let kv = &inst.kv;
+    let limited = |mode: FailMode| {
+        NewKey::new(mode.as_str())
+            .ratelimit(RateLimit::new("h", 5, HOUR).unwrap().with_fail_mode(mode))
+    };
+    let closed = create(kv, limited(FailMode::Closed)).await;
+    let open = create(kv, limited(FailMode::Open)).await;
+    let local = create(kv, limited(FailMode::Local)).await;
+    for key in [&closed, &open, &local] {
+        let v = kv.verify(&VerifyRequest::new(key)).await.unwrap();
+        assert_eq!(v.outcome, Outcome::Valid);
+    }
+
+    server.kill().await;
+    assert!(
+        kv.verify(&VerifyRequest::new(&closed)).await.is_err(),
+        "closed: a backend failure (503)"
+    );
+    let admitted = |key: &str| {
+        let kv = kv.clone();
+        let key = key.to_owned();
+        async move {
+            let mut n = 0;
+            for _ in 0..8 {
+                if kv.verify(&VerifyRequest::new(&key)).await.unwrap().outcome == Outcome::Valid {
+                    n += 1;
+                }
+            }
+            n
+        }
+    };
+    assert_eq!(admitted(&open).await, 8, "open admits everything");
+    // ⌈5 ÷ 2⌉ = 3 in this process, whatever Redis had counted.
+    assert_eq!(admitted(&local).await, 3, "local: ⌈limit ÷ instances⌉");
+    let s = inst.limiter.stats();
+    assert!(s.closed >= 1 && s.open >= 8 && s.local >= 8, "{s:?}");
+
+    server.restart().await;
+    let back = Instant::now();
+    loop {
+        if let Ok(v) = kv.verify(&VerifyRequest::new(&closed)).await {
+            assert_eq!(v.outcome, Outcome::Valid, "Redis answers again");
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "not recovered within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closed_before = inst.limiter.stats().closed;
+    let v = kv.verify(&VerifyRequest::new(&open)).await.unwrap();
+    assert_eq!(v.outcome, Outcome::Valid);
+    assert_eq!(
+        inst.limiter.stats().closed,
+        closed_before,
+        "answered by Redis"
+    );
+}

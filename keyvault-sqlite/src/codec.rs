@@ -1,7 +1,7 @@
 //! Conversions between keyvault's types and SQLite's column values.
 
 use chrono::{DateTime, Utc};
-use keyvault_core::{KeyDigest, KeyId, KeyRecord, Prefix, uuid::Uuid};
+use keyvault_core::{KeyDigest, KeyId, KeyRecord, Prefix, SealKey, uuid::Uuid};
 use sqlx::{Row, sqlite::SqliteRow};
 
 use crate::{Error, error::corrupt};
@@ -59,7 +59,7 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str, column: &'static str) -> R
 pub(crate) const KEY_COLUMNS: &str = "id, quota_id, name, name_lower, owner_id, prefix, start, \
     start_lower, digest, created_at, updated_at, enabled, expires_at, effective_expiry, scopes, \
     ip_allowlist, credits, ratelimits, metadata, rotation, next_rotation_at, rotated_from, \
-    superseded_by, grace_until, last_used_at, revision";
+    superseded_by, grace_until, last_used_at, revision, seal_key, successor";
 
 /// A key record encoded for binding.
 pub(crate) struct KeyColumns {
@@ -89,6 +89,8 @@ pub(crate) struct KeyColumns {
     grace_until: Option<i64>,
     last_used_at: Option<i64>,
     revision: i64,
+    seal_key: Option<Vec<u8>>,
+    successor: Option<String>,
 }
 
 impl KeyColumns {
@@ -124,6 +126,12 @@ impl KeyColumns {
             grace_until: opt_micros(r.grace_until),
             last_used_at: opt_micros(r.last_used_at),
             revision: int(r.revision),
+            seal_key: r.seal_key.map(|k| k.as_bytes().to_vec()),
+            successor: r
+                .successor
+                .as_ref()
+                .map(|s| json(s, "successor"))
+                .transpose()?,
         })
     }
 
@@ -158,6 +166,8 @@ impl KeyColumns {
             .bind(self.grace_until)
             .bind(self.last_used_at)
             .bind(self.revision)
+            .bind(self.seal_key)
+            .bind(self.successor)
     }
 }
 
@@ -205,6 +215,12 @@ pub(crate) fn decode_key(row: &SqliteRow) -> Result<KeyRecord, Error> {
         grace_until: opt_from_micros(column(row, "grace_until")?, "grace_until")?,
         last_used_at: opt_from_micros(column(row, "last_used_at")?, "last_used_at")?,
         revision: uint(column(row, "revision")?, "revision")?,
+        seal_key: column::<Option<Vec<u8>>>(row, "seal_key")?
+            .map(|b| SealKey::from_slice(&b).map_err(|e| corrupt("seal_key", e)))
+            .transpose()?,
+        successor: column::<Option<String>>(row, "successor")?
+            .map(|s| from_json(&s, "successor"))
+            .transpose()?,
     })
 }
 

@@ -110,7 +110,7 @@ async fn write_one(conn: &mut SqliteConnection, w: &KeyWrite) -> Result<(), crat
             let sql = format!(
                 "INSERT INTO kv_keys ({KEY_COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
             );
             KeyColumns::encode(r)?
                 .bind(sqlx::query::<Sqlite>(AssertSqlSafe(sql)))

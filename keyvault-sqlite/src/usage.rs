@@ -9,7 +9,7 @@ use std::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    ALL_KEYS_ROLLUP, KeyId, LatencyHistogram, OverviewBuilder, Result, RollupRanges, Span,
+    ALL_KEYS_ROLLUP, KeyId, LatencyHistogram, OverviewBuilder, Purged, Result, RollupRanges, Span,
     StatsOverview, StatsQuery, UsageEvent, UsageQuery, UsageSink,
 };
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
@@ -266,7 +266,43 @@ impl UsageSink for SqliteStore {
         SqliteStore::touch_keys(&mut w.tx, last_used).await?;
         Ok(w.commit().await?)
     }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<Purged> {
+        let before = micros(before);
+        let mut purged = Purged::default();
+        // An hour of events per transaction, oldest first, so that writers wait for one
+        // short delete at a time however far behind the retention is.
+        for (table, column, count) in [
+            ("kv_usage_events", "ts", &mut purged.events),
+            ("kv_usage_rollup", "minute", &mut purged.minute_rollups),
+        ] {
+            let oldest = format!("SELECT min({column}) FROM {table}");
+            let delete = format!("DELETE FROM {table} WHERE {column} < ?1");
+            loop {
+                let first: Option<i64> = sqlx::query_scalar(AssertSqlSafe(oldest.clone()))
+                    .fetch_one(self.pool())
+                    .await
+                    .map_err(crate::Error::from)?;
+                let Some(first) = first.filter(|&t| t < before) else {
+                    break;
+                };
+                let upto = first.saturating_add(PURGE_STEP_MICROS).min(before);
+                let mut w = self.write().await?;
+                let done = sqlx::query(AssertSqlSafe(delete.clone()))
+                    .bind(upto)
+                    .execute(&mut *w.tx)
+                    .await
+                    .map_err(crate::Error::from)?;
+                w.commit().await?;
+                *count += done.rows_affected();
+            }
+        }
+        Ok(purged)
+    }
 }
+
+/// How much of the oldest usage one purge transaction removes: an hour.
+const PURGE_STEP_MICROS: i64 = 3_600_000_000;
 
 /// A span as the microseconds `[start, end)` that SQLite compares.
 fn micros_of(s: Span) -> [i64; 2] {

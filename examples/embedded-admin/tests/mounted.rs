@@ -67,6 +67,7 @@ async fn open(dir: &std::path::Path) -> Admin {
         allow_private_webhooks: "false".into(),
         notify_retry_delays: "10s,30s,5m,30m,2h".into(),
         lang: "en".into(),
+        ..Global::default()
     })
     .unwrap();
     Admin::new(App::open(config).await.unwrap())

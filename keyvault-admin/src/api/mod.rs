@@ -11,6 +11,7 @@ mod openapi;
 mod pagination;
 mod reports;
 pub(crate) mod shapes;
+mod successor;
 mod tokens;
 mod verify;
 pub(crate) mod wire;
@@ -67,6 +68,8 @@ pub(crate) fn router(state: AppState) -> Router {
             get(keys::get).patch(keys::update).delete(keys::delete),
         )
         .route("/v1/keys/{id}/rotate", post(keys::rotate))
+        .route("/v1/keys/successor", post(successor::claim))
+        .route("/v1/keys/{id}/end-grace", post(successor::end_grace))
         .route("/v1/usage", post(verify::usage))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))

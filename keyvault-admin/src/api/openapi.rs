@@ -20,7 +20,8 @@ pub(crate) struct ProblemDoc {
     status: u16,
     /// Stable, machine-readable: `invalid_json`, `invalid_field`, `missing_field`,
     /// `invalid_value`, `invalid_query`, `invalid_request`, `invalid_body`, `unauthorized`,
-    /// `forbidden`, `not_found`, `conflict`, `payload_too_large`, `method_not_allowed`,
+    /// `forbidden`, `not_found`, `conflict`, `successor_claimed`, `payload_too_large`,
+    /// `method_not_allowed`,
     /// `backend_unavailable`, `internal`.
     code: String,
     #[schema(required = false)]
@@ -51,6 +52,15 @@ impl Modify for Security {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "old_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("the old key of an automatic rotation")
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -65,6 +75,7 @@ impl Modify for Security {
         super::healthz, super::readyz, super::metrics,
         super::keys::create, super::keys::list, super::keys::get, super::keys::update,
         super::keys::delete, super::keys::rotate, super::keys::batch,
+        super::successor::claim, super::successor::end_grace,
         super::verify::verify, super::verify::usage,
         super::tokens::create, super::tokens::list, super::tokens::revoke,
         super::reports::stats, super::reports::audit, super::reports::logs,

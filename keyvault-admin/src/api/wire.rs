@@ -16,7 +16,7 @@
 
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    Credits, HumanDuration, InvalidInput, KeyPatch, NewKey, Prefix, RateLimit, Refill,
+    Credits, FailMode, HumanDuration, InvalidInput, KeyPatch, NewKey, Prefix, RateLimit, Refill,
     RefillInterval, RotationPolicy, parse_allowlist,
 };
 use serde::{
@@ -223,6 +223,21 @@ pub(crate) struct RateLimitBody {
     #[serde(default, deserialize_with = "whole")]
     #[schema(value_type = u64, required = true, minimum = 1, maximum = 31536000000_i64)]
     period_ms: Option<u64>,
+    /// With Redis unreachable: `local` (default) admits by an in-process limiter of
+    /// ⌈limit ÷ `KEYVAULT_INSTANCES`⌉, `open` admits, `closed` answers 503. Always present in
+    /// answers.
+    #[schema(value_type = Option<FailModeName>)]
+    fail_mode: Option<String>,
+}
+
+/// What a rate limit answers while Redis is unreachable.
+#[derive(ToSchema)]
+#[schema(as = FailMode, rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum FailModeName {
+    Local,
+    Open,
+    Closed,
 }
 
 /// Automatic rotation: a new key every `every` (at least `1s`), the old one valid for
@@ -285,7 +300,14 @@ fn ratelimits(items: Vec<RateLimitBody>) -> Result<Vec<RateLimit>, Problem> {
             let name = l.name.ok_or_else(|| required(at("name")))?;
             let limit = l.limit.ok_or_else(|| required(at("limit")))?;
             let period_ms = l.period_ms.ok_or_else(|| required(at("period_ms")))?;
+            let mode = match l.fail_mode.as_deref() {
+                None => FailMode::Local,
+                Some(m) => m
+                    .parse::<FailMode>()
+                    .map_err(|e| refused(e.within(&format!("ratelimits[{i}]"))))?,
+            };
             RateLimit::new(name, limit, period_ms)
+                .map(|l| l.with_fail_mode(mode))
                 .map_err(|e| refused(e.within(&format!("ratelimits[{i}]"))))
         })
         .collect()

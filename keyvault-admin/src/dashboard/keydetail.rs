@@ -20,7 +20,7 @@ use super::{
     keys::Status,
     page::{Shell, failure, render},
     range::{PRESETS, Range},
-    session::{Change, Visitor},
+    session::{Change, Empty, Visitor},
 };
 use crate::{
     api::{AppState, Ctx},
@@ -322,6 +322,30 @@ pub(crate) async fn rotate(
     }
 }
 
+/// `POST /admin/keys/{id}/end-grace`: the old key answers `EXPIRED` from now on.
+pub(crate) async fn end_grace(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    change: Change<Empty>,
+) -> Response {
+    let Change { v, script, .. } = change;
+    if let Err(r) = v
+        .permit(&st, &ctx, Need::Operator, "key.end_grace", script)
+        .await
+    {
+        return r;
+    }
+    let record = match load(&st, &id).await {
+        Ok(r) => r,
+        Err(e) => return failure(&v, script, e),
+    };
+    match st.app.kv.end_grace(record.id, &v.actor(&ctx)).await {
+        Ok(_) => Redirect::to(&v.mount.path(&format!("/admin/keys/{}", record.id))).into_response(),
+        Err(e) => failure(&v, script, e.into()),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "key_delete.html")]
 struct DeletePage {
@@ -356,10 +380,6 @@ pub(crate) async fn confirm_delete(
         Err(e) => failure(&v, false, e),
     }
 }
-
-/// The delete form carries nothing but its token.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Empty {}
 
 /// `POST /admin/keys/{id}/delete`.
 pub(crate) async fn delete(

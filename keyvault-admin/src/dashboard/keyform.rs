@@ -53,6 +53,8 @@ pub(crate) struct KeyForm {
     rl_name: Vec<String>,
     rl_limit: Vec<String>,
     rl_period: Vec<String>,
+    /// Each row's fail mode (`local`, `open`, `closed`); a select, so always sent.
+    rl_mode: Vec<String>,
     scopes: String,
     ip_allowlist: String,
     metadata: String,
@@ -66,6 +68,7 @@ pub(crate) struct LimitRow {
     pub(crate) name: String,
     pub(crate) limit: String,
     pub(crate) period: String,
+    pub(crate) mode: String,
 }
 
 #[derive(Template)]
@@ -115,7 +118,7 @@ impl FormPage {
         ];
         FIELDS.contains(&field)
             || (0..LIMIT_ROWS).any(|i| {
-                ["name", "limit", "period_ms"]
+                ["name", "limit", "period_ms", "fail_mode"]
                     .iter()
                     .any(|f| field == format!("ratelimits[{i}].{f}"))
             })
@@ -132,6 +135,12 @@ fn limit_rows(form: &KeyForm) -> Vec<LimitRow> {
             name: form.rl_name.get(i).cloned().unwrap_or_default(),
             limit: form.rl_limit.get(i).cloned().unwrap_or_default(),
             period: form.rl_period.get(i).cloned().unwrap_or_default(),
+            mode: form
+                .rl_mode
+                .get(i)
+                .cloned()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "local".into()),
         })
         .collect()
 }
@@ -409,6 +418,7 @@ impl KeyForm {
             f.rl_period.push(
                 HumanDuration::new(std::time::Duration::from_millis(l.period_ms())).to_string(),
             );
+            f.rl_mode.push(l.fail_mode().as_str().to_owned());
         }
         if let Some(p) = r.rotation {
             f.rotation_every = p.every.to_string();
@@ -432,9 +442,14 @@ impl KeyForm {
             &self.ip_allowlist,
         ];
         if all.iter().any(|f| f.len() > MAX_FIELD)
-            || [&self.rl_name, &self.rl_limit, &self.rl_period]
-                .iter()
-                .any(|v| v.len() > 16 || v.iter().any(|f| f.len() > 200))
+            || [
+                &self.rl_name,
+                &self.rl_limit,
+                &self.rl_period,
+                &self.rl_mode,
+            ]
+            .iter()
+            .any(|v| v.len() > 16 || v.iter().any(|f| f.len() > 200))
         {
             errors.push(("form".into(), "form.too_long"));
             return Err(errors);
@@ -529,7 +544,10 @@ impl KeyForm {
                     }
                 }
             };
-            limits.push(json!({ "name": parts[0], "limit": limit, "period_ms": period_ms }));
+            limits.push(
+                json!({ "name": parts[0], "limit": limit, "period_ms": period_ms,
+                                "fail_mode": row.mode }),
+            );
         }
         body.insert("ratelimits".into(), Value::Array(limits));
         let scopes: Vec<Value> = self

@@ -54,6 +54,7 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/admin/keys/{id}/toggle", post(keys::toggle))
         .route("/admin/keys/{id}/rotate", post(keydetail::rotate))
+        .route("/admin/keys/{id}/end-grace", post(keydetail::end_grace))
         .route(
             "/admin/keys/{id}/delete",
             get(keydetail::confirm_delete).post(keydetail::delete),

@@ -74,6 +74,14 @@ pub struct Settings {
     pub retry_delays: Option<String>,
     /// `KEYVAULT_LANG`.
     pub lang: Option<String>,
+    /// `KEYVAULT_JOB_INTERVAL`, `KEYVAULT_AUTO_ROTATE`, `KEYVAULT_CLEANUP_AFTER` and
+    /// `KEYVAULT_USAGE_RETENTION` (default the server's).
+    pub job_interval: Option<String>,
+    pub auto_rotate: Option<String>,
+    pub cleanup_after: Option<String>,
+    pub usage_retention: Option<String>,
+    /// `KEYVAULT_INSTANCES` (default 1).
+    pub instances: Option<String>,
 }
 
 impl Settings {
@@ -89,6 +97,11 @@ impl Settings {
             allow_private_webhooks: false,
             retry_delays: None,
             lang: None,
+            job_interval: None,
+            auto_rotate: None,
+            cleanup_after: None,
+            usage_retention: None,
+            instances: None,
         }
     }
 
@@ -99,7 +112,7 @@ impl Settings {
             secret_key: self.secret_key.clone(),
             pepper: self.pepper.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
-            instances: "1".into(),
+            instances: self.instances.clone().unwrap_or_else(|| "1".into()),
             credits_fail_mode: "closed".into(),
             alert_interval: self.alert_interval.clone().unwrap_or_else(|| "30s".into()),
             allow_private_webhooks: if self.allow_private_webhooks {
@@ -113,6 +126,10 @@ impl Settings {
                 .clone()
                 .unwrap_or_else(|| "10s,30s,5m,30m,2h".into()),
             lang: self.lang.clone().unwrap_or_else(|| "en".into()),
+            job_interval: self.job_interval.clone().unwrap_or_else(|| "60s".into()),
+            auto_rotate: self.auto_rotate.clone().unwrap_or_else(|| "on".into()),
+            cleanup_after: self.cleanup_after.clone().unwrap_or_else(|| "30d".into()),
+            usage_retention: self.usage_retention.clone().unwrap_or_else(|| "90d".into()),
         })
         .expect("test settings are valid")
     }
@@ -440,6 +457,11 @@ impl Settings {
             allow_private_webhooks: false,
             retry_delays: None,
             lang: None,
+            job_interval: None,
+            auto_rotate: None,
+            cleanup_after: None,
+            usage_retention: None,
+            instances: None,
         }
     }
 }

@@ -381,6 +381,19 @@ impl UsageSink for MemoryStore {
         self.touch(&used);
         Ok(())
     }
+
+    /// Removes the events older than `before`. This store keeps no rollups: its statistics
+    /// come from the events, so those before `before` go with them. Request ids stay known,
+    /// so a retried batch is still counted once.
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<crate::Purged> {
+        let mut u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let was = u.events.len();
+        u.events.retain(|e| e.ts >= before);
+        Ok(crate::Purged {
+            events: (was - u.events.len()) as u64,
+            minute_rollups: 0,
+        })
+    }
 }
 
 impl MemoryStore {

@@ -450,4 +450,35 @@ impl UsageSink for PgStore {
         }
         self.write_some(events, &buckets).await
     }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<keyvault_core::Purged> {
+        let mut purged = keyvault_core::Purged::default();
+        // A day of the oldest usage per statement, so that no one statement holds locks
+        // (or bloats the table) for long however far behind the retention is.
+        for (table, column, count) in [
+            ("kv_usage_events", "ts", &mut purged.events),
+            ("kv_usage_rollup", "minute", &mut purged.minute_rollups),
+        ] {
+            let oldest = format!("SELECT min({column}) FROM {table}");
+            let delete = format!("DELETE FROM {table} WHERE {column} < $1");
+            loop {
+                let first: Option<DateTime<Utc>> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(oldest.clone()))
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db)?;
+                let Some(first) = first.filter(|&t| t < before) else {
+                    break;
+                };
+                let upto = (first + chrono::TimeDelta::days(1)).min(before);
+                let done = sqlx::query(sqlx::AssertSqlSafe(delete.clone()))
+                    .bind(upto)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+                *count += done.rows_affected();
+            }
+        }
+        Ok(purged)
+    }
 }
