@@ -223,7 +223,8 @@ pub enum KeysCommand {
                       that list whole; its --no-… form empties it. --credits sets the balance \
                       and keeps the refill; --refill sets the refill and keeps the balance (a \
                       key without credits starts at the refill's amount). --rotate-every or \
-                      --rotation-grace alone keeps the other half of the key's policy.",
+                      --rotation-grace alone keeps the other half of the key's policy; a \
+                      policy changed counts its period again from now.",
         after_help = UPDATE_EXAMPLES
     )]
     Update(Box<KeysUpdateArgs>),
