@@ -182,6 +182,9 @@ pub enum Command {
     /// Notification channels: list them, send one a test message.
     #[command(subcommand)]
     Notifiers(NotifiersCommand),
+    /// Dashboard users: list them, change a role, disable or enable one.
+    #[command(subcommand, after_help = USERS_EXAMPLES)]
+    Users(UsersCommand),
     /// Stored usage.
     #[command(subcommand)]
     Usage(UsageCommand),
@@ -247,7 +250,7 @@ pub enum TokenCommand {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key; it is printed once, on standard output.
-    Create(KeysCreateArgs),
+    Create(Box<KeysCreateArgs>),
     /// List keys, newest first.
     List {
         /// Print a JSON array of key objects.
@@ -274,6 +277,22 @@ pub enum KeysCommand {
         /// The key's id.
         id: String,
     },
+    /// Change a key: only the fields its flags name.
+    #[command(
+        long_about = "Change a key: only the fields its flags name; everything else stays as it \
+                      is. A list flag given (--rate-limit, --scope, --ip, --metadata) replaces \
+                      that list whole; its --no-… form empties it. --credits sets the balance \
+                      and keeps the refill; --refill sets the refill and keeps the balance (a \
+                      key without credits starts at the refill's amount). --rotate-every or \
+                      --rotation-grace alone keeps the other half of the key's policy; a \
+                      policy changed counts its period again from now.",
+        after_help = UPDATE_EXAMPLES
+    )]
+    Update(Box<KeysUpdateArgs>),
+    /// Enable, disable or delete many keys: a result per id; exit status 0 only when every
+    /// id succeeded.
+    #[command(after_help = BATCH_EXAMPLES)]
+    Batch(KeysBatchArgs),
     /// Rotate a key: prints the new key once; the old one works for the grace period.
     Rotate {
         /// The key's id.
@@ -284,7 +303,43 @@ pub enum KeysCommand {
     },
 }
 
+const CREATE_EXAMPLES: &str = "\
+Examples:
+  keyvault keys create --name ci --credits 1000 --refill monthly:1000 --rate-limit 100/60s
+  keyvault keys create --name partner --owner acme --ip 10.0.0.0/8 --ip 2001:db8::/32 \\
+      --metadata tier=gold --rotate-every 30d --rotation-grace 24h --json";
+
+const UPDATE_EXAMPLES: &str = "\
+Examples:
+  keyvault keys update 0190c0de-0000-7000-8000-000000000000 --name ci-2 --json
+  keyvault keys update ID --refill daily:500          # keeps the remaining balance
+  keyvault keys update ID --credits 1000 --no-expiry
+  keyvault keys update ID --rate-limit 10/1s --rate-limit 1000/1d --no-ip
+  keyvault keys update ID --rotate-every 7d --rotation-grace 1h
+  keyvault keys update ID --no-owner --no-scopes --no-metadata --no-rotation";
+
+const BATCH_EXAMPLES: &str = "\
+Output: one line per id on standard output, `<id>  ok` or `<id>  error: <why>`; with --json a
+JSON array with one object per id, in the order given:
+  [{\"id\": \"…\", \"ok\": true},
+   {\"id\": \"…\", \"ok\": false, \"error\": \"not_found\", \"message\": \"key … not found\"}]
+(`error` is the code the REST API's batch answers with; `message` says why, for people).
+
+Examples:
+  keyvault keys batch disable 0190c0de-0000-7000-8000-000000000000 0190c0de-0000-7000-8000-000000000001
+  keyvault keys batch delete --ids-file retired.txt --json
+The ids file holds one id per line; blank lines and `#` comments are skipped.";
+
+const USERS_EXAMPLES: &str = "\
+Examples:
+  keyvault users list --json
+  keyvault users set-role alice operator
+  keyvault users disable bob
+  keyvault users enable bob
+The last enabled admin can be neither demoted nor disabled.";
+
 #[derive(Debug, Args)]
+#[command(after_help = CREATE_EXAMPLES)]
 pub struct KeysCreateArgs {
     /// A name for the key.
     #[arg(long)]
@@ -307,7 +362,124 @@ pub struct KeysCreateArgs {
     /// A scope (repeatable).
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
+    /// Refill the credits daily or monthly (at 00:00 UTC; monthly on the 1st) to N, e.g.
+    /// monthly:1000; without --credits the balance starts at N.
+    #[arg(long, value_name = "daily:N|monthly:N")]
+    pub refill: Option<String>,
+    /// A network allowed to use the key, as a CIDR or an address (repeatable; none: any).
+    #[arg(long = "ip", value_name = "CIDR")]
+    pub ips: Vec<String>,
+    /// A metadata entry KEY=VALUE, the value a string (repeatable).
+    #[arg(long = "metadata", value_name = "K=V")]
+    pub metadata: Vec<String>,
+    /// Rotate the key automatically this often (e.g. 30d; at least 1s).
+    #[arg(long, value_name = "D")]
+    pub rotate_every: Option<String>,
+    /// How long the old key keeps working after an automatic rotation (default 24h).
+    #[arg(long, value_name = "D", requires = "rotate_every")]
+    pub rotation_grace: Option<String>,
     /// Print the created key as a JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysUpdateArgs {
+    /// The key's id.
+    pub id: String,
+    /// A new name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A new owner.
+    #[arg(long, conflicts_with = "no_owner")]
+    pub owner: Option<String>,
+    /// Remove the owner.
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Expire the key this long from now (e.g. 30d).
+    #[arg(long, value_name = "D", conflicts_with = "no_expiry")]
+    pub expires_in: Option<String>,
+    /// Never expire.
+    #[arg(long)]
+    pub no_expiry: bool,
+    /// Set the credit balance to N (the refill stays).
+    #[arg(long, value_name = "N", conflicts_with = "no_credits")]
+    pub credits: Option<String>,
+    /// Set the refill (the balance stays, unless --credits sets it).
+    #[arg(long, value_name = "daily:N|monthly:N", conflicts_with = "no_credits")]
+    pub refill: Option<String>,
+    /// Unlimited credits: no balance, no refill.
+    #[arg(long)]
+    pub no_credits: bool,
+    /// The key's rate limits become these, such as 100/60s (repeatable; each starts full).
+    #[arg(
+        long = "rate-limit",
+        value_name = "L/P",
+        conflicts_with = "no_rate_limits"
+    )]
+    pub rate_limits: Vec<String>,
+    /// Remove every rate limit.
+    #[arg(long)]
+    pub no_rate_limits: bool,
+    /// The key's scopes become these (repeatable).
+    #[arg(long = "scope", value_name = "S", conflicts_with = "no_scopes")]
+    pub scopes: Vec<String>,
+    /// Remove every scope.
+    #[arg(long)]
+    pub no_scopes: bool,
+    /// The key's allowed networks become these CIDRs or addresses (repeatable).
+    #[arg(long = "ip", value_name = "CIDR", conflicts_with = "no_ip")]
+    pub ips: Vec<String>,
+    /// Remove the allow-list: any address may use the key.
+    #[arg(long)]
+    pub no_ip: bool,
+    /// The key's metadata becomes these KEY=VALUE entries, values strings (repeatable).
+    #[arg(long = "metadata", value_name = "K=V", conflicts_with = "no_metadata")]
+    pub metadata: Vec<String>,
+    /// Remove all metadata.
+    #[arg(long)]
+    pub no_metadata: bool,
+    /// Rotate the key automatically this often (e.g. 30d; at least 1s).
+    #[arg(long, value_name = "D", conflicts_with = "no_rotation")]
+    pub rotate_every: Option<String>,
+    /// How long the old key keeps working after an automatic rotation.
+    #[arg(long, value_name = "D", conflicts_with = "no_rotation")]
+    pub rotation_grace: Option<String>,
+    /// Stop rotating the key automatically.
+    #[arg(long)]
+    pub no_rotation: bool,
+    /// Print the changed key as a JSON document (as `keys show` prints it).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `keys batch` does to every key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BatchActionArg {
+    /// Enable every key.
+    Enable,
+    /// Disable every key.
+    Disable,
+    /// Delete every key for good.
+    Delete,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysBatchArgs {
+    /// What to do to every key.
+    #[arg(value_enum)]
+    pub action: BatchActionArg,
+    /// The keys' ids.
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "ids_file",
+        conflicts_with = "ids_file"
+    )]
+    pub ids: Vec<String>,
+    /// Read the ids from this file: one a line, blank lines and `#` comments skipped.
+    #[arg(long, value_name = "FILE")]
+    pub ids_file: Option<PathBuf>,
+    /// Print a JSON array of results, one per id: {id, ok, error?, message?}.
     #[arg(long)]
     pub json: bool,
 }
@@ -395,6 +567,37 @@ pub enum UsageCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// List dashboard users by username (never a password or its hash).
+    #[command(after_help = USERS_EXAMPLES)]
+    List {
+        /// Print a JSON array of users: {username, role, enabled, created_at, updated_at}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a user another role: admin, operator or viewer (their sessions end).
+    #[command(after_help = USERS_EXAMPLES)]
+    SetRole {
+        /// The login name.
+        username: String,
+        /// admin, operator or viewer.
+        role: String,
+    },
+    /// Stop a user from signing in (their sessions end).
+    #[command(after_help = USERS_EXAMPLES)]
+    Disable {
+        /// The login name.
+        username: String,
+    },
+    /// Let a disabled user sign in again.
+    #[command(after_help = USERS_EXAMPLES)]
+    Enable {
+        /// The login name.
+        username: String,
+    },
+}
+
 /// Runs one parsed command line: the whole `keyvault` binary but for its `main`.
 pub async fn run(cli: Cli) -> Result<()> {
     let config = Config::from_args(&cli.global)?;
@@ -420,6 +623,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Audit(AuditCommand::Verify) => commands::audit_verify(&app).await,
         Command::Alerts(cmd) => commands::alerts(&app, cmd).await,
         Command::Notifiers(cmd) => commands::notifiers(&app, cmd).await,
+        Command::Users(cmd) => commands::users(&app, cmd).await,
         Command::Usage(UsageCommand::Purge { older_than }) => {
             commands::usage_purge(&app, &older_than).await
         }

@@ -8,8 +8,7 @@ use std::{
 };
 
 use keyvault_core::{
-    Actor, AlertQuery, AlertState, Credits, HumanDuration, KeyQuery, NewKey, Prefix, RateLimit,
-    RotatedKey, TokenStore, every_page,
+    Actor, AlertQuery, AlertState, HumanDuration, KeyQuery, RotatedKey, TokenStore, every_page,
 };
 use serde_json::json;
 
@@ -17,11 +16,17 @@ use crate::{
     api::{alerts::AlertView, notifiers::NotifierView},
     app::App,
     auth::Role,
-    cli::{AlertsCommand, KeysCommand, KeysCreateArgs, NotifiersCommand, TokenCommand},
+    cli::{AlertsCommand, KeysCommand, NotifiersCommand, TokenCommand},
     error::{Error, Result},
     out::{stderr_line, stdout_line},
     views::{KeyView, TokenView},
 };
+
+mod batch;
+mod keyflags;
+mod users;
+
+pub(crate) use users::users;
 
 /// The actor for commands: the command line, with an id per invocation.
 pub(crate) fn cli_actor() -> Actor {
@@ -160,33 +165,6 @@ pub(crate) async fn token(app: &App, cmd: TokenCommand) -> Result<()> {
     Ok(())
 }
 
-fn new_key(args: &KeysCreateArgs) -> Result<NewKey> {
-    let mut new = NewKey::new(args.name.clone());
-    if let Some(p) = &args.prefix {
-        new = new.prefix(Prefix::new(p).map_err(|e| Error::input("prefix", e.message))?);
-    }
-    if let Some(o) = &args.owner {
-        new = new.owner(o.clone());
-    }
-    if let Some(d) = &args.expires_in {
-        new = new.expires_at(App::now() + duration(d, "expires-in")?.as_delta());
-    }
-    if let Some(c) = &args.credits {
-        let n: u64 = c
-            .parse()
-            .map_err(|_| Error::input("credits", "must be a whole number"))?;
-        new = new.credits(Credits::new(n));
-    }
-    for spec in &args.rate_limits {
-        new = new
-            .ratelimit(RateLimit::parse_spec(spec).map_err(|e| Error::input(e.field, e.message))?);
-    }
-    for s in &args.scopes {
-        new = new.scope(s.clone());
-    }
-    Ok(new)
-}
-
 fn key_id(text: &str) -> Result<keyvault_core::KeyId> {
     text.parse()
         .map_err(|_| Error::input("ID", format!("{text:?} is not a key id")))
@@ -206,7 +184,7 @@ pub(crate) async fn keys(app: &App, cmd: KeysCommand) -> Result<()> {
     let kv = &app.kv;
     match cmd {
         KeysCommand::Create(args) => {
-            let new = refuse(app, "key.create", None, new_key(&args)).await?;
+            let new = refuse(app, "key.create", None, keyflags::new_key(&args)).await?;
             let created = kv.create_key(new, &cli_actor()).await?;
             let view = KeyView::load(kv, &created.record).await?;
             if args.json {
@@ -276,6 +254,8 @@ pub(crate) async fn keys(app: &App, cmd: KeysCommand) -> Result<()> {
             kv.delete_key(kid, &cli_actor()).await?;
             stderr_line(&format!("Deleted key {id}."));
         }
+        KeysCommand::Update(args) => keyflags::update(app, &args).await?,
+        KeysCommand::Batch(args) => batch::batch(app, args).await?,
         KeysCommand::Rotate { id, grace } => {
             let grace = grace.as_deref().map(|g| duration(g, "grace")).transpose()?;
             let r = app

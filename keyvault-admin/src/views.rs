@@ -1,9 +1,9 @@
-//! The JSON shapes of keys and tokens, shared by the API and `--json` output. None of them
+//! The JSON shapes of keys, tokens and users, shared by the API and `--json` output. None of them
 //! holds a key, a token or a digest.
 
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    KeyRecord, Keyvault, RateLimit, Refill, RotationPolicy, Successor, TokenRecord,
+    KeyRecord, Keyvault, RateLimit, Refill, RotationPolicy, Successor, TokenRecord, UserRecord,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -137,6 +137,28 @@ impl From<&TokenRecord> for TokenView {
             created_at: t.created_at,
             expires_at: t.expires_at,
             created_by: t.created_by.clone(),
+        }
+    }
+}
+
+/// A dashboard user's public fields (never the password hash): `users list --json`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct UserView {
+    pub(crate) username: String,
+    pub(crate) role: String,
+    pub(crate) enabled: bool,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+impl From<&UserRecord> for UserView {
+    fn from(u: &UserRecord) -> Self {
+        Self {
+            username: u.username.clone(),
+            role: u.role.as_str().to_owned(),
+            enabled: u.enabled,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
         }
     }
 }
