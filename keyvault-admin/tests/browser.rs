@@ -788,3 +788,95 @@ async fn the_log_page_shows_a_new_record_within_five_seconds_and_filters_by_leve
     assert_eq!(info_rows, json!(0));
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_key_shows_its_grace_and_an_operator_ends_it_keeping_fail_modes_on_edit() {
+    let s = Server::sqlite().await;
+    let token = s.token("admin").await;
+    let r = s
+        .req("POST", "/v1/keys")
+        .token(&token)
+        .json(
+            &json!({"name": "handed over", "rotation": {"every": "1s", "grace": "1h"},
+            "ratelimits": [{"name": "per_second", "limit": 5, "period_ms": 1000,
+                            "fail_mode": "closed"}]}),
+        )
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let old_key = r.json()["key"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(s.admin.run_jobs().await.unwrap().rotated.unwrap_or(0) >= 1);
+    user(&s, "otto", Role::Operator).await;
+    let base = serve(&s).await;
+    let b = Browser::open(&base, "en").await;
+    b.sign_in("otto", PW).await;
+
+    // The old key: in its grace, its successor waiting for its holder.
+    b.go(&format!("/admin/keys/{id}")).await;
+    b.find("[data-testid=grace-card]").await;
+    let state = b.find("[data-testid=successor-state]").await;
+    assert_eq!(
+        state.attr("data-state").await.unwrap().as_deref(),
+        Some("sealed")
+    );
+    b.screenshot("key-grace-en").await;
+
+    // An old key is changed through its successor: saving the successor's edit form
+    // unchanged keeps the limit's fail mode (which the rotation carried over).
+    assert!(!b.has("[data-testid=key-edit]").await);
+    b.mark().await;
+    b.click("[data-testid=key-successor]").await;
+    b.until(Duration::from_secs(10), "the new key's page", async |b| {
+        !b.same_page().await && b.has("[data-testid=key-edit]").await
+    })
+    .await;
+    let new_id = b.path().await.rsplit('/').next().unwrap().to_owned();
+    assert_ne!(new_id, id);
+    b.go(&format!("/admin/keys/{new_id}/edit")).await;
+    let mode = b.find("select[data-testid=rl-mode]").await;
+    assert_eq!(mode.prop("value").await.unwrap().as_deref(), Some("closed"));
+    b.screenshot("key-form-fail-mode-en").await;
+    b.mark().await;
+    b.submit("key-form", "key-submit").await;
+    b.until(
+        Duration::from_secs(10),
+        "the key page after saving",
+        async |b| !b.same_page().await && b.has("[data-testid=key-status]").await,
+    )
+    .await;
+    let key = s
+        .req("GET", &format!("/v1/keys/{new_id}"))
+        .token(&token)
+        .send()
+        .await
+        .json();
+    assert_eq!(key["ratelimits"][0]["fail_mode"], "closed", "{key}");
+
+    // Ending the grace: the old key answers EXPIRED at once.
+    b.go(&format!("/admin/keys/{id}")).await;
+    b.mark().await;
+    b.click("[data-testid=end-grace]").await;
+    b.until(
+        Duration::from_secs(10),
+        "the page after ending the grace",
+        async |b| !b.same_page().await && b.has("[data-testid=key-status]").await,
+    )
+    .await;
+    let status = b.find("[data-testid=key-status]").await;
+    assert_eq!(
+        status.attr("data-status").await.unwrap().as_deref(),
+        Some("expired")
+    );
+    assert!(!b.has("[data-testid=end-grace]").await);
+    let v = s
+        .req("POST", "/v1/keys/verify")
+        .token(&token)
+        .json(&json!({"key": old_key}))
+        .send()
+        .await
+        .json();
+    assert_eq!(v["code"], "EXPIRED", "{v}");
+    b.close().await;
+}

@@ -52,6 +52,7 @@ fn alert(rule: &AlertRule, key: KeyId) -> Alert {
         acknowledged_at: None,
         resolved_at: None,
         last_seen_at: now(),
+        quiet_since: None,
     }
 }
 

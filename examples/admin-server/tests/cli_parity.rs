@@ -257,7 +257,7 @@ fn update_changes_only_what_its_flags_name() {
     ]));
     assert_eq!(
         after["ratelimits"],
-        json!([{"name": "1s", "limit": 10, "period_ms": 1000}])
+        json!([{"name": "1s", "limit": 10, "period_ms": 1000, "fail_mode": "local"}])
     );
     assert_eq!(after["scopes"], json!(["write", "admin"]));
     assert_eq!(after["ip_allowlist"], json!(["192.168.0.0/16"]));
@@ -641,4 +641,45 @@ fn every_new_command_has_help_with_examples() {
             assert!(o.stdout.contains(m), "{args:?} lacks {m}: {}", o.stdout);
         }
     }
+}
+
+#[test]
+fn rate_limits_carry_a_fail_mode_and_usage_purge_keeps_recent_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::sqlite(dir.path());
+    let o = env.run_secret(&[
+        "keys",
+        "create",
+        "--name",
+        "strict",
+        "--rate-limit",
+        "5/1s:closed",
+        "--rate-limit",
+        "100/1m",
+        "--json",
+    ]);
+    let created = json_of(&o);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let limits = show(&env, &id)["ratelimits"].clone();
+    assert_eq!(limits[0]["fail_mode"], "closed", "{limits}");
+    assert_eq!(limits[1]["fail_mode"], "local", "{limits}");
+    let o = env.run(&["keys", "update", &id, "--rate-limit", "5/1s:open", "--json"]);
+    assert_eq!(json_of(&o)["ratelimits"][0]["fail_mode"], "open");
+    for bad in ["5/1s:sometimes", "5/1s:", "5:closed"] {
+        let o = env.run(&["keys", "update", &id, "--rate-limit", bad]);
+        refused(&o, 1, "rate-limit");
+    }
+    assert_eq!(show(&env, &id)["ratelimits"][0]["fail_mode"], "open");
+
+    let o = env.run(&["usage", "purge", "--older-than", "90d"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains("Deleted 0 usage event(s)"), "{o:?}");
+    for bad in ["0s", "soon", ""] {
+        let o = env.run(&["usage", "purge", "--older-than", bad]);
+        refused(&o, 1, "older-than");
+    }
+    let o = env.run(&["usage", "purge"]);
+    assert_eq!(o.code, 2, "--older-than is required: {o:?}");
+    let help = env.run(&["usage", "purge", "--help"]);
+    assert!(help.stdout.contains("Examples:"), "{help:?}");
 }

@@ -389,3 +389,71 @@ fn a_bad_log_format_is_refused_with_its_name() {
     o.assert_one_line_error("a bad KEYVAULT_LOG_FORMAT");
     assert!(o.stderr.contains("KEYVAULT_LOG_FORMAT"), "{}", o.stderr);
 }
+
+#[test]
+fn a_restored_backup_keeps_sealed_successors_claimable_and_fail_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Env::sqlite(&dir.path().join("src")).with("KEYVAULT_JOB_INTERVAL", "1s");
+    std::fs::create_dir_all(&src.dir).unwrap();
+    let admin = src.token("admin");
+    let s = src.serve();
+    let k = s
+        .req("POST", "/v1/keys")
+        .token(&admin)
+        .json(
+            &json!({"name": "auto", "rotation": {"every": "1s", "grace": "1h"},
+            "ratelimits": [{"name": "m", "limit": 5, "period_ms": 1000, "fail_mode": "open"}]}),
+        )
+        .send()
+        .json();
+    let (id, old_key) = (
+        k["id"].as_str().unwrap().to_owned(),
+        k["key"].as_str().unwrap().to_owned(),
+    );
+    let rotated = eventually(Duration::from_secs(5), || {
+        s.req("GET", &format!("/v1/keys/{id}"))
+            .token(&admin)
+            .send()
+            .json()["successor"]
+            == "sealed"
+    });
+    assert!(rotated.is_some(), "not rotated by serve");
+    assert_eq!(s.terminate(), 0);
+
+    let file = dir.path().join("backup.ndjson");
+    let o = src.run(&["backup", "--out", file.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_no_secrets(&text, &[admin.clone(), old_key.clone()]);
+    assert!(
+        text.contains("\"seal_key\""),
+        "no public keys in the backup"
+    );
+    assert!(
+        text.contains("\"state\":\"sealed\""),
+        "no sealed successor in the backup"
+    );
+
+    // Restored elsewhere with the jobs off: the successor opens with the old key, once.
+    let dst = Env::sqlite(&dir.path().join("dst")).with("KEYVAULT_AUTO_ROTATE", "off");
+    std::fs::create_dir_all(&dst.dir).unwrap();
+    let o = dst.run(&["restore", "--in", file.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let d = dst.serve();
+    let claim = || {
+        d.req("POST", "/v1/keys/successor")
+            .header("authorization", &format!("Bearer {old_key}"))
+            .send()
+    };
+    let r = claim();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["key"].as_str().unwrap().starts_with("kv_"));
+    claim().problem(410, "successor_claimed");
+    let restored = d
+        .req("GET", &format!("/v1/keys/{id}"))
+        .token(&admin)
+        .send()
+        .json();
+    assert_eq!(restored["ratelimits"][0]["fail_mode"], "open", "{restored}");
+    assert_eq!(d.terminate(), 0);
+}

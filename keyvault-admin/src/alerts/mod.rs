@@ -28,6 +28,12 @@ pub(crate) use spec::{KINDS, Spec};
 
 use crate::{app::App, error::Result};
 
+/// The setting that holds when the last evaluation ran (RFC 3339).
+const LAST_EVALUATION: &str = "alerts.last_evaluation";
+
+/// How many evaluations a still-holding alert with unchanged figures goes without a write.
+const REFRESH_INTERVALS: u32 = 10;
+
 /// The lease the evaluation runs under.
 pub(crate) const LEASE: &str = "alert-evaluation";
 /// The weight of the newest window in a traffic baseline.
@@ -100,7 +106,17 @@ pub(crate) async fn evaluate(
         .into_iter()
         .map(|a| ((a.rule_id, a.subject()), a))
         .collect();
+    // When the evaluation before this one ran: every open alert it did not write, it found
+    // holding.
+    let previous = app
+        .backends
+        .settings
+        .setting(LAST_EVALUATION)
+        .await?
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc));
     let mut ctx = Context::new(app, now, interval);
+    let refresh = TimeDelta::from_std(interval * REFRESH_INTERVALS).unwrap_or(TimeDelta::hours(1));
     let mut changed: Vec<Alert> = Vec::new();
     let mut out = Transitions::default();
     let live_rules: HashSet<Uuid> = rules.iter().filter(|r| r.enabled).map(|r| r.id).collect();
@@ -119,10 +135,17 @@ pub(crate) async fn evaluate(
             seen.insert(subject.clone());
             match open.remove(&(rule.id, subject)) {
                 Some(mut a) => {
-                    a.value = hit.value;
-                    a.threshold = hit.threshold;
-                    a.last_seen_at = now;
-                    changed.push(a);
+                    // A holding alert is written only when its figures move or it had gone
+                    // quiet (and now and then, to keep `last_seen_at` near): with many open
+                    // alerts the writes, not the checks, were the evaluation's cost.
+                    let moved = a.value != hit.value || a.threshold != hit.threshold;
+                    if moved || a.quiet_since.is_some() || now - a.last_seen_at >= refresh {
+                        a.value = hit.value;
+                        a.threshold = hit.threshold;
+                        a.last_seen_at = now;
+                        a.quiet_since = None;
+                        changed.push(a);
+                    }
                 }
                 None => {
                     let a = Alert {
@@ -139,6 +162,7 @@ pub(crate) async fn evaluate(
                         acknowledged_at: None,
                         resolved_at: None,
                         last_seen_at: now,
+                        quiet_since: None,
                     };
                     out.fired.push(a.clone());
                     changed.push(a);
@@ -152,8 +176,19 @@ pub(crate) async fn evaluate(
         let lapsed = if a.kind == "new_network" {
             a.state == AlertState::Acknowledged || now - a.started_at >= EVENT_LIFETIME
         } else {
+            if a.quiet_since.is_none() {
+                // Unwritten holding alerts were seen by the evaluation before this one.
+                if let Some(prev) = previous.filter(|&p| p > a.last_seen_at && p < now) {
+                    a.last_seen_at = prev;
+                }
+            }
             !live_rules.contains(&a.rule_id) || now - a.last_seen_at >= quiet
         };
+        if !lapsed && a.kind != "new_network" && a.quiet_since.is_none() {
+            a.quiet_since = Some(now);
+            changed.push(a);
+            continue;
+        }
         if lapsed {
             a.state = AlertState::Resolved;
             a.resolved_at = Some(now);
@@ -165,6 +200,10 @@ pub(crate) async fn evaluate(
     for (rule, baselines) in ctx.baselines {
         store.save_baselines(rule, &baselines).await?;
     }
+    app.backends
+        .settings
+        .put_setting(LAST_EVALUATION, &now.to_rfc3339(), &[])
+        .await?;
     metrics::gauge!("keyvault_alerts_firing").set(store.firing_count().await? as f64);
     for a in &out.fired {
         tracing::warn!(target: "keyvault::alerts", alert = %a.id, rule = %a.rule_id, kind = a.kind, summary = a.summary, "alert firing");

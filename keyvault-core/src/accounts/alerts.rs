@@ -76,9 +76,15 @@ pub struct Alert {
     pub started_at: DateTime<Utc>,
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub resolved_at: Option<DateTime<Utc>>,
-    /// The last evaluation that found the condition holding: an alert resolves once a whole
-    /// interval has passed without one.
+    /// The last evaluation known to have found the condition holding: an alert resolves once
+    /// a whole interval has passed without one. A holding alert whose figures do not move is
+    /// not rewritten by every evaluation, so while [`Alert::quiet_since`] is unset the
+    /// evaluation that ran last counts as seeing it too.
     pub last_seen_at: DateTime<Utc>,
+    /// The first evaluation that did not find the condition holding (since it last did); unset
+    /// while it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_since: Option<DateTime<Utc>>,
 }
 
 impl Alert {

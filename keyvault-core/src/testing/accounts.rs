@@ -984,6 +984,7 @@ fn alert(rule: &crate::AlertRule, key: crate::KeyId) -> crate::Alert {
         acknowledged_at: None,
         resolved_at: None,
         last_seen_at: now(),
+        quiet_since: None,
     }
 }
 
