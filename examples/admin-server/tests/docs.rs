@@ -573,12 +573,12 @@ fn local_links_resolve() {
                 broken.push(format!("{file}: {target} (no such file)"));
                 continue;
             }
-            if let Some(anchor) = anchor {
-                if full.extension().is_some_and(|e| e == "md") {
-                    let target_doc = parse(&fs::read_to_string(&full).unwrap_or_default());
-                    if !anchors(&target_doc).contains(anchor) {
-                        broken.push(format!("{file}: {target} (no such heading)"));
-                    }
+            if let Some(anchor) = anchor
+                && full.extension().is_some_and(|e| e == "md")
+            {
+                let target_doc = parse(&fs::read_to_string(&full).unwrap_or_default());
+                if !anchors(&target_doc).contains(anchor) {
+                    broken.push(format!("{file}: {target} (no such heading)"));
                 }
             }
         }
