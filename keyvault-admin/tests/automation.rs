@@ -500,6 +500,24 @@ async fn two_instances_on_one_postgres_rotate_each_due_key_once() {
             "the successor is in pg_dump"
         );
     }
+    // Ending a grace on one instance: the old key is EXPIRED on the other within 1 s.
+    let verifier = a.token("verifier").await;
+    let (id, old_key) = &olds[0];
+    assert_eq!(verify(&b, &verifier, old_key).await, "VALID");
+    let r = a
+        .req("POST", &format!("/v1/keys/{id}/end-grace"))
+        .token(&admin)
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let expired = eventually(Duration::from_secs(1), async || {
+        verify(&b, &verifier, old_key).await == "EXPIRED"
+    })
+    .await;
+    assert!(
+        expired.is_some(),
+        "instance b still admits the old key after 1 s"
+    );
     a.admin.shutdown().await;
     b.admin.shutdown().await;
 }
