@@ -87,6 +87,7 @@ impl Admin {
             recorder: usage,
             guard: Default::default(),
             rejections: Default::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(app.config.max_concurrency)),
             app,
         };
         Self {

@@ -124,6 +124,15 @@ pub struct Global {
         global = true
     )]
     pub usage_retention: String,
+    /// Requests handled at once; beyond it, 503 `overloaded` with `Retry-After: 1` (health
+    /// checks and the live stream exempt).
+    #[arg(
+        long,
+        env = "KEYVAULT_MAX_CONCURRENCY",
+        default_value = "1024",
+        global = true
+    )]
+    pub max_concurrency: String,
 }
 
 impl Default for Global {
@@ -145,6 +154,7 @@ impl Default for Global {
             auto_rotate: "on".into(),
             cleanup_after: "30d".into(),
             usage_retention: "90d".into(),
+            max_concurrency: "1024".into(),
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Config {
     pub(crate) cleanup_after: Option<std::time::Duration>,
     /// Usage older than this is deleted; `None`: kept.
     pub(crate) usage_retention: Option<std::time::Duration>,
+    /// Requests handled at once (`KEYVAULT_MAX_CONCURRENCY`).
+    pub(crate) max_concurrency: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -155,6 +157,18 @@ impl Config {
                 "must be at least 1s (or off)",
             ));
         }
+        let max_concurrency = g
+            .max_concurrency
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| {
+                Error::input(
+                    "KEYVAULT_MAX_CONCURRENCY",
+                    "must be a whole number from 1 to 1000000",
+                )
+            })?;
         Ok(Self {
             db,
             redis,
@@ -169,6 +183,7 @@ impl Config {
             auto_rotate,
             cleanup_after,
             usage_retention,
+            max_concurrency,
         })
     }
 }

@@ -155,6 +155,8 @@ pub enum Code {
     MethodNotAllowed,
     /// A backend is down.
     BackendUnavailable,
+    /// Too many requests in flight (`KEYVAULT_MAX_CONCURRENCY`); retry (503).
+    Overloaded,
     /// The server failed; never for anything a client sent.
     Internal,
 }
@@ -178,6 +180,7 @@ impl Code {
             Code::PayloadTooLarge => "payload_too_large",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::BackendUnavailable => "backend_unavailable",
+            Code::Overloaded => "overloaded",
             Code::Internal => "internal",
         }
     }
@@ -199,7 +202,7 @@ impl Code {
             Code::SuccessorClaimed => StatusCode::GONE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::BackendUnavailable | Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

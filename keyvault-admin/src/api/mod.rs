@@ -52,6 +52,8 @@ pub(crate) struct AppState {
     pub(crate) guard: std::sync::Arc<crate::dashboard::SignInGuard>,
     /// Verifications `/v1/keys/verify` refused, for the live statistics.
     pub(crate) rejections: std::sync::Arc<live::Rejections>,
+    /// Requests being handled, at most `KEYVAULT_MAX_CONCURRENCY` ([`shed`]).
+    pub(crate) in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The whole application.
@@ -109,7 +111,40 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state, shed))
         .layer(middleware::from_fn(observe))
+}
+
+/// Routes never shed: health checks must answer under load (a balancer that sees 503 there
+/// takes the instance out), and a live stream holds its connection for as long as it is open.
+const NEVER_SHED: [&str; 3] = ["/healthz", "/readyz", "/v1/stats/stream"];
+
+/// Load shedding: beyond `KEYVAULT_MAX_CONCURRENCY` requests in flight, a request is answered
+/// at once with 503 `overloaded` and `Retry-After: 1` instead of queueing behind the others
+/// (the seed's "control concurrency"). A request holds its place until its response is ready.
+async fn shed(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if NEVER_SHED.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    match st.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let res = next.run(req).await;
+            drop(permit);
+            res
+        }
+        Err(_) => {
+            metrics::counter!("keyvault_http_shed_total").increment(1);
+            let mut res = Error::from(
+                Code::Overloaded.problem("the server is at its concurrency limit; retry shortly"),
+            )
+            .into_response();
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+            res
+        }
+    }
 }
 
 /// Copies the matched route template into the response, for the outer layer's labels.

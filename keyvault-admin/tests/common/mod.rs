@@ -82,6 +82,8 @@ pub struct Settings {
     pub usage_retention: Option<String>,
     /// `KEYVAULT_INSTANCES` (default 1).
     pub instances: Option<String>,
+    /// `KEYVAULT_MAX_CONCURRENCY` (default 1024).
+    pub max_concurrency: Option<String>,
 }
 
 impl Settings {
@@ -102,6 +104,7 @@ impl Settings {
             cleanup_after: None,
             usage_retention: None,
             instances: None,
+            max_concurrency: None,
         }
     }
 
@@ -130,6 +133,10 @@ impl Settings {
             auto_rotate: self.auto_rotate.clone().unwrap_or_else(|| "on".into()),
             cleanup_after: self.cleanup_after.clone().unwrap_or_else(|| "30d".into()),
             usage_retention: self.usage_retention.clone().unwrap_or_else(|| "90d".into()),
+            max_concurrency: self
+                .max_concurrency
+                .clone()
+                .unwrap_or_else(|| "1024".into()),
         })
         .expect("test settings are valid")
     }
@@ -184,6 +191,11 @@ impl Server {
             admin,
             _dir: None,
         }
+    }
+
+    /// The router itself, for requests the helpers cannot make (a body that never ends).
+    pub fn router(&self) -> Router {
+        self.router.clone()
     }
 
     /// An API token of this role, made through the library.
@@ -462,6 +474,7 @@ impl Settings {
             cleanup_after: None,
             usage_retention: None,
             instances: None,
+            max_concurrency: None,
         }
     }
 }
