@@ -110,10 +110,7 @@ impl Config {
         let secret_key = g.secret_key.clone().filter(|s| !s.is_empty());
         let nets = parse_proxies(g.trusted_proxies.as_deref().unwrap_or(""))?;
         let trusted_proxies = (!nets.is_empty()).then(|| TrustedProxies::new(nets));
-        let alert_interval =
-            keyvault_core::HumanDuration::parse(g.alert_interval.trim(), "KEYVAULT_ALERT_INTERVAL")
-                .map_err(|e| Error::input("KEYVAULT_ALERT_INTERVAL", e.message))?
-                .get();
+        let alert_interval = duration(&g.alert_interval, "KEYVAULT_ALERT_INTERVAL")?;
         if alert_interval < std::time::Duration::from_millis(100)
             || alert_interval > std::time::Duration::from_secs(86_400)
         {
