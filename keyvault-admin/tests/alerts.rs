@@ -386,6 +386,55 @@ async fn credits_and_expiry_fire_once_and_resolve_once() {
 }
 
 #[tokio::test]
+async fn an_expiring_alerts_seconds_left_count_down_between_evaluations_and_follow_a_moved_expiry()
+{
+    let s = Server::sqlite().await;
+    let op = s.token("operator").await;
+    let now = Utc::now();
+    let expires = now + TimeDelta::hours(1);
+    let (ending, _) = key(
+        &s,
+        &op,
+        json!({"name": "ending", "expires_at": expires.to_rfc3339()}),
+    )
+    .await;
+    rule(
+        &s,
+        &op,
+        json!({"name": "expiry", "kind": "expiring", "params": {"within": "2h"}}),
+    )
+    .await;
+    let left = |a: &Value| a["value"].as_f64().unwrap();
+    let near = |a: f64, b: f64| (a - b).abs() <= 5.0;
+
+    // Evaluated two minutes ago, read now: two minutes less left than it found then.
+    let t0 = now - TimeDelta::minutes(2);
+    let (fired, _) = evaluate(&s, t0).await;
+    assert_eq!(fired.len(), 1);
+    let a = &alerts(&s, &op, "state=firing").await[0];
+    assert!(near(left(a), 3_600.0), "{a}");
+    // A later evaluation with the expiry unchanged: the same count, still going down.
+    let (fired, resolved) = evaluate(&s, t0 + TimeDelta::seconds(30)).await;
+    assert!(fired.is_empty() && resolved.is_empty());
+    let a = &alerts(&s, &op, "state=firing").await[0];
+    assert!(near(left(a), 3_600.0), "{a}");
+
+    // The expiry moves half an hour closer: the next evaluation (sooner than the periodic
+    // refresh of a holding alert) writes the new figure.
+    let r = s
+        .req("PATCH", &format!("/v1/keys/{ending}"))
+        .token(&op)
+        .json(&json!({"expires_at": (expires - TimeDelta::minutes(30)).to_rfc3339()}))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (fired, _) = evaluate(&s, Utc::now()).await;
+    assert!(fired.is_empty(), "the same alert, not a new one");
+    let a = &alerts(&s, &op, "state=firing").await[0];
+    assert!(near(left(a), 1_800.0), "{a}");
+}
+
+#[tokio::test]
 async fn error_rate_latency_and_rejections_fire_per_key_and_resolve_when_the_window_passes() {
     let s = Server::sqlite().await;
     let op = s.token("operator").await;

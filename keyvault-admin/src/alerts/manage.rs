@@ -201,7 +201,9 @@ impl App {
 
     /// Alerts, newest first.
     pub async fn alerts(&self, query: &AlertQuery) -> Result<Vec<Alert>> {
-        Ok(self.backends.alerts.alerts(query).await?)
+        let now = Self::now();
+        let alerts = self.backends.alerts.alerts(query).await?;
+        Ok(alerts.into_iter().map(|a| a.as_of(now)).collect())
     }
 
     /// Acknowledges a firing alert (one already acknowledged or resolved is returned as it
@@ -219,7 +221,7 @@ impl App {
             .acknowledge(uuid, Self::now(), &[event])
             .await?
         {
-            Some(a) => Ok(a),
+            Some(a) => Ok(a.as_of(Self::now())),
             None => {
                 let e = Error::NotFound("alert".into());
                 Err(self.refused(actor, action, Some(uuid.to_string()), e).await)

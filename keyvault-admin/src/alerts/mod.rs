@@ -19,7 +19,8 @@ use std::{
 use chrono::{DateTime, TimeDelta, Utc};
 use ipnet::IpNet;
 use keyvault_core::{
-    Alert, AlertRule, AlertState, Baseline, KeyId, KeyQuery, KeyRecord, KeyWindows, every_page,
+    Alert, AlertRule, AlertState, Baseline, KeyId, KeyQuery, KeyRecord, KeyWindows, Sighting,
+    every_page,
 };
 use uuid::Uuid;
 
@@ -138,7 +139,14 @@ pub(crate) async fn evaluate(
                     // A holding alert is written only when its figures move or it had gone
                     // quiet (and now and then, to keep `last_seen_at` near): with many open
                     // alerts the writes, not the checks, were the evaluation's cost.
-                    let moved = a.value != hit.value || a.threshold != hit.threshold;
+                    // An `expiring` alert's seconds left count down by themselves
+                    // (`Alert::value_at`): only a moved expiry moves them.
+                    let value_moved = if a.kind == "expiring" {
+                        (a.value_at(now) - hit.value).abs() > 1.0
+                    } else {
+                        a.value != hit.value
+                    };
+                    let moved = value_moved || a.threshold != hit.threshold;
                     if moved || a.quiet_since.is_some() || now - a.last_seen_at >= refresh {
                         a.value = hit.value;
                         a.threshold = hit.threshold;
@@ -179,6 +187,7 @@ pub(crate) async fn evaluate(
             if a.quiet_since.is_none() {
                 // Unwritten holding alerts were seen by the evaluation before this one.
                 if let Some(prev) = previous.filter(|&p| p > a.last_seen_at && p < now) {
+                    a.value = a.value_at(prev);
                     a.last_seen_at = prev;
                 }
             }
@@ -230,6 +239,14 @@ struct Context<'a> {
     keys: Option<Vec<KeyRecord>>,
     owners: HashMap<String, HashSet<KeyId>>,
     windows: HashMap<(DateTime<Utc>, DateTime<Utc>), KeyWindows>,
+    /// `NOT_FOUND` counts per client IP by window start and bound, shared by `invalid_keys`
+    /// rules.
+    not_found: HashMap<(DateTime<Utc>, u64), Vec<(String, u64)>>,
+    /// The look-back's new sightings and their keys' earlier ones, shared by `new_network`
+    /// rules.
+    sightings: Option<(Vec<Sighting>, Vec<Sighting>)>,
+    /// Keys' credits left, read once per evaluation however many rules watch them.
+    credits: HashMap<KeyId, Option<u64>>,
     baselines: Vec<(Uuid, Vec<Baseline>)>,
 }
 
@@ -242,6 +259,9 @@ impl<'a> Context<'a> {
             keys: None,
             owners: HashMap::new(),
             windows: HashMap::new(),
+            not_found: HashMap::new(),
+            sightings: None,
+            credits: HashMap::new(),
             baselines: Vec::new(),
         }
     }
@@ -336,9 +356,15 @@ impl<'a> Context<'a> {
                         continue;
                     }
                     let Some(credits) = &k.credits else { continue };
-                    let Some(left) = self.app.kv.credits_remaining(&k).await? else {
-                        continue;
+                    let left = match self.credits.get(&k.id) {
+                        Some(left) => *left,
+                        None => {
+                            let left = self.app.kv.credits_remaining(&k).await?;
+                            self.credits.insert(k.id, left);
+                            left
+                        }
                     };
+                    let Some(left) = left else { continue };
                     let threshold = match spec {
                         Spec::CreditsLow(n) => *n as f64,
                         Spec::CreditsLowPercent(p) => {
@@ -476,8 +502,13 @@ impl<'a> Context<'a> {
             Spec::InvalidKeys { above, window } => {
                 // Counted per minute: the window covers the minutes it touches.
                 let from = floor_minute(now - delta(*window));
-                let signals = &self.app.backends.signals;
-                for (ip, n) in signals.not_found_by_ip(from, now, *above).await? {
+                if !self.not_found.contains_key(&(from, *above)) {
+                    let signals = &self.app.backends.signals;
+                    let counts = signals.not_found_by_ip(from, now, *above).await?;
+                    self.not_found.insert((from, *above), counts);
+                }
+                let counts = self.not_found.get(&(from, *above)).cloned();
+                for (ip, n) in counts.unwrap_or_default() {
                     hits.push(Hit {
                         key_id: None,
                         value: n as f64,
@@ -506,18 +537,29 @@ impl<'a> Context<'a> {
     async fn new_networks(&mut self, rule: &AlertRule, v4: u8, v6: u8) -> Result<Vec<Hit>> {
         let now = self.now;
         let lookback = delta(self.interval * 2).max(TimeDelta::minutes(2));
-        let signals = self.app.backends.signals.clone();
-        let mut fresh = signals.new_sightings(now - lookback, now).await?;
-        fresh.retain(|s| rule.key_id.is_none_or(|k| k == s.key_id));
+        if self.sightings.is_none() {
+            let signals = &self.app.backends.signals;
+            let fresh = signals.new_sightings(now - lookback, now).await?;
+            let mut keys: Vec<KeyId> = fresh.iter().map(|s| s.key_id).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let history = if keys.is_empty() {
+                Vec::new()
+            } else {
+                signals
+                    .sightings(&keys, now - lookback - TimeDelta::days(30))
+                    .await?
+            };
+            self.sightings = Some((fresh, history));
+        }
+        let (fresh, history) = self.sightings.clone().unwrap_or_default();
+        let fresh: Vec<Sighting> = fresh
+            .into_iter()
+            .filter(|s| rule.key_id.is_none_or(|k| k == s.key_id))
+            .collect();
         if fresh.is_empty() {
             return Ok(Vec::new());
         }
-        let mut keys: Vec<KeyId> = fresh.iter().map(|s| s.key_id).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let history = signals
-            .sightings(&keys, now - lookback - TimeDelta::days(30))
-            .await?;
         let net = |ip: &str| -> Option<IpNet> {
             let ip: IpAddr = ip.parse().ok()?;
             let prefix = if ip.is_ipv4() { v4 } else { v6 };

@@ -189,9 +189,17 @@ pub(super) async fn show(
 ) -> Result<Response> {
     let (state, filter) = state_of(q);
     let mut alerts = if state == "open" {
-        let mut open = st.app.backends.alerts.open_alerts().await?;
+        // The newest of each open state, through the state index: never every open alert.
+        let mut open = Vec::with_capacity(2 * SHOWN);
+        for state in [AlertState::Firing, AlertState::Acknowledged] {
+            let q = AlertQuery {
+                state: Some(state),
+                limit: SHOWN,
+                ..AlertQuery::default()
+            };
+            open.extend(st.app.alerts(&q).await?);
+        }
         open.sort_by_key(|a| std::cmp::Reverse(a.id));
-        open.truncate(SHOWN);
         open
     } else {
         st.app

@@ -62,11 +62,12 @@ pub(crate) async fn page(
     let stats =
         async { Ok::<_, crate::error::Error>(st.app.backends.stats.overview(&query).await?) };
     let firing = async {
-        let mut open = st.app.backends.alerts.open_alerts().await?;
-        open.retain(|a| a.state == keyvault_core::AlertState::Firing);
-        open.sort_by_key(|a| std::cmp::Reverse(a.id));
-        open.truncate(FIRING_SHOWN);
-        Ok::<_, crate::error::Error>(open)
+        let q = keyvault_core::AlertQuery {
+            state: Some(keyvault_core::AlertState::Firing),
+            limit: FIRING_SHOWN,
+            ..Default::default()
+        };
+        st.app.alerts(&q).await
     };
     let (stats, expiring, firing) = tokio::try_join!(
         stats,

@@ -94,6 +94,25 @@ impl Alert {
         Self::subject_of(self.key_id, self.ip.as_deref())
     }
 
+    /// The alert's value at `now`. An open `expiring` alert's value is the seconds its key
+    /// has left; the evaluation does not rewrite it while the key's expiry stays put, so the
+    /// value counts down from its last write (and stops when the alert went quiet).
+    pub fn value_at(&self, now: DateTime<Utc>) -> f64 {
+        if self.kind != "expiring" || self.state == AlertState::Resolved {
+            return self.value;
+        }
+        let until = self.quiet_since.unwrap_or(now).min(now);
+        let elapsed = (until - self.last_seen_at).num_milliseconds().max(0) as f64 / 1_000.0;
+        (self.value - elapsed).max(0.0).round()
+    }
+
+    /// The alert as it reads at `now` (see [`Alert::value_at`]).
+    #[must_use]
+    pub fn as_of(mut self, now: DateTime<Utc>) -> Self {
+        self.value = self.value_at(now);
+        self
+    }
+
     /// The subject of an alert on `key_id` and `ip` (see [`Alert::subject`]).
     pub fn subject_of(key_id: Option<KeyId>, ip: Option<&str>) -> String {
         match (key_id, ip) {
