@@ -64,7 +64,8 @@ impl Admin {
                 std::time::Duration::from_millis(50),
                 std::time::Duration::from_secs(1),
             );
-        let background = vec![
+        let rejections: Arc<crate::api::live::Rejections> = Arc::default();
+        let mut background = vec![
             (
                 tokio::spawn(evaluate_every(app.clone(), holder.clone())),
                 &[crate::alerts::LEASE][..],
@@ -82,11 +83,15 @@ impl Admin {
                 &crate::jobs::LEASES[..],
             ),
         ];
+        if let Some(live) = app.backends.live() {
+            let send = crate::api::live::send_rejections(Arc::downgrade(&rejections), live.clone());
+            background.push((tokio::spawn(send), &[][..]));
+        }
         let state = AppState {
             metrics: recorder.handle(),
             recorder: usage,
             guard: Default::default(),
-            rejections: Default::default(),
+            rejections,
             in_flight: Arc::new(tokio::sync::Semaphore::new(app.config.max_concurrency)),
             app,
         };

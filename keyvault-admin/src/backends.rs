@@ -82,7 +82,7 @@ impl Backends {
         Ok(Self {
             store: d.store.clone(),
             audit: d.audit.clone(),
-            usage: d.usage.clone(),
+            usage: deployment.usage(),
             stats: d.stats.clone(),
             users: d.users.clone(),
             tokens: Arc::new(CachedTokenStore::new(d.tokens.clone(), DEFAULT_TOKEN_TTL)),
@@ -124,6 +124,11 @@ impl Backends {
     /// cache drops what it holds for it, as after `Keyvault::update_key`.
     pub(crate) async fn invalidate_balance(&self, quota_id: KeyId) -> Result<()> {
         Ok(self.deployment.credits().balance_set(quota_id).await?)
+    }
+
+    /// Redis's live counters, when Redis is configured: the live statistics across instances.
+    pub(crate) fn live(&self) -> Option<&keyvault::redis::LiveCounters> {
+        self.deployment.redis().map(|r| r.live())
     }
 
     /// Times a limiter met an unavailable Redis and answered with its fail mode.

@@ -40,6 +40,15 @@ pub struct Global {
     /// Redis for limits, credit caching and change propagation across instances.
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// The prefix of every Redis key, so that several deployments can share one Redis; every
+    /// process of one deployment must use the same.
+    #[arg(
+        long,
+        env = "KEYVAULT_REDIS_NAMESPACE",
+        default_value = "keyvault",
+        global = true
+    )]
+    pub redis_namespace: String,
     /// Signs admin sessions; generated once and kept in the database when unset.
     #[arg(long, env = "SECRET_KEY", global = true, hide_env_values = true)]
     pub secret_key: Option<String>,
@@ -141,6 +150,7 @@ impl Default for Global {
         Self {
             database_url: "sqlite://keyvault.db".into(),
             redis_url: None,
+            redis_namespace: "keyvault".into(),
             secret_key: None,
             pepper: None,
             trusted_proxies: None,

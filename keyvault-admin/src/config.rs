@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 pub use keyvault::deploy::DatabaseUrl;
 use keyvault::{
     deploy::RedisSettings,
-    redis::{FailMode, RedisCreditConfig, RedisLimiterConfig},
+    redis::{FailMode, RedisConfig, RedisCreditConfig, RedisLimiterConfig},
 };
 use keyvault_axum::TrustedProxies;
 use keyvault_core::KeyHasher;
@@ -92,7 +92,12 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(|url| {
                 if url.starts_with("redis://") || url.starts_with("rediss://") {
-                    Ok(RedisSettings::new(url).limiter(limiter).credits(credits))
+                    let namespace = RedisConfig::new(g.redis_namespace.trim())
+                        .map_err(|e| Error::input("KEYVAULT_REDIS_NAMESPACE", e.message))?;
+                    Ok(RedisSettings::new(url)
+                        .config(namespace)
+                        .limiter(limiter)
+                        .credits(credits))
                 } else {
                     Err(Error::input(
                         "REDIS_URL",

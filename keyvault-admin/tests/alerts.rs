@@ -732,6 +732,70 @@ async fn live_statistics_count_the_last_minute_and_stream_them() {
         .problem(403, "forbidden");
 }
 
+#[tokio::test]
+async fn with_redis_the_live_statistics_count_every_instances_calls_and_refusals() {
+    let db = common::PgDb::create();
+    let mut settings = common::Settings::postgres(&db);
+    // Its own live counters: other tests' calls share this Redis.
+    settings.redis_namespace = Some(format!("kv-live-{}", uuid::Uuid::now_v7().simple()));
+    let a = Server::start(&settings).await;
+    let b = Server::start(&settings).await;
+    let op = a.token("operator").await;
+    let (k, _) = key(&a, &op, json!({"name": "live"})).await;
+    let now = Utc::now();
+    let events = vec![
+        event(
+            &k,
+            now - TimeDelta::seconds(2),
+            200,
+            5,
+            Some(Outcome::Valid),
+        ),
+        event(
+            &k,
+            now - TimeDelta::seconds(2),
+            500,
+            5,
+            Some(Outcome::Valid),
+        ),
+        event(
+            &k,
+            now - TimeDelta::seconds(1),
+            401,
+            1,
+            Some(Outcome::Disabled),
+        ),
+    ];
+    // Calls recorded through one instance, a refusal answered by the other: each instance's
+    // view holds both, which neither database events nor one instance's count could give.
+    record(&a, &op, events).await;
+    let r = b
+        .req("POST", "/v1/keys/verify")
+        .token(&op)
+        .json(&json!({"key": "kv_not_a_real_key"}))
+        .send()
+        .await;
+    assert_eq!(r.json()["valid"], false);
+    for s in [&a, &b] {
+        let last = std::sync::Mutex::new(Value::Null);
+        let counted = eventually(Duration::from_secs(4), async || {
+            let live = s.req("GET", "/v1/stats/live").token(&op).send().await;
+            assert_eq!(live.status, 200, "{}", live.text());
+            let body = live.json();
+            let done = body["calls"] == 3 && body["rejected"] == 2;
+            *last.lock().unwrap() = body;
+            done
+        })
+        .await;
+        let v = last.into_inner().unwrap();
+        assert!(counted.is_some(), "{v}");
+        assert_eq!(v["errors"], 2, "{v}");
+        let per_s = v["calls_per_s"].as_array().unwrap();
+        assert_eq!(per_s.len(), 60);
+        assert_eq!(per_s.iter().filter_map(Value::as_u64).sum::<u64>(), 3);
+    }
+}
+
 async fn verify_from(s: &Server, verifier: &str, key: &str, ip: &str) -> Value {
     let r = s
         .req("POST", "/v1/keys/verify")

@@ -7,7 +7,8 @@
 //! | [`RedisRateLimiter`] | [`RateLimiter`](keyvault_core::RateLimiter) | GCRA buckets in one Lua script: every limit of a key checked on the server's clock and taken only when all admit; concurrent checks of a key coalesced into one call; exact across instances |
 //! | [`RedisCreditStore`] | [`CreditStore`](keyvault_core::CreditStore) | live balances in Redis in front of a durable store, spent atomically in Lua, written back every 500 ms, rebuilt after a loss |
 //! | [`RedisChangeBus`] | [`ChangeBus`](keyvault_core::ChangeBus) | cache invalidation over pub/sub; a reconnect flushes every cache |
-//! | [`LiveCounters`] | | calls and errors per second and minute, per key and provider, expiring by themselves |
+//! | [`LiveCounters`] | | calls, errors and refused verifications per second and minute, per key and provider, expiring by themselves |
+//! | [`LiveSink`] | [`UsageSink`](keyvault_core::UsageSink) | another sink, whose written events it also counts in [`LiveCounters`] |
 //!
 //! All of them share one [`RedisBackend`]: a multiplexed connection that reconnects by itself,
 //! a namespace (so several deployments can share one Redis) and a time budget per call
@@ -61,7 +62,7 @@ pub use credits::RedisCreditStore;
 pub use error::Error;
 pub use fail::{FailMode, FallbackStats};
 pub use limiter::{BatchStats, MAX_BATCH, RedisLimiterConfig, RedisRateLimiter};
-pub use live::{LiveCounters, LivePoint, LiveScope, LiveSnapshot};
+pub use live::{LiveCounters, LivePoint, LiveScope, LiveSink, LiveSnapshot};
 
 // Re-exported so hosts name the same version.
 pub use redis;

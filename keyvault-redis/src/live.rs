@@ -1,9 +1,10 @@
 //! [`LiveCounters`]: calls and errors per second and per minute for a real-time dashboard.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use keyvault_core::{KeyId, UNKNOWN_PROVIDER, UsageEvent};
+use keyvault_core::{KeyId, Outcome, Purged, UNKNOWN_PROVIDER, UsageEvent, UsageSink};
 
 use crate::backend::RedisBackend;
 
@@ -44,6 +45,9 @@ pub struct LivePoint {
     pub calls: u64,
     /// Calls that were not a success (status outside 200–399).
     pub errors: u64,
+    /// Verifications refused: calls recorded with an outcome other than `VALID`, and the
+    /// refusals counted by [`LiveCounters::incr_rejected`] (in [`LiveScope::All`]).
+    pub rejected: u64,
 }
 
 /// The live view of a scope.
@@ -79,8 +83,8 @@ fn last_complete(points: &[LivePoint]) -> (u64, u64) {
 /// every instance and expiring by themselves (seconds after 2 minutes, minutes after 2 hours).
 ///
 /// Keys are `<namespace>:live:{<scope>}:s:<unix second>` and `…:m:<unix minute>`, hashes of
-/// `c` (calls) and `e` (errors); one hash tag per scope keeps each scope's keys in one Redis
-/// Cluster slot.
+/// `c` (calls), `e` (errors) and `r` (refused verifications); one hash tag per scope keeps
+/// each scope's keys in one Redis Cluster slot.
 ///
 /// ```no_run
 /// use keyvault_redis::{LiveCounters, LiveScope, RedisBackend, RedisConfig};
@@ -116,10 +120,11 @@ impl LiveCounters {
 
     /// Counts calls, summed per bucket first: one pipelined round trip for the batch.
     pub async fn incr_many(&self, events: &[UsageEvent]) -> keyvault_core::Result<()> {
-        let mut sums: HashMap<(String, char, i64), (u64, u64)> = HashMap::new();
+        let mut sums: HashMap<(String, char, i64), Counts> = HashMap::new();
         for e in events {
             let secs = e.ts.timestamp();
             let error = u64::from(!e.is_success());
+            let refused = u64::from(e.outcome.is_some_and(|o| o != Outcome::Valid));
             let mut scopes = vec![
                 LiveScope::All.tag(),
                 LiveScope::Provider(e.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER).to_owned())
@@ -131,20 +136,43 @@ impl LiveCounters {
             for scope in scopes {
                 for (unit, n) in [('s', secs), ('m', secs.div_euclid(60))] {
                     let s = sums.entry((scope.clone(), unit, n)).or_default();
-                    s.0 += 1;
-                    s.1 += error;
+                    s.calls += 1;
+                    s.errors += error;
+                    s.rejected += refused;
                 }
             }
         }
+        self.add(sums).await
+    }
+
+    /// Counts `n` refused verifications at `at` that were not recorded as calls (those of
+    /// `POST /v1/keys/verify`), in [`LiveScope::All`].
+    pub async fn incr_rejected(&self, at: DateTime<Utc>, n: u64) -> keyvault_core::Result<()> {
+        let secs = at.timestamp();
+        let tag = LiveScope::All.tag();
+        let refused = Counts {
+            rejected: n,
+            ..Counts::default()
+        };
+        let sums = [('s', secs), ('m', secs.div_euclid(60))]
+            .into_iter()
+            .map(|(unit, b)| ((tag.clone(), unit, b), refused))
+            .collect();
+        self.add(sums).await
+    }
+
+    /// Adds the sums to their buckets in one pipelined round trip.
+    async fn add(&self, sums: HashMap<(String, char, i64), Counts>) -> keyvault_core::Result<()> {
         if sums.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for ((scope, unit, n), (calls, errors)) in sums {
+        for ((scope, unit, n), sum) in sums {
             let key = self.bucket_key(&scope, unit, n);
-            pipe.cmd("HINCRBY").arg(&key).arg("c").arg(calls).ignore();
-            if errors > 0 {
-                pipe.cmd("HINCRBY").arg(&key).arg("e").arg(errors).ignore();
+            for (field, v) in [("c", sum.calls), ("e", sum.errors), ("r", sum.rejected)] {
+                if v > 0 {
+                    pipe.cmd("HINCRBY").arg(&key).arg(field).arg(v).ignore();
+                }
             }
             // Expire relative to the bucket, not to now: a late event can't keep it alive.
             let horizon = if unit == 's' {
@@ -176,24 +204,23 @@ impl LiveCounters {
         for n in &seconds {
             pipe.cmd("HMGET")
                 .arg(self.bucket_key(&tag, 's', *n))
-                .arg("c")
-                .arg("e");
+                .arg(&["c", "e", "r"]);
         }
         for n in &minutes {
             pipe.cmd("HMGET")
                 .arg(self.bucket_key(&tag, 'm', *n))
-                .arg("c")
-                .arg("e");
+                .arg(&["c", "e", "r"]);
         }
         let mut conn = self.redis.conn();
-        let rows: Vec<(Option<u64>, Option<u64>)> = self
+        let rows: Vec<(Option<u64>, Option<u64>, Option<u64>)> = self
             .redis
             .run(async { pipe.query_async(&mut conn).await })
             .await?;
-        let point = |ts: i64, row: Option<&(Option<u64>, Option<u64>)>| LivePoint {
+        let point = |ts: i64, row: Option<&(Option<u64>, Option<u64>, Option<u64>)>| LivePoint {
             ts: DateTime::<Utc>::from_timestamp(ts, 0).unwrap_or(now),
             calls: row.and_then(|r| r.0).unwrap_or(0),
             errors: row.and_then(|r| r.1).unwrap_or(0),
+            rejected: row.and_then(|r| r.2).unwrap_or(0),
         };
         let per_second = seconds
             .iter()
@@ -209,5 +236,48 @@ impl LiveCounters {
             per_second,
             per_minute,
         })
+    }
+}
+
+/// What one bucket gains.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    calls: u64,
+    errors: u64,
+    rejected: u64,
+}
+
+/// A [`UsageSink`] that writes to another and then counts what it wrote in [`LiveCounters`],
+/// so that every process recording usage (servers, host apps) feeds one live view across
+/// instances. The counting is best effort: with Redis unavailable the events are still
+/// stored, and the live view misses them (`keyvault_live_count_failures_total` counts the
+/// batches).
+#[derive(Debug, Clone)]
+pub struct LiveSink {
+    inner: Arc<dyn UsageSink>,
+    live: LiveCounters,
+}
+
+impl LiveSink {
+    /// Writes to `inner`, counting into `live`.
+    pub fn new(inner: Arc<dyn UsageSink>, live: LiveCounters) -> Self {
+        Self { inner, live }
+    }
+}
+
+#[async_trait]
+impl UsageSink for LiveSink {
+    async fn write(&self, events: &[UsageEvent]) -> keyvault_core::Result<()> {
+        // Stored first: a batch the store refused is retried, and counted once it lands.
+        self.inner.write(events).await?;
+        if let Err(e) = self.live.incr_many(events).await {
+            metrics::counter!("keyvault_live_count_failures_total").increment(1);
+            tracing::warn!(target: "keyvault::live", error = %e, events = events.len(), "calls stored but not counted live");
+        }
+        Ok(())
+    }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> keyvault_core::Result<Purged> {
+        self.inner.purge_before(before).await
     }
 }

@@ -35,7 +35,8 @@ use keyvault_core::{
 };
 use keyvault_postgres::{PgChangeBus, PgStore};
 use keyvault_redis::{
-    RedisBackend, RedisChangeBus, RedisConfig, RedisCreditStore, RedisRateLimiter,
+    LiveCounters, LiveSink, RedisBackend, RedisChangeBus, RedisConfig, RedisCreditStore,
+    RedisRateLimiter,
 };
 use keyvault_sqlite::{SqliteChangeBus, SqliteStore};
 
@@ -233,6 +234,7 @@ pub struct Redis {
     credits: Arc<RedisCreditStore>,
     limiter: Arc<RedisRateLimiter>,
     bus: Arc<dyn ChangeBus>,
+    live: LiveCounters,
 }
 
 impl Redis {
@@ -251,7 +253,7 @@ impl Redis {
     /// # Errors
     /// The Redis error when it cannot connect.
     pub async fn connect_with(settings: &RedisSettings, durable: &Durable) -> Result<Self> {
-        let backend = RedisBackend::connect(&settings.url, RedisConfig::default()).await?;
+        let backend = RedisBackend::connect(&settings.url, settings.config.clone()).await?;
         let credits = Arc::new(RedisCreditStore::new(
             &backend,
             durable.credits.clone(),
@@ -262,11 +264,13 @@ impl Redis {
             Arc::new(RedisChangeBus::new(&backend)),
             durable.bus.clone(),
         ]));
+        let live = LiveCounters::new(&backend);
         Ok(Self {
             backend,
             credits,
             limiter,
             bus,
+            live,
         })
     }
 
@@ -288,6 +292,11 @@ impl Redis {
     /// Redis's bus and the database's, as one.
     pub fn bus(&self) -> &Arc<dyn ChangeBus> {
         &self.bus
+    }
+
+    /// Calls, errors and refusals per second and minute, fed by [`Deployment::usage`].
+    pub fn live(&self) -> &LiveCounters {
+        &self.live
     }
 }
 
@@ -360,6 +369,15 @@ impl Deployment {
     /// Redis, when configured.
     pub fn redis(&self) -> Option<&Redis> {
         self.redis.as_ref()
+    }
+
+    /// Where usage events go: the database, and with Redis configured also Redis's live
+    /// counters (what `/v1/stats/live` reads across instances).
+    pub fn usage(&self) -> Arc<dyn UsageSink> {
+        match &self.redis {
+            Some(r) => Arc::new(LiveSink::new(self.durable.usage.clone(), r.live.clone())),
+            None => self.durable.usage.clone(),
+        }
     }
 
     /// Credit balances: Redis's cache when configured, else the database.

@@ -4,7 +4,7 @@
 use std::{fmt, path::PathBuf};
 
 use keyvault_core::{Error, Result};
-use keyvault_redis::{RedisCreditConfig, RedisLimiterConfig};
+use keyvault_redis::{RedisConfig, RedisCreditConfig, RedisLimiterConfig};
 
 /// Where the data lives, as `DATABASE_URL` names it. Every keyvault process parses the URL
 /// here, so they all accept (and refuse) the same ones.
@@ -98,6 +98,8 @@ pub struct RedisSettings {
     pub limiter: RedisLimiterConfig,
     /// The credit cache's fail mode and write-back interval.
     pub credits: RedisCreditConfig,
+    /// The connection's settings: the namespace of every key.
+    pub config: RedisConfig,
 }
 
 // The URL may hold a password.
@@ -106,6 +108,7 @@ impl fmt::Debug for RedisSettings {
         f.debug_struct("RedisSettings")
             .field("limiter", &self.limiter)
             .field("credits", &self.credits)
+            .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
@@ -117,7 +120,15 @@ impl RedisSettings {
             url: url.into(),
             limiter: RedisLimiterConfig::default(),
             credits: RedisCreditConfig::default(),
+            config: RedisConfig::default(),
         }
+    }
+
+    /// Sets the connection's settings (the key namespace).
+    #[must_use]
+    pub fn config(mut self, config: RedisConfig) -> Self {
+        self.config = config;
+        self
     }
 
     /// Sets the limiter's settings.

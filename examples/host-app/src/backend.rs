@@ -94,7 +94,7 @@ async fn database(
             .hasher(hasher)
             .build()
             .map_err(keyvault_core::Error::from)?,
-        usage: deployment.durable().usage.clone(),
+        usage: deployment.usage(),
         stats: deployment.durable().stats.clone(),
         demo_key: None,
         deployment: Some(deployment),

@@ -1,12 +1,19 @@
 //! `/v1/stats/live` and `/v1/stats/stream` (CONTRACT §7): the last 60 whole seconds of calls,
-//! errors and rejected verifications, across every instance on the database.
+//! errors and rejected verifications, across every instance.
 //!
-//! Calls, errors and the middleware's rejections are counted from the raw events through
-//! their time index (events reach the database within the recorder's flush interval, well
-//! inside the 5 seconds allowed). `/v1/keys/verify` records no event, so its rejections are
-//! counted here, per second, by the instance that answered.
+//! With Redis configured they come from its live counters, which every process recording
+//! usage feeds (`Deployment::usage`); without it, from the raw events through their time
+//! index. Either way events arrive within the recorder's flush interval, well inside the 5
+//! seconds allowed. `/v1/keys/verify` records no event, so its refusals are counted per
+//! second by the instance that answered, and sent on to Redis twice a second when it is
+//! there.
 
-use std::{convert::Infallible, sync::Mutex, time::Duration};
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    sync::{Mutex, Weak},
+    time::Duration,
+};
 
 use axum::{
     Json,
@@ -18,6 +25,8 @@ use futures::Stream;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use keyvault::redis::{LiveCounters, LiveScope};
+
 use super::{AppState, Caller, openapi::ProblemDoc};
 use crate::{auth::Need, error::Result};
 
@@ -25,18 +34,31 @@ use crate::{auth::Need, error::Result};
 const WINDOW_S: usize = 60;
 /// How often the stream sends.
 const STREAM_EVERY: Duration = Duration::from_secs(1);
+/// How often refusals go on to Redis.
+const SEND_EVERY: Duration = Duration::from_millis(500);
+/// Seconds of refusals held for Redis at most (while it is unreachable).
+const MAX_UNSENT: usize = 120;
 
 /// Verifications `/v1/keys/verify` refused, per second, for the last minutes.
 #[derive(Debug, Default)]
 pub(crate) struct Rejections {
     /// (Unix second, count), oldest first, at most two windows.
     seconds: Mutex<std::collections::VecDeque<(i64, u64)>>,
+    /// Counts not yet sent to Redis, by Unix second.
+    unsent: Mutex<BTreeMap<i64, u64>>,
 }
 
 impl Rejections {
     /// Counts one refusal at `at`.
     pub(crate) fn record(&self, at: DateTime<Utc>) {
         let s = at.timestamp();
+        {
+            let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
+            *unsent.entry(s).or_default() += 1;
+            while unsent.len() > MAX_UNSENT {
+                unsent.pop_first();
+            }
+        }
         let mut q = self.seconds.lock().unwrap_or_else(|e| e.into_inner());
         match q.back_mut() {
             Some((last, n)) if *last == s => *n += 1,
@@ -54,6 +76,26 @@ impl Rejections {
             .filter(|(t, _)| (from..to).contains(t))
             .map(|(_, n)| n)
             .sum()
+    }
+}
+
+/// Sends `rejections`' counts to Redis's live counters every [`SEND_EVERY`], until the
+/// state holding them is gone.
+pub(crate) async fn send_rejections(rejections: Weak<Rejections>, live: LiveCounters) {
+    loop {
+        tokio::time::sleep(SEND_EVERY).await;
+        let Some(r) = rejections.upgrade() else {
+            return;
+        };
+        let batch = std::mem::take(&mut *r.unsent.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(r);
+        for (s, n) in batch {
+            let at = DateTime::from_timestamp(s, 0).unwrap_or_default();
+            if let Err(e) = live.incr_rejected(at, n).await {
+                tracing::warn!(target: "keyvault::live", error = %e, "refused verifications not counted live");
+                break;
+            }
+        }
     }
 }
 
@@ -79,10 +121,35 @@ async fn snapshot(st: &AppState) -> Result<LiveStats> {
     let end = now.timestamp();
     let ts = DateTime::from_timestamp(end, 0).unwrap_or(now);
     let from = ts - TimeDelta::seconds(WINDOW_S as i64);
-    let seconds = st.app.backends.stats.per_second(from, ts).await?;
     let start = end - WINDOW_S as i64;
     let mut per_s = vec![0u64; WINDOW_S];
     let (mut calls, mut errors, mut rejected) = (0, 0, 0);
+    if let Some(live) = st.app.backends.live() {
+        // Every process's calls and every instance's refusals, counted in Redis.
+        let view = live
+            .read(&LiveScope::All, ts - TimeDelta::seconds(1))
+            .await?;
+        for p in view.per_second {
+            if let Some(slot) = usize::try_from(p.ts.timestamp() - start)
+                .ok()
+                .and_then(|i| per_s.get_mut(i))
+            {
+                *slot += p.calls;
+                calls += p.calls;
+                errors += p.errors;
+                rejected += p.rejected;
+            }
+        }
+        return Ok(LiveStats {
+            ts,
+            window_s: WINDOW_S as u64,
+            calls,
+            errors,
+            rejected,
+            calls_per_s: per_s,
+        });
+    }
+    let seconds = st.app.backends.stats.per_second(from, ts).await?;
     for (s, c) in seconds {
         if let Some(slot) = usize::try_from(s - start)
             .ok()

@@ -84,6 +84,8 @@ pub struct Settings {
     pub instances: Option<String>,
     /// `KEYVAULT_MAX_CONCURRENCY` (default 1024).
     pub max_concurrency: Option<String>,
+    /// `KEYVAULT_REDIS_NAMESPACE` (default `keyvault`).
+    pub redis_namespace: Option<String>,
 }
 
 impl Settings {
@@ -105,6 +107,7 @@ impl Settings {
             usage_retention: None,
             instances: None,
             max_concurrency: None,
+            redis_namespace: None,
         }
     }
 
@@ -112,6 +115,10 @@ impl Settings {
         Config::from_args(&Global {
             database_url: self.database_url.clone(),
             redis_url: self.redis_url.clone(),
+            redis_namespace: self
+                .redis_namespace
+                .clone()
+                .unwrap_or_else(|| "keyvault".into()),
             secret_key: self.secret_key.clone(),
             pepper: self.pepper.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
@@ -475,6 +482,7 @@ impl Settings {
             usage_retention: None,
             instances: None,
             max_concurrency: None,
+            redis_namespace: None,
         }
     }
 }
