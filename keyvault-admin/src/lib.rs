@@ -68,3 +68,19 @@ pub use jobs::JobRun;
 pub use keyvault_core::Role;
 pub use notify::manage::{CreatedNotifier, NewNotifier, TestOutcome};
 pub use serve::{serve, shutdown_signal};
+
+// The guides' Rust examples are compiled (and, unless marked `no_run`, run) as doctests of
+// this crate: it is the one that depends on everything they use (the facade with its
+// middleware and deployment wiring, the admin library, the conformance kit). Their Chinese
+// twins hold the same blocks, as the docs test (`examples/admin-server/tests/docs.rs`) checks.
+#[doc = include_str!("../../docs/library.md")]
+#[cfg(doctest)]
+pub struct LibraryGuideDoctests;
+
+#[doc = include_str!("../../docs/plugins.md")]
+#[cfg(doctest)]
+pub struct PluginsGuideDoctests;
+
+#[doc = include_str!("../../docs/server.md")]
+#[cfg(doctest)]
+pub struct ServerGuideDoctests;

@@ -6,6 +6,9 @@
 //!   by a `cargo` on `PATH` that runs the `keyvault` binary of this package, or this test
 //!   binary acting as `host-app` (`host_app_entry` below: the host application is a library
 //!   with a thin `main`, and a test package cannot depend on another package's binary).
+//!   `cargo build --release -p keyvault-admin-server -p host-app` (either package, or both)
+//!   does nothing and succeeds: the guides build both up front so that a newcomer waits for
+//!   one release build instead of two, and this test has its binaries already.
 //!   `127.0.0.1:8080` and `127.0.0.1:8081` in a block become free ports. A block preceded by
 //!   `<!-- test: background -->` is started, waited for (its port accepts connections) and
 //!   stopped at the end; `<!-- test: expect TEXT -->` requires `TEXT` in the block's output.
@@ -46,10 +49,13 @@ const CONTROLLED: &[&str] = &[
     "KEYVAULT_USAGE_SUMMARY_FILE",
 ];
 
-/// The guides that have a Chinese twin (`X.md` and `X.zh-CN.md`).
+/// The guides that have a Chinese twin (`X.md` and `X.zh-CN.md`). A `*.zh-CN.md` missing
+/// from this list fails `chinese_guides_match_their_english_twins`.
 const TWINS: &[&str] = &[
     "README.md",
+    "CONTRIBUTING.md",
     "docs/quickstart.md",
+    "docs/server.md",
     "docs/deployment.md",
     "docs/api.md",
     "docs/library.md",
@@ -189,11 +195,7 @@ fn links(doc: &Doc) -> Vec<String> {
 }
 
 fn markdown_files() -> Vec<String> {
-    let mut files = vec![
-        "README.md".to_owned(),
-        "README.zh-CN.md".to_owned(),
-        "CONTRIBUTING.md".to_owned(),
-    ];
+    let mut files = Vec::new();
     let mut add_dir = |dir: &str, only_readme: bool| {
         let Ok(entries) = fs::read_dir(repo().join(dir)) else {
             return;
@@ -210,6 +212,7 @@ fn markdown_files() -> Vec<String> {
             }
         }
     };
+    add_dir("", false);
     add_dir("docs/", false);
     add_dir("", true);
     add_dir("examples/", true);
@@ -229,20 +232,36 @@ fn free_addr() -> SocketAddr {
 const CARGO_SHIM: &str = r#"#!/usr/bin/env bash
 # Stands in for `cargo` in the documented commands: runs the binaries of this test's build.
 set -euo pipefail
-case "${1:-}" in
-  build) exit 0 ;;
-  run) shift ;;
+cmd="${1:-}"
+case "$cmd" in
+  build|run) shift ;;
   *) echo "docs test: unsupported cargo command: $*" >&2; exit 97 ;;
 esac
 pkg=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --release|-q|--quiet) shift ;;
-    -p|--package) pkg="$2"; shift 2 ;;
+    -p|--package)
+      case "$2" in
+        keyvault-admin-server|host-app) ;;
+        *) echo "docs test: unsupported package: $2" >&2; exit 97 ;;
+      esac
+      # `build` takes several packages; `run` takes one.
+      if [[ "$cmd" == run && -n "$pkg" ]]; then
+        echo "docs test: cargo run with two packages" >&2; exit 97
+      fi
+      pkg="$2"; shift 2 ;;
     --) shift; break ;;
     *) echo "docs test: unsupported cargo flag: $1" >&2; exit 97 ;;
   esac
 done
+# The binaries are this test's own build: nothing to build.
+if [[ "$cmd" == build ]]; then
+  if [[ $# -gt 0 || -z "$pkg" ]]; then
+    echo "docs test: cargo build takes -p PACKAGE... and no arguments" >&2; exit 97
+  fi
+  exit 0
+fi
 case "$pkg" in
   keyvault-admin-server)
     export KEYVAULT_BIND="${KEYVAULT_BIND:-$DOCS_SERVER_BIND}"
@@ -597,6 +616,14 @@ fn file_name(rel: &str) -> &str {
 #[test]
 fn chinese_guides_match_their_english_twins() {
     let mut problems = Vec::new();
+    for file in markdown_files() {
+        if let Some(stem) = file.strip_suffix(".zh-CN.md") {
+            let en = format!("{stem}.md");
+            if !TWINS.contains(&en.as_str()) {
+                problems.push(format!("{file}: its English twin {en} is not in TWINS"));
+            }
+        }
+    }
     for en in TWINS {
         let zh = twin_of(en);
         let en_text = read(en);
