@@ -10,3 +10,4 @@ mod key_format;
 mod limiter;
 mod model;
 mod parsers;
+mod patch;
