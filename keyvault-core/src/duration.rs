@@ -37,7 +37,9 @@ impl HumanDuration {
         };
         let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (digits, unit) = text.split_at(split);
-        if digits.is_empty() || digits.len() > 15 {
+        // The cap keeps `n` within u64 before the bound check; leading zeros add nothing to
+        // the value, so they do not count (`0000000000000001s` is 1 s, as the grammar says).
+        if digits.is_empty() || digits.trim_start_matches('0').len() > 15 {
             return Err(bad());
         }
         let n: u64 = digits.parse().map_err(|_| bad())?;
@@ -123,6 +125,21 @@ mod tests {
             HumanDuration::parse("1500ms", "x").unwrap().to_string(),
             "1500ms"
         );
+    }
+
+    #[test]
+    fn leading_zeros_do_not_count_towards_the_digit_cap() {
+        // Found by the grammar property (tests/properties/parsers.rs): 16 digits of which
+        // only zeros lead were refused as "not a duration".
+        assert_eq!(
+            HumanDuration::parse("0000000000000000ms", "x")
+                .unwrap()
+                .get(),
+            Duration::ZERO
+        );
+        let one = HumanDuration::parse(&format!("{}1s", "0".repeat(40)), "x").unwrap();
+        assert_eq!(one.get(), Duration::from_secs(1));
+        assert!(HumanDuration::parse("1000000000000000ms", "x").is_err());
     }
 
     #[test]

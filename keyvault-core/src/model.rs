@@ -282,9 +282,12 @@ impl RateLimit {
         let (limit, period) = spec
             .split_once('/')
             .ok_or_else(|| InvalidInput::new(field, "must look like 100/60s or 100/60s:closed"))?;
-        let limit: u64 = limit
-            .parse()
-            .map_err(|_| InvalidInput::new(field, "the limit must be a whole number"))?;
+        // Digits only: `u64::from_str` would also take a leading `+`, which the grammar (and
+        // the duration beside it) refuses.
+        let limit: u64 = Some(limit)
+            .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| InvalidInput::new(field, "the limit must be a whole number"))?;
         let period = HumanDuration::parse(period, field)?;
         let ms = u64::try_from(period.get().as_millis()).unwrap_or(u64::MAX);
         let limit = Self::new(period.to_string(), limit, ms).map_err(|e| e.within(field))?;
@@ -609,6 +612,13 @@ mod tests {
         assert!(RateLimit::parse_spec("0/60s").is_err());
         assert!(RateLimit::parse_spec("100").is_err());
         assert!(RateLimit::parse_spec("x/1s").is_err());
+        // Found by the grammar property (tests/properties/parsers.rs): a signed limit was
+        // accepted because `u64::from_str` takes a leading `+`.
+        assert_eq!(
+            RateLimit::parse_spec("+5/1ms").unwrap_err().field,
+            "rate-limit"
+        );
+        assert_eq!(RateLimit::parse_spec("0005/1s").unwrap().limit(), 5);
     }
 
     #[test]
