@@ -205,7 +205,15 @@ pub(crate) async fn evaluate(
             changed.push(a);
         }
     }
-    store.save_alerts(&changed).await?;
+    // Each transition goes to the outbox once, with the alert: only this evaluation saw it
+    // happen, and a failure stores neither.
+    let events = out
+        .fired
+        .iter()
+        .map(|a| ("alert.firing", a))
+        .chain(out.resolved.iter().map(|a| ("alert.resolved", a)));
+    let outbox = app.alert_outbox(events).await?;
+    store.save_transitions(&changed, &outbox).await?;
     for (rule, baselines) in ctx.baselines {
         store.save_baselines(rule, &baselines).await?;
     }
@@ -220,13 +228,6 @@ pub(crate) async fn evaluate(
     for a in &out.resolved {
         tracing::info!(target: "keyvault::alerts", alert = %a.id, rule = %a.rule_id, kind = a.kind, "alert resolved");
     }
-    // Each transition goes to the outbox once: only this evaluation saw it happen.
-    let events = out
-        .fired
-        .iter()
-        .map(|a| ("alert.firing", a))
-        .chain(out.resolved.iter().map(|a| ("alert.resolved", a)));
-    app.notify_alerts(events).await?;
     Ok(out)
 }
 

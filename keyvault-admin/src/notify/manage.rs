@@ -252,8 +252,17 @@ impl App {
     /// Puts events in the outbox for every channel that wants each, reading the channels
     /// once (an evaluation may open thousands of alerts).
     pub(crate) async fn notify_all(&self, events: Vec<(&str, Value)>) -> Result<usize> {
+        let deliveries = self.outbox(events).await?;
+        if !deliveries.is_empty() {
+            self.backends.notifiers.enqueue(&deliveries).await?;
+        }
+        Ok(deliveries.len())
+    }
+
+    /// The deliveries of `events` to the channels that want them, not yet queued.
+    async fn outbox(&self, events: Vec<(&str, Value)>) -> Result<Vec<Delivery>> {
         if events.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let channels = self.backends.notifiers.notifiers().await?;
         let mut deliveries = Vec::new();
@@ -266,10 +275,7 @@ impl App {
                     .map(|c| delivery(c.id, event, body.clone())),
             );
         }
-        if !deliveries.is_empty() {
-            self.backends.notifiers.enqueue(&deliveries).await?;
-        }
-        Ok(deliveries.len())
+        Ok(deliveries)
     }
 
     /// The `alert.firing` or `alert.resolved` events of these alerts, each carrying the
@@ -278,6 +284,19 @@ impl App {
         &self,
         alerts: impl IntoIterator<Item = (&'a str, &'a keyvault_core::Alert)>,
     ) -> Result<usize> {
+        let deliveries = self.alert_outbox(alerts).await?;
+        if !deliveries.is_empty() {
+            self.backends.notifiers.enqueue(&deliveries).await?;
+        }
+        Ok(deliveries.len())
+    }
+
+    /// The deliveries of [`notify_alerts`](Self::notify_alerts), not yet queued: an
+    /// evaluation stores them with the alerts, in one transaction.
+    pub(crate) async fn alert_outbox<'a>(
+        &self,
+        alerts: impl IntoIterator<Item = (&'a str, &'a keyvault_core::Alert)>,
+    ) -> Result<Vec<Delivery>> {
         let events = alerts
             .into_iter()
             .map(|(event, a)| {
@@ -286,7 +305,7 @@ impl App {
                     .map_err(|e| Error::Internal(format!("alert not serialisable: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.notify_all(events).await
+        self.outbox(events).await
     }
 
     /// Rotates a key (as [`Keyvault::rotate_key`](keyvault_core::Keyvault::rotate_key) does)

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{KeyId, audit::AuditEvent, error::Result};
+use crate::{Delivery, KeyId, audit::AuditEvent, error::Result};
 
 /// A condition watched over the keys: its `kind` and `params` are the server's to read
 /// (stores keep them as given), `key_id` or `owner_id` narrows it to one key or one owner's.
@@ -179,7 +179,17 @@ pub trait AlertStore: Send + Sync + Debug {
     /// Writes the alerts an evaluation opened or changed, in one transaction (each replaces
     /// the stored alert with its id). `Conflict`, and nothing written, when a new alert
     /// would be a second unresolved one of its rule and subject.
-    async fn save_alerts(&self, alerts: &[Alert]) -> Result<()>;
+    async fn save_alerts(&self, alerts: &[Alert]) -> Result<()> {
+        self.save_transitions(alerts, &[]).await
+    }
+
+    /// [`save_alerts`](Self::save_alerts), queueing the notifications of those alerts'
+    /// transitions in the same transaction (as [`NotifierStore::enqueue`] would): an alert
+    /// is never stored as fired without its notices, nor a notice queued for an alert that
+    /// was not stored.
+    ///
+    /// [`NotifierStore::enqueue`]: crate::NotifierStore::enqueue
+    async fn save_transitions(&self, alerts: &[Alert], outbox: &[Delivery]) -> Result<()>;
 
     /// Acknowledges a firing alert at `at`; the alert as it is now (unchanged when it was not
     /// firing, nothing audited then), or None when there is none.

@@ -411,7 +411,7 @@ impl AlertStore for MemoryStore {
             .count() as u64)
     }
 
-    async fn save_alerts(&self, alerts: &[Alert]) -> Result<()> {
+    async fn save_transitions(&self, alerts: &[Alert], outbox: &[Delivery]) -> Result<()> {
         let mut st = self.state();
         let mut next = st.accounts.alerts.clone();
         for a in alerts {
@@ -428,6 +428,12 @@ impl AlertStore for MemoryStore {
             }
         }
         st.accounts.alerts = next;
+        for d in outbox {
+            st.accounts
+                .deliveries
+                .entry(d.id.clone())
+                .or_insert_with(|| d.clone());
+        }
         Ok(())
     }
 
@@ -506,14 +512,7 @@ impl NotifierStore for MemoryStore {
     }
 
     async fn enqueue(&self, deliveries: &[Delivery]) -> Result<()> {
-        let mut st = self.state();
-        for d in deliveries {
-            st.accounts
-                .deliveries
-                .entry(d.id.clone())
-                .or_insert_with(|| d.clone());
-        }
-        Ok(())
+        self.save_transitions(&[], deliveries).await
     }
 
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Delivery>> {

@@ -1007,9 +1007,17 @@ pub async fn alerts_keep_one_open_alert_per_rule_and_subject(a: Accounts) {
     // A second open alert for the same rule and key is refused, and nothing is written.
     let again = alert(&r, k1);
     let third = alert(&r, crate::KeyId::new());
-    let err = s.save_alerts(&[third.clone(), again]).await.unwrap_err();
+    let channel = notifier("alerts", now());
+    a.notifiers.create_notifier(&channel, &[]).await.unwrap();
+    let notice = delivery(&channel, now(), now());
+    let err = s
+        .save_transitions(&[third.clone(), again], std::slice::from_ref(&notice))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Conflict(_)), "{err}");
     assert!(s.alert(third.id).await.unwrap().is_none(), "all or nothing");
+    let queued = a.notifiers.deliveries(channel.id, 10).await.unwrap();
+    assert!(queued.is_empty(), "no notice for an alert not stored");
     // Acknowledging: once, audited once; again changes nothing.
     let ack = s
         .acknowledge(

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    Alert, AlertQuery, AlertRule, AlertState, AlertStore, AuditEvent, Baseline, Error, KeyId,
-    Result,
+    Alert, AlertQuery, AlertRule, AlertState, AlertStore, AuditEvent, Baseline, Delivery, Error,
+    KeyId, Result,
 };
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, Postgres, QueryBuilder, types::Json};
@@ -229,8 +229,8 @@ impl AlertStore for PgStore {
         Ok(crate::to_u64(n, "kv_alerts count")?)
     }
 
-    async fn save_alerts(&self, alerts: &[Alert]) -> Result<()> {
-        if alerts.is_empty() {
+    async fn save_transitions(&self, alerts: &[Alert], outbox: &[Delivery]) -> Result<()> {
+        if alerts.is_empty() && outbox.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(db)?;
@@ -249,6 +249,7 @@ impl AlertStore for PgStore {
                 Err(e) => return Err(db(e)),
             }
         }
+        super::notify::insert_deliveries(&mut tx, outbox).await?;
         tx.commit().await.map_err(db)
     }
 

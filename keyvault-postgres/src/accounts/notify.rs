@@ -147,59 +147,8 @@ impl NotifierStore for PgStore {
     }
 
     async fn enqueue(&self, deliveries: &[Delivery]) -> Result<()> {
-        if deliveries.is_empty() {
-            return Ok(());
-        }
-        let n = deliveries.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut notifiers = Vec::with_capacity(n);
-        let mut events = Vec::with_capacity(n);
-        let mut bodies = Vec::with_capacity(n);
-        let mut tries = Vec::with_capacity(n);
-        let mut next_at = Vec::with_capacity(n);
-        let mut states = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut created_at = Vec::with_capacity(n);
-        let mut updated_at = Vec::with_capacity(n);
-        for d in deliveries {
-            ids.push(d.id.as_str());
-            notifiers.push(d.notifier_id);
-            events.push(d.event.as_str());
-            bodies.push(d.body.as_str());
-            tries.push(attempts(d)?);
-            next_at.push(d.next_at);
-            states.push(d.state.as_str());
-            statuses.push(d.last_status.map(i32::from));
-            errors.push(d.last_error.as_deref());
-            created_at.push(d.created_at);
-            updated_at.push(d.updated_at);
-        }
-        // One statement: the batch is written whole or not at all. DO NOTHING also skips a
-        // repeat inside the batch (the first of an id is the one written).
-        sqlx::query(concat!(
-            "INSERT INTO kv_deliveries (",
-            delivery_columns!(),
-            ") SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], \
-               $5::int4[], $6::timestamptz[], $7::text[], $8::int4[], $9::text[], \
-               $10::timestamptz[], $11::timestamptz[]) \
-             ON CONFLICT (id) DO NOTHING"
-        ))
-        .bind(&ids)
-        .bind(&notifiers)
-        .bind(&events)
-        .bind(&bodies)
-        .bind(&tries)
-        .bind(&next_at)
-        .bind(&states)
-        .bind(&statuses)
-        .bind(&errors)
-        .bind(&created_at)
-        .bind(&updated_at)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        insert_deliveries(&mut conn, deliveries).await
     }
 
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Delivery>> {
@@ -250,4 +199,65 @@ impl NotifierStore for PgStore {
         .map_err(db)?;
         Ok(rows.iter().map(decode_delivery).collect::<Result<_, _>>()?)
     }
+}
+
+/// Queues deliveries on `conn` (a repeated id is skipped): the outbox's one insert, for
+/// [`NotifierStore::enqueue`] and for alert transitions saved with their notices.
+pub(crate) async fn insert_deliveries(
+    conn: &mut sqlx::PgConnection,
+    deliveries: &[Delivery],
+) -> Result<()> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let n = deliveries.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut notifiers = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    let mut bodies = Vec::with_capacity(n);
+    let mut tries = Vec::with_capacity(n);
+    let mut next_at = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut created_at = Vec::with_capacity(n);
+    let mut updated_at = Vec::with_capacity(n);
+    for d in deliveries {
+        ids.push(d.id.as_str());
+        notifiers.push(d.notifier_id);
+        events.push(d.event.as_str());
+        bodies.push(d.body.as_str());
+        tries.push(attempts(d)?);
+        next_at.push(d.next_at);
+        states.push(d.state.as_str());
+        statuses.push(d.last_status.map(i32::from));
+        errors.push(d.last_error.as_deref());
+        created_at.push(d.created_at);
+        updated_at.push(d.updated_at);
+    }
+    // One statement: the batch is written whole or not at all. DO NOTHING also skips a
+    // repeat inside the batch (the first of an id is the one written).
+    sqlx::query(concat!(
+        "INSERT INTO kv_deliveries (",
+        delivery_columns!(),
+        ") SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], \
+           $5::int4[], $6::timestamptz[], $7::text[], $8::int4[], $9::text[], \
+           $10::timestamptz[], $11::timestamptz[]) \
+         ON CONFLICT (id) DO NOTHING"
+    ))
+    .bind(&ids)
+    .bind(&notifiers)
+    .bind(&events)
+    .bind(&bodies)
+    .bind(&tries)
+    .bind(&next_at)
+    .bind(&states)
+    .bind(&statuses)
+    .bind(&errors)
+    .bind(&created_at)
+    .bind(&updated_at)
+    .execute(conn)
+    .await
+    .map_err(db)?;
+    Ok(())
 }

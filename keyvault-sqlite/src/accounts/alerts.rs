@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    Alert, AlertQuery, AlertRule, AlertState, AlertStore, AuditEvent, Baseline, Error, Result,
-    uuid::Uuid,
+    Alert, AlertQuery, AlertRule, AlertState, AlertStore, AuditEvent, Baseline, Delivery, Error,
+    Result, uuid::Uuid,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::{QueryBuilder, Sqlite};
@@ -205,8 +205,8 @@ impl AlertStore for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn save_alerts(&self, alerts: &[Alert]) -> Result<()> {
-        if alerts.is_empty() {
+    async fn save_transitions(&self, alerts: &[Alert], outbox: &[Delivery]) -> Result<()> {
+        if alerts.is_empty() && outbox.is_empty() {
             return Ok(());
         }
         let mut w = self.write().await?;
@@ -223,6 +223,9 @@ impl AlertStore for SqliteStore {
                 Err(e) => return Err(backend(e)),
             }
         }
+        super::notify::insert_deliveries(&mut w.tx, outbox)
+            .await
+            .map_err(backend)?;
         Ok(w.commit().await?)
     }
 

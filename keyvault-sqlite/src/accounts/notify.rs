@@ -149,28 +149,9 @@ impl NotifierStore for SqliteStore {
             return Ok(());
         }
         let mut w = self.write().await?;
-        // Rows of 11 binds, well under SQLite's limit of 32,766 per statement; one
-        // transaction for every chunk, so the batch is written whole or not at all.
-        for chunk in deliveries.chunks(2_000) {
-            let mut sql = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO kv_deliveries ({DELIVERY_COLUMNS}) "
-            ));
-            sql.push_values(chunk, |mut row, d| {
-                row.push_bind(&d.id)
-                    .push_bind(d.notifier_id.to_string())
-                    .push_bind(&d.event)
-                    .push_bind(&d.body)
-                    .push_bind(i64::from(d.attempts))
-                    .push_bind(micros(d.next_at))
-                    .push_bind(d.state.as_str())
-                    .push_bind(d.last_status.map(i64::from))
-                    .push_bind(&d.last_error)
-                    .push_bind(micros(d.created_at))
-                    .push_bind(micros(d.updated_at));
-            });
-            sql.push(" ON CONFLICT (id) DO NOTHING");
-            sql.build().execute(&mut *w.tx).await.map_err(backend)?;
-        }
+        insert_deliveries(&mut w.tx, deliveries)
+            .await
+            .map_err(backend)?;
         Ok(w.commit().await?)
     }
 
@@ -217,4 +198,34 @@ impl NotifierStore for SqliteStore {
         .map_err(backend)?;
         Ok(rows.iter().map(decode_delivery).collect::<Result<_, _>>()?)
     }
+}
+
+/// Queues deliveries inside `tx` (a repeated id is skipped): the outbox's one insert, for
+/// [`NotifierStore::enqueue`] and for alert transitions saved with their notices.
+pub(crate) async fn insert_deliveries(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    deliveries: &[Delivery],
+) -> Result<(), sqlx::Error> {
+    // Rows of 11 binds, well under SQLite's limit of 32,766 per statement; the caller's one
+    // transaction for every chunk, so the batch is written whole or not at all.
+    for chunk in deliveries.chunks(2_000) {
+        let mut sql =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO kv_deliveries ({DELIVERY_COLUMNS}) "));
+        sql.push_values(chunk, |mut row, d| {
+            row.push_bind(&d.id)
+                .push_bind(d.notifier_id.to_string())
+                .push_bind(&d.event)
+                .push_bind(&d.body)
+                .push_bind(i64::from(d.attempts))
+                .push_bind(micros(d.next_at))
+                .push_bind(d.state.as_str())
+                .push_bind(d.last_status.map(i64::from))
+                .push_bind(&d.last_error)
+                .push_bind(micros(d.created_at))
+                .push_bind(micros(d.updated_at));
+        });
+        sql.push(" ON CONFLICT (id) DO NOTHING");
+        sql.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
