@@ -269,6 +269,10 @@ impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
     async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
         self.inner.expired_before(before, limit).await
     }
+
+    async fn watched_keys(&self, expires_before: DateTime<Utc>) -> Result<Vec<KeyRecord>> {
+        self.inner.watched_keys(expires_before).await
+    }
 }
 
 /// Forwarding impls so that `Arc<dyn KeyStore>` (chosen at run time) is a store too.
@@ -291,5 +295,8 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
     }
     async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
         (**self).expired_before(before, limit).await
+    }
+    async fn watched_keys(&self, expires_before: DateTime<Utc>) -> Result<Vec<KeyRecord>> {
+        (**self).watched_keys(expires_before).await
     }
 }

@@ -159,4 +159,28 @@ pub trait KeyStore: Send + Sync + Debug {
 
     /// Up to `limit` keys whose effective expiry is at or before `before`.
     async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>>;
+
+    /// The enabled keys that hold credits or whose `expires_at` is at or before
+    /// `expires_before`, in no particular order: what an alert evaluation watches. The
+    /// default pages through [`list`](Self::list); a database answers with one query
+    /// that decodes only those keys.
+    async fn watched_keys(&self, expires_before: DateTime<Utc>) -> Result<Vec<KeyRecord>> {
+        let all = every_page(
+            |before| async move {
+                self.list(&KeyQuery {
+                    enabled: Some(true),
+                    limit: 1_000,
+                    before,
+                    ..KeyQuery::default()
+                })
+                .await
+            },
+            |k: &KeyRecord| k.id,
+        )
+        .await?;
+        Ok(all
+            .into_iter()
+            .filter(|k| k.credits.is_some() || k.expires_at.is_some_and(|t| t <= expires_before))
+            .collect())
+    }
 }

@@ -403,6 +403,23 @@ impl KeyStore for PgStore {
             .map_err(Into::into)
     }
 
+    async fn watched_keys(&self, expires_before: DateTime<Utc>) -> Result<Vec<KeyRecord>> {
+        let sql = concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM kv_keys WHERE enabled AND (credits IS NOT NULL OR expires_at <= $1)"
+        );
+        let rows = sqlx::query(sql)
+            .bind(expires_before)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(record_from_row)
+            .collect::<Result<_, crate::Error>>()
+            .map_err(Into::into)
+    }
+
     async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
         let sql = concat!(
             "SELECT ",

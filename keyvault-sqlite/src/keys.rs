@@ -249,6 +249,19 @@ impl KeyStore for SqliteStore {
             .collect::<Result<_, crate::Error>>()?)
     }
 
+    async fn watched_keys(&self, expires_before: DateTime<Utc>) -> Result<Vec<KeyRecord>> {
+        let sql = select("WHERE enabled = 1 AND (credits IS NOT NULL OR expires_at <= ?1)");
+        let rows = sqlx::query(sql)
+            .bind(micros(expires_before))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(decode_key)
+            .collect::<Result<_, crate::Error>>()?)
+    }
+
     async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
         let sql = select(
             "WHERE effective_expiry IS NOT NULL AND effective_expiry <= ?1 ORDER BY id LIMIT ?2",

@@ -100,6 +100,7 @@ pub(crate) async fn evaluate(
     interval: Duration,
 ) -> Result<Transitions> {
     let store = &app.backends.alerts;
+    let started = std::time::Instant::now();
     let rules = store.rules().await?;
     let mut open: HashMap<(Uuid, String), Alert> = store
         .open_alerts()
@@ -116,7 +117,19 @@ pub(crate) async fn evaluate(
         .await?
         .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&Utc));
-    let mut ctx = Context::new(app, now, interval);
+    // The credit and expiry rules read only the keys they can concern: those with credits,
+    // and those expiring within the longest `within` of the expiry rules.
+    let horizon = rules
+        .iter()
+        .filter(|r| r.enabled)
+        .filter_map(|r| match Spec::parse(&r.kind, &r.params) {
+            Ok(Spec::Expiring { within }) => Some(delta(within)),
+            _ => None,
+        })
+        .max()
+        .and_then(|w| now.checked_add_signed(w))
+        .unwrap_or(now);
+    let mut ctx = Context::new(app, now, interval, horizon);
     let refresh = TimeDelta::from_std(interval * REFRESH_INTERVALS).unwrap_or(TimeDelta::hours(1));
     let mut changed: Vec<Alert> = Vec::new();
     let mut out = Transitions::default();
@@ -221,6 +234,8 @@ pub(crate) async fn evaluate(
         .settings
         .put_setting(LAST_EVALUATION, &now.to_rfc3339(), &[])
         .await?;
+    metrics::histogram!("keyvault_alert_evaluation_seconds")
+        .record(started.elapsed().as_secs_f64());
     metrics::gauge!("keyvault_alerts_firing").set(store.firing_count().await? as f64);
     for a in &out.fired {
         tracing::warn!(target: "keyvault::alerts", alert = %a.id, rule = %a.rule_id, kind = a.kind, summary = a.summary, "alert firing");
@@ -237,6 +252,9 @@ struct Context<'a> {
     now: DateTime<Utc>,
     /// How often evaluations run.
     interval: Duration,
+    /// The latest expiry an expiry rule looks at.
+    horizon: DateTime<Utc>,
+    /// The keys with credits or expiring by `horizon`.
     keys: Option<Vec<KeyRecord>>,
     owners: HashMap<String, HashSet<KeyId>>,
     windows: HashMap<(DateTime<Utc>, DateTime<Utc>), KeyWindows>,
@@ -252,11 +270,12 @@ struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    fn new(app: &'a App, now: DateTime<Utc>, interval: Duration) -> Self {
+    fn new(app: &'a App, now: DateTime<Utc>, interval: Duration, horizon: DateTime<Utc>) -> Self {
         Self {
             app,
             now,
             interval,
+            horizon,
             keys: None,
             owners: HashMap::new(),
             windows: HashMap::new(),
@@ -267,24 +286,12 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// Every key, read once per evaluation.
+    /// The enabled keys with credits or expiring by the horizon, read once per evaluation
+    /// (not every key: a database decodes only these).
     async fn keys(&mut self) -> Result<&[KeyRecord]> {
         if self.keys.is_none() {
             let store = &self.app.backends.store;
-            let all = every_page(
-                |before| async move {
-                    store
-                        .list(&KeyQuery {
-                            limit: 1_000,
-                            before,
-                            ..KeyQuery::default()
-                        })
-                        .await
-                },
-                |k: &KeyRecord| k.id,
-            )
-            .await?;
-            self.keys = Some(all);
+            self.keys = Some(store.watched_keys(self.horizon).await?);
         }
         Ok(self.keys.as_deref().unwrap_or_default())
     }
@@ -298,13 +305,23 @@ impl<'a> Context<'a> {
             return Ok(true);
         };
         if !self.owners.contains_key(owner) {
-            let ids: HashSet<KeyId> = self
-                .keys()
-                .await?
-                .iter()
-                .filter(|k| k.owner_id.as_deref() == Some(owner))
-                .map(|k| k.id)
-                .collect();
+            // The owner's keys through the owner index, once per evaluation.
+            let store = &self.app.backends.store;
+            let keys = every_page(
+                |before| async move {
+                    store
+                        .list(&KeyQuery {
+                            owner_id: Some(owner.clone()),
+                            limit: 1_000,
+                            before,
+                            ..KeyQuery::default()
+                        })
+                        .await
+                },
+                |k: &KeyRecord| k.id,
+            )
+            .await?;
+            let ids: HashSet<KeyId> = keys.iter().map(|k| k.id).collect();
             self.owners.insert(owner.clone(), ids);
         }
         Ok(self.owners.get(owner).is_some_and(|s| s.contains(&key)))

@@ -818,6 +818,40 @@ pub async fn cleanup_removes_long_expired_keys(b: Backends) {
     assert_eq!(deleted, [recent]);
 }
 
+pub async fn watched_keys_hold_credits_or_expire_by_the_horizon(b: Backends) {
+    let kv = b.keyvault();
+    let now = Utc::now();
+    let (_, _plain) = create(&kv, NewKey::new("plain")).await;
+    let (_, credited) = create(&kv, NewKey::new("credited").credits(Credits::new(5))).await;
+    let (_, soon) = create(
+        &kv,
+        NewKey::new("soon").expires_at(now + TimeDelta::days(1)),
+    )
+    .await;
+    let (_, _later) = create(
+        &kv,
+        NewKey::new("later").expires_at(now + TimeDelta::days(30)),
+    )
+    .await;
+    let (_, off) = create(&kv, NewKey::new("off").credits(Credits::new(5))).await;
+    kv.set_enabled(off, false, &actor()).await.unwrap();
+    let mut got: Vec<KeyId> = b
+        .store
+        .watched_keys(now + TimeDelta::days(7))
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.id)
+        .collect();
+    got.sort_unstable();
+    let mut want = vec![credited, soon];
+    want.sort_unstable();
+    assert_eq!(
+        got, want,
+        "enabled, with credits or expiring within the horizon"
+    );
+}
+
 pub async fn mutations_are_audited_in_a_valid_chain(b: Backends) {
     let kv = b.keyvault();
     let who = Actor {

@@ -208,6 +208,7 @@ macro_rules! conformance_suite {
             listing_pages_newest_first_with_filters,
             rotate_due_hands_out_each_key_once,
             cleanup_removes_long_expired_keys,
+            watched_keys_hold_credits_or_expire_by_the_horizon,
             mutations_are_audited_in_a_valid_chain,
             usage_is_idempotent_and_summarised,
             refills_set_the_balance_once_per_interval,
