@@ -214,7 +214,13 @@ impl Keyvault {
             new.metadata = m;
         }
         if let Some(r) = patch.rotation {
-            new.next_rotation_at = r.map(|r| now + r.every.as_delta());
+            // A new schedule starts its period now; a changed grace alone keeps the rotation
+            // when it was due.
+            let same_every =
+                matches!((&old.rotation, &r), (Some(o), Some(n)) if o.every == n.every);
+            if !same_every {
+                new.next_rotation_at = r.map(|r| now + r.every.as_delta());
+            }
             new.rotation = r;
         }
         new.updated_at = now;

@@ -246,6 +246,9 @@ pub(crate) async fn evaluate(
     Ok(out)
 }
 
+/// A client IP and how many `NOT_FOUND` verifications came from it.
+type IpCount = (String, u64);
+
 /// What one evaluation has read so far, shared by its rules.
 struct Context<'a> {
     app: &'a App,
@@ -260,7 +263,7 @@ struct Context<'a> {
     windows: HashMap<(DateTime<Utc>, DateTime<Utc>), KeyWindows>,
     /// `NOT_FOUND` counts per client IP by window start and bound, shared by `invalid_keys`
     /// rules.
-    not_found: HashMap<(DateTime<Utc>, u64), Vec<(String, u64)>>,
+    not_found: HashMap<(DateTime<Utc>, u64), Vec<IpCount>>,
     /// The look-back's new sightings and their keys' earlier ones, shared by `new_network`
     /// rules.
     sightings: Option<(Vec<Sighting>, Vec<Sighting>)>,

@@ -765,6 +765,15 @@ pub async fn rotate_due_hands_out_each_key_once(b: Backends) {
         r.next_rotation_at = Some(Utc::now() - TimeDelta::minutes(1))
     })
     .await;
+    // A changed grace alone keeps the rotation due; a changed period would restart it.
+    let longer: RotationPolicy =
+        serde_json::from_value(json!({"every": "30d", "grace": "2h"})).unwrap();
+    let patch = KeyPatch {
+        rotation: Some(Some(longer)),
+        ..KeyPatch::default()
+    };
+    let changed = kv.update_key(id, patch, &actor()).await.unwrap();
+    assert!(changed.next_rotation_at.unwrap() < Utc::now(), "still due");
     let (kv2, kv3) = (b.keyvault(), b.keyvault());
     // Two processes racing: each due key is rotated (and handed out) once.
     let who = actor();
