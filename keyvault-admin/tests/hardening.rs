@@ -368,3 +368,107 @@ async fn every_answer_carries_the_security_headers() {
         assert_secure(&format!("GET {path}"), path, &r);
     }
 }
+
+/// Words naming a secret or what is derived from one as text. `KeyDigest` is not among
+/// them: its `PartialEq` is constant-time; its hex form (`to_hex`) is a string, whose is not.
+const SECRET_WORDS: [&str; 8] = [
+    "csrf", "nonce", "secret", "password", "cookie", "hex", "mac", "token",
+];
+
+/// Comparisons that touch no secret a client could probe, each with the reason.
+const NOT_SECRET: [(&str, &str); 3] = [
+    // The audit log's hash chain is unkeyed SHA-256 over records anyone with the database
+    // reads: the hashes are public, and verifying them is an operator's job.
+    (
+        "keyvault-core/src/audit.rs",
+        "record.prev_hash != hex(&self.prev)",
+    ),
+    (
+        "keyvault-core/src/audit.rs",
+        "record.hash != hex(&expected)",
+    ),
+    (
+        // Two stored records of one user compared to see whether its sessions must end; no
+        // client value is on either side.
+        "keyvault-core/src/accounts/users.rs",
+        "self.password_hash != next.password_hash",
+    ),
+];
+
+/// The operand of `==`/`!=` next to `at`, as written (identifiers, fields, calls).
+fn operand(text: &str, forward: bool) -> String {
+    let part = |c: char| c.is_ascii_alphanumeric() || "_.()*&:".contains(c);
+    let trimmed = if forward {
+        text.trim_start()
+    } else {
+        text.trim_end()
+    };
+    if forward {
+        trimmed.chars().take_while(|&c| part(c)).collect()
+    } else {
+        let mut v: Vec<char> = trimmed.chars().rev().take_while(|&c| part(c)).collect();
+        v.reverse();
+        v.into_iter().collect()
+    }
+}
+
+/// No source compares a secret with `==` or `!=` (which stop at the first differing byte):
+/// presented keys, tokens and session cookies are looked up by their SHA-256 digest (or
+/// HMAC), digests compare with `subtle` (`KeyDigest`'s `PartialEq`), and CSRF tokens and the
+/// sign-in nonce go through `dashboard::session::same`. This walk fails when a comparison
+/// of something named like a secret appears anywhere else.
+#[test]
+fn secrets_are_compared_in_constant_time_only() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    let mut files = 0;
+    for krate in [
+        "keyvault-admin",
+        "keyvault-core",
+        "keyvault-axum",
+        "keyvault-sqlite",
+        "keyvault-postgres",
+        "keyvault-redis",
+    ] {
+        let mut dirs = vec![root.join(krate).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                files += 1;
+                let rel = path.strip_prefix(&root).unwrap().display().to_string();
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or_default();
+                    for (at, op) in code.match_indices("==").chain(code.match_indices("!=")) {
+                        let (left, right) = (
+                            operand(&code[..at], false),
+                            operand(&code[at + op.len()..], true),
+                        );
+                        let secret = [&left, &right]
+                            .iter()
+                            .any(|side| SECRET_WORDS.iter().any(|w| side.contains(w)));
+                        let allowed = NOT_SECRET
+                            .iter()
+                            .any(|(file, text)| rel.ends_with(file) && code.contains(text));
+                        if secret && !allowed {
+                            found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(files > 50, "only {files} source files found under {root:?}");
+    assert!(
+        found.is_empty(),
+        "secrets compared with == or != (use subtle, or dashboard::session::same):\n{}",
+        found.join("\n")
+    );
+}
