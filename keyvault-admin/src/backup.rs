@@ -280,7 +280,11 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
     if &seen != counts {
         return Err(bad("the backup's records do not match its footer"));
     }
-    if app.config.hasher.digest(HASHER_PROBE).to_hex() != *hasher_check {
+    // Digests compare in constant time (`KeyDigest`'s `PartialEq`): the probe is public, but
+    // what it is digested with is the pepper.
+    let same_pepper = keyvault_core::KeyDigest::from_hex(hasher_check)
+        .is_ok_and(|check| check == app.config.hasher.digest(HASHER_PROBE));
+    if !same_pepper {
         return Err(Error::input(
             "KEYVAULT_PEPPER",
             "differs from the one the backup was made with: its keys would not verify",

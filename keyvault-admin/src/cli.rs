@@ -142,6 +142,25 @@ pub struct Global {
         global = true
     )]
     pub max_concurrency: String,
+    /// How long `serve` waits for a request's line and headers (100ms–1h); a connection
+    /// that has not sent them by then, or stays idle that long between requests, is closed.
+    #[arg(
+        long,
+        env = "KEYVAULT_HEADER_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub header_timeout: String,
+    /// How long a request may take until its response starts (100ms–1h): beyond it, 408
+    /// `request_timeout` while its body is still arriving, else 503 `response_timeout`
+    /// (`/v1/stats/stream` exempt; a response already streaming is never cut).
+    #[arg(
+        long,
+        env = "KEYVAULT_REQUEST_TIMEOUT",
+        default_value = "30s",
+        global = true
+    )]
+    pub request_timeout: String,
 }
 
 impl Default for Global {
@@ -165,6 +184,8 @@ impl Default for Global {
             cleanup_after: "30d".into(),
             usage_retention: "90d".into(),
             max_concurrency: "1024".into(),
+            header_timeout: "10s".into(),
+            request_timeout: "30s".into(),
         }
     }
 }

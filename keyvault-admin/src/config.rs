@@ -47,6 +47,10 @@ pub struct Config {
     pub(crate) usage_retention: Option<std::time::Duration>,
     /// Requests handled at once (`KEYVAULT_MAX_CONCURRENCY`).
     pub(crate) max_concurrency: usize,
+    /// How long `serve` waits for a request's head (`KEYVAULT_HEADER_TIMEOUT`).
+    pub(crate) header_timeout: std::time::Duration,
+    /// How long a request may take until its response starts (`KEYVAULT_REQUEST_TIMEOUT`).
+    pub(crate) request_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -171,6 +175,8 @@ impl Config {
                     "must be a whole number from 1 to 1000000",
                 )
             })?;
+        let header_timeout = bounded_timeout(&g.header_timeout, "KEYVAULT_HEADER_TIMEOUT")?;
+        let request_timeout = bounded_timeout(&g.request_timeout, "KEYVAULT_REQUEST_TIMEOUT")?;
         Ok(Self {
             db,
             redis,
@@ -186,6 +192,8 @@ impl Config {
             cleanup_after,
             usage_retention,
             max_concurrency,
+            header_timeout,
+            request_timeout,
         })
     }
 }
@@ -195,6 +203,15 @@ fn duration(text: &str, name: &str) -> Result<std::time::Duration> {
     keyvault_core::HumanDuration::parse(text.trim(), name)
         .map(|d| d.get())
         .map_err(|e| Error::input(name, e.message))
+}
+
+/// A timeout setting: from 100ms (shorter would cut honest clients on a slow link) to 1h.
+fn bounded_timeout(text: &str, name: &str) -> Result<std::time::Duration> {
+    let d = duration(text, name)?;
+    if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600) {
+        return Err(Error::input(name, "must be from 100ms to 1h"));
+    }
+    Ok(d)
 }
 
 /// A duration setting that `off` turns off.
@@ -261,6 +278,34 @@ fn parse_proxies(text: &str) -> Result<Vec<IpNet>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_are_bounded_and_name_their_variable() {
+        for (name, text) in [
+            ("KEYVAULT_HEADER_TIMEOUT", "50ms"),
+            ("KEYVAULT_REQUEST_TIMEOUT", "2h"),
+            ("KEYVAULT_REQUEST_TIMEOUT", "soon"),
+        ] {
+            let e = bounded_timeout(text, name).unwrap_err();
+            assert!(e.to_string().starts_with(name), "{e}");
+        }
+        assert_eq!(
+            bounded_timeout("10s", "KEYVAULT_HEADER_TIMEOUT").unwrap(),
+            std::time::Duration::from_secs(10)
+        );
+        let d = Config::from_args(&Global {
+            database_url: "sqlite://x.db".into(),
+            ..Global::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (d.header_timeout, d.request_timeout),
+            (
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(30)
+            )
+        );
+    }
 
     #[test]
     fn proxies_are_cidrs() {

@@ -157,6 +157,11 @@ pub enum Code {
     BackendUnavailable,
     /// Too many requests in flight (`KEYVAULT_MAX_CONCURRENCY`); retry (503).
     Overloaded,
+    /// The request's body was still arriving when `KEYVAULT_REQUEST_TIMEOUT` ran out (408).
+    RequestTimeout,
+    /// The whole request had arrived but no response had started within
+    /// `KEYVAULT_REQUEST_TIMEOUT`; retry (503).
+    ResponseTimeout,
     /// The server failed; never for anything a client sent.
     Internal,
 }
@@ -181,6 +186,8 @@ impl Code {
             Code::MethodNotAllowed => "method_not_allowed",
             Code::BackendUnavailable => "backend_unavailable",
             Code::Overloaded => "overloaded",
+            Code::RequestTimeout => "request_timeout",
+            Code::ResponseTimeout => "response_timeout",
             Code::Internal => "internal",
         }
     }
@@ -202,7 +209,10 @@ impl Code {
             Code::SuccessorClaimed => StatusCode::GONE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::BackendUnavailable | Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Code::BackendUnavailable | Code::Overloaded | Code::ResponseTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

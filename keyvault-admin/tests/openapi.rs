@@ -905,3 +905,148 @@ async fn the_document_names_the_routes_the_router_serves() {
         );
     }
 }
+
+/// Who may call an operation (CONTRACT §4 "roles: `admin` ⊃ `operator` ⊃ `viewer`;
+/// `verifier` may only verify and report usage; `admin` and `operator` may also verify and
+/// report usage, `viewer` may not", and the role column of §4, §7 and §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Open,
+    Viewer,
+    Operator,
+    Admin,
+    /// Verify and report usage: verifier, operator, admin.
+    Verifier,
+    /// The old key itself, never an API token (§8's successor claim).
+    OldKey,
+}
+
+use Needs::*;
+
+/// The role each documented operation needs, from CONTRACT. `/metrics` is open to loopback
+/// peers only; the walk calls from another address, where it needs a viewer.
+/// `POST /v1/keys/{id}/end-grace` is not in CONTRACT: it changes a key, as rotating does,
+/// so it needs an operator.
+const NEEDS: &[(&str, &str, Needs)] = &[
+    ("GET", "/healthz", Open),
+    ("GET", "/readyz", Open),
+    ("GET", "/metrics", Viewer),
+    ("POST", "/v1/keys", Operator),
+    ("GET", "/v1/keys", Viewer),
+    ("GET", "/v1/keys/{id}", Viewer),
+    ("PATCH", "/v1/keys/{id}", Operator),
+    ("DELETE", "/v1/keys/{id}", Operator),
+    ("POST", "/v1/keys/{id}/rotate", Operator),
+    ("POST", "/v1/keys/{id}/end-grace", Operator),
+    ("POST", "/v1/keys/batch", Operator),
+    ("POST", "/v1/keys/verify", Verifier),
+    ("POST", "/v1/keys/successor", OldKey),
+    ("POST", "/v1/usage", Verifier),
+    ("POST", "/v1/tokens", Admin),
+    ("GET", "/v1/tokens", Admin),
+    ("DELETE", "/v1/tokens/{id}", Admin),
+    ("GET", "/v1/stats/overview", Viewer),
+    ("GET", "/v1/stats/live", Viewer),
+    ("GET", "/v1/stats/stream", Viewer),
+    ("GET", "/v1/audit", Operator),
+    ("GET", "/v1/logs", Operator),
+    ("GET", "/v1/alert-rules", Operator),
+    ("POST", "/v1/alert-rules", Operator),
+    ("GET", "/v1/alert-rules/{id}", Operator),
+    ("PATCH", "/v1/alert-rules/{id}", Operator),
+    ("DELETE", "/v1/alert-rules/{id}", Operator),
+    ("GET", "/v1/alerts", Viewer),
+    ("POST", "/v1/alerts/{id}/ack", Operator),
+    ("GET", "/v1/notifiers", Admin),
+    ("POST", "/v1/notifiers", Admin),
+    ("DELETE", "/v1/notifiers/{id}", Admin),
+    ("POST", "/v1/notifiers/{id}/test", Admin),
+];
+
+/// Whether `role` (`None`: no token) may call an operation that needs `needs`.
+fn may(needs: Needs, role: Option<&str>) -> bool {
+    match (needs, role) {
+        (Open, _) => true,
+        (OldKey, _) | (_, None) => false,
+        (Viewer, Some(r)) => matches!(r, "viewer" | "operator" | "admin"),
+        (Operator, Some(r)) => matches!(r, "operator" | "admin"),
+        (Admin, Some(r)) => r == "admin",
+        (Verifier, Some(r)) => matches!(r, "verifier" | "operator" | "admin"),
+    }
+}
+
+#[tokio::test]
+async fn every_operation_refuses_the_roles_below_its_own_and_admits_its_own() {
+    let s = Server::sqlite().await;
+    let w = Walk::new(&s).await;
+    let ops = w.operations();
+    let table: BTreeSet<(String, String)> = NEEDS
+        .iter()
+        .map(|(m, r, _)| ((*m).to_owned(), (*r).to_owned()))
+        .collect();
+    for op in &ops {
+        assert!(
+            table.contains(op),
+            "{} {} is documented but has no role in this test's table: add CONTRACT's",
+            op.0,
+            op.1
+        );
+    }
+    for op in &table {
+        assert!(ops.contains(op), "{} {} is not documented", op.0, op.1);
+    }
+    let mut tokens = vec![(None, String::new())];
+    for role in ["verifier", "viewer", "operator", "admin"] {
+        tokens.push((Some(role), s.token(role).await));
+    }
+    // A random id: an authorised call may well answer 404.
+    let id = uuid::Uuid::now_v7().to_string();
+    // Not loopback: `/metrics` is open to loopback peers only (checked below).
+    let peer = "198.51.100.20:41000";
+    for &(method, route, needs) in NEEDS {
+        let path = route.replace("{id}", &id);
+        for (role, token) in &tokens {
+            let what = format!("{method} {route} as {}", role.unwrap_or("nobody"));
+            let mut req = s.req(method, &path).peer(peer);
+            if role.is_some() {
+                req = req.token(token);
+            }
+            if method == "POST" || method == "PATCH" {
+                req = req.json(&json!({}));
+            }
+            let (status, text) = if route == "/v1/stats/stream" {
+                let (status, _, body) = req.open().await;
+                // The stream never ends: its head is the answer. A refusal has a body.
+                let text = if status == 200 {
+                    String::new()
+                } else {
+                    let bytes = http_body_util::BodyExt::collect(body)
+                        .await
+                        .unwrap()
+                        .to_bytes();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                };
+                (status, text)
+            } else {
+                let r = req.send().await;
+                (r.status, r.text())
+            };
+            assert!(status < 500, "{what}: {status} {text}");
+            if may(needs, *role) {
+                assert!(
+                    status != 401 && status != 403,
+                    "{what} is refused: {status} {text}"
+                );
+            } else if needs == OldKey {
+                // An API token is not a key: refused or unknown, never served.
+                assert!(matches!(status, 401 | 403 | 404), "{what}: {status} {text}");
+            } else {
+                let expected = if role.is_none() { 401 } else { 403 };
+                assert_eq!(status, expected, "{what}: {text}");
+            }
+        }
+    }
+    // From loopback (no forwarding header) `/metrics` is open.
+    let r = s.req("GET", "/metrics").send().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -30,9 +30,10 @@ static ROOT_JSON: LazyLock<Bytes> = LazyLock::new(|| {
 });
 
 /// Swagger UI's page lives at `<prefix>/docs/`, so `../openapi.json` is the document
-/// under any prefix.
+/// under any prefix. No validator: it would send the document's address to swagger.io
+/// (and its badge is an image from another origin, which the page's CSP refuses).
 static UI_CONFIG: LazyLock<Arc<Config<'static>>> =
-    LazyLock::new(|| Arc::new(Config::new(["../openapi.json"])));
+    LazyLock::new(|| Arc::new(Config::new(["../openapi.json"]).validator_url("none")));
 
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()

@@ -3,6 +3,7 @@
 pub(crate) mod alerts;
 mod docs;
 mod extract;
+mod headers;
 mod keys;
 pub(crate) mod live;
 pub(crate) mod mount;
@@ -12,6 +13,7 @@ mod pagination;
 mod reports;
 pub(crate) mod shapes;
 mod successor;
+mod timeout;
 mod tokens;
 mod verify;
 pub(crate) mod wire;
@@ -111,7 +113,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(state, shed))
+        .layer(middleware::from_fn_with_state(state.clone(), shed))
+        .layer(middleware::from_fn_with_state(state, timeout::limit))
+        .layer(middleware::from_fn(headers::secure))
         .layer(middleware::from_fn(observe))
 }
 

@@ -21,7 +21,8 @@ pub(crate) struct ProblemDoc {
     /// Stable, machine-readable: `invalid_json`, `invalid_field`, `missing_field`,
     /// `invalid_value`, `invalid_query`, `invalid_request`, `invalid_body`, `unauthorized`,
     /// `forbidden`, `not_found`, `conflict`, `successor_claimed`, `payload_too_large`,
-    /// `method_not_allowed`, `backend_unavailable`, `overloaded`, `internal`.
+    /// `method_not_allowed`, `backend_unavailable`, `overloaded`, `request_timeout`,
+    /// `response_timeout`, `internal`.
     code: String,
     #[schema(required = false)]
     detail: String,

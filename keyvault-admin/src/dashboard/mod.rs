@@ -29,6 +29,7 @@ use axum::{
 
 pub(crate) use guard::SignInGuard;
 pub(crate) use i18n::Lang;
+pub(crate) use page::CSP;
 
 use crate::api::AppState;
 

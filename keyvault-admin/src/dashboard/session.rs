@@ -389,3 +389,35 @@ impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequest<AppState>
         Ok(Change { v, body, script })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_equal_only_when_every_byte_is() {
+        let csrf = mac("a secret key of thirty-two bytes", &["csrf", "cookie"]).unwrap();
+        assert!(same(&csrf, &csrf.clone()));
+        // The last byte, the first byte, a prefix, an extension, the empty string.
+        let mut last = csrf.clone();
+        let flipped = if last.ends_with('0') { "1" } else { "0" };
+        last.replace_range(63.., flipped);
+        let mut first = csrf.clone();
+        let flipped = if first.starts_with('0') { "1" } else { "0" };
+        first.replace_range(..1, flipped);
+        for other in [
+            last,
+            first,
+            csrf[..63].to_owned(),
+            format!("{csrf}0"),
+            String::new(),
+        ] {
+            assert!(!same(&csrf, &other), "{other}");
+            assert!(!same(&other, &csrf), "{other}");
+        }
+        // A token of another session, or of the sign-in form, is another value.
+        let other = mac("a secret key of thirty-two bytes", &["csrf", "cookie2"]).unwrap();
+        let login = mac("a secret key of thirty-two bytes", &["login", "cookie"]).unwrap();
+        assert!(!same(&csrf, &other) && !same(&csrf, &login));
+    }
+}

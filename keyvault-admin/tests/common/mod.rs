@@ -84,6 +84,9 @@ pub struct Settings {
     pub instances: Option<String>,
     /// `KEYVAULT_MAX_CONCURRENCY` (default 1024).
     pub max_concurrency: Option<String>,
+    /// `KEYVAULT_HEADER_TIMEOUT` (default 10s) and `KEYVAULT_REQUEST_TIMEOUT` (default 30s).
+    pub header_timeout: Option<String>,
+    pub request_timeout: Option<String>,
     /// `KEYVAULT_REDIS_NAMESPACE` (default `keyvault`).
     pub redis_namespace: Option<String>,
 }
@@ -107,6 +110,8 @@ impl Settings {
             usage_retention: None,
             instances: None,
             max_concurrency: None,
+            header_timeout: None,
+            request_timeout: None,
             redis_namespace: None,
         }
     }
@@ -144,6 +149,8 @@ impl Settings {
                 .max_concurrency
                 .clone()
                 .unwrap_or_else(|| "1024".into()),
+            header_timeout: self.header_timeout.clone().unwrap_or_else(|| "10s".into()),
+            request_timeout: self.request_timeout.clone().unwrap_or_else(|| "30s".into()),
         })
         .expect("test settings are valid")
     }
@@ -268,6 +275,55 @@ impl Server {
             headers: Vec::new(),
             body: None,
             peer: "127.0.0.1:40000".parse().unwrap(),
+        }
+    }
+}
+
+/// The real `serve` loop (what `keyvault serve` runs: hyper's HTTP/1 connections with the
+/// header timeout, the router with its connection's peer, graceful shutdown) on a port of
+/// 127.0.0.1 chosen by the system.
+pub struct Served {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// Asks the server to stop and waits for `serve` to return; `None` when it has not
+    /// returned within `within`.
+    pub async fn stop(mut self, within: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(within, &mut self.task)
+            .await
+            .ok()
+            .map(|joined| {
+                joined.expect("serve returned an error or panicked");
+                start.elapsed()
+            })
+    }
+}
+
+impl Server {
+    /// This deployment served over TCP by [`keyvault_admin::serve`].
+    pub async fn serve_tcp(&self) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = self.admin.clone();
+        let task = tokio::spawn(async move {
+            keyvault_admin::serve(admin, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        Served {
+            addr,
+            stop: Some(stop),
+            task,
         }
     }
 }
@@ -482,6 +538,8 @@ impl Settings {
             usage_retention: None,
             instances: None,
             max_concurrency: None,
+            header_timeout: None,
+            request_timeout: None,
             redis_namespace: None,
         }
     }
