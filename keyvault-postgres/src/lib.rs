@@ -60,6 +60,7 @@ mod bus;
 mod credits;
 mod error;
 mod keys;
+mod restore;
 mod signals;
 mod usage;
 

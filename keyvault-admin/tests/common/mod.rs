@@ -3,6 +3,7 @@
 //! grep them for secrets.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod backup;
 pub mod routes;
 mod shared;
 
