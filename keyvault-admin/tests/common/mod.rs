@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod backup;
+pub mod ownpg;
 pub mod routes;
 mod shared;
 
