@@ -12,8 +12,8 @@ use keyvault::{
 };
 use keyvault_core::{
     AlertStore, AuditLog, CachedTokenStore, DEFAULT_TOKEN_TTL, KeyId, KeyStore, Keyvault,
-    LeaseStore, NotifierStore, SessionStore, SettingStore, SignalStore, TokenStore, UsageQuery,
-    UsageSink, UserStore,
+    LeaseStore, NotifierStore, RestoreTarget, SessionStore, SettingStore, SignalStore, TokenStore,
+    UsageQuery, UsageSink, UserStore,
 };
 
 use crate::{
@@ -44,6 +44,8 @@ pub(crate) struct Backends {
     pub(crate) notifiers: Arc<dyn NotifierStore>,
     /// Client signals: `NOT_FOUND` counts per IP, key sightings (CONTRACT §7).
     pub(crate) signals: Arc<dyn SignalStore>,
+    /// Where `keyvault restore` writes, all in one transaction.
+    pub(crate) restore: Arc<dyn RestoreTarget>,
     deployment: Deployment,
 }
 
@@ -92,6 +94,7 @@ impl Backends {
             leases: d.leases.clone(),
             notifiers: d.notifiers.clone(),
             signals: d.signals.clone(),
+            restore: d.restore.clone(),
             deployment,
         })
     }

@@ -18,8 +18,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use keyvault_core::{
-    AuditQuery, AuditRecord, ChainVerifier, KeyDigest, KeyQuery, KeyRecord, KeyWrite, TokenRecord,
-    TokenStore, UserRecord, every_page,
+    AuditQuery, AuditRecord, ChainVerifier, KeyDigest, KeyQuery, KeyRecord, KeyWrite, Restoration,
+    TokenRecord, TokenStore, UserRecord, every_page, link_audit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -330,6 +330,20 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
             _ => {}
         }
     }
+    // The chain the store will write, linked again from the first record, must be the
+    // backup's own record for record: checked here, so that a restore refused for it writes
+    // nothing.
+    let events: Vec<_> = audit.iter().map(|r| r.event.clone()).collect();
+    let relinked = link_audit(None, &events);
+    if relinked
+        .iter()
+        .zip(&audit)
+        .any(|(a, b)| a.seq != b.seq || a.hash != b.hash)
+    {
+        return Err(bad(
+            "the backup's audit chain does not start at its first record: the backup was altered",
+        ));
+    }
     let mut key_digests = key_digests.into_iter();
     let mut token_digests = token_digests.into_iter();
     ensure_empty(app).await?;
@@ -345,31 +359,30 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
         }
     }
 
+    // Everything goes to the store as one `Restoration`, written in one transaction by the
+    // backend (`RestoreTarget`): the stores' own writes (`create_user`, `apply`, `append`…)
+    // each commit on their own, and a restore made of them, cut short by a bad record, a
+    // lost connection or a dead server, left half a database behind that a second restore
+    // then refused. Building the whole restoration in memory first costs what reading the
+    // file already costs.
     let backup_time = *created_at;
     let mut quotas = HashSet::new();
-    let (mut n_keys, mut n_tokens, mut n_users) = (0u64, 0u64, 0u64);
+    let mut restoration = Restoration::new();
     for line in &lines {
         match line {
-            Line::Header { .. } | Line::Footer { .. } => {}
-            // The backup's own audit chain is restored below, record by record: these
-            // writes add none of their own.
+            Line::Header { .. } | Line::Footer { .. } | Line::Audit(_) => {}
+            // The backup's own audit chain is restored as it is: these writes add none of
+            // their own.
             Line::Setting { name, value } => {
-                app.backends.settings.put_setting(name, value, &[]).await?;
+                restoration.settings.push((name.clone(), value.clone()));
             }
-            Line::User(u) => {
-                app.backends.users.create_user(u, &[]).await?;
-                n_users += 1;
-            }
-            Line::Token { row, .. } => {
-                let record = TokenRecord {
-                    digest: token_digests
-                        .next()
-                        .ok_or_else(|| bad("a token line has no digest"))?,
-                    ..row.clone()
-                };
-                app.backends.tokens.create_token(&record, &[]).await?;
-                n_tokens += 1;
-            }
+            Line::User(u) => restoration.users.push(u.clone()),
+            Line::Token { row, .. } => restoration.tokens.push(TokenRecord {
+                digest: token_digests
+                    .next()
+                    .ok_or_else(|| bad("a token line has no digest"))?,
+                ..row.clone()
+            }),
             Line::Key {
                 record, balance, ..
             } => {
@@ -377,44 +390,23 @@ pub(crate) async fn restore(app: &App, input: &Path) -> Result<()> {
                 record.digest = key_digests
                     .next()
                     .ok_or_else(|| bad("a key line has no digest"))?;
-                // One write at a time: an update is checked against what is stored.
-                for w in key_writes(record, *balance, backup_time, &mut quotas) {
-                    app.backends.store.apply(&[w], &[]).await?;
-                }
-                n_keys += 1;
+                restoration
+                    .keys
+                    .extend(key_writes(record, *balance, backup_time, &mut quotas));
             }
-            Line::Audit(_) => {}
         }
     }
+    restoration.audit = events;
+    let (n_keys, n_tokens, n_users) = (
+        counts.get("key").copied().unwrap_or(0),
+        restoration.tokens.len(),
+        restoration.users.len(),
+    );
+    app.backends.restore.restore(&restoration).await?;
     // Again now that the restored balances are stored: a running server spending on one of
-    // these quotas meanwhile may have cached a balance read from the half-restored database.
+    // these quotas meanwhile may have cached a balance read from the empty database.
     for quota in &cleared {
         app.backends.invalidate_balance(*quota).await?;
-    }
-    for chunk in audit.chunks(500) {
-        let events: Vec<_> = chunk.iter().map(|r| r.event.clone()).collect();
-        app.backends.audit.append(&events).await?;
-    }
-    let report = app.backends.audit.verify_chain().await?;
-    if report.first_broken.is_some() || report.checked != audit.len() as u64 {
-        return Err(Error::Conflict(
-            "the restored audit chain does not verify: the backup was altered".into(),
-        ));
-    }
-    if let Some(last) = audit.last() {
-        let restored = app
-            .backends
-            .audit
-            .list(&AuditQuery {
-                limit: 1,
-                ..AuditQuery::default()
-            })
-            .await?;
-        if restored.items.first().map(|r| &r.hash) != Some(&last.hash) {
-            return Err(Error::Conflict(
-                "the restored audit chain differs from the backup's: the backup was altered".into(),
-            ));
-        }
     }
     stderr_line(&format!(
         "Restored {n_keys} key(s), {n_tokens} token(s), {n_users} admin user(s) and {} audit record(s).",

@@ -62,6 +62,7 @@ pub mod memory;
 mod model;
 mod outcome;
 mod recorder;
+mod restore;
 mod rotate;
 mod signals;
 mod store;
@@ -104,6 +105,7 @@ pub use model::{
 };
 pub use outcome::{LimitState, Outcome, Verification};
 pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};
+pub use restore::{Restoration, RestoreTarget};
 pub use rotate::RotatedKey;
 pub use signals::{
     ClientSignals, IpCount, MAX_PENDING as MAX_PENDING_SIGNALS, Sighting, SignalStore,

@@ -199,7 +199,7 @@ fn bind_record<'q>(
         .bind(&e.successor)
 }
 
-async fn insert(conn: &mut PgConnection, r: &KeyRecord) -> Result<()> {
+pub(crate) async fn insert(conn: &mut PgConnection, r: &KeyRecord) -> Result<()> {
     let e = encode(r)?;
     let last_used = r.last_used_at;
     let res = bind_record(sqlx::query(INSERT_KEY), r, &e)
@@ -220,7 +220,11 @@ async fn insert(conn: &mut PgConnection, r: &KeyRecord) -> Result<()> {
     Ok(())
 }
 
-async fn update(conn: &mut PgConnection, r: &KeyRecord, reset_credits: bool) -> Result<()> {
+pub(crate) async fn update(
+    conn: &mut PgConnection,
+    r: &KeyRecord,
+    reset_credits: bool,
+) -> Result<()> {
     let e = encode(r)?;
     let expected = e
         .revision
@@ -264,7 +268,7 @@ async fn update(conn: &mut PgConnection, r: &KeyRecord, reset_credits: bool) -> 
     Ok(())
 }
 
-async fn delete(conn: &mut PgConnection, id: KeyId) -> Result<()> {
+pub(crate) async fn delete(conn: &mut PgConnection, id: KeyId) -> Result<()> {
     let quota: Option<Uuid> =
         sqlx::query_scalar("DELETE FROM kv_keys WHERE id = $1 RETURNING quota_id")
             .bind(id.as_uuid())

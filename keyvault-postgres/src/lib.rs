@@ -60,6 +60,7 @@ mod bus;
 mod credits;
 mod error;
 mod keys;
+mod restore;
 mod signals;
 mod usage;
 
@@ -74,6 +75,10 @@ pub use bus::{CHANNEL, PgChangeBus};
 pub use error::Error;
 
 use error::{corrupt, db};
+
+/// How long a query waits for a pooled connection (a new one is opened meanwhile when the
+/// pool has room) before failing as a backend error.
+pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The table that records which of keyvault's migrations ran: apart from the host's
 /// `_sqlx_migrations`, so that neither migrator sees the other's versions.
@@ -103,6 +108,9 @@ impl PgStore {
             .map_err(|_| keyvault_core::Error::invalid("database_url", "not a PostgreSQL URL"))?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            // sqlx waits 30 s for a connection by default: with the database down every
+            // request then hung for 30 s instead of answering 503.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(db)?;

@@ -25,7 +25,7 @@ fn select(filter: &str) -> AssertSqlSafe<String> {
 
 /// Checks the whole batch against the stored state before anything is written, in the order
 /// and with the errors of the in-memory reference.
-async fn check(conn: &mut SqliteConnection, writes: &[KeyWrite]) -> Result<()> {
+pub(crate) async fn check(conn: &mut SqliteConnection, writes: &[KeyWrite]) -> Result<()> {
     let mut inserted = HashSet::new();
     for w in writes {
         match w {
@@ -103,7 +103,10 @@ async fn open_balance(
     Ok(())
 }
 
-async fn write_one(conn: &mut SqliteConnection, w: &KeyWrite) -> Result<(), crate::Error> {
+pub(crate) async fn write_one(
+    conn: &mut SqliteConnection,
+    w: &KeyWrite,
+) -> Result<(), crate::Error> {
     match w {
         KeyWrite::Insert(r) => {
             open_balance(conn, r, false).await?;

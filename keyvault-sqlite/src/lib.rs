@@ -44,6 +44,7 @@
 //! | `KeyStore`, `CreditStore`, `AuditLog`, `UsageSink`, `UsageQuery` | [`SqliteStore`] |
 //! | `UserStore`, `TokenStore`, `SessionStore`, `SettingStore`, `LeaseStore` | [`SqliteStore`] |
 //! | `SignalStore` (client signals: `NOT_FOUND` counts per IP and minute, key sightings) | [`SqliteStore`] |
+//! | `RestoreTarget` (a backup restored in one transaction) | [`SqliteStore`] |
 //! | `ChangeBus` | [`SqliteChangeBus`] |
 //!
 //! Rate limits stay in process (`keyvault_core::memory::MemoryRateLimiter`) or in Redis.
@@ -64,6 +65,7 @@ mod codec;
 mod credits;
 mod error;
 mod keys;
+mod restore;
 mod signals;
 mod store;
 mod usage;

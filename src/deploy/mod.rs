@@ -30,8 +30,8 @@ pub use settings::{DatabaseUrl, RedisSettings};
 
 use keyvault_core::{
     AlertStore, AuditLog, CacheConfig, ChangeBus, ClientSignals, CreditStore, Error, FanOutBus,
-    KeyHasher, KeyStore, KeyvaultBuilder, LeaseStore, NotifierStore, RateLimiter, Result,
-    SessionStore, SettingStore, SignalStore, TokenStore, UsageQuery, UsageSink, UserStore,
+    KeyHasher, KeyStore, KeyvaultBuilder, LeaseStore, NotifierStore, RateLimiter, RestoreTarget,
+    Result, SessionStore, SettingStore, SignalStore, TokenStore, UsageQuery, UsageSink, UserStore,
 };
 use keyvault_postgres::{PgChangeBus, PgStore};
 use keyvault_redis::{
@@ -108,6 +108,8 @@ pub struct Durable {
     pub signals: Arc<dyn SignalStore>,
     /// Changes announced through the database (the only bus without Redis).
     pub bus: Arc<dyn ChangeBus>,
+    /// Where a backup is restored, in one transaction.
+    pub restore: Arc<dyn RestoreTarget>,
     database: Database,
 }
 
@@ -173,6 +175,7 @@ impl Durable {
             + AlertStore
             + NotifierStore
             + SignalStore
+            + RestoreTarget
             + 'static,
     {
         Self {
@@ -188,7 +191,8 @@ impl Durable {
             leases: s.clone(),
             alerts: s.clone(),
             notifiers: s.clone(),
-            signals: s,
+            signals: s.clone(),
+            restore: s,
             bus,
             database,
         }

@@ -3,6 +3,8 @@
 //! grep them for secrets.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod backup;
+pub mod ownpg;
 pub mod routes;
 mod shared;
 

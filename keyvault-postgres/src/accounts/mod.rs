@@ -6,9 +6,9 @@ mod alerts;
 mod leases;
 mod notify;
 mod sessions;
-mod settings;
-mod tokens;
-mod users;
+pub(crate) mod settings;
+pub(crate) mod tokens;
+pub(crate) mod users;
 
 use keyvault_core::{KeyDigest, Result, Role};
 

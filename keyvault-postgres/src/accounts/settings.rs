@@ -2,8 +2,23 @@
 
 use async_trait::async_trait;
 use keyvault_core::{AuditEvent, Result, SettingStore};
+use sqlx::PgConnection;
 
 use crate::{PgStore, audit::append_in, db};
+
+/// Stores a setting (replacing its value) in the caller's transaction.
+pub(crate) async fn put(conn: &mut PgConnection, name: &str, value: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO kv_settings (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
 
 #[async_trait]
 impl SettingStore for PgStore {
@@ -32,15 +47,7 @@ impl SettingStore for PgStore {
 
     async fn put_setting(&self, name: &str, value: &str, audit: &[AuditEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(
-            "INSERT INTO kv_settings (name, value) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+        put(&mut tx, name, value).await?;
         append_in(&mut tx, audit).await?;
         tx.commit().await.map_err(db)
     }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{AuditEvent, Error, KeyDigest, Page, Result, TokenRecord, TokenStore};
-use sqlx::{Row, postgres::PgRow};
+use sqlx::{PgConnection, Row, postgres::PgRow};
 use uuid::Uuid;
 
 use super::{digest, is_unique_violation, role};
@@ -37,37 +37,43 @@ fn page_size(limit: usize) -> Result<i64> {
     i64::try_from(limit).map_err(|_| Error::invalid("limit", "too large"))
 }
 
+/// Inserts a token in the caller's transaction.
+pub(crate) async fn insert(conn: &mut PgConnection, token: &TokenRecord) -> Result<()> {
+    let inserted = sqlx::query(concat!(
+        "INSERT INTO kv_api_tokens (",
+        token_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    ))
+    .bind(token.id)
+    .bind(&token.name)
+    .bind(token.role.as_str())
+    .bind(&token.start)
+    .bind(&token.digest.as_bytes()[..])
+    .bind(token.created_at)
+    .bind(token.expires_at)
+    .bind(token.revoked_at)
+    .bind(&token.created_by)
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        // The id or the digest: either way the token exists.
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::Conflict(format!(
+                "token {} already exists",
+                token.id
+            )));
+        }
+        Err(e) => return Err(db(e)),
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl TokenStore for PgStore {
     async fn create_token(&self, token: &TokenRecord, audit: &[AuditEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO kv_api_tokens (",
-            token_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        ))
-        .bind(token.id)
-        .bind(&token.name)
-        .bind(token.role.as_str())
-        .bind(&token.start)
-        .bind(&token.digest.as_bytes()[..])
-        .bind(token.created_at)
-        .bind(token.expires_at)
-        .bind(token.revoked_at)
-        .bind(&token.created_by)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            // The id or the digest: either way the token exists.
-            Err(e) if is_unique_violation(&e) => {
-                return Err(Error::Conflict(format!(
-                    "token {} already exists",
-                    token.id
-                )));
-            }
-            Err(e) => return Err(db(e)),
-        }
+        insert(&mut tx, token).await?;
         append_in(&mut tx, audit).await?;
         tx.commit().await.map_err(db)
     }

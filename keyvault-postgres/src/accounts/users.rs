@@ -29,32 +29,38 @@ async fn find(conn: &mut PgConnection, username: &str) -> Result<Option<UserReco
     row.as_ref().map(decode).transpose()
 }
 
+/// Inserts a user in the caller's transaction.
+pub(crate) async fn insert(conn: &mut PgConnection, user: &UserRecord) -> Result<()> {
+    let inserted = sqlx::query(
+        "INSERT INTO kv_users (username, role, password_hash, enabled, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&user.username)
+    .bind(user.role.as_str())
+    .bind(&user.password_hash)
+    .bind(user.enabled)
+    .bind(user.created_at)
+    .bind(user.updated_at)
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::Conflict(format!(
+                "user {:?} already exists",
+                user.username
+            )));
+        }
+        Err(e) => return Err(db(e)),
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl UserStore for PgStore {
     async fn create_user(&self, user: &UserRecord, audit: &[AuditEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let inserted = sqlx::query(
-            "INSERT INTO kv_users (username, role, password_hash, enabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&user.username)
-        .bind(user.role.as_str())
-        .bind(&user.password_hash)
-        .bind(user.enabled)
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(Error::Conflict(format!(
-                    "user {:?} already exists",
-                    user.username
-                )));
-            }
-            Err(e) => return Err(db(e)),
-        }
+        insert(&mut tx, user).await?;
         append_in(&mut tx, audit).await?;
         tx.commit().await.map_err(db)
     }

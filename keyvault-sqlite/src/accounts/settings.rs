@@ -2,8 +2,23 @@
 
 use async_trait::async_trait;
 use keyvault_core::{AuditEvent, Result, SettingStore};
+use sqlx::SqliteConnection;
 
 use crate::{SqliteStore, audit::append_linked, error::backend};
+
+/// Stores a setting (replacing its value) in the caller's write transaction.
+pub(crate) async fn put(conn: &mut SqliteConnection, name: &str, value: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO kv_settings (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(&mut *conn)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
 
 #[async_trait]
 impl SettingStore for SqliteStore {
@@ -32,15 +47,7 @@ impl SettingStore for SqliteStore {
 
     async fn put_setting(&self, name: &str, value: &str, audit: &[AuditEvent]) -> Result<()> {
         let mut w = self.write().await?;
-        sqlx::query(
-            "INSERT INTO kv_settings (name, value) VALUES (?1, ?2) \
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(&mut *w.tx)
-        .await
-        .map_err(backend)?;
+        put(&mut w.tx, name, value).await?;
         append_linked(&mut w.tx, audit).await?;
         Ok(w.commit().await?)
     }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use keyvault_core::{
     AuditEvent, Error, KeyDigest, Page, Result, TokenRecord, TokenStore, uuid::Uuid,
 };
-use sqlx::{AssertSqlSafe, sqlite::SqliteRow};
+use sqlx::{AssertSqlSafe, SqliteConnection, sqlite::SqliteRow};
 
 use super::{digest, is_unique_violation, role, uuid};
 use crate::{
@@ -37,36 +37,42 @@ fn decode(row: &SqliteRow) -> Result<TokenRecord, crate::Error> {
     })
 }
 
+/// Inserts a token in the caller's write transaction.
+pub(crate) async fn insert(conn: &mut SqliteConnection, token: &TokenRecord) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO kv_api_tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    );
+    let inserted = sqlx::query(AssertSqlSafe(sql))
+        .bind(token.id.to_string())
+        .bind(&token.name)
+        .bind(token.role.as_str())
+        .bind(&token.start)
+        .bind(token.digest.as_bytes().as_slice())
+        .bind(micros(token.created_at))
+        .bind(opt_micros(token.expires_at))
+        .bind(opt_micros(token.revoked_at))
+        .bind(&token.created_by)
+        .execute(&mut *conn)
+        .await;
+    match inserted {
+        Ok(_) => {}
+        // The id or the digest: either way the token exists.
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::Conflict(format!(
+                "token {} already exists",
+                token.id
+            )));
+        }
+        Err(e) => return Err(backend(e)),
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn create_token(&self, token: &TokenRecord, audit: &[AuditEvent]) -> Result<()> {
         let mut w = self.write().await?;
-        let sql = format!(
-            "INSERT INTO kv_api_tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-        );
-        let inserted = sqlx::query(AssertSqlSafe(sql))
-            .bind(token.id.to_string())
-            .bind(&token.name)
-            .bind(token.role.as_str())
-            .bind(&token.start)
-            .bind(token.digest.as_bytes().as_slice())
-            .bind(micros(token.created_at))
-            .bind(opt_micros(token.expires_at))
-            .bind(opt_micros(token.revoked_at))
-            .bind(&token.created_by)
-            .execute(&mut *w.tx)
-            .await;
-        match inserted {
-            Ok(_) => {}
-            // The id or the digest: either way the token exists.
-            Err(e) if is_unique_violation(&e) => {
-                return Err(Error::Conflict(format!(
-                    "token {} already exists",
-                    token.id
-                )));
-            }
-            Err(e) => return Err(backend(e)),
-        }
+        insert(&mut w.tx, token).await?;
         append_linked(&mut w.tx, audit).await?;
         Ok(w.commit().await?)
     }

@@ -37,32 +37,38 @@ async fn find(
     row.as_ref().map(decode).transpose()
 }
 
+/// Inserts a user in the caller's write transaction.
+pub(crate) async fn insert(conn: &mut SqliteConnection, user: &UserRecord) -> Result<()> {
+    let inserted = sqlx::query(
+        "INSERT INTO kv_users (username, role, password_hash, enabled, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(&user.username)
+    .bind(user.role.as_str())
+    .bind(&user.password_hash)
+    .bind(user.enabled)
+    .bind(micros(user.created_at))
+    .bind(micros(user.updated_at))
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::Conflict(format!(
+                "user {:?} already exists",
+                user.username
+            )));
+        }
+        Err(e) => return Err(backend(e)),
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn create_user(&self, user: &UserRecord, audit: &[AuditEvent]) -> Result<()> {
         let mut w = self.write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO kv_users (username, role, password_hash, enabled, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(&user.username)
-        .bind(user.role.as_str())
-        .bind(&user.password_hash)
-        .bind(user.enabled)
-        .bind(micros(user.created_at))
-        .bind(micros(user.updated_at))
-        .execute(&mut *w.tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(Error::Conflict(format!(
-                    "user {:?} already exists",
-                    user.username
-                )));
-            }
-            Err(e) => return Err(backend(e)),
-        }
+        insert(&mut w.tx, user).await?;
         append_linked(&mut w.tx, audit).await?;
         Ok(w.commit().await?)
     }
