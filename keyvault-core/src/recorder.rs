@@ -26,7 +26,11 @@ pub struct RecorderConfig {
     pub batch_size: usize,
     /// Longest an event waits before it is written: statistics are this fresh.
     pub flush_interval: Duration,
-    /// Attempts per batch before it is given up (and counted as failed).
+    /// Attempts per batch, with growing waits, before the writer stops trying for this round:
+    /// it keeps the batch and tries again at the next flush, holding up to `capacity` events
+    /// itself (new ones queue behind them, up to `capacity` more, then are dropped and
+    /// counted). Only at shutdown is a batch the sink still refuses given up (counted as
+    /// failed).
     pub max_attempts: u32,
 }
 
@@ -52,7 +56,7 @@ pub struct RecorderStats {
     pub dropped: u64,
     /// Events written to the sink.
     pub written: u64,
-    /// Events lost because the sink kept failing.
+    /// Events lost because the sink was still failing at shutdown.
     pub failed: u64,
 }
 
@@ -209,6 +213,7 @@ async fn run(
     mut stop: oneshot::Receiver<()>,
 ) {
     let batch_size = config.batch_size.max(1);
+    let capacity = config.capacity.max(1);
     // Events taken from the queue and not yet written, and the vector swapped into the queue.
     let mut buf: Vec<UsageEvent> = Vec::with_capacity(batch_size);
     let mut spare: Vec<UsageEvent> = Vec::new();
@@ -227,18 +232,32 @@ async fn run(
         };
         // Cleared before taking events, so that a batch queued meanwhile wakes the writer again.
         queue.pending.store(false, Ordering::Release);
-        queue.take(&mut spare);
-        buf.append(&mut spare);
+        // While the sink is down the writer holds what it could not write; beyond `capacity`
+        // of those, the rest waits in the queue (which drops and counts when full).
+        if buf.len() < capacity {
+            queue.take(&mut spare);
+            buf.append(&mut spare);
+        }
         write_batches(&*sink, &mut buf, batch_size, ticked, &config, &counters).await;
     }
-    // Refuse new events, then write what was accepted: nothing acknowledged is lost.
+    // Refuse new events, then write what was accepted: nothing acknowledged is lost while
+    // the sink answers.
     queue.lock().closed = true;
     queue.take(&mut spare);
     buf.append(&mut spare);
-    write_batches(&*sink, &mut buf, batch_size, true, &config, &counters).await;
+    if !write_batches(&*sink, &mut buf, batch_size, true, &config, &counters).await {
+        tracing::error!(
+            events = buf.len(),
+            "usage events lost: the sink was still failing at shutdown"
+        );
+        counters
+            .failed
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+    }
 }
 
-/// Writes `buf` in batches of `batch_size`; a last, smaller batch only when `all`.
+/// Writes `buf` in batches of `batch_size`; a last, smaller batch only when `all`. Stops at
+/// the first batch the sink keeps refusing, leaving it and the rest in `buf`; false then.
 async fn write_batches(
     sink: &dyn UsageSink,
     buf: &mut Vec<UsageEvent>,
@@ -246,22 +265,28 @@ async fn write_batches(
     all: bool,
     config: &RecorderConfig,
     counters: &Counters,
-) {
+) -> bool {
     let mut done = 0;
+    let mut written = true;
     while buf.len() - done >= batch_size || (all && done < buf.len()) {
         let end = (done + batch_size).min(buf.len());
-        flush(sink, &buf[done..end], config, counters).await;
+        if !flush(sink, &buf[done..end], config, counters).await {
+            written = false;
+            break;
+        }
         done = end;
     }
     buf.drain(..done);
+    written
 }
 
+/// Writes one batch, retrying with growing waits; false when every attempt failed.
 async fn flush(
     sink: &dyn UsageSink,
     batch: &[UsageEvent],
     config: &RecorderConfig,
     counters: &Counters,
-) {
+) -> bool {
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=config.max_attempts.max(1) {
         // Sinks are idempotent on request ids, so a retry after an ambiguous failure
@@ -271,7 +296,7 @@ async fn flush(
                 counters
                     .written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                return;
+                return true;
             }
             Err(e) => {
                 tracing::warn!(error = %e, attempt, events = batch.len(), "usage write failed");
@@ -282,11 +307,9 @@ async fn flush(
             }
         }
     }
-    tracing::error!(
+    tracing::warn!(
         events = batch.len(),
-        "usage events lost: the sink kept failing"
+        "usage events held: the sink keeps failing; trying again at the next flush"
     );
-    counters
-        .failed
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    false
 }

@@ -487,3 +487,77 @@ async fn limit_states_read_a_keys_buckets_without_taking_a_token() {
         .unwrap();
     assert!(kv.limit_states(&unlimited.record).await.unwrap().is_empty());
 }
+
+/// A sink that refuses every write until it is told to answer, like a database that is down.
+#[derive(Debug, Default)]
+struct DownSink {
+    up: std::sync::atomic::AtomicBool,
+    inner: MemoryStore,
+}
+
+#[async_trait]
+impl UsageSink for DownSink {
+    async fn write(&self, events: &[UsageEvent]) -> Result<()> {
+        if !self.up.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(keyvault_core::Error::backend("usage", "database down"));
+        }
+        self.inner.write(events).await
+    }
+}
+
+/// An outage longer than a batch's attempts loses nothing under the buffer's bound: the
+/// writer holds what it could not write and writes it once the sink answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_held_through_an_outage_and_written_after_it() {
+    let sink = Arc::new(DownSink::default());
+    let rec = UsageRecorder::spawn(
+        sink.clone(),
+        RecorderConfig {
+            capacity: 1_000,
+            batch_size: 50,
+            flush_interval: Duration::from_millis(20),
+            max_attempts: 2,
+        },
+    );
+    for i in 0..500 {
+        assert!(rec.record(event(i)));
+    }
+    // Several rounds of failed attempts.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(rec.stats().written, 0);
+    assert_eq!(rec.stats().failed, 0, "held, not given up");
+    sink.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sink.inner.usage_len() < 500 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sink.inner.usage_len(),
+        500,
+        "every event written after the outage"
+    );
+    let stats = rec.stats();
+    assert_eq!((stats.written, stats.failed, stats.dropped), (500, 0, 0));
+    rec.shutdown().await;
+}
+
+/// A sink still down at shutdown: what could not be written is counted as failed.
+#[tokio::test]
+async fn events_the_sink_still_refuses_at_shutdown_are_counted_as_failed() {
+    let sink = Arc::new(DownSink::default());
+    let rec = UsageRecorder::spawn(
+        sink,
+        RecorderConfig {
+            capacity: 100,
+            batch_size: 10,
+            flush_interval: Duration::from_millis(20),
+            max_attempts: 1,
+        },
+    );
+    for i in 0..30 {
+        assert!(rec.record(event(i)));
+    }
+    rec.shutdown().await;
+    let stats = rec.stats();
+    assert_eq!((stats.written, stats.failed), (0, 30));
+}
