@@ -50,11 +50,12 @@ async fn in_memory(config: &Config, hasher: KeyHasher) -> Result<Backends, Error
         tracing::warn!("REDIS_URL is ignored without DATABASE_URL: in-memory limits are used");
     }
     let store = Arc::new(MemoryStore::new());
-    let vault = Keyvault::builder()
-        .backend(store.clone())
-        .hasher(hasher)
-        .build()
-        .map_err(keyvault_core::Error::from)?;
+    let mut builder = Keyvault::builder().backend(store.clone()).hasher(hasher);
+    if config.client_signals {
+        // Gathered and never written: enough to measure what noting them costs.
+        builder = builder.client_signals(keyvault_core::ClientSignals::new());
+    }
+    let vault = builder.build().map_err(keyvault_core::Error::from)?;
     let created = vault
         .create_key(NewKey::new("demo"), &Actor::named("host-app"))
         .await?;

@@ -35,6 +35,11 @@ pub struct Config {
     /// (JSON) to this file.
     #[arg(long, env = "KEYVAULT_USAGE_SUMMARY_FILE")]
     pub usage_summary_file: Option<PathBuf>,
+    /// In-memory mode: note client signals (the addresses of unknown keys, the networks keys
+    /// are used from) as on a database, where they are always noted; for measuring what they
+    /// cost the layer.
+    #[arg(long, env = "HOST_APP_CLIENT_SIGNALS")]
+    pub client_signals: bool,
 }
 
 impl fmt::Debug for Config {
@@ -62,6 +67,7 @@ impl Config {
             demo_key_file: None,
             trusted_proxies: Vec::new(),
             usage_summary_file: None,
+            client_signals: false,
         }
     }
 }
