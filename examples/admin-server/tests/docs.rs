@@ -8,7 +8,8 @@
 //!   with a thin `main`, and a test package cannot depend on another package's binary).
 //!   `cargo build --release -p keyvault-admin-server -p host-app` (either package, or both)
 //!   does nothing and succeeds: the guides build both up front so that a newcomer waits for
-//!   one release build instead of two, and this test has its binaries already.
+//!   one release build instead of two, and this test has its binaries already; the
+//!   `target/release/host-app` they then run is the same `host-app` stand-in.
 //!   `127.0.0.1:8080` and `127.0.0.1:8081` in a block become free ports. A block preceded by
 //!   `<!-- test: background -->` is started, waited for (its port accepts connections) and
 //!   stopped at the end; `<!-- test: expect TEXT -->` requires `TEXT` in the block's output.
@@ -309,8 +310,20 @@ impl Session {
         let shim = bin.path().join("cargo");
         fs::write(&shim, CARGO_SHIM).expect("writing the cargo shim");
         fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).expect("chmod");
+        // The documented `target/release/host-app` (the binary of the release build the
+        // guide starts with) is host-app through the shim as well.
+        let work = tempfile::tempdir().expect("a temp dir");
+        let release = work.path().join("target/release");
+        fs::create_dir_all(&release).expect("target/release");
+        let host = release.join("host-app");
+        fs::write(
+            &host,
+            "#!/usr/bin/env bash\nexec cargo run --release -p host-app -- \"$@\"\n",
+        )
+        .expect("writing target/release/host-app");
+        fs::set_permissions(&host, fs::Permissions::from_mode(0o755)).expect("chmod");
         Self {
-            work: tempfile::tempdir().expect("a temp dir"),
+            work,
             bin,
             server: free_addr(),
             host: free_addr(),
