@@ -214,7 +214,8 @@ proptest! {
 
     /// `Keyvault::update_key` on the memory store: after each PATCH the stored record is the
     /// model's (given fields replaced whole, nulls cleared, `updated_at` now, the revision one
-    /// more, the next rotation `every` from now); a refused PATCH is an invalid-input error
+    /// more, the next rotation `every` from now when the period changes, kept when only the
+    /// grace does); a refused PATCH is an invalid-input error
     /// and changes nothing; and a pure verification (cost 0) answers by the new record:
     /// DISABLED, EXPIRED or VALID, with the new credits' balance and every limit full.
     #[test]
@@ -241,11 +242,16 @@ proptest! {
                         prop_assert!(matches!(got, Err(Error::Invalid(_))), "step {}: {:?}", i, got);
                     } else {
                         let r = got.unwrap();
+                        let before = model.rotation;
                         model.apply(&p);
                         revision += 1;
                         updated_at = clock.now();
                         if let Some(rot) = p.rotation {
-                            next_rotation_at = rot.map(|r| clock.now() + r.every.as_delta());
+                            // A new period starts now; a changed grace alone keeps the date.
+                            let same = matches!((before, rot), (Some(o), Some(n)) if o.every == n.every);
+                            if !same {
+                                next_rotation_at = rot.map(|r| clock.now() + r.every.as_delta());
+                            }
                         }
                         prop_assert_eq!(Fields::of(&r), model.clone(), "step {}", i);
                     }
