@@ -633,58 +633,62 @@ async fn operators_acknowledge_viewers_read_and_a_deleted_rule_resolves_its_aler
     assert_eq!(kept[0]["state"], "resolved");
 }
 
+/// Three calls of `key` for the live statistics: a success and a server error a second
+/// before `at`, and a verification refused as `DISABLED` at `at`.
+fn live_calls(key: &str, at: DateTime<Utc>) -> Vec<UsageEvent> {
+    let before = at - TimeDelta::seconds(1);
+    vec![
+        event(key, before, 200, 5, Some(Outcome::Valid)),
+        event(key, before, 500, 5, Some(Outcome::Valid)),
+        event(key, at, 401, 1, Some(Outcome::Disabled)),
+    ]
+}
+
+/// A `/v1/keys/verify` of a key that does not exist: refused.
+async fn refuse_unknown_key(s: &Server, token: &str) {
+    let r = s
+        .req("POST", "/v1/keys/verify")
+        .token(token)
+        .json(&json!({"key": "kv_not_a_real_key"}))
+        .send()
+        .await;
+    assert_eq!(r.json()["valid"], false);
+}
+
+/// `/v1/stats/live` read until `done` holds of its body (asserted, within `within`): the
+/// last body read.
+async fn live_until(
+    s: &Server,
+    token: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let last = std::sync::Mutex::new(Value::Null);
+    let counted = eventually(within, async || {
+        let live = s.req("GET", "/v1/stats/live").token(token).send().await;
+        assert_eq!(live.status, 200, "{}", live.text());
+        let body = live.json();
+        let ok = done(&body);
+        *last.lock().unwrap() = body;
+        ok
+    })
+    .await;
+    let v = last.into_inner().unwrap();
+    assert!(counted.is_some(), "{v}");
+    v
+}
+
 #[tokio::test]
 async fn live_statistics_count_the_last_minute_and_stream_them() {
     let s = Server::sqlite().await;
     let op = s.token("operator").await;
     let viewer = s.token("viewer").await;
     let (k, _) = key(&s, &op, json!({"name": "live"})).await;
-    let now = Utc::now();
-    let events = vec![
-        event(
-            &k,
-            now - TimeDelta::seconds(3),
-            200,
-            5,
-            Some(Outcome::Valid),
-        ),
-        event(
-            &k,
-            now - TimeDelta::seconds(3),
-            500,
-            5,
-            Some(Outcome::Valid),
-        ),
-        event(
-            &k,
-            now - TimeDelta::seconds(2),
-            401,
-            1,
-            Some(Outcome::Disabled),
-        ),
-    ];
-    record(&s, &op, events).await;
+    record(&s, &op, live_calls(&k, Utc::now() - TimeDelta::seconds(2))).await;
     // A refusal by `/v1/keys/verify` counts as rejected too.
-    let r = s
-        .req("POST", "/v1/keys/verify")
-        .token(&op)
-        .json(&json!({"key": "kv_not_a_real_key"}))
-        .send()
-        .await;
-    assert_eq!(r.json()["valid"], false);
+    refuse_unknown_key(&s, &op).await;
     // The window is of whole seconds: the refusal counts once its second has ended.
-    let last = std::sync::Mutex::new(Value::Null);
-    let counted = eventually(Duration::from_secs(3), async || {
-        let live = s.req("GET", "/v1/stats/live").token(&viewer).send().await;
-        assert_eq!(live.status, 200, "{}", live.text());
-        let body = live.json();
-        let done = body["rejected"] == 2;
-        *last.lock().unwrap() = body;
-        done
-    })
-    .await;
-    let v = last.into_inner().unwrap();
-    assert!(counted.is_some(), "{v}");
+    let v = live_until(&s, &viewer, Duration::from_secs(3), |b| b["rejected"] == 2).await;
     assert_eq!(v["window_s"], 60);
     let per_s: Vec<u64> = v["calls_per_s"]
         .as_array()
@@ -742,53 +746,15 @@ async fn with_redis_the_live_statistics_count_every_instances_calls_and_refusals
     let b = Server::start(&settings).await;
     let op = a.token("operator").await;
     let (k, _) = key(&a, &op, json!({"name": "live"})).await;
-    let now = Utc::now();
-    let events = vec![
-        event(
-            &k,
-            now - TimeDelta::seconds(2),
-            200,
-            5,
-            Some(Outcome::Valid),
-        ),
-        event(
-            &k,
-            now - TimeDelta::seconds(2),
-            500,
-            5,
-            Some(Outcome::Valid),
-        ),
-        event(
-            &k,
-            now - TimeDelta::seconds(1),
-            401,
-            1,
-            Some(Outcome::Disabled),
-        ),
-    ];
     // Calls recorded through one instance, a refusal answered by the other: each instance's
     // view holds both, which neither database events nor one instance's count could give.
-    record(&a, &op, events).await;
-    let r = b
-        .req("POST", "/v1/keys/verify")
-        .token(&op)
-        .json(&json!({"key": "kv_not_a_real_key"}))
-        .send()
-        .await;
-    assert_eq!(r.json()["valid"], false);
+    record(&a, &op, live_calls(&k, Utc::now() - TimeDelta::seconds(1))).await;
+    refuse_unknown_key(&b, &op).await;
     for s in [&a, &b] {
-        let last = std::sync::Mutex::new(Value::Null);
-        let counted = eventually(Duration::from_secs(4), async || {
-            let live = s.req("GET", "/v1/stats/live").token(&op).send().await;
-            assert_eq!(live.status, 200, "{}", live.text());
-            let body = live.json();
-            let done = body["calls"] == 3 && body["rejected"] == 2;
-            *last.lock().unwrap() = body;
-            done
+        let v = live_until(s, &op, Duration::from_secs(4), |b| {
+            b["calls"] == 3 && b["rejected"] == 2
         })
         .await;
-        let v = last.into_inner().unwrap();
-        assert!(counted.is_some(), "{v}");
         assert_eq!(v["errors"], 2, "{v}");
         let per_s = v["calls_per_s"].as_array().unwrap();
         assert_eq!(per_s.len(), 60);

@@ -94,6 +94,14 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 /// Reads a row selected with `key_columns!()`.
+/// Key records from their rows.
+fn records(rows: &[PgRow]) -> Result<Vec<KeyRecord>> {
+    rows.iter()
+        .map(record_from_row)
+        .collect::<Result<_, crate::Error>>()
+        .map_err(Into::into)
+}
+
 pub(crate) fn record_from_row(row: &PgRow) -> Result<KeyRecord, crate::Error> {
     let digest: Vec<u8> = row.try_get("digest")?;
     let prefix: String = row.try_get("prefix")?;
@@ -379,11 +387,7 @@ impl KeyStore for PgStore {
         qb.push(" ORDER BY id DESC LIMIT ")
             .push_bind(limit.saturating_add(1));
         let rows = qb.build().fetch_all(&self.pool).await.map_err(db)?;
-        let items = rows
-            .iter()
-            .map(record_from_row)
-            .collect::<Result<Vec<_>, crate::Error>>()?;
-        Ok(Page::over_fetched(items, q.limit))
+        Ok(Page::over_fetched(records(&rows)?, q.limit))
     }
 
     async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
@@ -401,10 +405,7 @@ impl KeyStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(record_from_row)
-            .collect::<Result<_, crate::Error>>()
-            .map_err(Into::into)
+        records(&rows)
     }
 
     async fn watched_keys(&self, expires_before: DateTime<Utc>) -> Result<Vec<KeyRecord>> {
@@ -418,10 +419,7 @@ impl KeyStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(record_from_row)
-            .collect::<Result<_, crate::Error>>()
-            .map_err(Into::into)
+        records(&rows)
     }
 
     async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
@@ -439,9 +437,6 @@ impl KeyStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(record_from_row)
-            .collect::<Result<_, crate::Error>>()
-            .map_err(Into::into)
+        records(&rows)
     }
 }

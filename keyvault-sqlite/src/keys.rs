@@ -19,6 +19,14 @@ use crate::{
 };
 
 /// A key query; every piece is a constant of this crate, never input.
+/// Key records from their rows.
+fn records(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<KeyRecord>> {
+    Ok(rows
+        .iter()
+        .map(decode_key)
+        .collect::<Result<_, crate::Error>>()?)
+}
+
 fn select(filter: &str) -> AssertSqlSafe<String> {
     AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM kv_keys {filter}"))
 }
@@ -227,11 +235,7 @@ impl KeyStore for SqliteStore {
         qb.push(" ORDER BY id DESC LIMIT ")
             .push_bind(int(limit as u64).saturating_add(1));
         let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
-        let items = rows
-            .iter()
-            .map(decode_key)
-            .collect::<Result<Vec<_>, crate::Error>>()?;
-        Ok(Page::over_fetched(items, limit))
+        Ok(Page::over_fetched(records(&rows)?, limit))
     }
 
     async fn due_for_rotation(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
@@ -246,10 +250,7 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(rows
-            .iter()
-            .map(decode_key)
-            .collect::<Result<_, crate::Error>>()?)
+        records(&rows)
     }
 
     async fn watched_keys(&self, expires_before: DateTime<Utc>) -> Result<Vec<KeyRecord>> {
@@ -259,10 +260,7 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(rows
-            .iter()
-            .map(decode_key)
-            .collect::<Result<_, crate::Error>>()?)
+        records(&rows)
     }
 
     async fn expired_before(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<KeyRecord>> {
@@ -275,10 +273,7 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(rows
-            .iter()
-            .map(decode_key)
-            .collect::<Result<_, crate::Error>>()?)
+        records(&rows)
     }
 }
 

@@ -13,6 +13,7 @@ mod spec;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -266,7 +267,7 @@ struct Context<'a> {
     not_found: HashMap<(DateTime<Utc>, u64), Vec<IpCount>>,
     /// The look-back's new sightings and their keys' earlier ones, shared by `new_network`
     /// rules.
-    sightings: Option<(Vec<Sighting>, Vec<Sighting>)>,
+    sightings: Option<Arc<(Vec<Sighting>, Vec<Sighting>)>>,
     /// Keys' credits left, read once per evaluation however many rules watch them.
     credits: HashMap<KeyId, Option<u64>>,
     baselines: Vec<(Uuid, Vec<Baseline>)>,
@@ -528,17 +529,17 @@ impl<'a> Context<'a> {
                     let counts = signals.not_found_by_ip(from, now, *above).await?;
                     self.not_found.insert((from, *above), counts);
                 }
-                let counts = self.not_found.get(&(from, *above)).cloned();
-                for (ip, n) in counts.unwrap_or_default() {
+                let counts = self.not_found.get(&(from, *above)).into_iter().flatten();
+                for (ip, n) in counts {
                     hits.push(Hit {
                         key_id: None,
-                        value: n as f64,
+                        value: *n as f64,
                         threshold: *above as f64,
                         summary: format!(
                             "{n} verifications of unknown keys from {ip} in the last {}",
                             human(*window)
                         ),
-                        ip: Some(ip),
+                        ip: Some(ip.clone()),
                     });
                 }
             }
@@ -571,11 +572,12 @@ impl<'a> Context<'a> {
                     .sightings(&keys, now - lookback - TimeDelta::days(30))
                     .await?
             };
-            self.sightings = Some((fresh, history));
+            self.sightings = Some(Arc::new((fresh, history)));
         }
-        let (fresh, history) = self.sightings.clone().unwrap_or_default();
-        let fresh: Vec<Sighting> = fresh
-            .into_iter()
+        let shared = self.sightings.clone().unwrap_or_default();
+        let (fresh, history) = &*shared;
+        let fresh: Vec<&Sighting> = fresh
+            .iter()
             .filter(|s| rule.key_id.is_none_or(|k| k == s.key_id))
             .collect();
         if fresh.is_empty() {
@@ -629,7 +631,7 @@ impl<'a> Context<'a> {
                 value: 0.0,
                 threshold: 0.0,
                 summary: format!("key {} used from a new network {n} ({})", s.key_id, s.ip),
-                ip: Some(s.ip),
+                ip: Some(s.ip.clone()),
             });
         }
         Ok(hits)

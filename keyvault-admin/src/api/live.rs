@@ -26,6 +26,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use keyvault::redis::{LiveCounters, LiveScope};
+use keyvault_core::SecondCounts;
 
 use super::{AppState, Caller, openapi::ProblemDoc};
 use crate::{auth::Need, error::Result};
@@ -122,34 +123,33 @@ async fn snapshot(st: &AppState) -> Result<LiveStats> {
     let ts = DateTime::from_timestamp(end, 0).unwrap_or(now);
     let from = ts - TimeDelta::seconds(WINDOW_S as i64);
     let start = end - WINDOW_S as i64;
-    let mut per_s = vec![0u64; WINDOW_S];
-    let (mut calls, mut errors, mut rejected) = (0, 0, 0);
-    if let Some(live) = st.app.backends.live() {
-        // Every process's calls and every instance's refusals, counted in Redis.
-        let view = live
-            .read(&LiveScope::All, ts - TimeDelta::seconds(1))
-            .await?;
-        for p in view.per_second {
-            if let Some(slot) = usize::try_from(p.ts.timestamp() - start)
-                .ok()
-                .and_then(|i| per_s.get_mut(i))
-            {
-                *slot += p.calls;
-                calls += p.calls;
-                errors += p.errors;
-                rejected += p.rejected;
-            }
+    // Per second: from Redis, every process's calls and every instance's refusals; from the
+    // database, the calls, with this instance's refusals of `/v1/keys/verify` beside them.
+    let (seconds, refused_here): (Vec<(i64, SecondCounts)>, u64) = match st.app.backends.live() {
+        Some(live) => {
+            let view = live
+                .read(&LiveScope::All, ts - TimeDelta::seconds(1))
+                .await?;
+            let seconds = view.per_second.into_iter().map(|p| {
+                let counts = SecondCounts {
+                    calls: p.calls,
+                    errors: p.errors,
+                    rejected: p.rejected,
+                };
+                (p.ts.timestamp(), counts)
+            });
+            (seconds.collect(), 0)
         }
-        return Ok(LiveStats {
-            ts,
-            window_s: WINDOW_S as u64,
-            calls,
-            errors,
-            rejected,
-            calls_per_s: per_s,
-        });
-    }
-    let seconds = st.app.backends.stats.per_second(from, ts).await?;
+        None => {
+            let seconds = st.app.backends.stats.per_second(from, ts).await?;
+            (
+                seconds.into_iter().collect(),
+                st.rejections.between(start, end),
+            )
+        }
+    };
+    let mut per_s = vec![0u64; WINDOW_S];
+    let (mut calls, mut errors, mut rejected) = (0, 0, refused_here);
     for (s, c) in seconds {
         if let Some(slot) = usize::try_from(s - start)
             .ok()
@@ -161,7 +161,6 @@ async fn snapshot(st: &AppState) -> Result<LiveStats> {
             rejected += c.rejected;
         }
     }
-    rejected += st.rejections.between(start, end);
     Ok(LiveStats {
         ts,
         window_s: WINDOW_S as u64,
