@@ -12,7 +12,8 @@
 //! (default 10 000 000) usage events over the last 30 days are written through the backend's
 //! real usage sink (rollups included), in batches of 10 000. PostgreSQL runs empty the
 //! database's keyvault tables first: point it at a database kept for benchmarks. Run as a
-//! test (no `--bench` argument) it makes one quick pass over small data.
+//! test (no `--bench` argument) it makes one quick pass over small data. `KV_BENCH_REUSE=1`
+//! measures what an earlier PostgreSQL run left there instead (after this build's migrations).
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
 #[path = "../tests/common/mod.rs"]
@@ -65,6 +66,65 @@ fn events(from: usize, n: usize, total: usize, keys: &[KeyId]) -> Vec<UsageEvent
         .collect()
 }
 
+/// Makes `n_keys` keys through the library and writes `n_events` events through the
+/// backend's usage sink; returns the keys, oldest first.
+async fn populate(
+    s: &Server,
+    settings: &Settings,
+    n_keys: usize,
+    n_events: usize,
+    backend: &str,
+) -> Vec<KeyId> {
+    let started = Instant::now();
+    let kv = s.app.keyvault();
+    let mut keys = Vec::with_capacity(n_keys);
+    for i in 0..n_keys {
+        let mut new = NewKey::new(format!("service {i:06}"));
+        new.owner_id = Some(format!("team-{}", i % 500));
+        if i % 100 == 0 {
+            new.expires_at = Some(Utc::now() + TimeDelta::days(3));
+        }
+        keys.push(
+            kv.create_key(new, &Actor::library())
+                .await
+                .unwrap()
+                .record
+                .id,
+        );
+    }
+    let keys_took = started.elapsed();
+    let sink = sink(settings).await;
+    let started = Instant::now();
+    let batch = 10_000.min(n_events);
+    let mut written = 0;
+    while written < n_events {
+        let n = batch.min(n_events - written);
+        sink.write(&events(written, n, n_events, &keys))
+            .await
+            .unwrap();
+        written += n;
+    }
+    let events_took = started.elapsed();
+    println!(
+        "dashboard on {backend}: {n_keys} keys (made in {:.0} s), {n_events} events over 30 days \
+         (written in {:.0} s)",
+        keys_took.as_secs_f64(),
+        events_took.as_secs_f64()
+    );
+
+    keys
+}
+
+/// The keys an earlier run left in the PostgreSQL database at `url`, oldest first.
+async fn stored_keys(url: &str) -> Vec<KeyId> {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let ids: Vec<(uuid::Uuid,)> = sqlx::query_as("SELECT id FROM kv_keys ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    ids.into_iter().map(|(id,)| KeyId::from_uuid(id)).collect()
+}
+
 async fn sink(settings: &Settings) -> Box<dyn UsageSink> {
     let url = &settings.database_url;
     if url.starts_with("postgres") {
@@ -74,16 +134,22 @@ async fn sink(settings: &Settings) -> Box<dyn UsageSink> {
     }
 }
 
-async fn reset_postgres(url: &str) {
+/// Empties the keyvault tables of the database at `url`; with `keep_usage`, all but the keys,
+/// their credits and audit, and the usage (accounts, sessions and alerts go).
+async fn reset_postgres(url: &str, keep_usage: bool) {
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
-         AND tablename LIKE 'kv\\_%' AND tablename NOT LIKE '\\_sqlx%'",
+         AND tablename LIKE 'kv\\_%' AND tablename <> 'kv_schema_migrations'",
     )
     .fetch_all(&pool)
     .await
     .unwrap();
+    let kept = ["kv_keys", "kv_credits", "kv_audit", "kv_audit_head"];
     for (t,) in tables {
+        if keep_usage && (kept.contains(&t.as_str()) || t.starts_with("kv_usage")) {
+            continue;
+        }
         sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {t} CASCADE")))
             .execute(&pool)
             .await
@@ -114,9 +180,12 @@ async fn run() {
     let n_events = env_usize("KV_BENCH_EVENTS", 10_000_000, 20_000);
     let rounds = env_usize("KV_BENCH_ROUNDS", 30, 3);
     let dir = tempfile::tempdir().unwrap();
+    // `KV_BENCH_REUSE=1` on PostgreSQL: measure the keys and events an earlier run left
+    // (they age from that run's time), after the migrations this build adds.
+    let reuse = full() && std::env::var("KV_BENCH_REUSE").is_ok_and(|v| v == "1");
     let settings = match std::env::var("DATABASE_URL") {
         Ok(url) if full() && url.starts_with("postgres") => {
-            reset_postgres(&url).await;
+            reset_postgres(&url, reuse).await;
             Settings {
                 database_url: url,
                 ..Settings::sqlite(dir.path())
@@ -126,42 +195,20 @@ async fn run() {
     };
     let backend = settings.database_url.split(':').next().unwrap().to_owned();
     let s = Server::start(&settings).await;
-    let started = Instant::now();
-    let kv = s.app.keyvault();
-    let mut keys = Vec::with_capacity(n_keys);
-    for i in 0..n_keys {
-        let mut new = NewKey::new(format!("service {i:06}"));
-        new.owner_id = Some(format!("team-{}", i % 500));
-        if i % 100 == 0 {
-            new.expires_at = Some(Utc::now() + TimeDelta::days(3));
-        }
-        keys.push(
-            kv.create_key(new, &Actor::library())
-                .await
-                .unwrap()
-                .record
-                .id,
+    let reused = if reuse {
+        stored_keys(&settings.database_url).await
+    } else {
+        Vec::new()
+    };
+    let keys = if reused.is_empty() {
+        populate(&s, &settings, n_keys, n_events, &backend).await
+    } else {
+        println!(
+            "dashboard on {backend}: the {} keys and their events of an earlier run",
+            reused.len()
         );
-    }
-    let keys_took = started.elapsed();
-    let sink = sink(&settings).await;
-    let started = Instant::now();
-    let batch = 10_000.min(n_events);
-    let mut written = 0;
-    while written < n_events {
-        let n = batch.min(n_events - written);
-        sink.write(&events(written, n, n_events, &keys))
-            .await
-            .unwrap();
-        written += n;
-    }
-    let events_took = started.elapsed();
-    println!(
-        "dashboard on {backend}: {n_keys} keys (made in {:.0} s), {n_events} events over 30 days \
-         (written in {:.0} s)",
-        keys_took.as_secs_f64(),
-        events_took.as_secs_f64()
-    );
+        reused
+    };
 
     s.app
         .create_admin(

@@ -140,7 +140,7 @@ async fn reset_usage(pool: &PgPool) {
     run(
         pool,
         &[
-            "TRUNCATE kv_usage_events, kv_usage_rollup, kv_usage_rollup_hour",
+            "TRUNCATE kv_usage_events, kv_usage_rollup, kv_usage_rollup_hour, kv_usage_rollup_day",
             "VACUUM ANALYZE kv_usage_events",
         ],
     )
@@ -182,7 +182,11 @@ async fn recorder_once(store: &PgStore, events: &[UsageEvent], batch_size: usize
     let took = start.elapsed();
     let stats = recorder.stats();
     assert_eq!((stats.written, stats.failed), (events.len() as u64, 0));
-    for table in ["kv_usage_rollup", "kv_usage_rollup_hour"] {
+    for table in [
+        "kv_usage_rollup",
+        "kv_usage_rollup_hour",
+        "kv_usage_rollup_day",
+    ] {
         let counted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT sum(calls)::bigint FROM {table} WHERE key_id = $1"
         )))
@@ -302,9 +306,15 @@ async fn statistics(pool: &PgPool, store: &PgStore) {
     )
     .await
     .unwrap();
+    // And the daily ones, as the migration that added them folds hours into days.
+    let days = include_str!("../migrations/20260101000009_usage_daily.sql");
+    pool.execute(&days[days.find("INSERT INTO").unwrap()..])
+        .await
+        .unwrap();
     run(
         pool,
         &[
+            "VACUUM ANALYZE kv_usage_rollup_day",
             "VACUUM ANALYZE kv_usage_rollup_hour",
             "VACUUM ANALYZE kv_usage_rollup",
             "VACUUM ANALYZE kv_usage_events",

@@ -44,7 +44,7 @@
 //!   and the subtraction happen in one row update, exact with any number of instances.
 //! - Usage batches are written in one transaction that inserts the raw events (binary `COPY`
 //!   for a batch of new request ids, `INSERT … ON CONFLICT DO NOTHING` when one is already
-//!   stored) and adds only the rows actually inserted to the minute and hour rollups, so a
+//!   stored) and adds only the rows actually inserted to the minute, hour and day rollups, so a
 //!   retried batch counts nothing twice and statistics are as fresh as the last flush. The
 //!   rollup cost is per cell (key × minute × provider × status class), not per event: feed
 //!   the sink large batches (`RecorderConfig::batch_size` of 10 000 or so) under heavy load.
@@ -103,9 +103,16 @@ impl PgStore {
 
     /// Connects a new pool to `url`.
     pub async fn connect(url: &str) -> Result<Self> {
-        let options: PgConnectOptions = url
+        let mut options: PgConnectOptions = url
             .parse()
             .map_err(|_| keyvault_core::Error::invalid("database_url", "not a PostgreSQL URL"))?;
+        if !url.contains("jit") {
+            // keyvault's queries are short, and the planner's estimates for their parameter
+            // ranges are large: PostgreSQL compiled them (20–30 ms each) for nothing, most
+            // of the statistics' time at the dashboard's ranges. A URL that sets `jit` itself
+            // (`?options=-c%20jit%3Don`) keeps its choice.
+            options = options.options([("jit", "off")]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
             // sqlx waits 30 s for a connection by default: with the database down every
@@ -138,7 +145,7 @@ impl PgStore {
     }
 
     /// Deletes raw usage events older than `before` (the retention setting); returns how many.
-    /// Statistics are unaffected: they read the minute and hour rollups. Only the partial
+    /// Statistics are unaffected: they read the minute, hour and day rollups. Only the partial
     /// minutes at the ends of a statistics range are read from raw events, and a retried
     /// batch older than the retention would be counted again, so keep at least a day.
     pub async fn purge_usage_before(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {

@@ -459,7 +459,7 @@ async fn out_of_range_values_are_refused_naming_the_field(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
-async fn hourly_rollups_answer_like_the_reference_across_hours(pool: PgPool) {
+async fn hourly_and_daily_rollups_answer_like_the_reference_across_hours(pool: PgPool) {
     let s = store(pool.clone()).await;
     let mem = keyvault_core::memory::MemoryStore::new();
     let (a, b) = (KeyId::new(), KeyId::new());
@@ -518,6 +518,26 @@ async fn hourly_rollups_answer_like_the_reference_across_hours(pool: PgPool) {
         q(base + m(61), base + m(200), None, Some("openai")),
         q(base + m(59), base + m(121), Some(b), None),
         q(base + m(60), base + m(180), Some(a), Some("openai")),
+        // Day steps: the days of the series from the daily rollups, hours and minutes at
+        // either end.
+        StatsQuery {
+            granularity: Some(keyvault_core::Granularity::Day),
+            ..q(
+                base - TimeDelta::days(1) + m(30),
+                base + TimeDelta::days(3),
+                None,
+                None,
+            )
+        },
+        StatsQuery {
+            granularity: Some(keyvault_core::Granularity::Day),
+            ..q(
+                base - m(90),
+                base + TimeDelta::days(1),
+                Some(b),
+                Some("openai"),
+            )
+        },
     ];
     for q in &queries {
         assert_eq!(
@@ -553,7 +573,7 @@ async fn hourly_rollups_answer_like_the_reference_across_hours(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
-async fn upgrading_folds_existing_minute_rollups_into_hours(pool: PgPool) {
+async fn upgrading_folds_existing_minute_rollups_into_hours_and_days(pool: PgPool) {
     // Usage written by the schema before hourly rollups existed.
     let m = keyvault_postgres::migrator();
     m.run_to(20260101000001, &pool).await.unwrap();
@@ -606,6 +626,14 @@ async fn upgrading_folds_existing_minute_rollups_into_hours(pool: PgPool) {
             key_id: None,
             provider: Some("openai".into()),
             granularity: None,
+        },
+        // And the days from the hours, by the migration after it.
+        StatsQuery {
+            from: base - TimeDelta::days(2),
+            to: base + TimeDelta::days(2),
+            key_id: None,
+            provider: None,
+            granularity: Some(keyvault_core::Granularity::Day),
         },
     ] {
         assert_eq!(

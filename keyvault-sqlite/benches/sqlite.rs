@@ -71,7 +71,8 @@ fn events(n: usize, keys: &[KeyId], now: DateTime<Utc>) -> Vec<UsageEvent> {
 async fn reset_usage(pool: &SqlitePool) {
     sqlx::query(
         "DELETE FROM kv_usage_events; DELETE FROM kv_usage_rollup; \
-         DELETE FROM kv_usage_rollup_hour; DELETE FROM bench_events",
+         DELETE FROM kv_usage_rollup_hour; DELETE FROM kv_usage_rollup_day; \
+         DELETE FROM bench_events",
     )
     .execute(pool)
     .await
@@ -125,7 +126,11 @@ async fn recorder_once(store: &SqliteStore, events: &[UsageEvent]) -> Duration {
     let took = start.elapsed();
     let stats = recorder.stats();
     assert_eq!((stats.written, stats.failed), (events.len() as u64, 0));
-    for table in ["kv_usage_rollup", "kv_usage_rollup_hour"] {
+    for table in [
+        "kv_usage_rollup",
+        "kv_usage_rollup_hour",
+        "kv_usage_rollup_day",
+    ] {
         let counted: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT sum(calls) FROM {table} WHERE key_id = ?1"
         )))
@@ -233,21 +238,26 @@ async fn statistics(store: &SqliteStore) {
         .chain([(ALL_KEYS_ROLLUP.to_string(), 19)])
         .collect();
     const HOUR_US: i64 = 3_600_000_000;
+    const DAY_US: i64 = 86_400_000_000;
     for (key, mult) in &owners {
         let mut hours: std::collections::BTreeMap<i64, LatencyHistogram> = Default::default();
+        let mut days: std::collections::BTreeMap<i64, LatencyHistogram> = Default::default();
         for m in 0..minutes {
             let h = cell(m, *mult);
             let minute = (t0 + TimeDelta::minutes(m)).timestamp_micros();
             rollup_cells(&mut tx, "kv_usage_rollup", "minute", key, minute, &h).await;
-            let hour = hours
-                .entry(minute - minute.rem_euclid(HOUR_US))
-                .or_default();
-            for (b, c) in h.buckets() {
-                hour.add(b, c);
+            for (unit, sums) in [(HOUR_US, &mut hours), (DAY_US, &mut days)] {
+                let sum = sums.entry(minute - minute.rem_euclid(unit)).or_default();
+                for (b, c) in h.buckets() {
+                    sum.add(b, c);
+                }
             }
         }
         for (hour, h) in &hours {
             rollup_cells(&mut tx, "kv_usage_rollup_hour", "hour", key, *hour, h).await;
+        }
+        for (day, h) in &days {
+            rollup_cells(&mut tx, "kv_usage_rollup_day", "day", key, *day, h).await;
         }
     }
     // Raw events of the partial minutes at both ends of the queried range.

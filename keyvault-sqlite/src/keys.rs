@@ -213,16 +213,21 @@ impl KeyStore for SqliteStore {
         let limit = q.limit;
         // Only the filters given, so that SQLite walks the index that serves them
         // (`kv_keys_owner`, `kv_keys_enabled`) instead of every key past a `? IS NULL OR`.
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {KEY_COLUMNS} FROM kv_keys WHERE 1 = 1"));
+        // A search on its own scans `kv_keys_search` (the columns it tests, by id): SQLite's
+        // planner prefers the primary key's order and would fetch every row to test it.
+        let index = if q.search.is_some() && q.owner_id.is_none() {
+            " INDEXED BY kv_keys_search"
+        } else {
+            ""
+        };
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {KEY_COLUMNS} FROM kv_keys{index} WHERE 1 = 1"
+        ));
         if let Some(before) = q.before {
             qb.push(" AND id < ").push_bind(id_text(before));
         }
         if let Some(owner) = &q.owner_id {
             qb.push(" AND owner_id = ").push_bind(owner.clone());
-        }
-        if let Some(enabled) = q.enabled {
-            qb.push(" AND enabled = ").push_bind(enabled);
         }
         if let Some(search) = &q.search {
             let s = search.to_lowercase();
@@ -231,6 +236,9 @@ impl KeyStore for SqliteStore {
                 .push(") > 0 OR instr(start_lower, ")
                 .push_bind(s)
                 .push(") > 0)");
+        }
+        if let Some(enabled) = q.enabled {
+            qb.push(" AND enabled = ").push_bind(enabled);
         }
         qb.push(" ORDER BY id DESC LIMIT ")
             .push_bind(int(limit as u64).saturating_add(1));

@@ -1,5 +1,5 @@
 //! [`UsageSink`] and [`UsageQuery`] on SQLite: raw events, idempotent on `request_id`, and
-//! per-minute and per-hour rollups maintained as events are first inserted.
+//! per-minute, per-hour and per-day rollups maintained as events are first inserted.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -22,6 +22,7 @@ use crate::{
 
 const MINUTE_US: i64 = 60_000_000;
 const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 86_400_000_000;
 /// Rows per multi-row INSERT: 11 parameters each stays far below SQLite's 32,766.
 const INSERT_CHUNK: usize = 1_000;
 /// Rollup rows (or key ids) per statement: 7 parameters a row.
@@ -31,10 +32,6 @@ const PURGE_CHUNK: i64 = 20_000;
 
 fn minute_of(ts_us: i64) -> i64 {
     ts_us - ts_us.rem_euclid(MINUTE_US)
-}
-
-fn hour_of(ts_us: i64) -> i64 {
-    ts_us - ts_us.rem_euclid(HOUR_US)
 }
 
 /// One level of rollups. Both tables have the same columns but the time's name.
@@ -51,6 +48,10 @@ const MINUTES: Level = Level {
 const HOURS: Level = Level {
     table: "kv_usage_rollup_hour",
     time: "hour",
+};
+const DAYS: Level = Level {
+    table: "kv_usage_rollup_day",
+    time: "day",
 };
 
 /// [`ALL_KEYS_ROLLUP`] as the `key_id` column holds it (made once: every event counts there).
@@ -145,20 +146,21 @@ type RollupRow = (String, i64, bool, String, i64, i64, String);
 /// Calls and latencies of one rollup row, or of the part a batch adds to it.
 type Cell = (u64, LatencyHistogram);
 
-/// The hourly cells of a batch's minute cells: each minute cell folded into its hour.
-fn hours_of(minutes: &BTreeMap<RollupKey, Cell>) -> BTreeMap<RollupKey, Cell> {
-    let mut hours: BTreeMap<RollupKey, Cell> = BTreeMap::new();
+/// The hour (or day) cells of a batch's minute cells: each minute cell folded into the unit of
+/// `unit_us` microseconds that holds it.
+fn fold(minutes: &BTreeMap<RollupKey, Cell>, unit_us: i64) -> BTreeMap<RollupKey, Cell> {
+    let mut coarse: BTreeMap<RollupKey, Cell> = BTreeMap::new();
     for (k, (calls, hist)) in minutes {
-        let h = hours
+        let c = coarse
             .entry(RollupKey {
-                at: hour_of(k.at),
+                at: k.at - k.at.rem_euclid(unit_us),
                 ..k.clone()
             })
             .or_default();
-        h.0 += calls;
-        h.1.merge(hist);
+        c.0 += calls;
+        c.1.merge(hist);
     }
-    hours
+    coarse
 }
 
 /// Adds `groups` to the stored rollups of `level`: one read of the rows they touch, merged
@@ -261,7 +263,8 @@ impl UsageSink for SqliteStore {
                 *t = (*t).max(e.ts);
             }
         }
-        add_rollups(&mut w.tx, &HOURS, hours_of(&groups)).await?;
+        add_rollups(&mut w.tx, &DAYS, fold(&groups, DAY_US)).await?;
+        add_rollups(&mut w.tx, &HOURS, fold(&groups, HOUR_US)).await?;
         add_rollups(&mut w.tx, &MINUTES, groups).await?;
         SqliteStore::touch_keys(&mut w.tx, last_used).await?;
         Ok(w.commit().await?)
@@ -309,26 +312,42 @@ fn micros_of(s: Span) -> [i64; 2] {
     [micros(s.start), micros(s.end)]
 }
 
-/// The binds `?3`–`?8` of [`rollup_rows`]: the whole minutes before the hours, the hours, the
-/// whole minutes after them.
+/// The binds `?3`–`?12` of [`rollup_rows`]: the whole minutes before the hours, the hours
+/// before the days, the days, the hours after them, the whole minutes after those.
 fn rollup_binds(r: &RollupRanges) -> impl Iterator<Item = i64> {
-    [r.minutes_before, r.hours, r.minutes_after]
-        .into_iter()
-        .flat_map(micros_of)
+    [
+        r.minutes_before,
+        r.hours_before,
+        r.days,
+        r.hours_after,
+        r.minutes_after,
+    ]
+    .into_iter()
+    .flat_map(micros_of)
 }
 
-/// The rollup rows the overview reads (binds `?1` key, `?2` provider, `?3`–`?8` the three
-/// rollup ranges of [`rollup_binds`]): UNION ALL of simple primary-key range scans.
-fn rollup_rows(columns: &str) -> String {
-    let filter = "key_id = ?1 AND (?2 IS NULL OR (provider_set = 1 AND provider = ?2))";
-    format!(
-        "SELECT minute AS t, {columns} FROM kv_usage_rollup \
-         WHERE {filter} AND minute >= ?3 AND minute < ?4 \
-         UNION ALL SELECT minute, {columns} FROM kv_usage_rollup \
-         WHERE {filter} AND minute >= ?7 AND minute < ?8 \
-         UNION ALL SELECT hour, {columns} FROM kv_usage_rollup_hour \
-         WHERE {filter} AND hour >= ?5 AND hour < ?6"
-    )
+/// The rollup rows a statistic reads (binds `?1` key, `?2` provider, `?3`–`?12` the five
+/// rollup spans of [`rollup_binds`]): UNION ALL of simple primary-key range scans. `keys` is
+/// the condition on `key_id`, `columns` what each row gives after its time `t`.
+fn rollup_rows(keys: &str, columns: &str) -> String {
+    let filter = format!("{keys} AND (?2 IS NULL OR (provider_set = 1 AND provider = ?2))");
+    [MINUTES, HOURS, DAYS, HOURS, MINUTES]
+        .iter()
+        .enumerate()
+        .map(|(i, Level { table, time })| {
+            let (start, end) = (2 * i + 3, 2 * i + 4);
+            format!(
+                "SELECT {time} AS t, {columns} FROM {table} \
+                 WHERE {filter} AND {time} >= ?{start} AND {time} < ?{end}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// The overview's rows for one key (or all keys' rollups): [`rollup_rows`] on `key_id = ?1`.
+fn key_rollup_rows(columns: &str) -> String {
+    rollup_rows("key_id = ?1", columns)
 }
 
 impl SqliteStore {
@@ -346,13 +365,13 @@ impl SqliteStore {
             .unwrap_or(MINUTE_US)
             .max(MINUTE_US);
         let key = q.key_id.map_or_else(|| all_keys().to_owned(), id_text);
-        // The histogram has no time axis and always reads hours; the series only where its
-        // steps hold whole hours.
+        // The histogram has no time axis and always reads days and hours; the series only
+        // where its steps hold them whole.
         let series = ranges.for_step(q.step());
         let sql = format!(
-            "SELECT t - (((t % ?9) + ?9) % ?9), provider_set, provider, \
+            "SELECT t - (((t % ?13) + ?13) % ?13), provider_set, provider, \
              status_class BETWEEN 2 AND 3, SUM(calls) FROM ({}) GROUP BY 1, 2, 3, 4",
-            rollup_rows("provider_set, provider, status_class, calls")
+            key_rollup_rows("provider_set, provider, status_class, calls")
         );
         let mut counts = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&key)
@@ -376,7 +395,7 @@ impl SqliteStore {
         let sql = format!(
             "SELECT CAST(j.key AS INTEGER), SUM(j.value) FROM ({}) AS r, json_each(r.hist) AS j \
              GROUP BY 1",
-            rollup_rows("hist")
+            key_rollup_rows("hist")
         );
         let mut hist = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&key)
@@ -551,17 +570,14 @@ impl UsageQuery for SqliteStore {
         let ids = serde_json::to_string(&keys.iter().map(|k| id_text(*k)).collect::<Vec<_>>())
             .map_err(|e| backend(corrupt("key_id", e)))?;
         // Primary-key range scans per key over the rollups, the ts index over the raw ends.
-        let filter = "key_id IN (SELECT value FROM json_each(?1)) \
-                      AND (?2 IS NULL OR (provider_set = 1 AND provider = ?2))";
+        let keys = "key_id IN (SELECT value FROM json_each(?1))";
         let sql = format!(
-            "SELECT key_id, SUM(calls) FROM ( \
-             SELECT key_id, calls FROM kv_usage_rollup WHERE {filter} AND minute >= ?3 AND minute < ?4 \
-             UNION ALL SELECT key_id, calls FROM kv_usage_rollup_hour WHERE {filter} AND hour >= ?5 AND hour < ?6 \
-             UNION ALL SELECT key_id, calls FROM kv_usage_rollup WHERE {filter} AND minute >= ?7 AND minute < ?8 \
-             UNION ALL SELECT key_id, 1 FROM kv_usage_events \
-             WHERE ((ts >= ?9 AND ts < ?10) OR (ts >= ?11 AND ts < ?12)) \
-             AND key_id IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR provider = ?2) \
-             ) GROUP BY key_id"
+            "SELECT key_id, SUM(calls) FROM ({} \
+             UNION ALL SELECT 0, key_id, 1 FROM kv_usage_events \
+             WHERE ((ts >= ?13 AND ts < ?14) OR (ts >= ?15 AND ts < ?16)) \
+             AND {keys} AND (?2 IS NULL OR provider = ?2) \
+             ) GROUP BY key_id",
+            rollup_rows(keys, "key_id, calls")
         );
         let mut query = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&ids)
@@ -607,15 +623,13 @@ mod tests {
     }
 
     #[test]
-    fn minutes_and_hours_floor_before_the_epoch_too() {
+    fn minutes_floor_before_the_epoch_too() {
         assert_eq!(minute_of(61_000_000), 60_000_000);
         assert_eq!(minute_of(-1), -60_000_000);
-        assert_eq!(hour_of(HOUR_US + 1), HOUR_US);
-        assert_eq!(hour_of(-1), -HOUR_US);
     }
 
     #[test]
-    fn hourly_cells_sum_their_minutes() {
+    fn hour_and_day_cells_sum_their_minutes() {
         let cell = |at: i64, lat: u64| {
             let mut h = LatencyHistogram::default();
             h.record(lat);
@@ -631,17 +645,24 @@ mod tests {
             )
         };
         let minutes: BTreeMap<RollupKey, Cell> = [
+            cell(-MINUTE_US, 50),
             cell(HOUR_US - MINUTE_US, 100),
             cell(HOUR_US, 200),
             cell(HOUR_US + 59 * MINUTE_US, 5_000),
         ]
         .into_iter()
         .collect();
-        let hours = hours_of(&minutes);
-        let got: Vec<(i64, u64, u64)> = hours
-            .iter()
-            .map(|(k, (calls, hist))| (k.at, *calls, hist.total()))
-            .collect();
-        assert_eq!(got, vec![(0, 1, 1), (HOUR_US, 2, 2)]);
+        let sums = |unit| -> Vec<(i64, u64, u64)> {
+            fold(&minutes, unit)
+                .iter()
+                .map(|(k, (calls, hist))| (k.at, *calls, hist.total()))
+                .collect()
+        };
+        // Before the epoch the units floor, not truncate towards zero.
+        assert_eq!(
+            sums(HOUR_US),
+            vec![(-HOUR_US, 1, 1), (0, 1, 1), (HOUR_US, 2, 2)]
+        );
+        assert_eq!(sums(DAY_US), vec![(-DAY_US, 1, 1), (0, 3, 3)]);
     }
 }

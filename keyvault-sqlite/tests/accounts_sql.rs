@@ -233,6 +233,7 @@ async fn a_new_database_gets_the_account_tables_without_the_old_ones() {
             "kv_settings",
             "kv_usage_events",
             "kv_usage_rollup",
+            "kv_usage_rollup_day",
             "kv_usage_rollup_hour",
             "kv_users",
         ]

@@ -1,6 +1,7 @@
-//! Statistics read whole hours from the hourly rollups and still match the in-memory
-//! reference exactly across hour boundaries; a database from before the hourly rollups gets
-//! them from its minute rollups when it is migrated.
+//! Statistics read whole hours and days from the hourly and daily rollups and still match the
+//! in-memory reference exactly across hour and day boundaries; a database from before the
+//! hourly rollups gets them from its minute rollups when it is migrated, and the daily ones
+//! from those hours.
 
 mod common;
 
@@ -8,8 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use keyvault_core::{
-    ALL_KEYS_ROLLUP, KeyId, LatencyHistogram, StatsQuery, UsageEvent, UsageQuery, UsageSink,
-    memory::MemoryStore,
+    ALL_KEYS_ROLLUP, Granularity, KeyId, LatencyHistogram, StatsQuery, UsageEvent, UsageQuery,
+    UsageSink, memory::MemoryStore,
 };
 use keyvault_sqlite::{SqliteStore, migrator};
 
@@ -86,6 +87,13 @@ fn queries(rng: &mut Lcg, keys: &[KeyId]) -> Vec<StatsQuery> {
         ),
         q(t0() + TimeDelta::minutes(59), t0() + TimeDelta::minutes(61)),
     ];
+    // Day steps: the series' days from the daily rollups.
+    for (from, to) in [(t0(), t0() + h(96)), (t0() + h(3), t0() + h(75))] {
+        qs.push(StatsQuery {
+            granularity: Some(Granularity::Day),
+            ..q(from, to)
+        });
+    }
     for _ in 0..40 {
         let a = rng.wide(SPAN_US) as i64;
         // Half of them longer than 75 h, where the series steps by whole hours.
@@ -121,12 +129,22 @@ async fn assert_same(store: &SqliteStore, memory: &MemoryStore, qs: &[StatsQuery
     }
 }
 
-async fn hour_calls(store: &SqliteStore) -> i64 {
-    sqlx::query_scalar("SELECT coalesce(sum(calls), 0) FROM kv_usage_rollup_hour WHERE key_id = ?1")
+/// The calls the all-keys hour rollups hold, and those the day rollups hold.
+async fn hour_calls(store: &SqliteStore) -> (i64, i64) {
+    let mut sums = [0; 2];
+    for (sum, table) in sums
+        .iter_mut()
+        .zip(["kv_usage_rollup_hour", "kv_usage_rollup_day"])
+    {
+        *sum = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(sum(calls), 0) FROM {table} WHERE key_id = ?1"
+        )))
         .bind(all_keys())
         .fetch_one(store.pool())
         .await
-        .unwrap()
+        .unwrap();
+    }
+    (sums[0], sums[1])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,7 +175,8 @@ async fn overview_across_hour_boundaries_matches_the_in_memory_reference() {
         .chain(&mixed)
         .map(|e| e.request_id.as_str())
         .collect();
-    assert_eq!(hour_calls(&store).await, distinct.len() as i64);
+    let n = distinct.len() as i64;
+    assert_eq!(hour_calls(&store).await, (n, n));
     let hours: i64 = sqlx::query_scalar(
         "SELECT count(DISTINCT hour) FROM kv_usage_rollup_hour WHERE key_id = ?1",
     )
@@ -250,7 +269,8 @@ async fn upgrading_folds_minute_rollups_into_hours() {
 
     store.migrate().await.unwrap();
     let distinct: HashSet<&str> = old.iter().map(|e| e.request_id.as_str()).collect();
-    assert_eq!(hour_calls(&store).await, distinct.len() as i64);
+    let n = distinct.len() as i64;
+    assert_eq!(hour_calls(&store).await, (n, n));
     let qs = queries(&mut rng, &keys);
     assert_same(&store, &memory, &qs).await;
 

@@ -1,4 +1,4 @@
-//! How a store that keeps usage rolled up per minute and per hour reads a statistics range:
+//! How a store that keeps usage rolled up per minute, hour and day reads a statistics range:
 //! which stretches its rollups answer and which only raw events can, and under which key id
 //! the rollups over all keys are kept.
 
@@ -38,31 +38,35 @@ impl Span {
     }
 }
 
-/// A statistics range `[from, to)` cut into five consecutive spans, at whole UTC minutes and
-/// hours:
+/// A statistics range `[from, to)` cut into seven consecutive spans, at whole UTC minutes,
+/// hours and days:
 ///
 /// ```text
-/// from                                                                        to
-///  | raw_head | minutes_before |       hours       | minutes_after | raw_tail |
-///    < 1 min      whole min.       whole hours        whole min.     < 1 min
+/// from                                                                                    to
+///  | raw_head | minutes_before | hours_before |  days  | hours_after | minutes_after | raw_tail |
+///    < 1 min      whole min.      whole hours   whole d.  whole hours     whole min.     < 1 min
 /// ```
 ///
-/// Minute rollups answer for `minutes_before` and `minutes_after`, hour rollups for `hours`,
-/// and only raw events for the partial minutes `raw_head` and `raw_tail`: together exact for
-/// any range, and cheap for long ones. Each span starts where the one before it ends (`from`
-/// to `to`), so an empty one sits at a boundary. Without a whole hour inside the whole
-/// minutes, they are all `minutes_before`; a range inside one minute is all `raw_head`.
+/// Minute rollups answer for the minute spans, hour rollups for the hour spans, day rollups
+/// for `days`, and only raw events for the partial minutes `raw_head` and `raw_tail`:
+/// together exact for any range, and cheap for long ones (a 30-day range reads about 30 day
+/// rows and 46 hour rows per provider instead of 720 hour rows). Each span starts where the
+/// one before it ends (`from` to `to`), so an empty one sits at a boundary. Without a whole
+/// hour inside the whole minutes, they are all `minutes_before`; without a whole day inside
+/// the whole hours, they are all `hours_before`; a range inside one minute is all `raw_head`.
 ///
 /// ```
 /// # use chrono::{DateTime, Utc};
 /// # use keyvault_core::RollupRanges;
 /// let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
-/// let r = RollupRanges::split(t("2026-01-01T10:04:30Z"), t("2026-01-01T13:20:10Z"));
+/// let r = RollupRanges::split(t("2026-01-01T10:04:30Z"), t("2026-01-03T13:20:10Z"));
 /// assert_eq!((r.raw_head.start, r.raw_head.end), (t("2026-01-01T10:04:30Z"), t("2026-01-01T10:05:00Z")));
 /// assert_eq!((r.minutes_before.start, r.minutes_before.end), (t("2026-01-01T10:05:00Z"), t("2026-01-01T11:00:00Z")));
-/// assert_eq!((r.hours.start, r.hours.end), (t("2026-01-01T11:00:00Z"), t("2026-01-01T13:00:00Z")));
-/// assert_eq!((r.minutes_after.start, r.minutes_after.end), (t("2026-01-01T13:00:00Z"), t("2026-01-01T13:20:00Z")));
-/// assert_eq!((r.raw_tail.start, r.raw_tail.end), (t("2026-01-01T13:20:00Z"), t("2026-01-01T13:20:10Z")));
+/// assert_eq!((r.hours_before.start, r.hours_before.end), (t("2026-01-01T11:00:00Z"), t("2026-01-02T00:00:00Z")));
+/// assert_eq!((r.days.start, r.days.end), (t("2026-01-02T00:00:00Z"), t("2026-01-03T00:00:00Z")));
+/// assert_eq!((r.hours_after.start, r.hours_after.end), (t("2026-01-03T00:00:00Z"), t("2026-01-03T13:00:00Z")));
+/// assert_eq!((r.minutes_after.start, r.minutes_after.end), (t("2026-01-03T13:00:00Z"), t("2026-01-03T13:20:00Z")));
+/// assert_eq!((r.raw_tail.start, r.raw_tail.end), (t("2026-01-03T13:20:00Z"), t("2026-01-03T13:20:10Z")));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RollupRanges {
@@ -70,8 +74,12 @@ pub struct RollupRanges {
     pub raw_head: Span,
     /// Whole minutes before the first whole hour: minute rollups.
     pub minutes_before: Span,
-    /// Whole hours: hour rollups.
-    pub hours: Span,
+    /// Whole hours before the first whole day: hour rollups.
+    pub hours_before: Span,
+    /// Whole days: day rollups.
+    pub days: Span,
+    /// Whole hours after the last whole day: hour rollups.
+    pub hours_after: Span,
     /// Whole minutes after the last whole hour: minute rollups.
     pub minutes_after: Span,
     /// From the last whole minute to `to`: raw events.
@@ -80,6 +88,7 @@ pub struct RollupRanges {
 
 const MINUTE: i64 = 60;
 const HOUR: i64 = 3_600;
+const DAY: i64 = 86_400;
 
 /// `t` rounded down to a multiple of `unit` seconds since the epoch.
 fn floor(t: DateTime<Utc>, unit: i64) -> DateTime<Utc> {
@@ -94,6 +103,12 @@ fn ceil(t: DateTime<Utc>, unit: i64) -> DateTime<Utc> {
         return t;
     }
     f.checked_add_signed(TimeDelta::seconds(unit)).unwrap_or(t)
+}
+
+/// True when a step of `step` holds whole units of `unit` seconds (both count from the epoch,
+/// so every unit then lies inside one step).
+fn whole(step: TimeDelta, unit: i64) -> bool {
+    step > TimeDelta::zero() && step.subsec_nanos() == 0 && step.num_seconds() % unit == 0
 }
 
 impl RollupRanges {
@@ -125,10 +140,10 @@ impl RollupRanges {
         let (first_hour, last_hour) = (ceil(first_minute, HOUR), floor(last_minute, HOUR));
         if first_hour < last_hour {
             r.minutes_before.end = first_hour;
-            r.hours = Span {
+            r.set_hours(Span {
                 start: first_hour,
                 end: last_hour,
-            };
+            });
             r.minutes_after = Span {
                 start: last_hour,
                 end: last_minute,
@@ -139,15 +154,39 @@ impl RollupRanges {
 
     /// `minutes` all read from minute rollups, then the raw tail up to `to`.
     fn minutes_only(minutes: Span, to: DateTime<Utc>) -> Self {
+        let after = Span::at(minutes.end);
         Self {
             raw_head: Span::at(minutes.start),
             minutes_before: minutes,
-            hours: Span::at(minutes.end),
-            minutes_after: Span::at(minutes.end),
+            hours_before: after,
+            days: after,
+            hours_after: after,
+            minutes_after: after,
             raw_tail: Span {
                 start: minutes.end,
                 end: to,
             },
+        }
+    }
+
+    /// Cuts the whole hours `hours` at whole days.
+    fn set_hours(&mut self, hours: Span) {
+        let (first_day, last_day) = (ceil(hours.start, DAY), floor(hours.end, DAY));
+        if first_day < last_day {
+            self.hours_before = Span {
+                start: hours.start,
+                end: first_day,
+            };
+            self.days = Span {
+                start: first_day,
+                end: last_day,
+            };
+            self.hours_after = Span {
+                start: last_day,
+                end: hours.end,
+            };
+        } else {
+            self.set_hours_only(hours);
         }
     }
 
@@ -156,6 +195,14 @@ impl RollupRanges {
         Span {
             start: self.minutes_before.start,
             end: self.minutes_after.end,
+        }
+    }
+
+    /// The whole hours, from `hours_before`'s start to `hours_after`'s end.
+    pub fn whole_hours(&self) -> Span {
+        Span {
+            start: self.hours_before.start,
+            end: self.hours_after.end,
         }
     }
 
@@ -173,20 +220,31 @@ impl RollupRanges {
         }
     }
 
-    /// The ranges for a time series of `step`: an hour lies inside one step only when the
-    /// step is a whole number of hours (steps and hours both count from the epoch), so for
-    /// any finer series the hours are read as minutes too.
+    /// The ranges for a time series of `step`: a day (an hour) lies inside one step only when
+    /// the step is a whole number of days (hours), so a series of 6-hour steps reads its days
+    /// as hours, and any finer series reads the hours as minutes too.
     pub fn for_step(self, step: TimeDelta) -> Self {
-        let whole_hours =
-            step > TimeDelta::zero() && step.subsec_nanos() == 0 && step.num_seconds() % HOUR == 0;
-        if whole_hours {
+        if whole(step, DAY) {
             self
+        } else if whole(step, HOUR) {
+            let mut r = self;
+            if !self.whole_hours().is_empty() {
+                r.set_hours_only(self.whole_hours());
+            }
+            r
         } else {
             Self {
                 raw_head: self.raw_head,
                 ..Self::minutes_only(self.whole_minutes(), self.raw_tail.end)
             }
         }
+    }
+
+    /// All of `hours` as `hours_before`, no days.
+    fn set_hours_only(&mut self, hours: Span) {
+        self.hours_before = hours;
+        self.days = Span::at(hours.end);
+        self.hours_after = Span::at(hours.end);
     }
 }
 
@@ -207,12 +265,14 @@ mod tests {
         }
     }
 
-    /// The five spans, in order.
-    fn spans(r: &RollupRanges) -> [Span; 5] {
+    /// The seven spans, in order.
+    fn spans(r: &RollupRanges) -> [Span; 7] {
         [
             r.raw_head,
             r.minutes_before,
-            r.hours,
+            r.hours_before,
+            r.days,
+            r.hours_after,
             r.minutes_after,
             r.raw_tail,
         ]
@@ -220,13 +280,14 @@ mod tests {
 
     /// What holds for every range: the spans run from `from` to `to` one after the other;
     /// the raw ends are shorter than a minute, the minute spans whole minutes, the hours whole
-    /// hours, and the minute spans shorter than an hour when there are hours between them.
+    /// hours, the days whole days, the minute spans shorter than an hour when there are hours
+    /// between them and the hour spans shorter than a day when there are days.
     fn assert_well_cut(from: DateTime<Utc>, to: DateTime<Utc>) {
         let r = RollupRanges::split(from, to);
         let s = spans(&r);
         let why = format!("{from} .. {to}: {r:?}");
         assert_eq!(s[0].start, from, "{why}");
-        assert_eq!(s[4].end, to.max(from), "{why}");
+        assert_eq!(s[6].end, to.max(from), "{why}");
         for w in s.windows(2) {
             assert_eq!(w[0].end, w[1].start, "{why}");
         }
@@ -243,16 +304,26 @@ mod tests {
                 assert!(aligned(x.start, MINUTE), "{why}");
             }
         }
-        if !r.hours.is_empty() {
-            assert!(
-                aligned(r.hours.start, HOUR) && aligned(r.hours.end, HOUR),
-                "{why}"
-            );
+        if !r.whole_hours().is_empty() {
+            for x in [r.hours_before, r.days, r.hours_after] {
+                assert!(aligned(x.start, HOUR) && aligned(x.end, HOUR), "{why}");
+            }
             for m in [r.minutes_before, r.minutes_after] {
                 assert!(m.end - m.start < TimeDelta::hours(1), "{why}");
             }
         } else {
             assert!(r.minutes_after.is_empty(), "{why}");
+        }
+        if !r.days.is_empty() {
+            assert!(
+                aligned(r.days.start, DAY) && aligned(r.days.end, DAY),
+                "{why}"
+            );
+            for h in [r.hours_before, r.hours_after] {
+                assert!(h.end - h.start < TimeDelta::days(1), "{why}");
+            }
+        } else {
+            assert!(r.hours_after.is_empty(), "{why}");
         }
         // Minute starts: exactly those whole minutes whose start is in the range.
         let starts = r.minute_starts();
@@ -278,10 +349,22 @@ mod tests {
             "{why}"
         );
         assert!(
-            fine.hours.is_empty() && fine.minutes_after.is_empty(),
+            fine.whole_hours().is_empty() && fine.minutes_after.is_empty(),
             "{why}"
         );
-        assert_eq!(r.for_step(TimeDelta::hours(6)), r, "{why}");
+        // A series of whole hours reads the same hours, none of them from days.
+        let hourly = r.for_step(TimeDelta::hours(6));
+        assert_eq!(hourly.whole_hours(), r.whole_hours(), "{why}");
+        assert!(
+            hourly.days.is_empty() && hourly.hours_after.is_empty(),
+            "{why}"
+        );
+        assert_eq!(
+            (hourly.minutes_before, hourly.minutes_after),
+            (r.minutes_before, r.minutes_after),
+            "{why}"
+        );
+        assert_eq!(r.for_step(TimeDelta::days(1)), r, "{why}");
     }
 
     /// 10:05 .. 13:20: minutes to 11:00, hours 11:00 .. 13:00, minutes to 13:20.
@@ -294,9 +377,10 @@ mod tests {
             span("2026-01-01T10:05:00Z", "2026-01-01T11:00:00Z")
         );
         assert_eq!(
-            r.hours,
+            r.hours_before,
             span("2026-01-01T11:00:00Z", "2026-01-01T13:00:00Z")
         );
+        assert!(r.days.is_empty() && r.hours_after.is_empty());
         assert_eq!(
             r.minutes_after,
             span("2026-01-01T13:00:00Z", "2026-01-01T13:20:00Z")
@@ -308,16 +392,23 @@ mod tests {
     fn a_range_on_whole_hours_is_all_hours() {
         let r = RollupRanges::split(t("2026-01-01T10:00:00Z"), t("2026-01-01T12:00:00Z"));
         assert_eq!(
-            r.hours,
+            r.hours_before,
             span("2026-01-01T10:00:00Z", "2026-01-01T12:00:00Z")
         );
-        for s in [r.raw_head, r.minutes_before, r.minutes_after, r.raw_tail] {
+        for s in [
+            r.raw_head,
+            r.minutes_before,
+            r.days,
+            r.hours_after,
+            r.minutes_after,
+            r.raw_tail,
+        ] {
             assert!(s.is_empty(), "{r:?}");
         }
         // One whole hour is still an hour, and all of it whole minutes.
         let r = RollupRanges::split(t("2026-01-01T10:00:00Z"), t("2026-01-01T11:00:00Z"));
         assert_eq!(
-            r.hours,
+            r.hours_before,
             span("2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z")
         );
         assert_eq!(
@@ -335,8 +426,8 @@ mod tests {
             r.minutes_before,
             span("2026-01-01T10:05:00Z", "2026-01-01T11:04:00Z")
         );
-        assert!(r.hours.is_empty() && r.minutes_after.is_empty());
-        assert_eq!(r.hours.start, t("2026-01-01T11:04:00Z"));
+        assert!(r.whole_hours().is_empty() && r.minutes_after.is_empty());
+        assert_eq!(r.hours_before.start, t("2026-01-01T11:04:00Z"));
     }
 
     /// Partial minutes at either end are raw events; the whole minutes between them are
@@ -385,7 +476,7 @@ mod tests {
             r.raw_head,
             span("2026-01-01T10:00:10Z", "2026-01-01T10:00:50Z")
         );
-        for s in [r.minutes_before, r.hours, r.minutes_after, r.raw_tail] {
+        for s in &spans(&r)[1..] {
             assert!(s.is_empty(), "{r:?}");
         }
         assert!(r.minute_starts().is_empty());
@@ -421,9 +512,9 @@ mod tests {
         }
     }
 
-    /// Across days (and the day boundary is just an hour boundary).
+    /// Across days: the whole UTC days between are days, the hours either side hours.
     #[test]
-    fn ranges_spanning_days_read_hours_between() {
+    fn ranges_spanning_days_read_days_between() {
         let r = RollupRanges::split(t("2026-01-01T22:59:59Z"), t("2026-01-04T01:30:00.5Z"));
         assert_eq!(
             r.raw_head,
@@ -431,7 +522,16 @@ mod tests {
         );
         assert!(r.minutes_before.is_empty());
         assert_eq!(
-            r.hours,
+            r.hours_before,
+            span("2026-01-01T23:00:00Z", "2026-01-02T00:00:00Z")
+        );
+        assert_eq!(r.days, span("2026-01-02T00:00:00Z", "2026-01-04T00:00:00Z"));
+        assert_eq!(
+            r.hours_after,
+            span("2026-01-04T00:00:00Z", "2026-01-04T01:00:00Z")
+        );
+        assert_eq!(
+            r.whole_hours(),
             span("2026-01-01T23:00:00Z", "2026-01-04T01:00:00Z")
         );
         assert_eq!(
@@ -458,9 +558,12 @@ mod tests {
             span("1969-12-31T22:31:00Z", "1969-12-31T23:00:00Z")
         );
         assert_eq!(
-            r.hours,
+            r.hours_before,
             span("1969-12-31T23:00:00Z", "1970-01-01T01:00:00Z")
         );
+        // The day before the epoch floors too.
+        let r = RollupRanges::split(t("1969-12-30T12:00:00Z"), t("1970-01-01T12:00:00Z"));
+        assert_eq!(r.days, span("1969-12-31T00:00:00Z", "1970-01-01T00:00:00Z"));
         assert_eq!(
             floor(t("1969-12-31T23:59:59.5Z"), MINUTE),
             t("1969-12-31T23:59:00Z")
@@ -471,12 +574,33 @@ mod tests {
         );
     }
 
-    /// Only a positive whole number of hours keeps the hours in a series.
+    /// Only a positive whole number of hours keeps the hours in a series, and only whole
+    /// days the days.
     #[test]
     fn only_hourly_steps_read_hours() {
         let r = RollupRanges::split(t("2026-01-01T10:05:00Z"), t("2026-01-01T13:20:00Z"));
         for step in [TimeDelta::hours(1), TimeDelta::hours(6), TimeDelta::days(1)] {
             assert_eq!(r.for_step(step), r, "{step}");
+        }
+        let long = RollupRanges::split(t("2026-01-01T10:05:00Z"), t("2026-01-09T13:20:00Z"));
+        for step in [TimeDelta::days(1), TimeDelta::days(7)] {
+            assert_eq!(long.for_step(step), long, "{step}");
+        }
+        for step in [
+            TimeDelta::hours(1),
+            TimeDelta::hours(6),
+            TimeDelta::hours(36),
+        ] {
+            let hourly = long.for_step(step);
+            assert_eq!(
+                hourly.hours_before,
+                span("2026-01-01T11:00:00Z", "2026-01-09T13:00:00Z"),
+                "{step}"
+            );
+            assert!(
+                hourly.days.is_empty() && hourly.hours_after.is_empty(),
+                "{step}"
+            );
         }
         for step in [
             TimeDelta::zero(),
@@ -491,7 +615,7 @@ mod tests {
                 span("2026-01-01T10:05:00Z", "2026-01-01T13:20:00Z"),
                 "{step}"
             );
-            assert!(fine.hours.is_empty(), "{step}");
+            assert!(fine.whole_hours().is_empty(), "{step}");
         }
     }
 
@@ -499,14 +623,16 @@ mod tests {
     #[test]
     fn every_range_is_cut_into_consecutive_spans() {
         let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let offsets: Vec<TimeDelta> = [0, 1, 59, 60, 61, 3_540, 3_599, 3_600, 3_601, 7_200, 90_000]
-            .into_iter()
-            .map(TimeDelta::seconds)
-            .chain([
-                TimeDelta::milliseconds(500),
-                TimeDelta::nanoseconds(3_600_000_000_001),
-            ])
-            .collect();
+        let offsets: Vec<TimeDelta> = [
+            0, 1, 59, 60, 61, 3_540, 3_599, 3_600, 3_601, 7_200, 82_800, 86_400, 90_000,
+        ]
+        .into_iter()
+        .map(TimeDelta::seconds)
+        .chain([
+            TimeDelta::milliseconds(500),
+            TimeDelta::nanoseconds(3_600_000_000_001),
+        ])
+        .collect();
         for a in &offsets {
             for b in &offsets {
                 for days in [0, 1, 3] {

@@ -1,15 +1,18 @@
 //! Writing usage: a batch's raw events into `kv_usage_events` (binary COPY, or an insert that
-//! skips stored request ids), and the events that were new added to the minute and hour
+//! skips stored request ids), and the events that were new added to the minute, hour and day
 //! rollups and to keys' `last_used_at`, in one transaction.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::LazyLock,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{
     ALL_KEYS_ROLLUP, Error, LATENCY_BUCKETS, LatencyHistogram, UsageEvent, UsageSink,
 };
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, postgres::PgArguments, query::Query};
 use uuid::Uuid;
 
 use crate::{PgStore, Result, db, to_i64};
@@ -31,18 +34,23 @@ SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id";
 
-/// Adds the inserted events, aggregated per cell by [`Rollups`], to the minute and hour
+/// Adds the inserted events, aggregated per cell by [`Rollups`], to the minute, hour and day
 /// rollups and moves the keys' `last_used_at`: one statement, ~one row per cell and level
 /// whatever the batch size. Cells arrive sorted (nil key first), so that concurrent writers
 /// lock rollup rows in one order. A cell's sparse histogram is the slice `[o + 1, o + l]` of
 /// the flat bucket and count arrays. Merged histograms stay sparse and unsorted: both arrays
 /// come from one aggregate pass, so they stay aligned, and readers only sum per bucket.
 ///
+/// Binds: the minute cells `$1`–`$9`, the hour cells `$10`–`$18` and the day cells
+/// `$19`–`$27` ([`CellColumns`] in [`bind_cells`]'s order), the keys used `$28`–`$29`.
+///
 /// The transaction commits asynchronously (`synchronous_commit` off for it alone): usage is
 /// telemetry whose buffer already sits in process memory, so a database crash may lose the
 /// last fraction of a second of it, as it would the recorder's buffer, while batches stop
 /// waiting for a WAL flush each. Keys, credits and audit keep the server's setting.
-const ROLLUP: &str = "\
+static ROLLUP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "\
 WITH minutes AS (
     INSERT INTO kv_usage_rollup AS r (key_id, minute, provider, status_class, calls,
         hist_buckets, hist_counts)
@@ -52,37 +60,61 @@ WITH minutes AS (
                 $6::integer[], $9::integer[]) AS c(k, t, p, s, n, o, l)
     ON CONFLICT (key_id, minute, provider, status_class) DO UPDATE SET
         calls = r.calls + EXCLUDED.calls,
-        (hist_buckets, hist_counts) = (
-            SELECT array_agg(s.b), array_agg(s.c)
-            FROM (SELECT u.b, sum(u.c)::bigint AS c
-                  FROM unnest(r.hist_buckets || EXCLUDED.hist_buckets,
-                              r.hist_counts || EXCLUDED.hist_counts) AS u(b, c)
-                  GROUP BY u.b) AS s)
+        {MERGE_HISTOGRAMS}
     RETURNING 1
 ), hours AS (
-    INSERT INTO kv_usage_rollup_hour AS r (key_id, hour, provider, calls, errors,
-        hist_buckets, hist_counts)
-    SELECT c.k, c.t, c.p, c.n, c.e, ($16::smallint[])[c.o + 1 : c.o + c.l],
-           ($17::bigint[])[c.o + 1 : c.o + c.l]
-    FROM UNNEST($10::uuid[], $11::timestamptz[], $12::text[], $13::bigint[], $14::bigint[],
-                $15::integer[], $18::integer[]) AS c(k, t, p, n, e, o, l)
-    ON CONFLICT (key_id, hour, provider) DO UPDATE SET
-        calls = r.calls + EXCLUDED.calls,
-        errors = r.errors + EXCLUDED.errors,
-        (hist_buckets, hist_counts) = (
-            SELECT array_agg(s.b), array_agg(s.c)
-            FROM (SELECT u.b, sum(u.c)::bigint AS c
-                  FROM unnest(r.hist_buckets || EXCLUDED.hist_buckets,
-                              r.hist_counts || EXCLUDED.hist_counts) AS u(b, c)
-                  GROUP BY u.b) AS s)
-    RETURNING 1
+    {hours}
+), days AS (
+    {days}
 ), used AS (
     UPDATE kv_keys AS k SET last_used_at = GREATEST(k.last_used_at, u.ts)
-    FROM UNNEST($19::uuid[], $20::timestamptz[]) AS u(id, ts)
+    FROM UNNEST($28::uuid[], $29::timestamptz[]) AS u(id, ts)
     WHERE k.id = u.id
     RETURNING 1
 )
-SELECT set_config('synchronous_commit', 'off', true)";
+SELECT set_config('synchronous_commit', 'off', true)",
+        hours = coarse_level("kv_usage_rollup_hour", "hour", 10),
+        days = coarse_level("kv_usage_rollup_day", "day", 19),
+    )
+});
+
+/// The stored histogram merged with the one a rollup upsert adds, bucket by bucket.
+const MERGE_HISTOGRAMS: &str = "\
+(hist_buckets, hist_counts) = (
+            SELECT array_agg(s.b), array_agg(s.c)
+            FROM (SELECT u.b, sum(u.c)::bigint AS c
+                  FROM unnest(r.hist_buckets || EXCLUDED.hist_buckets,
+                              r.hist_counts || EXCLUDED.hist_counts) AS u(b, c)
+                  GROUP BY u.b) AS s)";
+
+/// The upsert of [`ROLLUP`] into the hour or day rollups (no status class, failed calls
+/// counted), its nine cell columns bound from `$first` in [`bind_cells`]'s order.
+fn coarse_level(table: &str, time: &str, first: u32) -> String {
+    let b = |i: u32| first + i;
+    format!(
+        "INSERT INTO {table} AS r (key_id, {time}, provider, calls, errors, hist_buckets, \
+             hist_counts)
+    SELECT c.k, c.t, c.p, c.n, c.e, (${buckets}::smallint[])[c.o + 1 : c.o + c.l],
+           (${counts}::bigint[])[c.o + 1 : c.o + c.l]
+    FROM UNNEST(${key}::uuid[], ${at}::timestamptz[], ${provider}::text[], ${calls}::bigint[],
+                ${errors}::bigint[], ${offset}::integer[], ${len}::integer[])
+         AS c(k, t, p, n, e, o, l)
+    ON CONFLICT (key_id, {time}, provider) DO UPDATE SET
+        calls = r.calls + EXCLUDED.calls,
+        errors = r.errors + EXCLUDED.errors,
+        {MERGE_HISTOGRAMS}
+    RETURNING 1",
+        key = b(0),
+        at = b(1),
+        provider = b(2),
+        calls = b(3),
+        errors = b(4),
+        offset = b(5),
+        buckets = b(6),
+        counts = b(7),
+        len = b(8),
+    )
+}
 
 /// The histogram bucket of an event, as stored (`smallint`).
 fn bucket(e: &UsageEvent) -> i16 {
@@ -132,8 +164,11 @@ impl Cell {
 /// A minute rollup cell: (key, minute, provider, status class).
 type MinuteCell<'a, K> = (K, DateTime<Utc>, &'a str, i16);
 
+/// An hour or day rollup cell: (key, hour or day, provider).
+type CoarseCell<'a> = (Uuid, DateTime<Utc>, &'a str);
+
 /// A batch's inserted events summed per (key or none, minute, provider, status class): one
-/// map update per event. [`Rollups::write`] derives the all-keys and hourly cells from these,
+/// map update per event. [`Rollups::write`] derives the all-keys, hour and day cells from these,
 /// so that [`ROLLUP`] touches each rollup row once per batch.
 #[derive(Default)]
 struct Rollups<'a> {
@@ -205,30 +240,36 @@ impl<'a> Rollups<'a> {
     async fn write(&self, conn: &mut PgConnection) -> Result<()> {
         // BTreeMaps: the cells come out sorted (nil key first), the lock order of the rows.
         let mut minutes: BTreeMap<MinuteCell<'_, Uuid>, Cell> = BTreeMap::new();
-        let mut hours: BTreeMap<(Uuid, DateTime<Utc>, &str), Cell> = BTreeMap::new();
+        let mut hours: BTreeMap<CoarseCell<'_>, Cell> = BTreeMap::new();
+        let mut days: BTreeMap<CoarseCell<'_>, Cell> = BTreeMap::new();
         for (&(key, minute, provider, class), cell) in &self.cells {
-            let hour = floor_to(minute, 3_600);
+            let (hour, day) = (floor_to(minute, 3_600), floor_to(minute, 86_400));
             for k in [Some(ALL_KEYS_ROLLUP), key].into_iter().flatten() {
                 minutes
                     .entry((k, minute, provider, class))
                     .or_default()
                     .merge(cell);
                 hours.entry((k, hour, provider)).or_default().merge(cell);
+                days.entry((k, day, provider)).or_default().merge(cell);
             }
         }
         let mut m = CellColumns::default();
         for (&(k, t, p, s), cell) in &minutes {
             m.push(k, t, p, s, cell)?;
         }
-        let mut h = CellColumns::default();
-        for (&(k, t, p), cell) in &hours {
-            h.push(k, t, p, 0, cell)?;
-        }
+        let coarse = |cells: &BTreeMap<CoarseCell<'a>, Cell>| -> Result<CellColumns<'a>> {
+            let mut c = CellColumns::default();
+            for (&(k, t, p), cell) in cells {
+                c.push(k, t, p, 0, cell)?;
+            }
+            Ok(c)
+        };
+        let (h, d) = (coarse(&hours)?, coarse(&days)?);
         let mut used: Vec<(Uuid, DateTime<Utc>)> =
             self.used.iter().map(|(k, t)| (*k, *t)).collect();
         used.sort_unstable();
         let (used_key, used_at): (Vec<Uuid>, Vec<DateTime<Utc>>) = used.into_iter().unzip();
-        sqlx::query(ROLLUP)
+        let query = sqlx::query(&**ROLLUP)
             .bind(&m.key)
             .bind(&m.at)
             .bind(&m.provider)
@@ -237,16 +278,8 @@ impl<'a> Rollups<'a> {
             .bind(&m.offset)
             .bind(&m.buckets)
             .bind(&m.counts)
-            .bind(&m.len)
-            .bind(&h.key)
-            .bind(&h.at)
-            .bind(&h.provider)
-            .bind(&h.calls)
-            .bind(&h.errors)
-            .bind(&h.offset)
-            .bind(&h.buckets)
-            .bind(&h.counts)
-            .bind(&h.len)
+            .bind(&m.len);
+        bind_cells(bind_cells(query, &h), &d)
             .bind(&used_key)
             .bind(&used_at)
             .execute(conn)
@@ -254,6 +287,23 @@ impl<'a> Rollups<'a> {
             .map_err(db)?;
         Ok(())
     }
+}
+
+/// Binds an hour or day level's cells as [`coarse_level`] reads them.
+fn bind_cells<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    c: &'q CellColumns<'_>,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(&c.key)
+        .bind(&c.at)
+        .bind(&c.provider)
+        .bind(&c.calls)
+        .bind(&c.errors)
+        .bind(&c.offset)
+        .bind(&c.buckets)
+        .bind(&c.counts)
+        .bind(&c.len)
 }
 
 /// The batch in PostgreSQL's binary COPY format (header, one tuple per event, trailer), in

@@ -1,4 +1,4 @@
-//! Reading usage: [`UsageQuery`]'s overview from the hour and minute rollups and the raw
+//! Reading usage: [`UsageQuery`]'s overview from the day, hour and minute rollups and the raw
 //! events at the ends of the range, summed per step and bucket inside PostgreSQL and assembled
 //! by keyvault-core's [`OverviewBuilder`].
 
@@ -18,10 +18,11 @@ use sqlx::{
 
 use crate::{PgStore, Result, corrupt, db, to_u64};
 
-/// Calls and failed calls per (provider, step): whole hours from the hourly rollups, whole
-/// minutes from the minute rollups, the partial minutes at either end of the range from raw
-/// events. `$2` is the step in seconds; hours are only read when the step is a whole number
-/// of hours (otherwise `$8 = $9` and the minutes cover the range).
+/// Calls and failed calls per (provider, step): whole days from the daily rollups, whole
+/// hours from the hourly ones, whole minutes from the minute rollups, the partial minutes at
+/// either end of the range from raw events. `$2` is the step in seconds; days and hours are
+/// only read when the step holds them whole ([`RollupRanges::for_step`] leaves their spans
+/// empty otherwise). The times `$4`–`$17` are [`span_binds`]'.
 const COUNTS: &str = "\
 SELECT provider, (floor(extract(epoch FROM t) / $2) * $2)::bigint AS step,
        sum(calls)::bigint AS calls, sum(errors)::bigint AS errors
@@ -37,16 +38,22 @@ FROM (
     UNION ALL
     SELECT provider, hour, calls, errors
     FROM kv_usage_rollup_hour
-    WHERE key_id = $1 AND hour >= $8 AND hour < $9 AND ($3::text IS NULL OR provider = $3)
+    WHERE key_id = $1 AND ((hour >= $8 AND hour < $9) OR (hour >= $10 AND hour < $11))
+      AND ($3::text IS NULL OR provider = $3)
+    UNION ALL
+    SELECT provider, day, calls, errors
+    FROM kv_usage_rollup_day
+    WHERE key_id = $1 AND day >= $12 AND day < $13 AND ($3::text IS NULL OR provider = $3)
     UNION ALL
     SELECT coalesce(provider, ''), ts, 1, CASE WHEN status BETWEEN 200 AND 399 THEN 0 ELSE 1 END
     FROM kv_usage_events
-    WHERE ((ts >= $10 AND ts < $11) OR (ts >= $12 AND ts < $13))
-      AND ($14::uuid IS NULL OR key_id = $14) AND ($3::text IS NULL OR provider = $3)
+    WHERE ((ts >= $14 AND ts < $15) OR (ts >= $16 AND ts < $17))
+      AND ($18::uuid IS NULL OR key_id = $18) AND ($3::text IS NULL OR provider = $3)
 ) AS x
 GROUP BY 1, 2";
 
-/// The latency histogram over the same range: whole hours always from the hourly rollups.
+/// The latency histogram over the same range, its days always from the daily rollups; the
+/// times `$3`–`$16` are [`span_binds`]'.
 const HISTOGRAM: &str = "\
 SELECT b, sum(c)::bigint AS c FROM (
     SELECT u.b, u.c
@@ -61,17 +68,23 @@ SELECT b, sum(c)::bigint AS c FROM (
     UNION ALL
     SELECT u.b, u.c
     FROM kv_usage_rollup_hour AS r, unnest(r.hist_buckets, r.hist_counts) AS u(b, c)
-    WHERE r.key_id = $1 AND r.hour >= $7 AND r.hour < $8
+    WHERE r.key_id = $1 AND ((r.hour >= $7 AND r.hour < $8) OR (r.hour >= $9 AND r.hour < $10))
+      AND ($2::text IS NULL OR r.provider = $2)
+    UNION ALL
+    SELECT u.b, u.c
+    FROM kv_usage_rollup_day AS r, unnest(r.hist_buckets, r.hist_counts) AS u(b, c)
+    WHERE r.key_id = $1 AND r.day >= $11 AND r.day < $12
       AND ($2::text IS NULL OR r.provider = $2)
     UNION ALL
     SELECT latency_bucket, 1
     FROM kv_usage_events
-    WHERE ((ts >= $9 AND ts < $10) OR (ts >= $11 AND ts < $12))
-      AND ($13::uuid IS NULL OR key_id = $13) AND ($2::text IS NULL OR provider = $2)
+    WHERE ((ts >= $13 AND ts < $14) OR (ts >= $15 AND ts < $16))
+      AND ($17::uuid IS NULL OR key_id = $17) AND ($2::text IS NULL OR provider = $2)
 ) AS x GROUP BY b";
 
 /// Calls per key of `$1` (an array): the rollups' primary-key range scans per key, the raw
-/// events at the ends; `$2` the provider filter, then the spans as [`span_binds`] gives them.
+/// events at the ends; `$2` the provider filter, then the times `$3`–`$16` as [`span_binds`]
+/// gives them.
 const PER_KEY: &str = "\
 SELECT key_id, sum(calls)::bigint AS calls FROM (
     SELECT key_id, calls FROM kv_usage_rollup
@@ -81,20 +94,28 @@ SELECT key_id, sum(calls)::bigint AS calls FROM (
     WHERE key_id = ANY($1) AND minute >= $5 AND minute < $6 AND ($2::text IS NULL OR provider = $2)
     UNION ALL
     SELECT key_id, calls FROM kv_usage_rollup_hour
-    WHERE key_id = ANY($1) AND hour >= $7 AND hour < $8 AND ($2::text IS NULL OR provider = $2)
+    WHERE key_id = ANY($1) AND ((hour >= $7 AND hour < $8) OR (hour >= $9 AND hour < $10))
+      AND ($2::text IS NULL OR provider = $2)
+    UNION ALL
+    SELECT key_id, calls FROM kv_usage_rollup_day
+    WHERE key_id = ANY($1) AND day >= $11 AND day < $12 AND ($2::text IS NULL OR provider = $2)
     UNION ALL
     SELECT key_id, 1 FROM kv_usage_events
-    WHERE ((ts >= $9 AND ts < $10) OR (ts >= $11 AND ts < $12))
+    WHERE ((ts >= $13 AND ts < $14) OR (ts >= $15 AND ts < $16))
       AND key_id = ANY($1) AND ($2::text IS NULL OR provider = $2)
 ) AS x GROUP BY key_id";
 
-/// The times [`COUNTS`] and [`HISTOGRAM`] bind after their key, step and provider: the whole
-/// minutes before the hours, those after them, the hours, then the raw head and tail.
+/// The times [`COUNTS`], [`HISTOGRAM`] and [`PER_KEY`] bind after their key, step and
+/// provider, each span's start and end: the whole minutes before the hours and those after
+/// them, the hours before the days and those after them, the days, then the raw head and
+/// tail.
 fn span_binds(r: &RollupRanges) -> impl Iterator<Item = DateTime<Utc>> {
     [
         r.minutes_before,
         r.minutes_after,
-        r.hours,
+        r.hours_before,
+        r.hours_after,
+        r.days,
         r.raw_head,
         r.raw_tail,
     ]
@@ -172,8 +193,8 @@ impl UsageQuery for PgStore {
             .bind(step.num_seconds())
             .bind(&q.provider);
         let hist = sqlx::query(HISTOGRAM).bind(key).bind(&q.provider);
-        // The histogram has no time axis and always reads hours; the series only where its
-        // steps hold whole hours.
+        // The histogram has no time axis and always reads days and hours; the series only
+        // where its steps hold them whole.
         let series = ranges.for_step(step);
         let (counts, hist) =
             tokio::try_join!(self.rows(counts, &series, q), self.rows(hist, &ranges, q))?;
