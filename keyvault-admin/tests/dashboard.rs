@@ -950,6 +950,8 @@ async fn viewers_read_alerts_and_operators_acknowledge_them_and_edit_rules() {
     let html = page.text();
     assert!(html.contains(r#"data-testid="nav-alerts""#));
     assert!(html.contains(&format!(r#"data-alert-id="{alert}" data-state="firing""#)));
+    // Its time left out of the rule's window, as lengths of time rather than seconds.
+    assert!(html.contains("/ 2 h</span>"), "{html}");
     for control in ["alert-ack", "rule-form", "rule-row", "rule-delete"] {
         assert!(
             !html.contains(&format!(r#"data-testid="{control}""#)),

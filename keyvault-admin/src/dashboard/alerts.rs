@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::{
     channels::{self, ChannelLine, Panel},
     flash,
+    i18n::Lang,
     page::{Shell, failure, render},
     session::{Change, Empty, Visitor},
 };
@@ -45,10 +46,15 @@ pub(crate) struct AlertLine {
     pub(crate) ended_at: String,
 }
 
-impl From<Alert> for AlertLine {
-    fn from(a: Alert) -> Self {
+impl AlertLine {
+    /// `a` as shown in `lang`: an `expiring` alert's value and threshold (seconds) as
+    /// lengths of time.
+    pub(crate) fn of(a: Alert, lang: Lang) -> Self {
+        let expiring = a.kind == "expiring";
         let figure = |v: f64| {
-            if v.fract() == 0.0 && v.abs() < 1e15 {
+            if expiring {
+                super::format::span(v, lang)
+            } else if v.fract() == 0.0 && v.abs() < 1e15 {
                 format!("{v:.0}")
             } else {
                 format!("{v:.3}")
@@ -71,9 +77,7 @@ impl From<Alert> for AlertLine {
                 .unwrap_or_default(),
         }
     }
-}
 
-impl AlertLine {
     pub(crate) fn badge(&self) -> &'static str {
         match self.state {
             "firing" => "text-bg-danger",
@@ -225,7 +229,10 @@ pub(super) async fn show(
     let page = AlertsPage {
         shell: Shell::new(v, "alerts", "alerts.title", here),
         state,
-        alerts: alerts.into_iter().map(AlertLine::from).collect(),
+        alerts: alerts
+            .into_iter()
+            .map(|a| AlertLine::of(a, v.lang))
+            .collect(),
         rules: rules.into_iter().map(RuleLine::from).collect(),
         kinds: KINDS,
         form,

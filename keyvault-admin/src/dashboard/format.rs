@@ -1,5 +1,5 @@
-//! How figures read on the pages: percentages, milliseconds, counts (grouped per
-//! language). The scripts format live figures the same way (`static/js/format.js`).
+//! How figures read on the pages: percentages, milliseconds, lengths of time, counts (grouped
+//! per language). The scripts format live figures the same way (`static/js/format.js`).
 
 use keyvault_core::StatsOverview;
 
@@ -17,6 +17,36 @@ pub(crate) fn ms(v: Option<f64>) -> String {
         Some(v) if v >= 100.0 => format!("{v:.0} ms"),
         Some(v) if v >= 10.0 => format!("{v:.1} ms"),
         Some(v) => format!("{v:.2} ms"),
+    }
+}
+
+/// A length of time in seconds in its two largest units ("2 d 23 h", "45 min 10 s"); none
+/// left reads as "0 s".
+pub(crate) fn span(secs: f64, lang: Lang) -> String {
+    let mut left = if secs.is_finite() && secs > 0.0 {
+        secs.round() as u64
+    } else {
+        0
+    };
+    let units = [
+        (86_400, "unit.day"),
+        (3_600, "unit.hour"),
+        (60, "unit.minute"),
+        (1, "unit.second"),
+    ];
+    let parts: Vec<String> = units
+        .iter()
+        .filter_map(|&(size, name)| {
+            let n = left / size;
+            left %= size;
+            (n > 0).then(|| format!("{n} {}", lang.t(name)))
+        })
+        .take(2)
+        .collect();
+    if parts.is_empty() {
+        format!("0 {}", lang.t("unit.second"))
+    } else {
+        parts.join(" ")
     }
 }
 
@@ -49,6 +79,10 @@ mod tests {
     #[test]
     fn figures_read_as_people_write_them() {
         assert_eq!(percent(Some(0.98765)), "98.8%");
+        assert_eq!(span(259_140.0, Lang::En), "2 d 23 h");
+        assert_eq!(span(2_710.4, Lang::En), "45 min 10 s");
+        assert_eq!(span(86_400.0, Lang::ZhCn), "1 天");
+        assert_eq!(span(-5.0, Lang::En), "0 s");
         assert_eq!(percent(None), "–");
         assert_eq!(ms(Some(1.234)), "1.23 ms");
         assert_eq!(ms(Some(42.0)), "42.0 ms");

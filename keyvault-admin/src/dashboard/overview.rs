@@ -99,7 +99,10 @@ pub(crate) async fn page(
         range,
         presets,
         expiring,
-        firing: firing.into_iter().map(Into::into).collect(),
+        firing: firing
+            .into_iter()
+            .map(|a| super::alerts::AlertLine::of(a, v.lang))
+            .collect(),
     };
     Ok(render(StatusCode::OK, &page))
 }
