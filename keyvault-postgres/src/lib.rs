@@ -96,7 +96,10 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Uses an existing pool (the host's, typically).
+    /// Uses an existing pool (the host's, typically). Its connections keep their settings:
+    /// [`PgStore::connect`] turns `jit` off, which keeps the statistics and key-list queries
+    /// from being compiled for tens of milliseconds each; a host pool may want the same
+    /// (`PgConnectOptions::options([("jit", "off")])`).
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
