@@ -370,20 +370,17 @@ impl Keyvault {
                 Ok(d) => matches!(d, CreditDecision::Insufficient { .. }),
             };
             if undo && take && !record.ratelimits.is_empty() {
-                // Reserve-and-refund: the tokens taken above go back.
+                // Reserve-and-refund: the tokens taken above go back, and the answer reports
+                // the buckets as they are after it (read, not estimated from the state
+                // before: an emission interval need not be a whole number of nanoseconds).
+                // A refused spend is rare enough that the extra read costs nothing that
+                // matters.
                 self.inner.limiter.release(&limit_req).await?;
-                let now = self.inner.clock.now();
-                for (state, limit) in v.ratelimits.iter_mut().zip(&record.ratelimits) {
-                    state.remaining = (state.remaining + 1).min(u64::from(limit.limit()));
-                    // The bucket is full again one emission interval sooner.
-                    let interval_ns =
-                        i128::from(limit.period_ms()) * 1_000_000 / i128::from(limit.limit());
-                    let back = chrono::TimeDelta::nanoseconds(
-                        i64::try_from(interval_ns).unwrap_or(i64::MAX),
-                    );
-                    state.reset_at = (state.reset_at - back).max(now);
-                    state.retry_after_ms = None;
-                }
+                let after = LimitRequest {
+                    take: false,
+                    ..limit_req
+                };
+                v.ratelimits = self.inner.limiter.check(&after).await?.states;
             }
             let spent = spent?;
             v.credits_remaining = Some(spent.remaining());

@@ -335,20 +335,7 @@ proptest! {
                             (b.whole(), reset, retry)
                         })
                         .collect();
-                    if v.outcome == Outcome::UsageExceeded {
-                        // Known deviation, left out on purpose (docs/reliability.md): after
-                        // the refund of a USAGE_EXCEEDED answer, `reset_at` is estimated from
-                        // the post-take state by subtracting a whole-nanosecond emission
-                        // interval, which can be 1 ns later than the bucket's real full time
-                        // (minimal case: limit 3 per 16 ms, full bucket, credits 0). Whole
-                        // tokens and retry times are exact and compared.
-                        let strip = |s: &[(u64, DateTime<Utc>, Option<u64>)]| -> Vec<(u64, Option<u64>)> {
-                            s.iter().map(|&(r, _, t)| (r, t)).collect()
-                        };
-                        prop_assert_eq!(strip(&states), strip(&model_states), "step {}", i);
-                    } else {
-                        prop_assert_eq!(states, model_states, "step {}", i);
-                    }
+                    prop_assert_eq!(states, model_states, "step {}", i);
                 }
             }
         }
