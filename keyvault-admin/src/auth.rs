@@ -8,7 +8,7 @@ use argon2::{
 };
 use keyvault_core::{ApiKey, KeyDigest, KeyHasher, Prefix, TOKEN_PREFIX};
 use rand::{TryRng, rngs::SysRng};
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::error::{Error, Result};
 
@@ -97,6 +97,24 @@ pub(crate) async fn hash_password(password: String) -> Result<String> {
     .map_err(|e| Error::Internal(format!("hash task: {e}")))?
 }
 
+/// The PHC string of a password no one knows, made once per process: a sign-in for a name
+/// that is no user is verified against it, so that it does the work a wrong password does
+/// (the same parse, hash and comparison) and its time does not tell which names exist.
+pub(crate) async fn dummy_hash() -> Result<&'static str> {
+    static DUMMY: OnceCell<String> = OnceCell::const_new();
+    DUMMY
+        .get_or_try_init(|| async {
+            let mut secret = [0u8; 32];
+            SysRng
+                .try_fill_bytes(&mut secret)
+                .map_err(|e| Error::Internal(format!("no randomness for a password: {e}")))?;
+            let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            hash_password(secret).await
+        })
+        .await
+        .map(String::as_str)
+}
+
 /// Checks a password against a stored PHC string, off the async runtime.
 pub(crate) async fn verify_password(password: String, phc: String) -> Result<bool> {
     let _permit = HASH_PERMITS
@@ -146,5 +164,22 @@ mod tests {
         );
         assert!(check_password("short").is_err());
         assert!(check_password("twelve chars").is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_is_made_once_with_the_same_parameters_and_matches_nothing_typed() {
+        let dummy = dummy_hash().await.unwrap();
+        assert!(std::ptr::eq(dummy, dummy_hash().await.unwrap()));
+        assert!(
+            dummy.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{dummy}"
+        );
+        for typed in ["", "correct horse battery", dummy] {
+            assert!(
+                !verify_password(typed.into(), dummy.to_owned())
+                    .await
+                    .unwrap()
+            );
+        }
     }
 }
