@@ -18,10 +18,20 @@ pub struct LimitRequest<'a> {
     pub quota_id: KeyId,
     /// Every limit of the key; all must admit.
     pub limits: &'a [RateLimit],
+    /// When each limit was set ([`crate::KeyRecord::ratelimits_since`]; a missing entry is 0):
+    /// part of its bucket's identity.
+    pub since: &'a [u64],
     /// Take one token from each limit when all admit (false: a pure check).
     pub take: bool,
     /// The verification's id, so that a retried or refunded call is applied once.
     pub request_id: &'a str,
+}
+
+impl LimitRequest<'_> {
+    /// When the `i`-th limit was set (0 when `since` has no entry for it).
+    pub fn since_of(&self, i: usize) -> u64 {
+        self.since.get(i).copied().unwrap_or(0)
+    }
 }
 
 /// The answer of a rate limiter.
@@ -41,7 +51,7 @@ pub struct LimitDecision {
 /// # async fn demo() -> keyvault_core::Result<()> {
 /// let limiter = MemoryRateLimiter::new();
 /// let limits = [RateLimit::new("burst", 2, 1_000)?];
-/// let req = LimitRequest { quota_id: KeyId::new(), limits: &limits, take: true, request_id: "r1" };
+/// let req = LimitRequest { quota_id: KeyId::new(), limits: &limits, since: &[], take: true, request_id: "r1" };
 /// assert!(limiter.check(&req).await?.admitted);
 /// assert!(limiter.check(&req).await?.admitted);
 /// assert!(!limiter.check(&req).await?.admitted);

@@ -11,7 +11,7 @@ use crate::{
     error::{Error, Result},
     input::{KeyPatch, NewKey},
     key::{ApiKey, Prefix},
-    model::{KeyId, KeyRecord},
+    model::{KeyId, KeyRecord, RateLimit},
     store::{KeyQuery, KeyStore, KeyWrite, Page},
     successor::SealKey,
     vault::Keyvault,
@@ -105,6 +105,7 @@ impl Keyvault {
             ip_allowlist: new.ip_allowlist,
             credits: new.credits,
             ratelimits: new.ratelimits,
+            ratelimits_since: Vec::new(),
             metadata: new.metadata,
             next_rotation_at: new.rotation.map(|r| now + r.every.as_delta()),
             rotation: new.rotation,
@@ -200,8 +201,9 @@ impl Keyvault {
             new.credits = c;
         }
         if let Some(l) = patch.ratelimits {
-            // A changed limit is a new bucket (limiters key buckets by name, size and
-            // period), so it starts full.
+            // A changed limit is a new bucket (limiters key buckets by name, size, period
+            // and since), so it starts full; an unchanged one keeps its bucket.
+            new.ratelimits_since = limits_since(&old, &l, now);
             new.ratelimits = l;
         }
         if let Some(s) = patch.scopes {
@@ -365,5 +367,33 @@ impl Keyvault {
     /// Default prefix for keys.
     pub fn default_prefix() -> Prefix {
         Prefix::default()
+    }
+}
+
+/// The `since` of each of `limits` replacing `old`'s: a limit `old` holds with the same name,
+/// size and period keeps its own; any other is set now, later than every `since` `old` holds,
+/// so that a limit changed away and back (A, B, A) is a bucket of its own each time even
+/// within one millisecond. Empty when all are 0.
+fn limits_since(old: &KeyRecord, limits: &[RateLimit], now: DateTime<Utc>) -> Vec<u64> {
+    let same = |a: &RateLimit, b: &RateLimit| {
+        a.name() == b.name() && a.limit() == b.limit() && a.period_ms() == b.period_ms()
+    };
+    let latest = old.ratelimits_since.iter().copied().max().unwrap_or(0);
+    let set_now = u64::try_from(now.timestamp_millis())
+        .unwrap_or(0)
+        .max(latest + 1);
+    let since: Vec<u64> = limits
+        .iter()
+        .map(|l| {
+            old.ratelimits
+                .iter()
+                .position(|o| same(o, l))
+                .map_or(set_now, |i| old.limit_since(i))
+        })
+        .collect();
+    if since.iter().all(|&s| s == 0) {
+        Vec::new()
+    } else {
+        since
     }
 }

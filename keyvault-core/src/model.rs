@@ -396,6 +396,12 @@ pub struct KeyRecord {
     pub credits: Option<Credits>,
     /// Named rate limits; all must admit a request.
     pub ratelimits: Vec<RateLimit>,
+    /// When each of `ratelimits` was set by a change, in milliseconds since the Unix epoch,
+    /// in the same order; 0 (or a missing entry) for a limit the key was created with. Part
+    /// of each bucket's identity, so that a limit changed away and back again starts full
+    /// (CONTRACT §3). Not shown by the API; stores keep it with the limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ratelimits_since: Vec<u64>,
     /// Free-form JSON object.
     pub metadata: Map<String, Value>,
     /// Automatic rotation policy.
@@ -428,7 +434,56 @@ impl Default for KeyDigest {
     }
 }
 
+/// The rate limits as stores keep them: each limit's JSON object, with its `since` when it is
+/// not 0 ([`KeyRecord::ratelimits_since`]).
+pub fn stored_limits(limits: &[RateLimit], since: &[u64]) -> Value {
+    Value::Array(
+        limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut v = serde_json::to_value(l).unwrap_or(Value::Null);
+                let since = since.get(i).copied().unwrap_or(0);
+                if let (Value::Object(m), true) = (&mut v, since > 0) {
+                    m.insert("since".into(), since.into());
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// Reads what [`stored_limits`] wrote (or a plain list of limits, as stores held them
+/// before): the limits and their `since` (empty when every one is 0).
+pub fn limits_from_stored(v: Value) -> Result<(Vec<RateLimit>, Vec<u64>), String> {
+    let Value::Array(items) = v else {
+        return Err("not a list of rate limits".into());
+    };
+    let mut limits = Vec::with_capacity(items.len());
+    let mut since = Vec::with_capacity(items.len());
+    for mut item in items {
+        let s = match &mut item {
+            Value::Object(m) => match m.remove("since") {
+                None => 0,
+                Some(n) => n.as_u64().ok_or("a rate limit's since is not a count")?,
+            },
+            _ => 0,
+        };
+        limits.push(serde_json::from_value(item).map_err(|e| e.to_string())?);
+        since.push(s);
+    }
+    if since.iter().all(|&s| s == 0) {
+        since.clear();
+    }
+    Ok((limits, since))
+}
+
 impl KeyRecord {
+    /// When the `i`-th rate limit was set (0: with the key).
+    pub fn limit_since(&self, i: usize) -> u64 {
+        self.ratelimits_since.get(i).copied().unwrap_or(0)
+    }
+
     /// The moment the key stops verifying: the earlier of `expires_at` and the grace end.
     pub fn effective_expiry(&self) -> Option<DateTime<Utc>> {
         match (self.expires_at, self.grace_until) {

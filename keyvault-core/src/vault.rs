@@ -347,6 +347,7 @@ impl Keyvault {
         let limit_req = LimitRequest {
             quota_id: record.quota_id,
             limits: &record.ratelimits,
+            since: &record.ratelimits_since,
             take,
             request_id,
         };
@@ -499,6 +500,7 @@ impl Keyvault {
                 .check(&LimitRequest {
                     quota_id: record.quota_id,
                     limits: &record.ratelimits,
+                    since: &record.ratelimits_since,
                     take: false,
                     request_id,
                 })
@@ -523,6 +525,7 @@ impl Keyvault {
             .check(&LimitRequest {
                 quota_id: record.quota_id,
                 limits: &record.ratelimits,
+                since: &record.ratelimits_since,
                 take: false,
                 request_id: "",
             })

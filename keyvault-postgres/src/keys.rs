@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyvault_core::{
     AuditEvent, Credits, Error, KeyDigest, KeyId, KeyQuery, KeyRecord, KeyStore, KeyWrite, Page,
-    Prefix, RateLimit, RotationPolicy, SealKey,
+    Prefix, RotationPolicy, SealKey,
 };
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, Row, postgres::PgRow};
@@ -56,7 +56,7 @@ fn json<T: serde::Serialize>(value: &T, column: &'static str) -> Result<Value, c
 fn encode(r: &KeyRecord) -> Result<Encoded> {
     Ok(Encoded {
         credits: r.credits.as_ref().map(|c| json(c, "credits")).transpose()?,
-        ratelimits: json(&r.ratelimits, "ratelimits")?,
+        ratelimits: keyvault_core::stored_limits(&r.ratelimits, &r.ratelimits_since),
         metadata: Value::Object(r.metadata.clone()),
         rotation: r
             .rotation
@@ -128,6 +128,9 @@ pub(crate) fn record_from_row(row: &PgRow) -> Result<KeyRecord, crate::Error> {
             .map(|u| u.map(KeyId::from_uuid))
             .map_err(crate::Error::from)
     };
+    let (ratelimits, ratelimits_since) =
+        keyvault_core::limits_from_stored(row.try_get("ratelimits")?)
+            .map_err(|e| corrupt("ratelimits", e))?;
     Ok(KeyRecord {
         id: id("id")?,
         quota_id: id("quota_id")?,
@@ -148,7 +151,8 @@ pub(crate) fn record_from_row(row: &PgRow) -> Result<KeyRecord, crate::Error> {
         credits: credits
             .map(|c| from_json::<Credits>(c, "credits"))
             .transpose()?,
-        ratelimits: from_json::<Vec<RateLimit>>(row.try_get("ratelimits")?, "ratelimits")?,
+        ratelimits,
+        ratelimits_since,
         metadata,
         rotation: rotation
             .map(|p| from_json::<RotationPolicy>(p, "rotation"))

@@ -74,6 +74,7 @@ async fn run_op(ctx: &Ctx, op: Op) {
                 .check(&LimitRequest {
                     quota_id: quota,
                     limits,
+                    since: &[],
                     take: true,
                     request_id: &id,
                 })

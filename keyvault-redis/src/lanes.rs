@@ -15,9 +15,9 @@ use tokio::sync::oneshot;
 
 use crate::{backend::RedisBackend, error::Error, limiter::MAX_BATCH};
 
-/// Checks of one quota id with one list of limits: they share every bucket, so one script call
-/// can apply them in order.
-pub(crate) type LaneKey = (KeyId, Vec<RateLimit>);
+/// Checks of one quota id with one list of limits (each with when it was set): they share
+/// every bucket, so one script call can apply them in order.
+pub(crate) type LaneKey = (KeyId, Vec<RateLimit>, Vec<u64>);
 
 /// A script reply for one check, or why there is none.
 pub(crate) type Answer = Result<Vec<i64>, Error>;
@@ -34,6 +34,7 @@ pub(crate) struct Pending {
 #[derive(Debug)]
 pub(crate) struct Lane {
     pub(crate) limits: Vec<RateLimit>,
+    pub(crate) since: Vec<u64>,
     pub(crate) calls: usize,
     pub(crate) queue: Vec<Pending>,
 }
@@ -43,29 +44,35 @@ pub(crate) struct Lane {
 /// this way copies nothing, which a map keyed by the limits themselves would for every check.
 pub(crate) type BusyLanes = HashMap<KeyId, Vec<Lane>>;
 
+/// Whether two `since` lists name the same times for `n` limits (a missing entry is 0).
+fn same_since(a: &[u64], b: &[u64], n: usize) -> bool {
+    (0..n).all(|i| a.get(i).copied().unwrap_or(0) == b.get(i).copied().unwrap_or(0))
+}
+
 pub(crate) fn lane_mut<'a>(
     busy: &'a mut BusyLanes,
     quota: KeyId,
     limits: &[RateLimit],
+    since: &[u64],
 ) -> Option<&'a mut Lane> {
     busy.get_mut(&quota)?
         .iter_mut()
-        .find(|l| l.limits == limits)
+        .find(|l| l.limits == limits && same_since(&l.since, since, limits.len()))
 }
 
 /// Gives up one call's place on a lane; the lane is gone once no call is left.
-pub(crate) fn end_call(busy: &mut BusyLanes, quota: KeyId, limits: &[RateLimit]) {
-    if let Some(l) = lane_mut(busy, quota, limits) {
+pub(crate) fn end_call(busy: &mut BusyLanes, quota: KeyId, limits: &[RateLimit], since: &[u64]) {
+    if let Some(l) = lane_mut(busy, quota, limits, since) {
         l.calls -= 1;
         if l.calls == 0 {
-            remove_lane(busy, quota, limits);
+            remove_lane(busy, quota, limits, since);
         }
     }
 }
 
-pub(crate) fn remove_lane(busy: &mut BusyLanes, quota: KeyId, limits: &[RateLimit]) {
+pub(crate) fn remove_lane(busy: &mut BusyLanes, quota: KeyId, limits: &[RateLimit], since: &[u64]) {
     if let Some(lanes) = busy.get_mut(&quota) {
-        lanes.retain(|l| l.limits != limits);
+        lanes.retain(|l| !(l.limits == limits && same_since(&l.since, since, limits.len())));
         if lanes.is_empty() {
             busy.remove(&quota);
         }
@@ -105,7 +112,7 @@ impl Lanes {
         lane: &LaneKey,
         checks: &[(bool, &str)],
     ) -> Result<Vec<Vec<i64>>, Error> {
-        let (quota, limits) = lane;
+        let (quota, limits, since) = lane;
         let Some(((first_take, first_id), rest)) = checks.split_first() else {
             return Ok(Vec::new());
         };
@@ -127,13 +134,9 @@ impl Lanes {
             cmd.arg(key.as_str());
         };
         record(&mut cmd, first_id);
-        for l in limits {
-            cmd.arg(format!(
-                "{prefix}rl:{}:{}:{}",
-                l.limit(),
-                l.period_ms(),
-                l.name()
-            ));
+        for (i, l) in limits.iter().enumerate() {
+            let since = since.get(i).copied().unwrap_or(0);
+            cmd.arg(format!("{prefix}{}", bucket_name(l, since)));
         }
         for (_, id) in rest {
             record(&mut cmd, id);
@@ -182,13 +185,13 @@ impl Lanes {
         loop {
             let batch: Vec<Pending> = {
                 let mut busy = self.busy();
-                match lane_mut(&mut busy, lane.0, &lane.1) {
+                match lane_mut(&mut busy, lane.0, &lane.1, &lane.2) {
                     Some(l) if !l.queue.is_empty() => {
                         let n = l.queue.len().min(MAX_BATCH);
                         l.queue.drain(..n).collect()
                     }
                     _ => {
-                        end_call(&mut busy, lane.0, &lane.1);
+                        end_call(&mut busy, lane.0, &lane.1, &lane.2);
                         return;
                     }
                 }
@@ -214,6 +217,17 @@ impl Lanes {
     }
 }
 
+/// A limit's bucket under its quota: `rl:<limit>:<period_ms>:<name>` for a limit the key was
+/// created with, `rl@<since>:<limit>:<period_ms>:<name>` for one set by a change (the `@`
+/// keeps the two apart whatever the name holds), so that a changed limit starts full.
+pub(crate) fn bucket_name(l: &RateLimit, since: u64) -> String {
+    if since == 0 {
+        format!("rl:{}:{}:{}", l.limit(), l.period_ms(), l.name())
+    } else {
+        format!("rl@{since}:{}:{}:{}", l.limit(), l.period_ms(), l.name())
+    }
+}
+
 fn take_arg(take: bool) -> &'static str {
     if take { "1" } else { "0" }
 }
@@ -228,9 +242,9 @@ pub(crate) struct Lead {
 impl Drop for Lead {
     fn drop(&mut self) {
         let mut busy = self.lanes.busy();
-        let (quota, limits) = &self.lane;
-        if lane_mut(&mut busy, *quota, limits).is_none_or(|l| l.queue.is_empty()) {
-            end_call(&mut busy, *quota, limits);
+        let (quota, limits, since) = &self.lane;
+        if lane_mut(&mut busy, *quota, limits, since).is_none_or(|l| l.queue.is_empty()) {
+            end_call(&mut busy, *quota, limits, since);
             return;
         }
         match tokio::runtime::Handle::try_current() {
@@ -240,7 +254,7 @@ impl Drop for Lead {
                 rt.spawn(self.lanes.clone().drain(self.lane.clone()));
             }
             // Only while the runtime shuts down: the queued checks end with an error.
-            Err(_) => remove_lane(&mut busy, *quota, limits),
+            Err(_) => remove_lane(&mut busy, *quota, limits, since),
         }
     }
 }

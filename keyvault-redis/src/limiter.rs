@@ -20,7 +20,9 @@ use crate::{
     backend::RedisBackend,
     error::Error,
     fail::{FailCounters, FailMode, FallbackStats},
-    lanes::{Lane, Lanes, Lead, MAX_CALLS_PER_LANE, Pending, SECOND_CALL_AT, lane_mut},
+    lanes::{
+        Lane, Lanes, Lead, MAX_CALLS_PER_LANE, Pending, SECOND_CALL_AT, bucket_name, lane_mut,
+    },
 };
 
 /// How [`RedisRateLimiter`] behaves when Redis is unavailable. Each limit states its own
@@ -86,8 +88,10 @@ impl RedisLimiterConfig {
 /// checks all of a key's limits with GCRA on the server's clock and takes a token from each
 /// only when all admit; exact under any concurrency across instances.
 ///
-/// Buckets are `<namespace>:{<quota id>}:rl:<limit>:<period_ms>:<name>`, so a changed limit
-/// starts full and every bucket of a key sits in one Redis Cluster slot. A request id is
+/// Buckets are `<namespace>:{<quota id>}:rl:<limit>:<period_ms>:<name>` (`rl@<since>:…` for a
+/// limit set by a change, see [`keyvault_core::KeyRecord::ratelimits_since`]), so a changed
+/// limit starts full, even one changed back, and every bucket of a key sits in one Redis
+/// Cluster slot. A request id is
 /// remembered for [`crate::RedisConfig::idempotency_ttl`]: a retried check takes nothing more
 /// and a release gives back only what its check took, once.
 ///
@@ -107,7 +111,7 @@ impl RedisLimiterConfig {
 /// let redis = RedisBackend::connect("redis://127.0.0.1:6379", RedisConfig::default()).await?;
 /// let limiter = RedisRateLimiter::new(&redis, RedisLimiterConfig::default());
 /// let limits = [RateLimit::new("per-minute", 100, 60_000)?];
-/// let req = LimitRequest { quota_id: KeyId::new(), limits: &limits, take: true, request_id: "r1" };
+/// let req = LimitRequest { quota_id: KeyId::new(), limits: &limits, since: &[], take: true, request_id: "r1" };
 /// assert!(limiter.check(&req).await?.admitted);
 /// # Ok(()) }
 /// ```
@@ -176,11 +180,11 @@ impl RedisRateLimiter {
             self.redis
                 .quota_key(req.quota_id, &format!("rl:req:{}", req.request_id)),
         );
-        for l in req.limits {
-            inv.key(self.redis.quota_key(
-                req.quota_id,
-                &format!("rl:{}:{}:{}", l.limit(), l.period_ms(), l.name()),
-            ));
+        for (i, l) in req.limits.iter().enumerate() {
+            inv.key(
+                self.redis
+                    .quota_key(req.quota_id, &bucket_name(l, req.since_of(i))),
+            );
         }
         inv
     }
@@ -188,7 +192,7 @@ impl RedisRateLimiter {
     async fn check_redis(&self, req: &LimitRequest<'_>) -> Result<LimitDecision, Error> {
         let queued = {
             let mut busy = self.lanes.busy();
-            match lane_mut(&mut busy, req.quota_id, req.limits) {
+            match lane_mut(&mut busy, req.quota_id, req.limits, req.since) {
                 Some(l) => {
                     let (answer, rx) = oneshot::channel();
                     l.queue.push(Pending {
@@ -199,11 +203,11 @@ impl RedisRateLimiter {
                     if l.calls < MAX_CALLS_PER_LANE && l.queue.len() >= SECOND_CALL_AT {
                         l.calls += 1;
                         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                            rt.spawn(
-                                self.lanes
-                                    .clone()
-                                    .drain((req.quota_id, req.limits.to_vec())),
-                            );
+                            rt.spawn(self.lanes.clone().drain((
+                                req.quota_id,
+                                req.limits.to_vec(),
+                                req.since.to_vec(),
+                            )));
                         } else {
                             l.calls -= 1;
                         }
@@ -213,6 +217,7 @@ impl RedisRateLimiter {
                 None => {
                     busy.entry(req.quota_id).or_default().push(Lane {
                         limits: req.limits.to_vec(),
+                        since: req.since.to_vec(),
                         calls: 1,
                         queue: Vec::new(),
                     });
@@ -227,7 +232,7 @@ impl RedisRateLimiter {
             None => {
                 let lead = Lead {
                     lanes: self.lanes.clone(),
-                    lane: (req.quota_id, req.limits.to_vec()),
+                    lane: (req.quota_id, req.limits.to_vec(), req.since.to_vec()),
                 };
                 let replies = self
                     .lanes
@@ -264,6 +269,23 @@ impl RedisRateLimiter {
         Ok(RateLimit::new(l.name(), share, l.period_ms())?)
     }
 
+    /// The in-process shares of `req`'s limits whose fail mode is `local`, with when each was
+    /// set.
+    fn local_limits(
+        &self,
+        req: &LimitRequest<'_>,
+    ) -> keyvault_core::Result<(Vec<RateLimit>, Vec<u64>)> {
+        let mut local = Vec::new();
+        let mut since = Vec::new();
+        for (i, l) in req.limits.iter().enumerate() {
+            if self.config.mode_of(l) == FailMode::Local {
+                local.push(self.local_share(l)?);
+                since.push(req.since_of(i));
+            }
+        }
+        Ok((local, since))
+    }
+
     async fn check_fallback(
         &self,
         req: &LimitRequest<'_>,
@@ -275,16 +297,12 @@ impl RedisRateLimiter {
             self.counters.fallback(FailMode::Closed);
             return Err(error.into());
         }
-        let mut local = Vec::new();
-        for (l, m) in req.limits.iter().zip(&modes) {
-            if *m == FailMode::Local {
-                local.push(self.local_share(l)?);
-            }
-        }
+        let (local, since) = self.local_limits(req)?;
         let local_decision = self
             .local
             .check(&LimitRequest {
                 limits: &local,
+                since: &since,
                 ..*req
             })
             .await?;
@@ -371,15 +389,11 @@ impl RateLimiter for RedisRateLimiter {
                     return Err(e.into());
                 }
                 // The check was most likely answered in process too: give back there.
-                let mut local = Vec::new();
-                for l in req.limits {
-                    if self.config.mode_of(l) == FailMode::Local {
-                        local.push(self.local_share(l)?);
-                    }
-                }
+                let (local, since) = self.local_limits(req)?;
                 self.local
                     .release(&LimitRequest {
                         limits: &local,
+                        since: &since,
                         ..*req
                     })
                     .await

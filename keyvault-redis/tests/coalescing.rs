@@ -21,6 +21,7 @@ async fn check(
         .check(&LimitRequest {
             quota_id: quota,
             limits,
+            since: &[],
             take,
             request_id: id,
         })

@@ -162,6 +162,7 @@ async fn a_retried_check_or_release_is_applied_once() {
     let req = |id: &'static str, take| LimitRequest {
         quota_id: quota,
         limits: &limits,
+        since: &[],
         take,
         request_id: id,
     };

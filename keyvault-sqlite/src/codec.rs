@@ -113,7 +113,8 @@ impl KeyColumns {
             scopes: json(&r.scopes, "scopes")?,
             ip_allowlist: json(&r.ip_allowlist, "ip_allowlist")?,
             credits: r.credits.as_ref().map(|c| json(c, "credits")).transpose()?,
-            ratelimits: json(&r.ratelimits, "ratelimits")?,
+            ratelimits: keyvault_core::stored_limits(&r.ratelimits, &r.ratelimits_since)
+                .to_string(),
             metadata: json(&r.metadata, "metadata")?,
             rotation: r
                 .rotation
@@ -187,6 +188,9 @@ pub(crate) fn decode_key(row: &SqliteRow) -> Result<KeyRecord, Error> {
     };
     let digest: Vec<u8> = column(row, "digest")?;
     let prefix: String = column(row, "prefix")?;
+    let stored: serde_json::Value = from_json(&column::<String>(row, "ratelimits")?, "ratelimits")?;
+    let (ratelimits, ratelimits_since) =
+        keyvault_core::limits_from_stored(stored).map_err(|e| corrupt("ratelimits", e))?;
     Ok(KeyRecord {
         id: parse_id(&column::<String>(row, "id")?, "id")?,
         quota_id: parse_id(&column::<String>(row, "quota_id")?, "quota_id")?,
@@ -204,7 +208,8 @@ pub(crate) fn decode_key(row: &SqliteRow) -> Result<KeyRecord, Error> {
         credits: column::<Option<String>>(row, "credits")?
             .map(|s| from_json(&s, "credits"))
             .transpose()?,
-        ratelimits: from_json(&column::<String>(row, "ratelimits")?, "ratelimits")?,
+        ratelimits,
+        ratelimits_since,
         metadata: from_json(&column::<String>(row, "metadata")?, "metadata")?,
         rotation: column::<Option<String>>(row, "rotation")?
             .map(|s| from_json(&s, "rotation"))

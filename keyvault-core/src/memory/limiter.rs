@@ -19,15 +19,19 @@ use crate::{
 };
 
 /// GCRA rate limits in process memory, exact under any concurrency within the process.
-/// Buckets are keyed by the limit's name, size and period, so a changed limit starts full.
+/// Buckets are keyed by the limit (its name, size and period) and when it was set, so a
+/// changed limit starts full, even one changed back to an earlier value.
 #[derive(Debug)]
 pub struct MemoryRateLimiter {
-    buckets: Mutex<HashMap<KeyId, Vec<(RateLimit, u128)>>>,
+    buckets: Mutex<HashMap<KeyId, Vec<Stored>>>,
     clock: SharedClock,
     checks: AtomicU64,
 }
 
 const SWEEP_EVERY: u64 = 65_536;
+
+/// A bucket: its limit, when the limit was set, and its GCRA state.
+type Stored = (RateLimit, u64, u128);
 
 impl MemoryRateLimiter {
     /// A limiter on the system clock.
@@ -78,31 +82,37 @@ impl RateLimiter for MemoryRateLimiter {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             // A bucket at or past its TAT is full: forgetting it changes nothing.
             map.retain(|_, v| {
-                v.retain(|(l, x)| *x > now_ns * u128::from(l.limit()));
+                v.retain(|(l, _, x)| *x > now_ns * u128::from(l.limit()));
                 !v.is_empty()
             });
         }
         let stored = map.entry(req.quota_id).or_default();
-        let x_of = |l: &RateLimit, stored: &Vec<(RateLimit, u128)>| {
-            stored.iter().find(|(s, _)| s == l).map_or(0, |(_, x)| *x)
+        let slot = |stored: &Vec<Stored>, l: &RateLimit, since: u64| {
+            stored.iter().position(|(s, t, _)| s == l && *t == since)
+        };
+        let x_of = |stored: &Vec<Stored>, i: usize| {
+            slot(stored, &req.limits[i], req.since_of(i)).map_or(0, |j| stored[j].2)
         };
         let checks: Vec<_> = req
             .limits
             .iter()
-            .map(|l| Bucket::new(l.limit(), l.period_ms()).check(x_of(l, stored), now_ns, true))
+            .enumerate()
+            .map(|(i, l)| {
+                Bucket::new(l.limit(), l.period_ms()).check(x_of(stored, i), now_ns, true)
+            })
             .collect();
         let admitted = checks.iter().all(|c| c.admitted);
         let mut states = Vec::with_capacity(checks.len());
-        for (l, c) in req.limits.iter().zip(&checks) {
+        for (i, (l, c)) in req.limits.iter().zip(&checks).enumerate() {
             let c = if admitted && req.take {
-                match stored.iter_mut().find(|(s, _)| s == l) {
-                    Some(slot) => slot.1 = c.x,
-                    None => stored.push((l.clone(), c.x)),
+                match slot(stored, l, req.since_of(i)) {
+                    Some(j) => stored[j].2 = c.x,
+                    None => stored.push((l.clone(), req.since_of(i), c.x)),
                 }
                 *c
             } else {
                 // Nothing taken: report the bucket as it stands.
-                Bucket::new(l.limit(), l.period_ms()).check(x_of(l, stored), now_ns, false)
+                Bucket::new(l.limit(), l.period_ms()).check(x_of(stored, i), now_ns, false)
             };
             states.push(state(now, l, &c));
         }
@@ -113,9 +123,10 @@ impl RateLimiter for MemoryRateLimiter {
         let (_, now_ns) = self.now_ns();
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(stored) = map.get_mut(&req.quota_id) {
-            for l in req.limits {
-                if let Some(slot) = stored.iter_mut().find(|(s, _)| s == l) {
-                    slot.1 = Bucket::new(l.limit(), l.period_ms()).release(slot.1, now_ns);
+            for (i, l) in req.limits.iter().enumerate() {
+                let since = req.since_of(i);
+                if let Some(slot) = stored.iter_mut().find(|(s, t, _)| s == l && *t == since) {
+                    slot.2 = Bucket::new(l.limit(), l.period_ms()).release(slot.2, now_ns);
                 }
             }
         }

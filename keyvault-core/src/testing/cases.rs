@@ -631,6 +631,39 @@ pub async fn changed_rate_limits_start_full(b: Backends) {
     let v = verify(&kv, &key).await;
     assert_eq!(v.outcome, Outcome::Valid);
     assert_eq!(v.ratelimits[0].remaining, 4);
+    // Changed back to the first limit, the one drained above: a bucket of its own again,
+    // full; a limit added beside it too.
+    let two = RateLimit::new("h", 2, HOUR).unwrap();
+    let patch = KeyPatch {
+        ratelimits: Some(vec![two.clone(), RateLimit::new("m", 3, HOUR).unwrap()]),
+        ..Default::default()
+    };
+    kv.update_key(id, patch, &actor()).await.unwrap();
+    let v = verify(&kv, &key).await;
+    assert_eq!(
+        v.outcome,
+        Outcome::Valid,
+        "a limit changed back starts full"
+    );
+    assert_eq!(
+        (v.ratelimits[0].remaining, v.ratelimits[1].remaining),
+        (1, 2)
+    );
+    // The store keeps when each limit was set: read back, the record still tells this
+    // bucket from the first one.
+    let stored = kv.get_key(id).await.unwrap();
+    assert_eq!(stored.ratelimits_since.len(), 2);
+    assert!(stored.ratelimits_since.iter().all(|&t| t > 0));
+    // A change that keeps a limit keeps its bucket: one token left of "h", not two.
+    let patch = KeyPatch {
+        ratelimits: Some(vec![two]),
+        ..Default::default()
+    };
+    kv.update_key(id, patch, &actor()).await.unwrap();
+    let v = verify(&kv, &key).await;
+    assert_eq!(v.outcome, Outcome::Valid);
+    assert_eq!(v.ratelimits[0].remaining, 0);
+    assert_eq!(code(&kv, &key).await, Outcome::RateLimited);
 }
 
 pub async fn deleted_keys_are_not_found(b: Backends) {

@@ -174,7 +174,7 @@ proptest! {
         let quota_id = KeyId::new();
         let mut taken = 0u32;
         for (i, op) in ops.into_iter().enumerate() {
-            let req = |take| LimitRequest { quota_id, limits: &limits, take, request_id: "" };
+            let req = |take| LimitRequest { quota_id, limits: &limits, since: &[], take, request_id: "" };
             match op {
                 Op::Wait(s) => {
                     let ns = s.ns(&params);
