@@ -183,9 +183,22 @@ pub(crate) async fn live(State(st): State<AppState>, caller: Caller) -> Result<J
     Ok(Json(snapshot(&st).await?))
 }
 
+/// One server-sent event of `/v1/stats/stream`, as a client's event source parses it.
+#[derive(ToSchema)]
+#[schema(as = LiveEvent)]
+#[allow(dead_code)] // the document's shape only: the stream writes events with axum's `Event`
+pub(crate) struct LiveEventDoc {
+    /// Always `live`.
+    #[schema(pattern = "^live$")]
+    event: String,
+    /// The body of `GET /v1/stats/live`, as JSON text.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 #[utoipa::path(get, path = "/v1/stats/stream", tag = "statistics", operation_id = "statsStream",
     responses(
-        (status = 200, description = "Server-sent events, one a second: each `data` is the body of `/v1/stats/live`", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "Server-sent events, one a second: each `data` is the body of `/v1/stats/live`", body = LiveEventDoc, content_type = "text/event-stream"),
         (status = 401, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, body = ProblemDoc, content_type = "application/problem+json")),
     security(("bearer" = [])))]
