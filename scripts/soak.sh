@@ -41,6 +41,9 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    # The processes' logs (warnings and errors) and wrk's report, to explain what went wrong.
+    mkdir -p "$(dirname "$OUT")/soak-logs"
+    cp "$work"/*.log "$work"/wrk.txt "$(dirname "$OUT")/soak-logs/" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -78,12 +81,14 @@ curl -s -b "$jar" -c "$jar" -o /dev/null -H "Origin: $server" \
     --data-urlencode "csrf=$csrf" "$server/admin/login"
 
 end=$(( $(date +%s) + DURATION ))
-wrk -t1 -c8 -d"${DURATION}s" -H "Authorization: Bearer $(cat "$work/key")" "$host/v1/hello" \
+# The load outlasts the last sample by one interval, so every sample is taken under load.
+load_end=$(( end + SAMPLE ))
+wrk -t1 -c8 -d"$(( DURATION + SAMPLE ))s" -H "Authorization: Bearer $(cat "$work/key")" "$host/v1/hello" \
     >"$work/wrk.txt" 2>&1 &
 pids+=("$!")
 (
     n=0
-    while (( $(date +%s) < end )); do
+    while (( $(date +%s) < load_end )); do
         events=""
         for i in $(seq 1 20); do
             events+="{\"key_id\":\"$key_id\",\"provider\":\"soak\",\"status\":200,\"latency_ms\":3,\"request_id\":\"soak-$n-$i\"},"
@@ -97,7 +102,7 @@ pids+=("$!")
 ) &
 pids+=("$!")
 (
-    while (( $(date +%s) < end )); do
+    while (( $(date +%s) < load_end )); do
         curl -s -o /dev/null -w 'overview %{http_code}\n' -b "$jar" "$server/admin" >>"$work/status"
         curl -s -o /dev/null -w 'overview-json %{http_code}\n' -b "$jar" \
             "$server/admin/api/overview?range=24h" >>"$work/status"
@@ -106,7 +111,7 @@ pids+=("$!")
 ) &
 pids+=("$!")
 (
-    while (( $(date +%s) < end )); do
+    while (( $(date +%s) < load_end )); do
         for enabled in false true; do
             curl -s -o /dev/null -w 'key-change %{http_code}\n' -X PATCH -H "Authorization: Bearer $token" \
                 -H "Content-Type: application/json" \
