@@ -16,6 +16,9 @@
 -- ARGV[2 + 2i], ARGV[3 + 2i]   limit i's size L and period in ms
 -- ARGV[1 + 2n + 3j .. 3 + 2n + 3j]   request 1 + j's take flag, request id and record lifetime
 -- (so k = #ARGV − 2·#KEYS − 1; a single request is the layout with k = 0)
+-- ARGV[#ARGV]  optionally '@<now in µs>': the time to use instead of TIME, for tests that move
+--              time themselves (no real argument starts with '@'); buckets then get no expiry,
+--              since the server's time does not pass with that clock
 --
 -- Returns, per request in order: {admitted, now_us, then per limit: remaining, reset_in_us,
 -- retry_in_us or -1}.
@@ -65,9 +68,17 @@ local function muldiv(a, b, c, m)
   return q
 end
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local k = #ARGV - 2 * #KEYS - 1
+local argc = #ARGV
+local now
+local fixed = argc > 0 and string.sub(ARGV[argc], 1, 1) == '@'
+if fixed then
+  now = tonumber(string.sub(ARGV[argc], 2))
+  argc = argc - 1
+else
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
+local k = argc - 2 * #KEYS - 1
 local n = #KEYS - 1 - k
 if k < 0 or n < 0 then
   return redis.error_reply('ERR keyvault ratelimit: wrong number of keys or arguments')
@@ -206,7 +217,11 @@ for i = 1, n do
     if b.r > 0 then
       reset_in = reset_in + 1
     end
-    redis.call('SET', KEYS[1 + i], fmt(b.q) .. ':' .. fmt(b.r), 'PX', fmt(math.floor(reset_in / 1000) + 2))
+    if fixed then
+      redis.call('SET', KEYS[1 + i], fmt(b.q) .. ':' .. fmt(b.r))
+    else
+      redis.call('SET', KEYS[1 + i], fmt(b.q) .. ':' .. fmt(b.r), 'PX', fmt(math.floor(reset_in / 1000) + 2))
+    end
   end
 end
 return reply

@@ -6,6 +6,7 @@
 -- ARGV[1]      the request id ('' for none: give back unconditionally)
 -- ARGV[2]      how long the idempotency record lives, in ms
 -- ARGV[1 + 2i], ARGV[2 + 2i]   limit i's size L and period in ms
+-- ARGV[#ARGV]  optionally '@<now in µs>', as in ratelimit.lua
 --
 -- Returns 1 when tokens were given back, 0 when this request had none to give back.
 
@@ -20,8 +21,14 @@ if ARGV[1] ~= '' then
   redis.call('SET', KEYS[1], 'R', 'PX', ARGV[2])
 end
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now
+local fixed = string.sub(ARGV[#ARGV], 1, 1) == '@'
+if fixed then
+  now = tonumber(string.sub(ARGV[#ARGV], 2))
+else
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
 for i = 1, #KEYS - 1 do
   local stored = redis.call('GET', KEYS[1 + i])
   if stored then
@@ -53,7 +60,11 @@ for i = 1, #KEYS - 1 do
         if r > 0 then
           reset_in = reset_in + 1
         end
-        redis.call('SET', KEYS[1 + i], fmt(q) .. ':' .. fmt(r), 'PX', fmt(math.floor(reset_in / 1000) + 2))
+        if fixed then
+          redis.call('SET', KEYS[1 + i], fmt(q) .. ':' .. fmt(r))
+        else
+          redis.call('SET', KEYS[1 + i], fmt(q) .. ':' .. fmt(r), 'PX', fmt(math.floor(reset_in / 1000) + 2))
+        end
       end
     end
   end

@@ -10,10 +10,14 @@ use std::{
     },
 };
 
-use keyvault_core::{KeyId, RateLimit};
+use keyvault_core::{Clock, KeyId, RateLimit};
 use tokio::sync::oneshot;
 
-use crate::{backend::RedisBackend, error::Error, limiter::MAX_BATCH};
+use crate::{
+    backend::RedisBackend,
+    error::Error,
+    limiter::{MAX_BATCH, fixed_now},
+};
 
 /// Checks of one quota id with one list of limits (each with when it was set): they share
 /// every bucket, so one script call can apply them in order.
@@ -94,6 +98,8 @@ pub(crate) const SECOND_CALL_AT: usize = 8;
 pub(crate) struct Lanes {
     pub(crate) redis: RedisBackend,
     pub(crate) script: redis::Script,
+    /// The limiter's own clock, when it has one ([`crate::RedisLimiterConfig::clock`]).
+    pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) busy: Mutex<BusyLanes>,
     pub(crate) checks: AtomicU64,
     pub(crate) calls: AtomicU64,
@@ -148,6 +154,9 @@ impl Lanes {
         }
         for (take, id) in rest {
             cmd.arg(take_arg(*take)).arg(*id).arg(ttl);
+        }
+        if let Some(now) = fixed_now(self.clock.as_deref()) {
+            cmd.arg(now);
         }
         let n = checks.len() as u64;
         self.checks.fetch_add(n, Ordering::Relaxed);

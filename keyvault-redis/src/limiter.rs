@@ -12,7 +12,8 @@ use std::{
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use keyvault_core::{
-    LimitDecision, LimitRequest, LimitState, RateLimit, RateLimiter, memory::MemoryRateLimiter,
+    Clock, LimitDecision, LimitRequest, LimitState, RateLimit, RateLimiter,
+    memory::MemoryRateLimiter,
 };
 use tokio::sync::oneshot;
 
@@ -49,6 +50,7 @@ use crate::{
 pub struct RedisLimiterConfig {
     per_limit: HashMap<String, FailMode>,
     instances: NonZeroU32,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl Default for RedisLimiterConfig {
@@ -57,6 +59,7 @@ impl Default for RedisLimiterConfig {
         Self {
             per_limit: HashMap::new(),
             instances: NonZeroU32::MIN,
+            clock: None,
         }
     }
 }
@@ -72,6 +75,15 @@ impl RedisLimiterConfig {
     /// (default 1).
     pub fn instances(mut self, n: NonZeroU32) -> Self {
         self.instances = n;
+        self
+    }
+
+    /// Reads time from `clock` (to the microsecond) instead of the Redis server's `TIME`, and
+    /// stores buckets without an expiry, since the server's time no longer passes with theirs.
+    /// For tests that move time themselves ([`keyvault_core::FakeClock`]): every instance
+    /// sharing buckets must read one clock, which only the server's is in a deployment.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -143,19 +155,25 @@ pub struct BatchStats {
 impl RedisRateLimiter {
     /// A limiter on `redis`.
     pub fn new(redis: &RedisBackend, config: RedisLimiterConfig) -> Self {
+        let clock = config.clock.clone();
+        let local = match &config.clock {
+            Some(c) => MemoryRateLimiter::with_clock(c.clone()),
+            None => MemoryRateLimiter::new(),
+        };
         Self {
             redis: redis.clone(),
             config,
             lanes: Arc::new(Lanes {
                 redis: redis.clone(),
                 script: redis::Script::new(include_str!("../lua/ratelimit.lua")),
+                clock,
                 busy: Mutex::new(HashMap::new()),
                 checks: AtomicU64::new(0),
                 calls: AtomicU64::new(0),
                 largest: AtomicU64::new(0),
             }),
             release: redis::Script::new(include_str!("../lua/release.lua")),
-            local: MemoryRateLimiter::new(),
+            local,
             counters: FailCounters::new("ratelimit"),
         }
     }
@@ -255,6 +273,9 @@ impl RedisRateLimiter {
         for l in req.limits {
             inv.arg(l.limit()).arg(l.period_ms());
         }
+        if let Some(now) = fixed_now(self.config.clock.as_deref()) {
+            inv.arg(now);
+        }
         let mut conn = self.redis.conn();
         let _: i64 = self
             .redis
@@ -307,7 +328,11 @@ impl RedisRateLimiter {
             })
             .await?;
         let mut local_states = local_decision.states.into_iter();
-        let now = Utc::now();
+        let now = self
+            .config
+            .clock
+            .as_ref()
+            .map_or_else(Utc::now, |c| c.now());
         let mut states = Vec::with_capacity(req.limits.len());
         for (l, m) in req.limits.iter().zip(&modes) {
             self.counters.fallback(*m);
@@ -328,6 +353,11 @@ impl RedisRateLimiter {
             states,
         })
     }
+}
+
+/// The scripts' `@<µs>` argument for a limiter on its own clock.
+pub(crate) fn fixed_now(clock: Option<&dyn Clock>) -> Option<String> {
+    clock.map(|c| format!("@{}", c.now().timestamp_micros()))
 }
 
 fn decision(limits: &[RateLimit], reply: &[i64]) -> Result<LimitDecision, Error> {

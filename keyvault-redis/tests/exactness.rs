@@ -125,3 +125,42 @@ async fn muldiv_is_exact_where_doubles_are_not() {
         "no case would catch an inexact implementation"
     );
 }
+
+/// On Redis's clock a bucket lives until it is full again (plus 2 s), so idle keys leave no
+/// buckets behind; given a time of the caller's (`@<µs>`), it has no expiry, since Redis's
+/// time does not pass with the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_expire_once_full_on_redis_time_only() {
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(include_str!("../lua/ratelimit.lua"));
+    let ns = common::namespace();
+    for fixed in [None, Some("@1900000000000000")] {
+        let key = format!("{ns}:{{{}}}:rl:2:3000:x", KeyId::new());
+        let mut inv = script.key(format!("{ns}:idem"));
+        inv.key(&key).arg("1").arg("").arg(1_000).arg(2).arg(3_000);
+        if let Some(at) = fixed {
+            inv.arg(at);
+        }
+        let reply: Vec<i64> = inv.invoke_async(&mut conn).await.unwrap();
+        assert_eq!(reply[0], 1, "admitted");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        match fixed {
+            // Full again 1.5 s after one of two tokens was taken; expiry 1 + 2 s later.
+            None => assert!((1..=3_500).contains(&ttl), "PTTL {ttl}"),
+            Some(_) => {
+                assert_eq!(ttl, -1, "no expiry on the caller's clock");
+                assert_eq!(reply[1], 1_900_000_000_000_000, "the caller's time");
+            }
+        }
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
