@@ -17,7 +17,7 @@ use crate::{
     audit::AuditEvent,
     changes::{Change, ChangeBus},
     digest::KeyDigest,
-    error::Result,
+    error::{Error, Result},
     model::{KeyId, KeyRecord},
     store::{KeyQuery, KeyStore, KeyWrite, Page},
 };
@@ -32,6 +32,11 @@ pub struct CacheConfig {
     pub negative_ttl: Duration,
     /// Most entries kept (least recently used go first).
     pub capacity: usize,
+    /// How long a lookup that must read the store waits for it before failing as a backend
+    /// error (a verification answers 503): a store that hangs (a stopped database server, a
+    /// network that drops packets) must not hold every request for a key not cached until
+    /// it answers. Keys already cached are not affected.
+    pub load_timeout: Duration,
 }
 
 impl Default for CacheConfig {
@@ -40,6 +45,7 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),
             capacity: 100_000,
+            load_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -87,6 +93,11 @@ pub struct CachedKeyStore<S> {
     hits: AtomicU64,
     misses: AtomicU64,
 }
+
+/// A store read that took longer than [`CacheConfig::load_timeout`].
+#[derive(Debug, thiserror::Error)]
+#[error("the key store did not answer within {} ms", .0.as_millis())]
+struct LoadTimeout(Duration);
 
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,6 +167,20 @@ impl<S: KeyStore> CachedKeyStore<S> {
             }
             self.cache.remove(k);
         }
+        // One bound for the whole wait, whether this lookup reads the store or waits for a
+        // concurrent one (which may itself time out and hand the read on).
+        match tokio::time::timeout(self.config.load_timeout, self.load(digest)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::backend(
+                "key store",
+                LoadTimeout(self.config.load_timeout),
+            )),
+        }
+    }
+
+    /// Reads `digest` from the store, or waits for a concurrent read of it.
+    async fn load(&self, digest: &KeyDigest) -> Result<Option<Arc<KeyRecord>>> {
+        let k = digest.as_bytes();
         loop {
             match self.cache.get_value_or_guard_async(k).await {
                 Ok(e) if self.fresh(&e) => {

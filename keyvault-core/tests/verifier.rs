@@ -4,9 +4,9 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -86,6 +86,8 @@ async fn malformed_keys_never_reach_the_store() {
 struct SlowCountingStore {
     inner: MemoryStore,
     lookups: AtomicUsize,
+    /// Lookups never answer while set (a hung database).
+    hung: AtomicBool,
 }
 
 #[async_trait]
@@ -98,6 +100,9 @@ impl KeyStore for SlowCountingStore {
     }
     async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
+        if self.hung.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.inner.find_by_digest(digest).await
     }
@@ -112,11 +117,70 @@ impl KeyStore for SlowCountingStore {
     }
 }
 
+/// A store that stops answering fails the lookups of keys not cached after the cache's load
+/// timeout, all of them at once rather than one after another, as backend errors (503);
+/// a cached key keeps verifying; once the store answers again, so do the lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_store_fails_lookups_after_the_load_timeout_and_cached_keys_verify() {
+    let store = Arc::new(SlowCountingStore {
+        inner: MemoryStore::new(),
+        lookups: AtomicUsize::new(0),
+        hung: AtomicBool::new(false),
+    });
+    let kv = Keyvault::builder()
+        .key_store(store.clone())
+        .credits(Arc::new(MemoryStore::new()))
+        .cache(CacheConfig {
+            load_timeout: Duration::from_millis(300),
+            ..CacheConfig::default()
+        })
+        .build()
+        .unwrap();
+    let mut keys = Vec::new();
+    for name in ["cached", "not cached"] {
+        let created = kv
+            .create_key(NewKey::new(name), &Actor::library())
+            .await
+            .unwrap();
+        keys.push(created.key.expose().to_owned());
+    }
+    let verify = |k: &str| {
+        let (kv, k) = (kv.clone(), k.to_owned());
+        tokio::spawn(async move { kv.verify(&VerifyRequest::new(&k)).await.map(|v| v.outcome) })
+    };
+    assert_eq!(verify(&keys[0]).await.unwrap().unwrap(), Outcome::Valid);
+    store.hung.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let waiting: Vec<_> = (0..50).map(|_| verify(&keys[1])).collect();
+    assert_eq!(verify(&keys[0]).await.unwrap().unwrap(), Outcome::Valid);
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "the cached key waited"
+    );
+    for w in waiting {
+        let e = w.await.unwrap().expect_err("a hung store answers nothing");
+        assert!(matches!(e, keyvault_core::Error::Backend(_)), "{e:?}");
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(
+            cause.as_deref(),
+            Some("the key store did not answer within 300 ms")
+        );
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+        "50 lookups failed after {waited:?}, not one timeout"
+    );
+    store.hung.store(false, Ordering::SeqCst);
+    assert_eq!(verify(&keys[1]).await.unwrap().unwrap(), Outcome::Valid);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_misses_make_one_store_read() {
     let store = Arc::new(SlowCountingStore {
         inner: MemoryStore::new(),
         lookups: AtomicUsize::new(0),
+        hung: AtomicBool::new(false),
     });
     let kv = Keyvault::builder()
         .key_store(store.clone())
@@ -160,6 +224,7 @@ async fn cache_entries_expire_and_invalidation_wins_over_a_load_in_flight() {
     let store = Arc::new(SlowCountingStore {
         inner: MemoryStore::new(),
         lookups: AtomicUsize::new(0),
+        hung: AtomicBool::new(false),
     });
     let cache = Arc::new(CachedKeyStore::new(
         store.clone(),
@@ -167,6 +232,7 @@ async fn cache_entries_expire_and_invalidation_wins_over_a_load_in_flight() {
             ttl: Duration::from_millis(100),
             negative_ttl: Duration::from_millis(100),
             capacity: 1_000,
+            ..CacheConfig::default()
         },
     ));
     let kv = Keyvault::builder()
