@@ -3,7 +3,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -37,6 +37,16 @@ pub struct CacheConfig {
     /// network that drops packets) must not hold every request for a key not cached until
     /// it answers. Keys already cached are not affected.
     pub load_timeout: Duration,
+    /// How long a key found before keeps verifying when it can no longer be confirmed and the
+    /// store cannot be read ("stale if error", the fail mode of cached keys): an entry past its
+    /// `ttl`, or dropped by [`CachedKeyStore::invalidate_all`] (a change bus that lost its
+    /// connection, a subscriber that fell behind), is read again from the store; only when
+    /// that read fails with a backend error is the entry answered instead, until this long
+    /// after it went stale. While the store keeps failing, such entries are answered at once
+    /// and one lookup a second finds out whether it is back. A key's own change (a disable,
+    /// a delete) is never answered stale, nor is a key not found. `Duration::ZERO` fails
+    /// closed: a verification that cannot confirm its key answers 503.
+    pub stale_if_error: Duration,
 }
 
 impl Default for CacheConfig {
@@ -46,6 +56,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(10),
             capacity: 100_000,
             load_timeout: Duration::from_secs(3),
+            stale_if_error: Duration::from_secs(60),
         }
     }
 }
@@ -63,6 +74,9 @@ pub struct CacheStats {
     pub hits: u64,
     /// Lookups that read the store.
     pub misses: u64,
+    /// Lookups answered with an entry that could not be confirmed, the store failing
+    /// ([`CacheConfig::stale_if_error`]).
+    pub stale: u64,
 }
 
 /// Wraps a [`KeyStore`]: lookups by digest are cached (found and not found), concurrent misses
@@ -90,8 +104,44 @@ pub struct CachedKeyStore<S> {
     // Bumped by every invalidation: a load that overlaps one is not kept, so a record read
     // just before a disable can't be cached after the disable's eviction.
     epoch: AtomicU64,
+    // Entries that are neither fresh nor past `stale_if_error`, set aside while a read tries
+    // to confirm them (which takes them out of `cache`).
+    unconfirmed: Cache<[u8; 32], Entry>,
+    // Bumped by the invalidations a stale entry must never outlive (a key's own change, a
+    // flush that fails closed): an entry set aside while one happens is not kept.
+    removals: AtomicU64,
+    // The times below count nanoseconds from here, plus one (0: never).
+    origin: Instant,
+    // Entries loaded before this are unconfirmed (`invalidate_all` with `stale_if_error`).
+    flushed_at: AtomicU64,
+    // When a store read last failed; 0 once one succeeds.
+    failed_at: AtomicU64,
+    // A read is finding out whether the failing store is back.
+    probing: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
+    stale: AtomicU64,
+}
+
+/// How long, after a failed store read, entries that can't be confirmed are answered without
+/// trying the store again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// The one read in flight that finds out whether a failing store is back.
+struct Probe<'a>(&'a AtomicBool);
+
+impl<'a> Probe<'a> {
+    fn start(flag: &'a AtomicBool) -> Option<Self> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Probe(flag))
+    }
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// A store read that took longer than [`CacheConfig::load_timeout`].
@@ -115,9 +165,44 @@ impl<S: KeyStore> CachedKeyStore<S> {
             cache: Cache::new(config.capacity.max(16)),
             config,
             epoch: AtomicU64::new(0),
+            unconfirmed: Cache::new(config.capacity.max(16)),
+            removals: AtomicU64::new(0),
+            origin: Instant::now(),
+            flushed_at: AtomicU64::new(0),
+            failed_at: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
         }
+    }
+
+    fn ticks(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX - 1)
+            + 1
+    }
+
+    fn instant(&self, ticks: &AtomicU64) -> Option<Instant> {
+        match ticks.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(self.origin + Duration::from_nanos(t - 1)),
+        }
+    }
+
+    /// When `e` stopped being fresh: at the end of its TTL, or when everything loaded
+    /// before it was marked unconfirmed.
+    fn stale_since(&self, e: &Entry) -> Instant {
+        let expired = e.loaded + self.config.ttl;
+        match self.instant(&self.flushed_at) {
+            Some(f) if e.loaded < f => f.min(expired),
+            _ => expired,
+        }
+    }
+
+    /// Whether a found entry that is not fresh may be answered if the store fails.
+    fn servable(&self, e: &Entry, now: Instant) -> bool {
+        e.record.is_some()
+            && now.saturating_duration_since(self.stale_since(e)) < self.config.stale_if_error
     }
 
     /// The wrapped store.
@@ -137,6 +222,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
         };
         // An entry loaded after `now` (by a concurrent request) is as fresh as can be.
         now.saturating_duration_since(e.loaded) < ttl
+            && self.instant(&self.flushed_at).is_none_or(|f| e.loaded >= f)
     }
 
     /// The key with this digest if the cache holds a fresh entry for it (`Some(None)`: known
@@ -157,24 +243,74 @@ impl<S: KeyStore> CachedKeyStore<S> {
         Some(e.record)
     }
 
-    /// The key with this digest, from the cache or the store.
+    /// The key with this digest, from the cache or the store (or, the store failing, from
+    /// an entry that can't be confirmed: [`CacheConfig::stale_if_error`]).
     pub async fn lookup(&self, digest: &KeyDigest) -> Result<Option<Arc<KeyRecord>>> {
         let k = digest.as_bytes();
-        if let Some(e) = self.cache.get(k) {
-            if self.fresh(&e) {
+        let now = Instant::now();
+        let removals = self.removals.load(Ordering::SeqCst);
+        let stale = match self.cache.get(k) {
+            Some(e) if self.fresh_at(&e, now) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(e.record);
             }
-            self.cache.remove(k);
+            // Set aside: the read below takes it out of the cache, and the lookups that come
+            // while it runs must still find it.
+            Some(e) if self.servable(&e, now) => {
+                self.unconfirmed.insert(*k, e.clone());
+                if self.removals.load(Ordering::SeqCst) != removals {
+                    self.unconfirmed.remove(k);
+                }
+                Some(e)
+            }
+            Some(_) => {
+                self.cache.remove(k);
+                None
+            }
+            None => self.unconfirmed.get(k).filter(|e| self.servable(e, now)),
+        };
+        // While the store fails, an entry that may be answered stale is answered at once;
+        // one lookup a second (the probe) reads the store to find out whether it is back.
+        let mut _probe = None;
+        if let (Some(e), Some(failed)) = (&stale, self.instant(&self.failed_at)) {
+            let retry = now.saturating_duration_since(failed) >= RETRY_AFTER_FAILURE;
+            match retry.then(|| Probe::start(&self.probing)).flatten() {
+                Some(p) => _probe = Some(p),
+                None => {
+                    self.stale.fetch_add(1, Ordering::Relaxed);
+                    return Ok(e.record.clone());
+                }
+            }
         }
         // One bound for the whole wait, whether this lookup reads the store or waits for a
         // concurrent one (which may itself time out and hand the read on).
-        match tokio::time::timeout(self.config.load_timeout, self.load(digest)).await {
+        let read = match tokio::time::timeout(self.config.load_timeout, self.load(digest)).await {
             Ok(r) => r,
             Err(_) => Err(Error::backend(
                 "key store",
                 LoadTimeout(self.config.load_timeout),
             )),
+        };
+        match (read, stale) {
+            (Ok(record), _) => {
+                self.failed_at.store(0, Ordering::Release);
+                self.unconfirmed.remove(k);
+                Ok(record)
+            }
+            (Err(e @ Error::Backend(_)), Some(entry)) => {
+                self.failed_at
+                    .store(self.ticks(Instant::now()), Ordering::Release);
+                tracing::warn!(error = %e, "key store failing; answering a key unconfirmed");
+                self.stale.fetch_add(1, Ordering::Relaxed);
+                Ok(entry.record)
+            }
+            (Err(e), _) => {
+                if matches!(e, Error::Backend(_)) {
+                    self.failed_at
+                        .store(self.ticks(Instant::now()), Ordering::Release);
+                }
+                Err(e)
+            }
         }
     }
 
@@ -212,16 +348,27 @@ impl<S: KeyStore> CachedKeyStore<S> {
         }
     }
 
-    /// Drops one digest.
+    /// Drops one digest (a change of that key: never answered stale afterwards).
     pub fn invalidate(&self, digest: &KeyDigest) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.removals.fetch_add(1, Ordering::SeqCst);
         self.cache.remove(digest.as_bytes());
+        self.unconfirmed.remove(digest.as_bytes());
     }
 
-    /// Drops everything.
+    /// Trusts nothing cached so far: every key is read from the store again. With
+    /// [`CacheConfig::stale_if_error`] the entries are kept, unconfirmed, for a store that
+    /// fails; without it they are dropped.
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.cache.clear();
+        if self.config.stale_if_error.is_zero() {
+            self.removals.fetch_add(1, Ordering::SeqCst);
+            self.cache.clear();
+            self.unconfirmed.clear();
+        } else {
+            self.flushed_at
+                .store(self.ticks(Instant::now()), Ordering::Release);
+        }
     }
 
     /// Applies a change heard from elsewhere.
@@ -237,6 +384,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
         }
     }
 }

@@ -88,6 +88,8 @@ struct SlowCountingStore {
     lookups: AtomicUsize,
     /// Lookups never answer while set (a hung database).
     hung: AtomicBool,
+    /// Lookups fail while set (a database that refuses connections).
+    failing: AtomicBool,
 }
 
 #[async_trait]
@@ -102,6 +104,9 @@ impl KeyStore for SlowCountingStore {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         if self.hung.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(keyvault_core::Error::backend("test", "connection refused"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.inner.find_by_digest(digest).await
@@ -126,6 +131,7 @@ async fn a_hung_store_fails_lookups_after_the_load_timeout_and_cached_keys_verif
         inner: MemoryStore::new(),
         lookups: AtomicUsize::new(0),
         hung: AtomicBool::new(false),
+        failing: AtomicBool::new(false),
     });
     let kv = Keyvault::builder()
         .key_store(store.clone())
@@ -175,12 +181,106 @@ async fn a_hung_store_fails_lookups_after_the_load_timeout_and_cached_keys_verif
     assert_eq!(verify(&keys[1]).await.unwrap().unwrap(), Outcome::Valid);
 }
 
+/// CacheConfig::stale_if_error, the fail mode of cached keys: a key found before keeps
+/// verifying past its TTL and after a flush while the store fails, answered at once between
+/// the probes, until the window ends; a key never found, a key whose own change evicted it
+/// and any key once the window is over answer as a backend failure; with a zero window a
+/// flush fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_keys_verify_stale_while_the_store_fails_within_the_window() {
+    let store = Arc::new(SlowCountingStore {
+        inner: MemoryStore::new(),
+        lookups: AtomicUsize::new(0),
+        hung: AtomicBool::new(false),
+        failing: AtomicBool::new(false),
+    });
+    let config = CacheConfig {
+        ttl: Duration::from_millis(200),
+        stale_if_error: Duration::from_millis(2_500),
+        ..CacheConfig::default()
+    };
+    let kv = Keyvault::builder()
+        .key_store(store.clone())
+        .credits(Arc::new(MemoryStore::new()))
+        .cache(config)
+        .build()
+        .unwrap();
+    let cache = kv.key_cache();
+    let mut keys = Vec::new();
+    for name in ["a", "b", "never verified"] {
+        let created = kv
+            .create_key(NewKey::new(name), &Actor::library())
+            .await
+            .unwrap();
+        keys.push((created.record.id, created.key.expose().to_owned()));
+    }
+    let outcome = |k: &str| {
+        let (kv, k) = (kv.clone(), k.to_owned());
+        async move { kv.verify(&VerifyRequest::new(&k)).await.map(|v| v.outcome) }
+    };
+    for (_, k) in &keys[..2] {
+        assert_eq!(outcome(k).await.unwrap(), Outcome::Valid);
+    }
+    // b changes (a disable elsewhere, heard here): evicted, never to be answered stale.
+    kv.set_enabled(keys[1].0, false, &Actor::library())
+        .await
+        .unwrap();
+    assert_eq!(outcome(&keys[1].1).await.unwrap(), Outcome::Disabled);
+    kv.set_enabled(keys[1].0, true, &Actor::library())
+        .await
+        .unwrap();
+    store.failing.store(true, Ordering::SeqCst);
+    let failed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Past its TTL, the store failing: a is answered from its stale entry…
+    assert_eq!(outcome(&keys[0].1).await.unwrap(), Outcome::Valid);
+    // …b, evicted by its own change, and the key never verified are not.
+    for (_, k) in &keys[1..] {
+        let e = outcome(k).await.expect_err("no entry to answer with");
+        assert!(matches!(e, keyvault_core::Error::Backend(_)), "{e:?}");
+    }
+    // Between probes (one a second), without reading the store.
+    let reads = store.lookups.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        assert_eq!(outcome(&keys[0].1).await.unwrap(), Outcome::Valid);
+    }
+    assert!(store.lookups.load(Ordering::SeqCst) <= reads + 1);
+    // A flush (a change bus that lost its connection) keeps entries unconfirmed.
+    cache.invalidate_all();
+    assert_eq!(outcome(&keys[0].1).await.unwrap(), Outcome::Valid);
+    assert!(cache.stats().stale >= 101, "{:?}", cache.stats());
+    // The window counts from when the entry went stale (its TTL's end, 200 ms after it was
+    // loaded; the flush came later): once it has passed, a fails too.
+    tokio::time::sleep(Duration::from_millis(2_600).saturating_sub(failed_at.elapsed())).await;
+    let e = outcome(&keys[0].1).await.expect_err("the window is over");
+    assert!(matches!(e, keyvault_core::Error::Backend(_)), "{e:?}");
+    // The store back: confirmed and fresh again.
+    store.failing.store(false, Ordering::SeqCst);
+    assert_eq!(outcome(&keys[0].1).await.unwrap(), Outcome::Valid);
+
+    // A zero window fails closed: a flush drops everything.
+    let closed = Arc::new(CachedKeyStore::new(
+        store.clone(),
+        CacheConfig {
+            stale_if_error: Duration::ZERO,
+            ..CacheConfig::default()
+        },
+    ));
+    let digest = keyvault_core::KeyHasher::sha256().digest(&keys[0].1);
+    assert!(closed.lookup(&digest).await.unwrap().is_some());
+    closed.invalidate_all();
+    store.failing.store(true, Ordering::SeqCst);
+    assert!(closed.lookup(&digest).await.is_err());
+    assert_eq!(closed.stats().stale, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_misses_make_one_store_read() {
     let store = Arc::new(SlowCountingStore {
         inner: MemoryStore::new(),
         lookups: AtomicUsize::new(0),
         hung: AtomicBool::new(false),
+        failing: AtomicBool::new(false),
     });
     let kv = Keyvault::builder()
         .key_store(store.clone())
@@ -225,6 +325,7 @@ async fn cache_entries_expire_and_invalidation_wins_over_a_load_in_flight() {
         inner: MemoryStore::new(),
         lookups: AtomicUsize::new(0),
         hung: AtomicBool::new(false),
+        failing: AtomicBool::new(false),
     });
     let cache = Arc::new(CachedKeyStore::new(
         store.clone(),

@@ -93,6 +93,7 @@ pub const MIGRATIONS_TABLE: &str = "kv_schema_migrations";
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    asynchronous_usage: bool,
 }
 
 impl PgStore {
@@ -101,7 +102,21 @@ impl PgStore {
     /// from being compiled for tens of milliseconds each; a host pool may want the same
     /// (`PgConnectOptions::options([("jit", "off")])`).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            asynchronous_usage: false,
+        }
+    }
+
+    /// Commits usage batches without waiting for the WAL to be flushed (`synchronous_commit`
+    /// off for those transactions alone; keys, credits and audit keep the server's setting):
+    /// the ingest's throughput for the batches acknowledged in the last fraction of a second
+    /// before a database *crash* (`wal_writer_delay`, 200 ms by default, up to three times
+    /// that), which the recorder then believes written. An outage, a hang or a clean restart
+    /// loses nothing either way. Off by default: an event once written stays written.
+    pub fn asynchronous_usage_commit(mut self, on: bool) -> Self {
+        self.asynchronous_usage = on;
+        self
     }
 
     /// Connects a new pool to `url`.

@@ -168,10 +168,21 @@ impl OwnPg {
 
     /// A crash: SIGKILL to the postmaster and its backends; returns once they are gone.
     pub async fn kill(&self) {
+        let pids = self.kill_now();
+        self.gone(&pids).await;
+    }
+
+    /// SIGKILL to the postmaster and its backends, without waiting: the processes signalled.
+    pub fn kill_now(&self) -> Vec<u32> {
         let pids = self.pids();
         for &p in &pids {
             signal("-KILL", p);
         }
+        pids
+    }
+
+    /// Returns once every process of `pids` is gone.
+    pub async fn gone(&self, pids: &[u32]) {
         let start = Instant::now();
         while pids
             .iter()

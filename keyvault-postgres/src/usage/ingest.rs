@@ -44,10 +44,8 @@ RETURNING request_id";
 /// Binds: the minute cells `$1`–`$9`, the hour cells `$10`–`$18` and the day cells
 /// `$19`–`$27` ([`CellColumns`] in [`bind_cells`]'s order), the keys used `$28`–`$29`.
 ///
-/// The transaction commits asynchronously (`synchronous_commit` off for it alone): usage is
-/// telemetry whose buffer already sits in process memory, so a database crash may lose the
-/// last fraction of a second of it, as it would the recorder's buffer, while batches stop
-/// waiting for a WAL flush each. Keys, credits and audit keep the server's setting.
+/// Binds `$30`: commit asynchronously (`synchronous_commit` off for this transaction alone,
+/// [`PgStore::asynchronous_usage_commit`]); otherwise the session's setting stands.
 static ROLLUP: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -72,7 +70,8 @@ WITH minutes AS (
     WHERE k.id = u.id
     RETURNING 1
 )
-SELECT set_config('synchronous_commit', 'off', true)",
+SELECT set_config('synchronous_commit',
+    CASE WHEN $30 THEN 'off' ELSE current_setting('synchronous_commit') END, true)",
         hours = coarse_level("kv_usage_rollup_hour", "hour", 10),
         days = coarse_level("kv_usage_rollup_day", "day", 19),
     )
@@ -237,7 +236,7 @@ impl<'a> Rollups<'a> {
         }
     }
 
-    async fn write(&self, conn: &mut PgConnection) -> Result<()> {
+    async fn write(&self, conn: &mut PgConnection, asynchronous: bool) -> Result<()> {
         // BTreeMaps: the cells come out sorted (nil key first), the lock order of the rows.
         let mut minutes: BTreeMap<MinuteCell<'_, Uuid>, Cell> = BTreeMap::new();
         let mut hours: BTreeMap<CoarseCell<'_>, Cell> = BTreeMap::new();
@@ -282,6 +281,7 @@ impl<'a> Rollups<'a> {
         bind_cells(bind_cells(query, &h), &d)
             .bind(&used_key)
             .bind(&used_at)
+            .bind(asynchronous)
             .execute(conn)
             .await
             .map_err(db)?;
@@ -443,7 +443,7 @@ impl PgStore {
         for (e, &b) in events.iter().zip(buckets) {
             r.add(e, b);
         }
-        r.write(&mut tx).await?;
+        r.write(&mut tx, self.asynchronous_usage).await?;
         tx.commit().await.map_err(db)?;
         Ok(true)
     }
@@ -477,7 +477,7 @@ impl PgStore {
                 r.add(e, b);
             }
         }
-        r.write(&mut tx).await?;
+        r.write(&mut tx, self.asynchronous_usage).await?;
         tx.commit().await.map_err(db)?;
         Ok(())
     }

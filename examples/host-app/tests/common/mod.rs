@@ -70,31 +70,50 @@ pub(crate) fn request(
     key: &str,
     body: &str,
 ) -> (u16, String) {
+    try_request(conn, method, path, key, body).unwrap()
+}
+
+/// [`request`], failing with the I/O error (a read timeout, a closed connection) instead of
+/// panicking.
+pub(crate) fn try_request(
+    conn: &mut BufReader<TcpStream>,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let req = format!(
         "{method} {path} HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {key}\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    conn.get_mut().write_all(req.as_bytes()).unwrap();
+    conn.get_mut().write_all(req.as_bytes())?;
     let mut status_line = String::new();
-    conn.read_line(&mut status_line).unwrap();
-    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    conn.read_line(&mut status_line)?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
     let mut len = 0usize;
     loop {
         let mut line = String::new();
-        conn.read_line(&mut line).unwrap();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(bad("connection closed in the headers"));
+        }
         if line == "\r\n" {
             break;
         }
         if let Some((k, v)) = line.split_once(':')
             && k.eq_ignore_ascii_case("content-length")
         {
-            len = v.trim().parse().unwrap();
+            len = v.trim().parse().map_err(|_| bad("bad content-length"))?;
         }
     }
     let mut buf = vec![0; len];
-    conn.read_exact(&mut buf).unwrap();
-    (status, String::from_utf8_lossy(&buf).into_owned())
+    conn.read_exact(&mut buf)?;
+    Ok((status, String::from_utf8_lossy(&buf).into_owned()))
 }
 
 /// 300 requests on one kept-alive connection, returned open: 150 hello, 50 chat, 50 embed with `key`, and 50 hello with a wrong key.
