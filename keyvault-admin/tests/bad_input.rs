@@ -596,3 +596,77 @@ async fn bad_requests_get_documented_client_errors() {
     drop(s);
     assert_no_secrets(&logs(), &secrets);
 }
+
+/// U+0000, which PostgreSQL stores in no text or JSON column, is refused on every backend in
+/// every field of a key (422 naming the field, never PostgreSQL's 503), so that what one
+/// database holds another can restore; a whole float that JSON writes with an exponent comes
+/// back as the integer PostgreSQL's `jsonb` makes of it, on both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_refused_and_big_whole_floats_read_alike_on_both_databases() {
+    let db = common::PgDb::create();
+    for s in [
+        Server::sqlite().await,
+        Server::start(&common::Settings::postgres(&db)).await,
+    ] {
+        let op = s.token("operator").await;
+        let cases = [
+            (json!({"name": "a\u{0}b"}), "name"),
+            (json!({"name": "a", "owner_id": "\u{0}"}), "owner_id"),
+            (json!({"name": "a", "scopes": ["x", "y\u{0}"]}), "scopes[1]"),
+            (
+                json!({"name": "a", "metadata": {"k": {"deep": ["ok", "\u{0}"]}}}),
+                "metadata.k.deep[1]",
+            ),
+            (
+                json!({"name": "a", "metadata": {"a\u{0}": 1}}),
+                "metadata.a\\0",
+            ),
+        ];
+        for (body, field) in &cases {
+            let r = s.req("POST", "/v1/keys").token(&op).json(body).send().await;
+            let p = r.problem(422, "invalid_value");
+            assert_eq!(p["field"], *field, "{p}");
+            assert!(p["detail"].as_str().unwrap().contains("U+0000"), "{p}");
+        }
+        let created = s
+            .req("POST", "/v1/keys")
+            .token(&op)
+            .raw(br#"{"name": "n", "metadata": {"big": 1e16, "neg": -2e17, "one": 1.0, "huge": 1e300}}"#)
+            .send()
+            .await;
+        assert_eq!(created.status, 201, "{}", created.text());
+        let id = created.json()["id"].as_str().unwrap().to_owned();
+        let patch = s
+            .req("PATCH", &format!("/v1/keys/{id}"))
+            .token(&op)
+            .json(&json!({"name": "\u{0}"}))
+            .send()
+            .await;
+        assert_eq!(patch.problem(422, "invalid_value")["field"], "name");
+        let got = s
+            .req("GET", &format!("/v1/keys/{id}"))
+            .token(&op)
+            .send()
+            .await
+            .json();
+        let m = &got["metadata"];
+        assert_eq!(m["big"].as_u64(), Some(10_000_000_000_000_000), "{m}");
+        assert_eq!(m["neg"].as_i64(), Some(-200_000_000_000_000_000), "{m}");
+        assert!(m["one"].is_f64() && m["one"].as_f64() == Some(1.0), "{m}");
+        assert_eq!(m["huge"].as_f64(), Some(1e300), "{m}");
+        // Usage reports too, before anything is queued: an event PostgreSQL refuses would
+        // otherwise be found only by the writer.
+        let usage = s
+            .req("POST", "/v1/usage")
+            .token(&op)
+            .json(&json!({"events": [
+                {"key_id": id, "provider": "p", "status": 200, "latency_ms": 1},
+                {"key_id": id, "provider": "p\u{0}", "status": 200, "latency_ms": 1}]}))
+            .send()
+            .await;
+        assert_eq!(
+            usage.problem(422, "invalid_value")["field"],
+            "events[1].provider"
+        );
+    }
+}

@@ -101,7 +101,7 @@ pub use manage::{BatchAction, CreatedKey};
 pub use model::{
     Credits, DEFAULT_GRACE, FailMode, KeyId, KeyRecord, MAX_CREDITS, MAX_LIMIT, MAX_NAME_LEN,
     MAX_PERIOD_MS, RateLimit, Refill, RefillInterval, RotationPolicy, check_credit_amount,
-    limits_from_stored, parse_allowlist, stored_limits,
+    limits_from_stored, parse_allowlist, refuse_nul, stored_limits,
 };
 pub use outcome::{LimitState, Outcome, Verification};
 pub use recorder::{RecorderConfig, RecorderStats, UsageRecorder};

@@ -106,7 +106,7 @@ impl Keyvault {
             credits: new.credits,
             ratelimits: new.ratelimits,
             ratelimits_since: Vec::new(),
-            metadata: new.metadata,
+            metadata: crate::model::normalize_metadata(new.metadata),
             next_rotation_at: new.rotation.map(|r| now + r.every.as_delta()),
             rotation: new.rotation,
             rotated_from: None,
@@ -213,7 +213,7 @@ impl Keyvault {
             new.ip_allowlist = n;
         }
         if let Some(m) = patch.metadata {
-            new.metadata = m;
+            new.metadata = crate::model::normalize_metadata(m);
         }
         if let Some(r) = patch.rotation {
             // A new schedule starts its period now; a changed grace alone keeps the rotation

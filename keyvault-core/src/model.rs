@@ -515,6 +515,15 @@ impl KeyRecord {
     }
 }
 
+/// Refuses U+0000 in `s`: PostgreSQL stores none in text or JSON, so no backend takes one
+/// (a store that did could not be restored into another).
+pub fn refuse_nul(field: impl FnOnce() -> String, s: &str) -> Result<(), InvalidInput> {
+    if s.contains('\0') {
+        return Err(InvalidInput::new(field(), "must not contain U+0000 (NUL)"));
+    }
+    Ok(())
+}
+
 /// Validates the parts shared by creation and updates.
 pub(crate) fn validate_name(name: &str) -> Result<(), InvalidInput> {
     if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
@@ -523,17 +532,18 @@ pub(crate) fn validate_name(name: &str) -> Result<(), InvalidInput> {
             format!("must be 1 to {MAX_NAME_LEN} characters, not blank"),
         ));
     }
-    Ok(())
+    refuse_nul(|| "name".into(), name)
 }
 
 pub(crate) fn validate_owner(owner: Option<&str>) -> Result<(), InvalidInput> {
-    if let Some(o) = owner
-        && (o.is_empty() || o.chars().count() > MAX_NAME_LEN)
-    {
-        return Err(InvalidInput::new(
-            "owner_id",
-            format!("must be 1 to {MAX_NAME_LEN} characters"),
-        ));
+    if let Some(o) = owner {
+        if o.is_empty() || o.chars().count() > MAX_NAME_LEN {
+            return Err(InvalidInput::new(
+                "owner_id",
+                format!("must be 1 to {MAX_NAME_LEN} characters"),
+            ));
+        }
+        refuse_nul(|| "owner_id".into(), o)?;
     }
     Ok(())
 }
@@ -549,6 +559,7 @@ pub(crate) fn validate_scopes(scopes: &[String]) -> Result<(), InvalidInput> {
                 format!("must be 1 to {MAX_SCOPE_LEN} characters without spaces"),
             ));
         }
+        refuse_nul(|| format!("scopes[{i}]"), s)?;
     }
     Ok(())
 }
@@ -591,7 +602,56 @@ pub(crate) fn validate_metadata(meta: &Map<String, Value>) -> Result<(), Invalid
             format!("must be at most {MAX_METADATA_BYTES} bytes of JSON"),
         ));
     }
+    for (k, v) in meta {
+        refuse_nul_in(&format!("metadata.{}", k.replace('\0', "\\0")), k, v)?;
+    }
     Ok(())
+}
+
+/// [`refuse_nul`] over a JSON value's keys and strings, naming the first path that holds one.
+fn refuse_nul_in(path: &str, key: &str, value: &Value) -> Result<(), InvalidInput> {
+    refuse_nul(|| path.to_owned(), key)?;
+    match value {
+        Value::String(s) => refuse_nul(|| path.to_owned(), s),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| refuse_nul_in(&format!("{path}[{i}]"), "", v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            refuse_nul_in(&format!("{path}.{}", k.replace('\0', "\\0")), k, v)
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Metadata as every store gives it back: a float that is a whole number from 10¹⁶ up to the
+/// 64-bit integers' bounds (which JSON writes with an exponent, `1e16`) becomes that integer,
+/// as PostgreSQL's `jsonb` (which keeps numbers as decimals) returns it, so that SQLite and
+/// PostgreSQL hold and answer the same metadata. Other numbers stay as given (`1.0` too).
+pub(crate) fn normalize_metadata(mut meta: Map<String, Value>) -> Map<String, Value> {
+    meta.values_mut().for_each(normalize_numbers);
+    meta
+}
+
+fn normalize_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+                && f.abs() >= 1e16
+            {
+                // Exact: a whole f64 in these ranges is an integer of that type.
+                if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                    *v = Value::from(f as i64);
+                } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                    *v = Value::from(f as u64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize_numbers),
+        Value::Object(map) => map.values_mut().for_each(normalize_numbers),
+        _ => {}
+    }
 }
 
 /// Parses CIDRs (or bare addresses, taken as /32 or /128), naming the bad entry.

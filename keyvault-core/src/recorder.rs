@@ -14,7 +14,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::usage::{UsageEvent, UsageSink};
+use crate::{
+    error::Error,
+    usage::{UsageEvent, UsageSink},
+};
 
 /// Recorder settings.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +33,8 @@ pub struct RecorderConfig {
     /// it keeps the batch and tries again at the next flush, holding up to `capacity` events
     /// itself (new ones queue behind them, up to `capacity` more, then are dropped and
     /// counted). Only at shutdown is a batch the sink still refuses given up (counted as
-    /// failed).
+    /// failed); a batch it refuses as invalid input (`Error::Invalid`, which no retry
+    /// changes) is given up at once, so that it holds up nothing behind it.
     pub max_attempts: u32,
 }
 
@@ -56,7 +60,8 @@ pub struct RecorderStats {
     pub dropped: u64,
     /// Events written to the sink.
     pub written: u64,
-    /// Events lost because the sink was still failing at shutdown.
+    /// Events lost because the sink was still failing at shutdown, or refused them as
+    /// invalid.
     pub failed: u64,
 }
 
@@ -295,6 +300,14 @@ async fn flush(
             Ok(()) => {
                 counters
                     .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                return true;
+            }
+            // Input the sink can never store: held, it would block every batch behind it.
+            Err(Error::Invalid(e)) => {
+                tracing::error!(error = %e, events = batch.len(), "usage batch refused by the sink as invalid; dropped");
+                counters
+                    .failed
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 return true;
             }

@@ -494,6 +494,48 @@ impl UsageSink for StuckSink {
     }
 }
 
+/// A sink that refuses a batch as invalid input whenever it holds a provider named "bad".
+#[derive(Debug, Default)]
+struct PickySink {
+    written: AtomicUsize,
+}
+
+#[async_trait]
+impl UsageSink for PickySink {
+    async fn write(&self, events: &[UsageEvent]) -> Result<()> {
+        if events.iter().any(|e| e.provider.as_deref() == Some("bad")) {
+            return Err(keyvault_core::Error::invalid("provider", "refused"));
+        }
+        self.written.fetch_add(events.len(), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A batch the sink refuses as invalid is given up at once (counted as failed) instead of
+/// being held and tried again, so that the batches behind it are written.
+#[tokio::test]
+async fn a_batch_refused_as_invalid_is_dropped_and_holds_nothing_up() {
+    let sink = Arc::new(PickySink::default());
+    let rec = UsageRecorder::spawn(
+        sink.clone(),
+        RecorderConfig {
+            batch_size: 10,
+            flush_interval: Duration::from_millis(10),
+            ..RecorderConfig::default()
+        },
+    );
+    for i in 0..30 {
+        let mut e = event(i);
+        e.provider = Some(if i == 5 { "bad" } else { "ok" }.into());
+        rec.record(e);
+    }
+    rec.shutdown().await;
+    let stats = rec.stats();
+    assert_eq!(stats.failed, 10, "{stats:?}");
+    assert_eq!(stats.written, 20, "{stats:?}");
+    assert_eq!(sink.written.load(Ordering::SeqCst), 20);
+}
+
 #[tokio::test]
 async fn a_full_buffer_drops_and_counts_without_blocking() {
     let rec = UsageRecorder::spawn(

@@ -41,6 +41,15 @@ pub enum Error {
 
 impl From<Error> for keyvault_core::Error {
     fn from(e: Error) -> Self {
+        // Text the server cannot store (U+0000: `character_not_in_repertoire`,
+        // `untranslatable_character`) is the caller's input, not an outage: keyvault-core
+        // refuses it in the fields it checks, and this keeps any other field from answering
+        // 503 for it.
+        if let Error::Sqlx(sqlx::Error::Database(d)) = &e
+            && matches!(d.code().as_deref(), Some("22021" | "22P05"))
+        {
+            return keyvault_core::Error::invalid("text", "must not contain U+0000 (NUL)");
+        }
         keyvault_core::Error::backend(BACKEND, e)
     }
 }

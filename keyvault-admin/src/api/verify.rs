@@ -261,6 +261,8 @@ fn usage_event(i: usize, item: UsageItem, now: DateTime<Utc>) -> Result<UsageEve
             "must be 1 to 64 characters",
         ));
     }
+    keyvault_core::refuse_nul(|| field("provider"), &provider)
+        .map_err(keyvault_core::Error::from)?;
     let status = item
         .status
         .ok_or_else(|| Error::input(field("status"), "is required"))?;
@@ -294,7 +296,11 @@ fn usage_event(i: usize, item: UsageItem, now: DateTime<Utc>) -> Result<UsageEve
                 "must be 1 to 128 characters",
             ));
         }
-        Some(r) => r.into(),
+        Some(r) => {
+            keyvault_core::refuse_nul(|| field("request_id"), &r)
+                .map_err(keyvault_core::Error::from)?;
+            r.into()
+        }
         None => RequestId::generate(),
     };
     Ok(UsageEvent {
