@@ -130,6 +130,33 @@ pub struct Refill {
     pub amount: u64,
 }
 
+impl Refill {
+    /// Parses the text form `<interval>:<amount>` (`daily:100`, `monthly:5000`) that
+    /// [`Display`](fmt::Display) prints: the CLI's `--refill`, and what credit stores keep
+    /// beside a balance ([`Credits::refill_spec`]).
+    pub fn parse_spec(spec: &str) -> Result<Self, InvalidInput> {
+        let field = "refill";
+        let (interval, amount) = spec
+            .split_once(':')
+            .ok_or_else(|| InvalidInput::new(field, "must look like daily:N or monthly:N"))?;
+        let interval: RefillInterval = interval
+            .parse()
+            .map_err(|e: InvalidInput| InvalidInput::new(field, e.message))?;
+        let amount: u64 = amount
+            .parse()
+            .map_err(|_| InvalidInput::new(field, "must be a whole number"))?;
+        check_credit_amount(amount, field)?;
+        Ok(Self { interval, amount })
+    }
+}
+
+/// `daily:100`: the form [`Refill::parse_spec`] reads.
+impl fmt::Display for Refill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.interval.as_str(), self.amount)
+    }
+}
+
 /// A key's credits: the balance to start from and an optional refill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +175,15 @@ impl Credits {
             remaining,
             refill: None,
         }
+    }
+
+    /// The refill's text form (`daily:100`), empty without a refill: what a credit store
+    /// keeps beside a balance when it opens or replaces it. A refill is applied only for a
+    /// caller whose spec is the stored one, so an instance still holding a key's previous
+    /// configuration (for up to a second after a change) cannot apply the old refill to the
+    /// new balance.
+    pub fn refill_spec(&self) -> String {
+        self.refill.map(|r| r.to_string()).unwrap_or_default()
     }
 
     /// Checks the bounds (0 to 2⁵³−1).
@@ -718,6 +754,41 @@ mod tests {
         assert!(e.is_err());
         let e = serde_json::from_str::<RateLimit>(r#"{"name":"x","limit":1,"period_ms":5,"y":1}"#);
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn refill_specs_round_trip_and_name_the_field() {
+        let r = Refill {
+            interval: RefillInterval::Monthly,
+            amount: MAX_CREDITS,
+        };
+        assert_eq!(r.to_string(), "monthly:9007199254740991");
+        assert_eq!(Refill::parse_spec(&r.to_string()), Ok(r));
+        assert_eq!(
+            Credits {
+                remaining: 3,
+                refill: Some(Refill {
+                    interval: RefillInterval::Daily,
+                    amount: 100
+                })
+            }
+            .refill_spec(),
+            "daily:100"
+        );
+        assert_eq!(Credits::new(3).refill_spec(), "");
+        for bad in [
+            "hourly:5",
+            "daily",
+            "daily:-1",
+            "daily:x",
+            "daily:9007199254740992",
+        ] {
+            assert_eq!(
+                Refill::parse_spec(bad).unwrap_err().field,
+                "refill",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

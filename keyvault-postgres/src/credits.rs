@@ -7,30 +7,51 @@ use sqlx::{PgConnection, Row};
 
 use crate::{PgStore, Result, db, to_i64, to_u64};
 
+/// Whether the caller's refill (`$6`, its spec, '' without refill) is the balance's own.
+/// Instances learn of a changed configuration up to a second late; one still holding the
+/// previous refill must neither apply it to the new balance nor move the interval noted for
+/// it. A balance whose spec is not known (opened before migration 20260101000010, key
+/// unreadable) matches every caller.
+macro_rules! own_refill {
+    () => {
+        "(c.refill_spec IS NULL OR c.refill_spec = $6::text)"
+    };
+}
+
 /// The balance after any due refill, in terms of the row (`c`) and the refill parameters
 /// (`$4` the start of the current interval, NULL without refill; `$5` the refill amount).
 /// A balance whose interval was never noted (`refilled_for` NULL) keeps what it was given:
 /// the comparison is NULL, so the ELSE branch applies.
 macro_rules! refilled {
     () => {
-        "(CASE WHEN c.refilled_for < $4::timestamptz THEN $5::bigint ELSE c.remaining END)"
+        concat!(
+            "(CASE WHEN c.refilled_for < $4::timestamptz AND ",
+            own_refill!(),
+            " THEN $5::bigint ELSE c.remaining END)"
+        )
     };
 }
 
-/// The interval noted after this step: the current one once a refill is configured.
+/// The interval noted after this step: the current one once a refill is configured, for a
+/// caller holding the balance's own refill.
 macro_rules! noted {
     () => {
-        "(CASE WHEN $4::timestamptz IS NULL THEN c.refilled_for \
-          ELSE GREATEST(c.refilled_for, $4::timestamptz) END)"
+        concat!(
+            "(CASE WHEN $4::timestamptz IS NULL OR NOT ",
+            own_refill!(),
+            " THEN c.refilled_for ELSE GREATEST(c.refilled_for, $4::timestamptz) END)"
+        )
     };
 }
 
 /// Spend: the refill, the check and the subtraction in one row update. A quota without a row
-/// opens one with the key's configured balance (as the reference store does); `$2` is that
-/// balance, `$3` the cost.
+/// opens one with the key's configured balance and refill (as the reference store does);
+/// `$2` is that balance, `$3` the cost.
 const SPEND: &str = concat!(
-    "INSERT INTO kv_credits AS c (quota_id, remaining, refilled_for, last_admitted) \
-     VALUES ($1, CASE WHEN $2 >= $3 THEN $2 - $3 ELSE $2 END, $4::timestamptz, $2 >= $3) \
+    "INSERT INTO kv_credits AS c (quota_id, remaining, refilled_for, last_admitted, \
+     refill_spec) \
+     VALUES ($1, CASE WHEN $2 >= $3 THEN $2 - $3 ELSE $2 END, $4::timestamptz, $2 >= $3, \
+     $6::text) \
      ON CONFLICT (quota_id) DO UPDATE SET \
        remaining = CASE WHEN ",
     refilled!(),
@@ -54,22 +75,26 @@ const DEBIT: &str = concat!(
     " WHERE quota_id = $1 RETURNING remaining"
 );
 
-/// The refill parameters of a request: the start of `now`'s interval and the amount.
+/// The refill parameters of a request: the start of `now`'s interval, the amount and the
+/// spec.
 fn refill_params(
     credits: &Credits,
     now: DateTime<Utc>,
-) -> Result<(Option<DateTime<Utc>>, Option<i64>)> {
+) -> Result<(Option<DateTime<Utc>>, Option<i64>, String)> {
+    let spec = credits.refill_spec();
     match credits.refill {
         Some(r) => Ok((
             Some(r.interval.start_of(now)),
             Some(to_i64(r.amount, "credits.refill.amount")?),
+            spec,
         )),
-        None => Ok((None, None)),
+        None => Ok((None, None, spec)),
     }
 }
 
 /// Opens (or with `replace`, resets) the balance of `quota` to `credits.remaining`, the refill
-/// interval holding `at` (the record's `updated_at`) counting as applied.
+/// interval holding `at` (the record's `updated_at`) counting as applied. The refill is kept
+/// beside the balance: only callers holding it apply it.
 pub(crate) async fn open(
     conn: &mut PgConnection,
     quota: KeyId,
@@ -78,17 +103,21 @@ pub(crate) async fn open(
     replace: bool,
 ) -> Result<()> {
     let sql = if replace {
-        "INSERT INTO kv_credits (quota_id, remaining, refilled_for) VALUES ($1, $2, $3) \
+        "INSERT INTO kv_credits (quota_id, remaining, refilled_for, refill_spec) \
+         VALUES ($1, $2, $3, $4) \
          ON CONFLICT (quota_id) DO UPDATE SET remaining = EXCLUDED.remaining, \
-         refilled_for = EXCLUDED.refilled_for, last_admitted = true"
+         refilled_for = EXCLUDED.refilled_for, refill_spec = EXCLUDED.refill_spec, \
+         last_admitted = true"
     } else {
-        "INSERT INTO kv_credits (quota_id, remaining, refilled_for) VALUES ($1, $2, $3) \
+        "INSERT INTO kv_credits (quota_id, remaining, refilled_for, refill_spec) \
+         VALUES ($1, $2, $3, $4) \
          ON CONFLICT (quota_id) DO NOTHING"
     };
     sqlx::query(sql)
         .bind(quota.as_uuid())
         .bind(to_i64(credits.remaining, "credits.remaining")?)
         .bind(credits.refill.map(|r| r.interval.start_of(at)))
+        .bind(credits.refill_spec())
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -108,13 +137,14 @@ pub(crate) async fn close(conn: &mut PgConnection, quota: KeyId) -> Result<()> {
 #[async_trait]
 impl CreditStore for PgStore {
     async fn spend(&self, req: &CreditRequest<'_>) -> Result<CreditDecision> {
-        let (start, amount) = refill_params(req.credits, req.now)?;
+        let (start, amount, spec) = refill_params(req.credits, req.now)?;
         let row = sqlx::query(SPEND)
             .bind(req.quota_id.as_uuid())
             .bind(to_i64(req.credits.remaining, "credits.remaining")?)
             .bind(to_i64(req.cost, "cost")?)
             .bind(start)
             .bind(amount)
+            .bind(spec)
             .fetch_one(&self.pool)
             .await
             .map_err(db)?;
@@ -153,7 +183,7 @@ impl CreditStore for PgStore {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<u64> {
-        let (start, refill) = refill_params(credits, now)?;
+        let (start, refill, spec) = refill_params(credits, now)?;
         let left: Option<i64> = sqlx::query_scalar(DEBIT)
             .bind(quota_id.as_uuid())
             // $2 is unused by DEBIT; keeping the numbering shared with SPEND keeps one
@@ -162,6 +192,7 @@ impl CreditStore for PgStore {
             .bind(to_i64(amount, "amount")?)
             .bind(start)
             .bind(refill)
+            .bind(spec)
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;

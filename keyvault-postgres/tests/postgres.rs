@@ -1,5 +1,6 @@
 //! PostgreSQL-specific guarantees: credits across instances, coexisting migrations, audit
-//! tampering, change propagation between instances.
+//! tampering, change propagation between instances, balances given their key's refill by a
+//! migration.
 
 use std::{
     sync::Arc,
@@ -9,8 +10,8 @@ use std::{
 use chrono::{TimeDelta, Utc};
 use keyvault_core::{
     Actor, AuditEvent, AuditLog, AuditOutcome, CreditDecision, CreditRequest, CreditStore, Credits,
-    KeyId, KeyStore, Keyvault, NewKey, Outcome, StatsQuery, UsageEvent, UsageQuery, UsageSink,
-    VerifyRequest, memory::MemoryRateLimiter,
+    KeyId, KeyStore, Keyvault, NewKey, Outcome, Refill, RefillInterval, StatsQuery, UsageEvent,
+    UsageQuery, UsageSink, VerifyRequest, memory::MemoryRateLimiter,
 };
 use keyvault_postgres::{MIGRATIONS_TABLE, PgChangeBus, PgStore};
 use sqlx::{
@@ -674,4 +675,101 @@ async fn an_event_number_too_large_is_named_and_nothing_is_written(pool: PgPool)
         .await
         .unwrap();
     assert_eq!(stored, 0);
+}
+
+/// Migration 20260101000010 keeps each balance's refill beside it, so that only callers
+/// holding that refill apply it. Balances opened before it take the refill from their key's
+/// stored credits; one whose key is gone keeps refilling for every caller, as all did before.
+#[sqlx::test(migrations = false)]
+async fn balances_from_before_the_refill_spec_migration_are_given_their_keys_refill(pool: PgPool) {
+    let store = Arc::new(store(pool.clone()).await);
+    let kv = Keyvault::builder()
+        .key_store(store.clone())
+        .credits(store.clone())
+        .audit_log(store.clone())
+        .build()
+        .unwrap();
+    let daily = Credits {
+        remaining: 5,
+        refill: Some(Refill {
+            interval: RefillInterval::Daily,
+            amount: 100,
+        }),
+    };
+    let monthly = Credits {
+        remaining: 5,
+        refill: Some(Refill {
+            interval: RefillInterval::Monthly,
+            amount: 7,
+        }),
+    };
+    let mut quotas = Vec::new();
+    for (name, credits) in [
+        ("daily", daily),
+        ("plain", Credits::new(5)),
+        ("gone", daily),
+    ] {
+        let created = kv
+            .create_key(NewKey::new(name).credits(credits), &Actor::library())
+            .await
+            .unwrap();
+        quotas.push((created.record.id, created.record.quota_id));
+    }
+    // The database as it was before the migration, the third key's record lost.
+    sqlx::query("ALTER TABLE kv_credits DROP COLUMN refill_spec")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM kv_schema_migrations WHERE version = 20260101000010")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM kv_keys WHERE id = $1")
+        .bind(quotas[2].0.as_uuid())
+        .execute(&pool)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut specs = Vec::new();
+    for (_, quota) in &quotas {
+        let spec: Option<String> =
+            sqlx::query_scalar("SELECT refill_spec FROM kv_credits WHERE quota_id = $1")
+                .bind(quota.as_uuid())
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        specs.push(spec);
+    }
+    assert_eq!(specs, [Some("daily:100".into()), Some(String::new()), None]);
+
+    let spend = |quota: KeyId, credits: Credits, days: i64, id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .spend(&CreditRequest {
+                    quota_id: quota,
+                    credits: &credits,
+                    cost: 1,
+                    request_id: id,
+                    now: Utc::now() + TimeDelta::days(days),
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        spend(quotas[0].1, monthly, 40, "a").await,
+        CreditDecision::Spent { remaining: 4 },
+        "another refill than the key's is not applied"
+    );
+    assert_eq!(
+        spend(quotas[0].1, daily, 1, "b").await,
+        CreditDecision::Spent { remaining: 99 },
+        "the key's own refill is"
+    );
+    assert_eq!(
+        spend(quotas[2].1, monthly, 40, "c").await,
+        CreditDecision::Spent { remaining: 6 },
+        "a balance whose refill is not known refills for any caller"
+    );
 }

@@ -3,7 +3,8 @@
 -- The balance is a cache of the durable store's: a hash per quota id holding
 --   fp    the credits configuration it was loaded for (remaining:interval:amount)
 --   bal   the live balance
---   rf    the start (unix seconds) of the refill interval last applied ('' for none yet)
+--   rf    the start (unix seconds) of the refill interval the balance was loaded in ('' for
+--         none yet)
 --   p:<rf>  spent and not yet written back to the durable store, per refill interval
 --
 -- KEYS[1]  the balance hash
@@ -17,8 +18,16 @@
 -- ARGV[7]  the durable balance to load on a miss ('' to report the miss instead)
 -- ARGV[8]  how long an idle balance stays cached, in ms
 --
--- Returns {status, balance}: status 1 spent, 0 insufficient, -1 miss (nothing cached for this
--- configuration; load it from the durable store and call again with ARGV[7]).
+-- Returns {status, balance}: status 1 spent, 0 insufficient, -1 miss (nothing cached: load the
+-- balance from the durable store and call again with ARGV[7]), -2 stale (cached for another
+-- configuration, or a new refill interval began: write back what is pending, then load and
+-- call again).
+--
+-- Refills are not applied here: the durable store keeps the refill each balance was set for
+-- and applies it only for callers holding that one (an instance may hold a key's previous
+-- configuration for up to a second after a change, and must not set the new balance to the
+-- old refill's amount). A cached balance knows only its caller's configuration, so when a new
+-- interval begins it is reloaded, once per interval, and the durable store decides.
 --
 -- Balances, costs and refill amounts are at most 2^53 − 1 (CONTRACT §3), so they are exact in
 -- Lua's doubles; they go back to Redis through string.format('%.0f') because the default
@@ -29,30 +38,39 @@ local function fmt(n)
 end
 
 local fp = redis.call('HGET', KEYS[1], 'fp')
-if fp ~= ARGV[1] then
+local rf = redis.call('HGET', KEYS[1], 'rf') or ''
+-- A new refill interval for a balance cached for this configuration: the durable store
+-- decides whether it refills it. A load notes the interval it was read in, so this happens
+-- once per interval.
+local due = fp == ARGV[1] and ARGV[3] ~= '' and rf ~= '' and tonumber(rf) < tonumber(ARGV[4])
+if fp ~= ARGV[1] or due then
   if ARGV[7] == '' then
+    if fp then
+      return { -2, 0 }
+    end
     return { -1, 0 }
   end
-  -- Lost (restart, FLUSHALL, expiry) or loaded for another configuration: a changed
-  -- configuration means the durable balance was reset, which supersedes spends of the old one
-  -- not yet written back.
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'bal', ARGV[7], 'rf', ARGV[4])
+  -- Lost (restart, FLUSHALL, expiry), loaded for another configuration (an instance that has
+  -- not learnt of a change yet; a reset drops the cached balance), or a new interval: the
+  -- durable balance, less what was spent here and not written back yet. Those pending amounts
+  -- stay, to be written back.
+  local pending = 0
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 2) == 'p:' then
+      pending = pending + tonumber(all[i + 1])
+    end
+  end
+  rf = ARGV[4]
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'bal', fmt(math.max(tonumber(ARGV[7]) - pending, 0)),
+    'rf', rf)
 end
 
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal')) or 0
-local rf = redis.call('HGET', KEYS[1], 'rf') or ''
-if ARGV[3] ~= '' then
-  -- The refill *sets* the balance once per interval; the first spend only notes the interval
-  -- (as keyvault-core's reference store does).
-  if rf == '' then
-    rf = ARGV[4]
-    redis.call('HSET', KEYS[1], 'rf', rf)
-  elseif tonumber(rf) < tonumber(ARGV[4]) then
-    rf = ARGV[4]
-    bal = tonumber(ARGV[3])
-    redis.call('HSET', KEYS[1], 'rf', rf, 'bal', fmt(bal))
-  end
+if ARGV[3] ~= '' and rf == '' then
+  -- The first spend only notes the interval (as keyvault-core's reference store does).
+  rf = ARGV[4]
+  redis.call('HSET', KEYS[1], 'rf', rf)
 end
 
 local cost = tonumber(ARGV[2])

@@ -8,9 +8,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use keyvault_core::{
-    CreditDecision, CreditRequest, CreditStore, Credits, KeyId, Refill, RefillInterval,
-};
+use keyvault_core::{CreditDecision, CreditRequest, CreditStore, Credits, KeyId, Refill};
 use tokio::task::JoinHandle;
 
 use crate::{
@@ -24,16 +22,23 @@ use crate::{
 /// memory).
 ///
 /// - A spend is one Lua script (`lua/credits_spend.lua`): atomic and exact across every
-///   instance on the Redis, with the refill rule of keyvault-core's reference store.
+///   instance on the Redis.
 /// - A balance Redis does not hold (first use, restart, `FLUSHALL`, expiry) is loaded from the
 ///   durable store with a spend of 0, so the overspend after a loss is bounded by what was
 ///   spent and not yet written back: one write-back interval.
+/// - Refills are the durable store's: it keeps the refill each balance was set for and applies
+///   it only for callers holding that one, so an instance still holding a key's previous
+///   configuration cannot set the new balance to the old refill's amount. When a new refill
+///   interval begins, the cached balance is written back and loaded again (once per interval),
+///   and the load applies the refill or not.
 /// - A background task writes back what was spent with [`CreditStore::debit`] every
 ///   [`RedisCreditConfig::writeback_interval`]; [`Self::flush`] does it at once (call it
 ///   before shutting down).
 /// - The cached balance is kept per credits configuration: after a change of a key's credits
-///   the next spend reloads it from the durable store, and spends of the old configuration
-///   not yet written back are dropped (the reset supersedes them). A reset to the very same
+///   the next spend reloads it from the durable store, writing back first what was spent
+///   under the other configuration (an instance that has not learnt of the change yet spends
+///   from the new balance too). A reset drops the cached balance, and with it the spends of
+///   the old configuration not yet written back (the reset supersedes them). A reset to the very same
 ///   configuration is not visible in a spend, so `Keyvault::update_key` drops the cached
 ///   balance after every credits write ([`CreditStore::balance_set`]); a balance written to
 ///   the durable store by other means needs [`Self::invalidate`].
@@ -77,26 +82,25 @@ struct Inner {
     counters: FailCounters,
 }
 
-/// The configuration a cached balance belongs to: `remaining:interval:amount`.
+/// The configuration a cached balance belongs to: `remaining:interval:amount`, the refill in
+/// its text form ([`Refill::parse_spec`]).
 fn fingerprint(c: &Credits) -> String {
     match c.refill {
-        Some(r) => format!("{}:{}:{}", c.remaining, r.interval.as_str(), r.amount),
+        Some(r) => format!("{}:{r}", c.remaining),
         None => format!("{}:-:-", c.remaining),
     }
 }
 
 fn parse_fingerprint(fp: &str) -> Option<Credits> {
-    let mut parts = fp.split(':');
-    let remaining = parts.next()?.parse().ok()?;
-    let (interval, amount) = (parts.next()?, parts.next()?);
-    let refill = match (interval, amount) {
-        ("-", "-") => None,
-        (i, a) => Some(Refill {
-            interval: i.parse::<RefillInterval>().ok()?,
-            amount: a.parse().ok()?,
-        }),
+    let (remaining, refill) = fp.split_once(':')?;
+    let refill = match refill {
+        "-:-" => None,
+        spec => Some(Refill::parse_spec(spec).ok()?),
     };
-    Some(Credits { remaining, refill })
+    Some(Credits {
+        remaining: remaining.parse().ok()?,
+        refill,
+    })
 }
 
 impl RedisCreditStore {
@@ -188,7 +192,26 @@ async fn write_back_loop(inner: Weak<Inner>, every: Duration) {
 
 enum Spend {
     Done(CreditDecision),
+    /// Nothing cached: load.
     Miss,
+    /// Cached for another configuration, or a new refill interval began: write back, load.
+    Stale,
+}
+
+/// What failed: the durable store (its error is returned as it is) or Redis (a spend may fall
+/// back).
+enum Failure {
+    Durable(keyvault_core::Error),
+    Redis(Error),
+}
+
+impl From<Failure> for keyvault_core::Error {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Durable(e) => e,
+            Failure::Redis(e) => e.into(),
+        }
+    }
 }
 
 impl Inner {
@@ -228,13 +251,43 @@ impl Inner {
         Ok(match status {
             1 => Spend::Done(CreditDecision::Spent { remaining }),
             0 => Spend::Done(CreditDecision::Insufficient { remaining }),
+            -2 => Spend::Stale,
             _ => Spend::Miss,
         })
     }
 
+    /// Loads the durable balance into Redis and spends from it there. A balance cached for
+    /// another configuration (spent by an instance that has not learnt of a change yet), or
+    /// one a new refill interval began for, has what was spent on it written back first: so
+    /// that the durable store applies those spends in their own interval and configuration,
+    /// and then, on the load, applies any refill due, only for a caller holding the refill
+    /// its balance was set for.
+    async fn load_and_spend(
+        &self,
+        req: &CreditRequest<'_>,
+        write_back: bool,
+    ) -> Result<CreditDecision, Failure> {
+        if write_back {
+            self.write_back_one(req.quota_id, "claim").await?;
+        }
+        let loaded = self
+            .durable
+            .spend(&CreditRequest { cost: 0, ..*req })
+            .await
+            .map_err(Failure::Durable)?
+            .remaining();
+        match self.call_spend(req, Some(loaded)).await {
+            Ok(Spend::Done(d)) => Ok(d),
+            Ok(Spend::Miss | Spend::Stale) => Err(Failure::Redis(Error::Reply(
+                "credit script missed after a load",
+            ))),
+            Err(e) => Err(Failure::Redis(e)),
+        }
+    }
+
     /// Runs the write-back script on one quota in `mode` (`claim` or `drop`) and writes what it
     /// hands over to the durable store.
-    async fn write_back_one(&self, quota: KeyId, mode: &str) -> keyvault_core::Result<()> {
+    async fn write_back_one(&self, quota: KeyId, mode: &str) -> Result<(), Failure> {
         let key = self.balance_key(quota);
         let mut inv = self.writeback.prepare_invoke();
         inv.key(&key).arg(mode);
@@ -247,7 +300,7 @@ impl Inner {
             Ok(r) => r,
             Err(e) => {
                 Self::mark(&self.dirty, quota);
-                return Err(e.into());
+                return Err(Failure::Redis(e));
             }
         };
         let Some((fp, pairs)) = reply.split_first() else {
@@ -286,7 +339,7 @@ impl Inner {
             if let Err(e) = written {
                 self.restore(&key, fp, &pending[i..]).await;
                 Self::mark(&self.dirty, quota);
-                return Err(e);
+                return Err(Failure::Durable(e));
             }
         }
         Ok(())
@@ -317,7 +370,7 @@ impl Inner {
         let mut first_error = None;
         for q in quotas {
             if let Err(e) = self.write_back_one(q, "claim").await {
-                first_error.get_or_insert(e);
+                first_error.get_or_insert(e.into());
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -338,7 +391,7 @@ impl Inner {
         if dropped.is_err() {
             Self::mark(&self.stale, quota);
         }
-        dropped
+        Ok(dropped?)
     }
 
     async fn fallback<T>(
@@ -385,20 +438,16 @@ impl CreditStore for RedisCreditStore {
         };
         let decision = match first {
             Spend::Done(d) => d,
-            Spend::Miss => {
-                let loaded = inner
-                    .durable
-                    .spend(&CreditRequest { cost: 0, ..*req })
-                    .await?
-                    .remaining();
-                match inner.call_spend(req, Some(loaded)).await {
-                    Ok(Spend::Done(d)) => d,
-                    Ok(Spend::Miss) => {
-                        return Err(Error::Reply("credit script missed after a load").into());
-                    }
-                    Err(e) => return inner.fallback(e, local, open, req.quota_id).await,
+            miss => match inner
+                .load_and_spend(req, matches!(miss, Spend::Stale))
+                .await
+            {
+                Ok(d) => d,
+                Err(Failure::Durable(e)) => return Err(e),
+                Err(Failure::Redis(e)) => {
+                    return inner.fallback(e, local, open, req.quota_id).await;
                 }
-            }
+            },
         };
         if req.cost > 0 && matches!(decision, CreditDecision::Spent { .. }) {
             Inner::mark(&inner.dirty, req.quota_id);
@@ -469,6 +518,8 @@ impl CreditStore for RedisCreditStore {
 
 #[cfg(test)]
 mod tests {
+    use keyvault_core::RefillInterval;
+
     use super::*;
 
     #[test]

@@ -94,18 +94,23 @@ async fn open_balance(
     let refilled_for = c
         .refill
         .map(|rf| micros(rf.interval.start_of(r.updated_at)));
+    // The refill is kept beside the balance: only callers holding it apply it
+    // (see credits.rs).
     let sql = if replace {
-        "INSERT INTO kv_credits (quota_id, remaining, refilled_for) VALUES (?1, ?2, ?3) \
+        "INSERT INTO kv_credits (quota_id, remaining, refilled_for, refill_spec) \
+         VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (quota_id) DO UPDATE SET remaining = excluded.remaining, \
-         refilled_for = excluded.refilled_for"
+         refilled_for = excluded.refilled_for, refill_spec = excluded.refill_spec"
     } else {
-        "INSERT INTO kv_credits (quota_id, remaining, refilled_for) VALUES (?1, ?2, ?3) \
+        "INSERT INTO kv_credits (quota_id, remaining, refilled_for, refill_spec) \
+         VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (quota_id) DO NOTHING"
     };
     sqlx::query(sql)
         .bind(id_text(r.quota_id))
         .bind(int(c.remaining))
         .bind(refilled_for)
+        .bind(c.refill_spec())
         .execute(&mut *conn)
         .await?;
     Ok(())

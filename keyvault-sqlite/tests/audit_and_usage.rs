@@ -1,12 +1,14 @@
 //! The audit chain catches tampering where it happened; usage statistics from rollups match
-//! the in-memory reference exactly for any range; the database persists and migrates twice.
+//! the in-memory reference exactly for any range; the database persists and migrates twice;
+//! balances opened before migration 0011 are given their key's refill.
 
 mod common;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use keyvault_core::{
-    Actor, AuditEvent, AuditLog, AuditOutcome, KeyId, KeyStore, Keyvault, NewKey, Outcome,
-    StatsQuery, UsageEvent, UsageQuery, UsageSink, memory::MemoryStore,
+    Actor, AuditEvent, AuditLog, AuditOutcome, CreditDecision, CreditRequest, CreditStore, Credits,
+    KeyId, KeyStore, Keyvault, NewKey, Outcome, Refill, RefillInterval, StatsQuery, UsageEvent,
+    UsageQuery, UsageSink, memory::MemoryStore,
 };
 use serde_json::json;
 
@@ -238,4 +240,100 @@ async fn the_database_persists_and_migrating_twice_is_harmless() {
     again.migrate().await.unwrap();
     assert_eq!(again.get(id).await.unwrap().unwrap().name, "kept");
     assert!(db.dir.path().join("data/keyvault.db").exists());
+}
+
+/// Migration 0011 keeps each balance's refill beside it, so that only callers holding that
+/// refill apply it. Balances opened before it take the refill from their key's stored
+/// credits; one whose key is gone keeps refilling for every caller, as all did before.
+#[tokio::test(flavor = "multi_thread")]
+async fn balances_from_before_migration_0011_are_given_their_keys_refill() {
+    let db = common::TestDb::new();
+    let store = std::sync::Arc::new(db.store().await);
+    let kv = Keyvault::builder()
+        .key_store(store.clone())
+        .credits(store.clone())
+        .audit_log(store.clone())
+        .build()
+        .unwrap();
+    let daily = Credits {
+        remaining: 5,
+        refill: Some(Refill {
+            interval: RefillInterval::Daily,
+            amount: 100,
+        }),
+    };
+    let monthly = Credits {
+        remaining: 5,
+        refill: Some(Refill {
+            interval: RefillInterval::Monthly,
+            amount: 7,
+        }),
+    };
+    let mut quotas = Vec::new();
+    for (name, credits) in [
+        ("daily", daily),
+        ("plain", Credits::new(5)),
+        ("gone", daily),
+    ] {
+        let created = kv
+            .create_key(NewKey::new(name).credits(credits), &Actor::library())
+            .await
+            .unwrap();
+        quotas.push((created.record.id, created.record.quota_id));
+    }
+    // The database as it was before 0011, the third key's record lost.
+    for sql in [
+        "ALTER TABLE kv_credits DROP COLUMN refill_spec",
+        "DELETE FROM kv_schema_migrations WHERE version = 11",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+    sqlx::query("DELETE FROM kv_keys WHERE id = ?1")
+        .bind(quotas[2].0.to_string())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut specs = Vec::new();
+    for (_, quota) in &quotas {
+        let spec: Option<String> =
+            sqlx::query_scalar("SELECT refill_spec FROM kv_credits WHERE quota_id = ?1")
+                .bind(quota.to_string())
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        specs.push(spec);
+    }
+    assert_eq!(specs, [Some("daily:100".into()), Some(String::new()), None]);
+
+    let spend = |quota: KeyId, credits: Credits, days: i64, id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .spend(&CreditRequest {
+                    quota_id: quota,
+                    credits: &credits,
+                    cost: 1,
+                    request_id: id,
+                    now: Utc::now() + TimeDelta::days(days),
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        spend(quotas[0].1, monthly, 40, "a").await,
+        CreditDecision::Spent { remaining: 4 },
+        "another refill than the key's is not applied"
+    );
+    assert_eq!(
+        spend(quotas[0].1, daily, 1, "b").await,
+        CreditDecision::Spent { remaining: 99 },
+        "the key's own refill is"
+    );
+    assert_eq!(
+        spend(quotas[2].1, monthly, 40, "c").await,
+        CreditDecision::Spent { remaining: 6 },
+        "a balance whose refill is not known refills for any caller"
+    );
 }

@@ -5,7 +5,7 @@
 use ipnet::IpNet;
 use keyvault_core::{
     Credits, DEFAULT_GRACE, HumanDuration, InvalidInput, KeyPatch, KeyRecord, NewKey, Prefix,
-    RateLimit, Refill, RefillInterval, RotationPolicy, check_credit_amount, parse_allowlist,
+    RateLimit, Refill, RotationPolicy, check_credit_amount, parse_allowlist,
 };
 use serde_json::{Map, Value};
 
@@ -34,14 +34,7 @@ fn amount(text: &str, field: &'static str) -> Result<u64> {
 
 /// `daily:N` or `monthly:N`.
 fn refill(text: &str) -> Result<Refill> {
-    let (interval, n) = text
-        .split_once(':')
-        .ok_or_else(|| Error::input("refill", "must look like daily:N or monthly:N"))?;
-    let interval: RefillInterval = interval.parse().map_err(flag("refill"))?;
-    Ok(Refill {
-        interval,
-        amount: amount(n, "refill")?,
-    })
+    Refill::parse_spec(text).map_err(flag("refill"))
 }
 
 fn ratelimits(specs: &[String]) -> Result<Vec<RateLimit>> {
@@ -290,12 +283,7 @@ pub(super) fn key_lines(v: &KeyView) -> Vec<String> {
     let credits = v.credits.as_ref().map_or_else(
         || "unlimited".to_owned(),
         |c| match c.refill {
-            Some(r) => format!(
-                "{} (refill {}:{})",
-                c.remaining,
-                r.interval.as_str(),
-                r.amount
-            ),
+            Some(r) => format!("{} (refill {r})", c.remaining),
             None => c.remaining.to_string(),
         },
     );
@@ -340,6 +328,8 @@ pub(super) fn key_lines(v: &KeyView) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use keyvault_core::RefillInterval;
+
     use super::*;
 
     #[test]

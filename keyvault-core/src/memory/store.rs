@@ -11,7 +11,7 @@ use crate::{
     digest::KeyDigest,
     error::{Error, Result},
     limits::{CreditDecision, CreditRequest, CreditStore},
-    model::{Credits, KeyId, KeyRecord},
+    model::{Credits, KeyId, KeyRecord, Refill},
     store::{KeyQuery, KeyStore, KeyWrite, Page},
     usage::{
         OverviewBuilder, RequestId, StatsOverview, StatsQuery, UNKNOWN_PROVIDER, UsageEvent,
@@ -45,6 +45,8 @@ struct Balance {
     remaining: u64,
     /// The start of the refill interval last applied.
     refilled_for: Option<DateTime<Utc>>,
+    /// The refill of the configuration the balance was set for: the only one applied to it.
+    refill: Option<Refill>,
 }
 
 impl Balance {
@@ -57,13 +59,20 @@ impl Balance {
                 .refill
                 .zip(at)
                 .map(|(r, at)| r.interval.start_of(at)),
+            refill: credits.refill,
         }
     }
 
     /// Sets the balance to the refill amount once per interval. The first spend only notes
     /// the interval: the balance a key was given stands until the next one.
+    ///
+    /// Only a caller holding the balance's own refill applies it. Instances learn of a
+    /// changed configuration up to a second late: one still holding the previous refill
+    /// (`daily:100` after a change to `monthly:50`) would otherwise compute a later interval
+    /// start than the one noted and set the new balance to the old amount. Such a caller
+    /// spends from the balance as it stands and leaves the noted interval alone.
     fn refill(&mut self, credits: &Credits, now: DateTime<Utc>) {
-        if let Some(r) = credits.refill {
+        if let Some(r) = credits.refill.filter(|r| self.refill == Some(*r)) {
             let start = r.interval.start_of(now);
             match self.refilled_for {
                 None => self.refilled_for = Some(start),

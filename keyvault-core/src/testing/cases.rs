@@ -6,14 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
 use super::Backends;
 use crate::{
-    Actor, AuditQuery, BatchAction, Credits, Error, IpCount, KeyId, KeyPatch, KeyQuery, KeyWrite,
-    Keyvault, NewKey, Outcome, RateLimit, Refill, RefillInterval, RotationPolicy, Sighting,
-    StatsQuery, UsageEvent, Verification, VerifyRequest, parse_allowlist,
+    Actor, AuditQuery, BatchAction, Clock, CreditDecision, CreditRequest, Credits, Error, IpCount,
+    KeyId, KeyPatch, KeyQuery, KeyWrite, Keyvault, NewKey, Outcome, RateLimit, Refill,
+    RefillInterval, RotationPolicy, Sighting, StatsQuery, UsageEvent, Verification, VerifyRequest,
+    parse_allowlist,
 };
 
 const HOUR: u64 = 3_600_000;
@@ -1150,6 +1151,127 @@ pub async fn refills_set_the_balance_once_per_interval(b: Backends) {
     assert_eq!(code(&kv, &mkey).await, Outcome::UsageExceeded);
     clock.advance(TimeDelta::hours(23)); // still 1 April
     assert_eq!(code(&kv, &key).await, Outcome::UsageExceeded);
+}
+
+/// One spend straight on the credit store, by a caller holding `credits` at `now`.
+async fn spend_as(
+    b: &Backends,
+    quota_id: KeyId,
+    credits: &Credits,
+    cost: u64,
+    now: DateTime<Utc>,
+    request_id: &str,
+) -> CreditDecision {
+    b.credits
+        .spend(&CreditRequest {
+            quota_id,
+            credits,
+            cost,
+            request_id,
+            now,
+        })
+        .await
+        .unwrap()
+}
+
+/// Instances learn of a changed key up to a second late. One still holding the key's previous
+/// refill must not apply it to the new balance: after a change from `daily:100` to
+/// `monthly:50` its interval start (today) is later than the one noted (the month's), and
+/// trusting it would set the balance to 100. Each spend here names its caller's credits and
+/// time, so the case runs without a fake clock too (Redis).
+pub async fn a_stale_refill_never_raises_a_changed_balance(b: Backends) {
+    let base = match &b.clock {
+        Some(clock) => {
+            clock.set("2026-03-10T12:00:00Z".parse().unwrap());
+            clock.now()
+        }
+        None => Utc::now(),
+    };
+    let month = |t: DateTime<Utc>| RefillInterval::Monthly.start_of(t);
+    // A later day of the same month; on a month's last day there is none, but today's start
+    // is still after the month's, which is what a stale caller would compare.
+    let later = Some(base + TimeDelta::days(1))
+        .filter(|t| month(*t) == month(base))
+        .unwrap_or(base);
+    let next_month = month(month(base) + TimeDelta::days(32));
+    let old = Credits {
+        remaining: 100,
+        refill: Some(Refill {
+            interval: RefillInterval::Daily,
+            amount: 100,
+        }),
+    };
+    let new = Credits {
+        remaining: 50,
+        refill: Some(Refill {
+            interval: RefillInterval::Monthly,
+            amount: 50,
+        }),
+    };
+    let kv = b.keyvault();
+    let (key, id) = create(&kv, NewKey::new("stale").credits(old)).await;
+    let quota = kv.get_key(id).await.unwrap().quota_id;
+    assert_eq!(
+        spend_as(&b, quota, &old, 90, base, "stale-1").await,
+        CreditDecision::Spent { remaining: 10 }
+    );
+    let patch = KeyPatch {
+        credits: Some(Some(new)),
+        ..Default::default()
+    };
+    kv.update_key(id, patch, &actor()).await.unwrap();
+    assert_eq!(
+        spend_as(&b, quota, &old, 1, later, "stale-2").await,
+        CreditDecision::Spent { remaining: 49 },
+        "a caller still holding daily:100 spends from the new balance, without refilling it"
+    );
+    assert_eq!(
+        b.credits
+            .debit(quota, &old, 1, later + TimeDelta::hours(1))
+            .await
+            .unwrap(),
+        48,
+        "nor does a write-back under the old refill"
+    );
+    assert_eq!(
+        spend_as(&b, quota, &new, 1, later, "stale-3").await,
+        CreditDecision::Spent { remaining: 47 },
+        "the stale spends moved no refill interval: monthly:50 is not due before next month"
+    );
+    assert_eq!(
+        spend_as(&b, quota, &new, 1, next_month, "stale-4").await,
+        CreditDecision::Spent { remaining: 49 },
+        "monthly:50 sets the balance at the next month"
+    );
+    assert_eq!(
+        spend_as(
+            &b,
+            quota,
+            &old,
+            1,
+            next_month + TimeDelta::days(1),
+            "stale-5"
+        )
+        .await,
+        CreditDecision::Spent { remaining: 48 },
+        "a later day still refills nothing for the old refill"
+    );
+    assert_eq!(
+        spend_as(
+            &b,
+            quota,
+            &old,
+            60,
+            next_month + TimeDelta::days(2),
+            "stale-6"
+        )
+        .await,
+        CreditDecision::Insufficient { remaining: 48 },
+        "the old refill's amount is never available"
+    );
+    // The key as it stands now, verified: the month's refill was noted, so nothing refills.
+    let v = verify(&kv, &key).await;
+    assert_eq!((v.outcome, v.credits_remaining), (Outcome::Valid, Some(47)));
 }
 
 pub async fn rate_limit_math_on_a_fake_clock(b: Backends) {

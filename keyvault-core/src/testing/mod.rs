@@ -212,6 +212,7 @@ macro_rules! conformance_suite {
             mutations_are_audited_in_a_valid_chain,
             usage_is_idempotent_and_summarised,
             refills_set_the_balance_once_per_interval,
+            a_stale_refill_never_raises_a_changed_balance,
             rate_limit_math_on_a_fake_clock,
             a_disable_reaches_another_instance_within_a_second,
             usage_windows_count_by_key_and_by_second,

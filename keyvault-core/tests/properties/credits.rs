@@ -129,6 +129,9 @@ enum CreditOp {
     Debit(u64),
     /// PATCH `credits`: the balance is set anew.
     Set(Credits),
+    /// A spend by an instance that still holds the credits from before the last PATCH (it
+    /// learns of the change up to a second late: at the same instant, here).
+    StaleSpend(u64),
 }
 
 fn credit_op() -> impl Strategy<Value = CreditOp> {
@@ -138,6 +141,7 @@ fn credit_op() -> impl Strategy<Value = CreditOp> {
         1 => cost().prop_map(CreditOp::SpendThenRefund),
         1 => cost().prop_map(CreditOp::Debit),
         1 => credits().prop_map(CreditOp::Set),
+        2 => cost().prop_map(CreditOp::StaleSpend),
     ]
 }
 
@@ -162,7 +166,8 @@ proptest! {
     /// `MemoryStore` as a `CreditStore`, for a key made and patched through `Keyvault`:
     /// spends, refunds, write-backs, new credits and time passing (across day and month
     /// starts) leave exactly the model's balance, and a spend succeeds exactly when the
-    /// balance covers it.
+    /// balance covers it. A spend by a caller still holding the credits from before a PATCH
+    /// spends from the new balance: its old refill never sets it.
     #[test]
     fn memory_credit_store_matches_the_balance_model(
         initial in credits(),
@@ -178,6 +183,8 @@ proptest! {
             .unwrap();
         let (id, quota_id) = (created.record.id, created.record.quota_id);
         let mut model = BalanceModel::set(Some(initial));
+        // The credits before the last PATCH, while no time has passed since it.
+        let mut stale: Option<Credits> = None;
         for (i, op) in ops.into_iter().enumerate() {
             let now = clock.now();
             let credits = model.credits.unwrap();
@@ -187,6 +194,20 @@ proptest! {
                     let to = w.target(now);
                     clock.set(to);
                     model.pass(now, to);
+                    stale = None;
+                }
+                CreditOp::StaleSpend(cost) => {
+                    let Some(old) = stale else { continue };
+                    let got = rt
+                        .block_on(store.spend(&CreditRequest { credits: &old, ..req(cost) }))
+                        .unwrap();
+                    let want = if cost <= model.balance {
+                        model.balance -= cost;
+                        CreditDecision::Spent { remaining: model.balance }
+                    } else {
+                        CreditDecision::Insufficient { remaining: model.balance }
+                    };
+                    prop_assert_eq!(got, want, "step {} (stale {:?})", i, old);
                 }
                 CreditOp::Spend(cost) | CreditOp::SpendThenRefund(cost) => {
                     let got = rt.block_on(store.spend(&req(cost))).unwrap();
@@ -210,6 +231,7 @@ proptest! {
                 CreditOp::Set(c) => {
                     let patch = KeyPatch { credits: Some(Some(c)), ..KeyPatch::default() };
                     rt.block_on(kv.update_key(id, patch, &Actor::library())).unwrap();
+                    stale = model.credits;
                     model = BalanceModel::set(Some(c));
                 }
             }
