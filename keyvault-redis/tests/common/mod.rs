@@ -158,6 +158,24 @@ impl OwnRedis {
             c.kill().await.unwrap();
         }
     }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.as_ref().and_then(tokio::process::Child::id) {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// A hang: the server stopped (SIGSTOP); connections stay open, nothing answers.
+    pub fn stop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// The end of a hang (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
 }
 
 /// Asserts one check's reply from `ratelimit.lua` (admitted, now, then remaining, reset and
