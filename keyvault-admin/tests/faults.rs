@@ -22,6 +22,11 @@ const UP: u8 = 0;
 const DOWN: u8 = 1;
 const AFTER: u8 = 2;
 const RESTARTING: u8 = 3;
+/// The first second of a hang: what was cached (an API token for half a second, keys)
+/// still answers.
+const STOPPING: u8 = 4;
+/// Requests that began in one phase and ended in another.
+const CROSSED: u8 = 5;
 
 /// (phase, request kind, status or "timeout") → count.
 type Tally = Arc<Mutex<BTreeMap<(u8, &'static str, String), u64>>>;
@@ -34,15 +39,24 @@ struct Load {
 }
 
 /// 50 clients, each in turn: verifying a key verified before (cached), verifying a key no
-/// one verified yet, creating a key, and asking `/readyz`. A request not answered within
-/// 5 s counts as a timeout.
-fn load(s: &Arc<Server>, token: &str, cached: &str, uncached: &[String]) -> Load {
+/// one verified yet, creating a key, and asking `/readyz`; to the router, or over TCP to
+/// `tcp` (the server's own connection handling, its request timeout included). A request
+/// not answered within 5 s counts as a timeout.
+fn load(
+    s: &Arc<Server>,
+    token: &str,
+    cached: &str,
+    uncached: &[String],
+    tcp: Option<std::net::SocketAddr>,
+) -> Load {
+    let client = reqwest::Client::new();
     let stop = Arc::new(AtomicBool::new(false));
     let phase = Arc::new(AtomicU8::new(UP));
     let tally: Tally = Arc::default();
     let mut tasks = Vec::new();
     for c in 0..50usize {
         let (s, stop, phase, tally) = (s.clone(), stop.clone(), phase.clone(), tally.clone());
+        let client = client.clone();
         let (token, cached) = (token.to_owned(), cached.to_owned());
         let uncached = uncached[c % uncached.len()].clone();
         tasks.push(tokio::spawn(async move {
@@ -70,14 +84,23 @@ fn load(s: &Arc<Server>, token: &str, cached: &str, uncached: &[String]) -> Load
                     ),
                     _ => ("readyz", s.req("GET", "/readyz")),
                 };
-                let status = match tokio::time::timeout(Duration::from_secs(5), req.send()).await {
+                let send = async {
+                    match tcp {
+                        Some(addr) => req.send_to(&client, addr).await,
+                        None => req.send().await,
+                    }
+                };
+                let status = match tokio::time::timeout(Duration::from_secs(5), send).await {
                     Ok(r) => r.status.to_string(),
                     Err(_) => "timeout".into(),
                 };
                 // A request that began in one phase and ended in another counts in neither.
-                if phase.load(Ordering::Relaxed) == p {
-                    *tally.lock().unwrap().entry((p, kind, status)).or_default() += 1;
-                }
+                let p = if phase.load(Ordering::Relaxed) == p {
+                    p
+                } else {
+                    CROSSED
+                };
+                *tally.lock().unwrap().entry((p, kind, status)).or_default() += 1;
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -91,9 +114,13 @@ fn load(s: &Arc<Server>, token: &str, cached: &str, uncached: &[String]) -> Load
     }
 }
 
-async fn setup(pg: &OwnPg) -> (Arc<Server>, String, String, Vec<String>) {
+async fn setup(
+    pg: &OwnPg,
+    request_timeout: Option<&str>,
+) -> (Arc<Server>, String, String, Vec<String>) {
     let mut settings = Settings::sqlite(std::path::Path::new("/nonexistent"));
     settings.database_url = pg.url("kv");
+    settings.request_timeout = request_timeout.map(str::to_owned);
     let s = Arc::new(Server::start(&settings).await);
     let token = s.token("admin").await;
     let mut keys = Vec::new();
@@ -122,7 +149,7 @@ async fn setup(pg: &OwnPg) -> (Arc<Server>, String, String, Vec<String>) {
 #[allow(clippy::print_stderr)]
 fn report(name: &str, tally: &Tally, recovered: Duration) {
     let t = tally.lock().unwrap();
-    let phases = ["up", "down", "after", "restarting"];
+    let phases = ["up", "down", "after", "restarting", "stopping", "crossed"];
     let mut out = format!(
         "FAULT TABLE {name} (recovered {} ms)\n",
         recovered.as_millis()
@@ -186,8 +213,8 @@ async fn recovered(s: &Server, token: &str, since: Instant) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_killed_under_load_answers_503_and_recovers() {
     let pg = OwnPg::start().await;
-    let (s, token, cached, uncached) = setup(&pg).await;
-    let l = load(&s, &token, &cached, &uncached);
+    let (s, token, cached, uncached) = setup(&pg, None).await;
+    let l = load(&s, &token, &cached, &uncached, None);
     tokio::time::sleep(Duration::from_secs(1)).await;
     pg.kill().await;
     l.phase.store(DOWN, Ordering::Relaxed);
@@ -205,6 +232,47 @@ async fn postgres_killed_under_load_answers_503_and_recovers() {
     }
     report("killed", &l.tally, back);
     assert!(back < Duration::from_secs(5), "recovered in {back:?}");
+}
+
+/// PostgreSQL hung (SIGSTOP: connections stay open, nothing answers) under load, the server
+/// reached over TCP with a 2 s request timeout: every request is answered while it hangs,
+/// 503 (`response_timeout`, or a backend failure after the pool's or the key cache's 3 s)
+/// and never by the client's own 5 s timeout; nothing is created; after SIGCONT the server
+/// serves again within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hung_under_load_answers_503_by_the_request_timeout_and_recovers() {
+    let pg = OwnPg::start().await;
+    let (s, token, cached, uncached) = setup(&pg, Some("2s")).await;
+    let served = s.serve_tcp().await;
+    let l = load(&s, &token, &cached, &uncached, Some(served.addr));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.stop();
+    l.phase.store(STOPPING, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    l.phase.store(DOWN, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    l.phase.store(RESTARTING, Ordering::Relaxed);
+    let resumed = Instant::now();
+    pg.resume();
+    let back = recovered(&s, &token, resumed).await;
+    l.phase.store(AFTER, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    l.stop.store(true, Ordering::Relaxed);
+    for t in l.tasks {
+        t.await.expect("no panic under load");
+    }
+    report("hung", &l.tally, back);
+    let t = l.tally.lock().unwrap().clone();
+    for ((p, kind, status), n) in &t {
+        if *p == DOWN {
+            assert!(
+                status == "503",
+                "{kind} answered {status} ×{n} while hung: {t:?}"
+            );
+        }
+    }
+    assert!(back < Duration::from_secs(5), "recovered in {back:?}");
+    assert!(served.stop(Duration::from_secs(10)).await.is_some());
 }
 
 /// A restore held at its audit records (another session locks `kv_audit`) when the server

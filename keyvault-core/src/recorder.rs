@@ -222,7 +222,12 @@ async fn run(
     // Events taken from the queue and not yet written, and the vector swapped into the queue.
     let mut buf: Vec<UsageEvent> = Vec::with_capacity(batch_size);
     let mut spare: Vec<UsageEvent> = Vec::new();
-    let mut tick = tokio::time::interval(config.flush_interval);
+    // The first tick one interval from now: an immediate one (`interval`'s) would write a
+    // part of the first batch whenever the task starts after some events came in.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.flush_interval,
+        config.flush_interval,
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // The writer sleeps until a batch is queued or the interval ends: woken for every

@@ -11,10 +11,11 @@
 use std::{
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use axum::{
@@ -24,7 +25,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 
 use super::AppState;
 use crate::error::{Code, Error};
@@ -38,18 +39,26 @@ pub(crate) async fn limit(State(st): State<AppState>, req: Request, next: Next) 
         return next.run(req).await;
     }
     let arrived = Arc::new(AtomicBool::new(false));
-    let watched = arrived.clone();
-    let req = req.map(move |inner| {
+    let (watched, mut body) = (arrived.clone(), None);
+    let req = req.map(|inner| {
         if http_body::Body::is_end_stream(&inner) {
             watched.store(true, Ordering::Release);
         }
+        let inner = Arc::new(Mutex::new(inner));
+        body = Some(inner.clone());
         Body::new(Watched {
             inner,
             arrived: watched,
         })
     });
     let Ok(res) = tokio::time::timeout(st.app.config.request_timeout, next.run(req)).await else {
-        let complete = arrived.load(Ordering::Acquire);
+        // A handler that had not read the body yet (waiting for a backend before it does)
+        // tells nothing: what the client sent is then read here, for a moment.
+        let complete = arrived.load(Ordering::Acquire)
+            || match body {
+                Some(b) => arrived_meanwhile(&b).await,
+                None => false,
+            };
         metrics::counter!(
             "keyvault_http_timeouts_total",
             "kind" => if complete { "response" } else { "request" }
@@ -77,9 +86,35 @@ pub(crate) async fn limit(State(st): State<AppState>, req: Request, next: Next) 
     res
 }
 
-/// A request body that notes when it has been received whole.
+/// Whether the rest of a body the handler left unread has arrived: what a client sent is
+/// already at hand, so it is read (and dropped) for a few milliseconds, up to the largest
+/// body accepted.
+async fn arrived_meanwhile(body: &Mutex<Body>) -> bool {
+    let mut body = std::mem::take(&mut *body.lock().unwrap_or_else(PoisonError::into_inner));
+    let drain = async {
+        let mut read = 0usize;
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            match frame.map(Frame::into_data) {
+                Ok(Ok(data)) => read += data.len(),
+                Ok(Err(_)) => {}
+                Err(_) => return false,
+            }
+            if read > super::BODY_LIMIT {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(Duration::from_millis(20), drain)
+        .await
+        .unwrap_or(false)
+}
+
+/// A request body that notes when it has been received whole; shared with [`limit`], which
+/// reads what the handler left if the time runs out.
 struct Watched {
-    inner: Body,
+    inner: Arc<Mutex<Body>>,
     arrived: Arc<AtomicBool>,
 }
 
@@ -88,15 +123,17 @@ impl http_body::Body for Watched {
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
         let ended = match &polled {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
             _ => false,
         };
+        drop(inner);
         if ended {
             self.arrived.store(true, Ordering::Release);
         }
@@ -104,10 +141,16 @@ impl http_body::Body for Watched {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .size_hint()
     }
 }

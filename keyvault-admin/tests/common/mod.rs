@@ -507,6 +507,31 @@ impl Req {
     }
 }
 
+impl Req {
+    /// Sends it over TCP to a server started by [`Server::serve_tcp`], through its
+    /// connection handling (timeouts, load shedding) rather than to the router.
+    pub async fn send_to(self, client: &reqwest::Client, addr: SocketAddr) -> Resp {
+        let method = reqwest::Method::from_bytes(self.method.as_bytes()).unwrap();
+        let mut b = client.request(method, format!("http://{addr}{}", self.path));
+        for (k, v) in &self.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let res = b.body(self.body.unwrap_or_default()).send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let body = res.bytes().await.unwrap().to_vec();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
 /// Polls `f` until it returns true or `within` passes; returns how long it took.
 pub async fn eventually(within: Duration, f: impl AsyncFn() -> bool) -> Option<Duration> {
     let start = Instant::now();
