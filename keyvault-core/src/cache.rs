@@ -35,7 +35,8 @@ pub struct CacheConfig {
     /// How long a lookup that must read the store waits for it before failing as a backend
     /// error (a verification answers 503): a store that hangs (a stopped database server, a
     /// network that drops packets) must not hold every request for a key not cached until
-    /// it answers. Keys already cached are not affected.
+    /// it answers. Keys already cached are not affected. Timed by Tokio: the runtime needs
+    /// its timer (`enable_time`, part of `enable_all` and of `#[tokio::main]`).
     pub load_timeout: Duration,
     /// How long a key found before keeps verifying when it can no longer be confirmed and the
     /// store cannot be read ("stale if error", the fail mode of cached keys): an entry past its
@@ -94,8 +95,11 @@ pub struct CacheStats {
 /// assert!(cached.lookup(&digest).await?.is_none()); // answered from the negative cache
 /// assert_eq!(cached.stats().hits, 1);
 /// # Ok(()) }
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(demo()).unwrap();
 /// ```
+///
+/// A lookup that reads the store is timed ([`CacheConfig::load_timeout`]): it needs a Tokio
+/// runtime with its timer enabled (`enable_time` or `enable_all`, as `#[tokio::main]` has).
 #[derive(Debug)]
 pub struct CachedKeyStore<S> {
     inner: S,

@@ -205,18 +205,25 @@ async fn ingest(store: &PgStore, keys: &[KeyId]) {
     let data = binary_copy(&evs);
     let default_batch = RecorderConfig::default().batch_size;
     let rounds = env_usize("KV_BENCH_ROUNDS", 5);
+    // The same store committing usage batches asynchronously (the default before usage had
+    // to survive a database crash).
+    let asynchronous = store.clone().asynchronous_usage_commit(true);
     let (mut copy, mut rec, mut big) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rec_async, mut big_async) = (Vec::new(), Vec::new());
     // Interleaved rounds: each side sees the same machine load; medians reported.
     for _ in 0..rounds {
         copy.push(copy_once(store.pool(), &data, n).await);
         rec.push(recorder_once(store, &evs, default_batch).await);
         big.push(recorder_once(store, &evs, 10_000).await);
+        rec_async.push(recorder_once(&asynchronous, &evs, default_batch).await);
+        big_async.push(recorder_once(&asynchronous, &evs, 10_000).await);
     }
     let median = |mut v: Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
     };
     let (copy, rec, big) = (median(copy), median(rec), median(big));
+    let (rec_async, big_async) = (median(rec_async), median(big_async));
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
         "usage ingest, {n} events over {} keys (median of {rounds} interleaved rounds)",
@@ -227,9 +234,14 @@ async fn ingest(store: &PgStore, keys: &[KeyId]) {
         rate(copy),
         copy.as_secs_f64()
     );
-    for (batch, took) in [(default_batch, rec), (10_000, big)] {
+    for (batch, commit, took) in [
+        (default_batch, "synchronous ", rec),
+        (10_000, "synchronous ", big),
+        (default_batch, "asynchronous", rec_async),
+        (10_000, "asynchronous", big_async),
+    ] {
         println!(
-            "  UsageRecorder + PgStore, batches of {batch:>5}: {:>9.0} events/s ({:.2} s), ratio {:.2}",
+            "  UsageRecorder + PgStore, batches of {batch:>5}, {commit} commit: {:>9.0} events/s ({:.2} s), ratio {:.2}",
             rate(took),
             took.as_secs_f64(),
             copy.as_secs_f64() / took.as_secs_f64()

@@ -493,18 +493,31 @@ impl Req {
         let req = b.body(Body::from(self.body.unwrap_or_default())).unwrap();
         let res = self.router.oneshot(req).await.unwrap();
         let status = res.status().as_u16();
+        let (method, path) = (self.method, self.path);
         let headers = res
             .headers()
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
             .collect();
         let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+        never_500(&method, &path, status, &body);
         Resp {
             status,
             headers,
             body,
         }
     }
+}
+
+/// No request of any test, good or bad, is ever answered 500: every answer the helpers get
+/// passes here.
+fn never_500(method: &str, path: &str, status: u16, body: &[u8]) {
+    assert_ne!(
+        status,
+        500,
+        "{method} {path} answered 500: {}",
+        String::from_utf8_lossy(body)
+    );
 }
 
 impl Req {
@@ -524,6 +537,7 @@ impl Req {
             .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
             .collect();
         let body = res.bytes().await.unwrap().to_vec();
+        never_500(&self.method, &self.path, status, &body);
         Resp {
             status,
             headers,

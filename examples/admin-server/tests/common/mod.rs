@@ -370,7 +370,17 @@ impl Req {
         let _ = s.write_all(&body);
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
-        parse_response(&raw)
+        let resp = parse_response(&raw);
+        // No request of any test, good or bad, is ever answered 500.
+        assert_ne!(
+            resp.status,
+            500,
+            "{} {} answered 500: {}",
+            self.method,
+            self.path,
+            String::from_utf8_lossy(&resp.body)
+        );
+        resp
     }
 }
 
