@@ -43,10 +43,12 @@ pub struct CacheConfig {
     /// `ttl`, or dropped by [`CachedKeyStore::invalidate_all`] (a change bus that lost its
     /// connection, a subscriber that fell behind), is read again from the store; only when
     /// that read fails with a backend error is the entry answered instead, until this long
-    /// after it went stale. While the store keeps failing, such entries are answered at once
-    /// and one lookup a second finds out whether it is back. A key's own change (a disable,
-    /// a delete) is never answered stale, nor is a key not found. `Duration::ZERO` fails
-    /// closed: a verification that cannot confirm its key answers 503.
+    /// after it went stale: after its TTL ended or after the latest flush, whichever came
+    /// first (a bus that keeps failing flushes again on every retry, so the bound is `ttl` +
+    /// this after the entry was last read). While the store keeps failing, such entries are
+    /// answered at once and one lookup a second finds out whether it is back. A key's own
+    /// change (a disable, a delete) is never answered stale, nor is a key not found.
+    /// `Duration::ZERO` fails closed: a verification that cannot confirm its key answers 503.
     pub stale_if_error: Duration,
 }
 
