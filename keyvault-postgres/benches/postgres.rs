@@ -214,9 +214,9 @@ async fn ingest(store: &PgStore, keys: &[KeyId]) {
     for _ in 0..rounds {
         copy.push(copy_once(store.pool(), &data, n).await);
         rec.push(recorder_once(store, &evs, default_batch).await);
-        big.push(recorder_once(store, &evs, 10_000).await);
+        big.push(recorder_once(store, &evs, 2_000).await);
         rec_async.push(recorder_once(&asynchronous, &evs, default_batch).await);
-        big_async.push(recorder_once(&asynchronous, &evs, 10_000).await);
+        big_async.push(recorder_once(&asynchronous, &evs, 2_000).await);
     }
     let median = |mut v: Vec<Duration>| {
         v.sort();
@@ -236,9 +236,9 @@ async fn ingest(store: &PgStore, keys: &[KeyId]) {
     );
     for (batch, commit, took) in [
         (default_batch, "synchronous ", rec),
-        (10_000, "synchronous ", big),
+        (2_000, "synchronous ", big),
         (default_batch, "asynchronous", rec_async),
-        (10_000, "asynchronous", big_async),
+        (2_000, "asynchronous", big_async),
     ] {
         println!(
             "  UsageRecorder + PgStore, batches of {batch:>5}, {commit} commit: {:>9.0} events/s ({:.2} s), ratio {:.2}",
