@@ -167,6 +167,11 @@ fn table(tally: &BTreeMap<(u8, &'static str, String), u64>, recoveries: [Duratio
     out
 }
 
+#[allow(clippy::print_stderr)]
+fn report_usage(answered: u64, stored: u64) {
+    eprintln!("FAULT TABLE host-app usage: {answered} answered, {stored} events stored");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_killed_then_hung_cached_keys_verify_and_no_usage_is_lost() {
     let pg = OwnPg::start().await;
@@ -271,6 +276,7 @@ async fn postgres_killed_then_hung_cached_keys_verify_and_no_usage_is_lost() {
     // Every answer's usage event was written before the process exited at SIGTERM.
     let answered = l.answered.load(Ordering::Relaxed) + 1;
     let o = store.overview(&StatsQuery::last_24h()).await.unwrap();
+    report_usage(answered, o.calls);
     assert_eq!(
         o.calls, answered,
         "usage events stored for {answered} answers\n{out}"
