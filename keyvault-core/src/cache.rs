@@ -205,6 +205,11 @@ impl<S: KeyStore> CachedKeyStore<S> {
         }
     }
 
+    /// Whether no key was evicted by its own change since `removals` was read.
+    fn unchanged(&self, removals: u64) -> bool {
+        self.removals.load(Ordering::SeqCst) == removals
+    }
+
     /// Whether a found entry that is not fresh may be answered if the store fails.
     fn servable(&self, e: &Entry, now: Instant) -> bool {
         e.record.is_some()
@@ -282,10 +287,11 @@ impl<S: KeyStore> CachedKeyStore<S> {
             let retry = now.saturating_duration_since(failed) >= RETRY_AFTER_FAILURE;
             match retry.then(|| Probe::start(&self.probing)).flatten() {
                 Some(p) => _probe = Some(p),
-                None => {
+                None if self.unchanged(removals) => {
                     self.stale.fetch_add(1, Ordering::Relaxed);
                     return Ok(e.record.clone());
                 }
+                None => {}
             }
         }
         // One bound for the whole wait, whether this lookup reads the store or waits for a
@@ -303,7 +309,8 @@ impl<S: KeyStore> CachedKeyStore<S> {
                 self.unconfirmed.remove(k);
                 Ok(record)
             }
-            (Err(e @ Error::Backend(_)), Some(entry)) => {
+            // Unless the key changed meanwhile: its own change is never answered stale.
+            (Err(e @ Error::Backend(_)), Some(entry)) if self.unchanged(removals) => {
                 self.failed_at
                     .store(self.ticks(Instant::now()), Ordering::Release);
                 tracing::warn!(error = %e, "key store failing; answering a key unconfirmed");
@@ -357,8 +364,10 @@ impl<S: KeyStore> CachedKeyStore<S> {
     /// Drops one digest (a change of that key: never answered stale afterwards).
     pub fn invalidate(&self, digest: &KeyDigest) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.removals.fetch_add(1, Ordering::SeqCst);
+        // In this order: a lookup that still found the entry in `cache` sees the new count
+        // after setting it aside, and takes it back out.
         self.cache.remove(digest.as_bytes());
+        self.removals.fetch_add(1, Ordering::SeqCst);
         self.unconfirmed.remove(digest.as_bytes());
     }
 
@@ -368,8 +377,8 @@ impl<S: KeyStore> CachedKeyStore<S> {
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         if self.config.stale_if_error.is_zero() {
-            self.removals.fetch_add(1, Ordering::SeqCst);
             self.cache.clear();
+            self.removals.fetch_add(1, Ordering::SeqCst);
             self.unconfirmed.clear();
         } else {
             self.flushed_at

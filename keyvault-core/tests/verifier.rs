@@ -274,6 +274,59 @@ async fn cached_keys_verify_stale_while_the_store_fails_within_the_window() {
     assert_eq!(closed.stats().stale, 0);
 }
 
+/// A lookup already waiting on a hung store when its key is invalidated (a disable heard
+/// meanwhile) answers the store's failure, not the entry it set aside, and so does every
+/// lookup after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_invalidated_during_a_hung_read_is_never_answered_stale() {
+    let store = Arc::new(SlowCountingStore {
+        inner: MemoryStore::new(),
+        lookups: AtomicUsize::new(0),
+        hung: AtomicBool::new(false),
+        failing: AtomicBool::new(false),
+    });
+    let kv = Keyvault::builder()
+        .key_store(store.clone())
+        .credits(Arc::new(MemoryStore::new()))
+        .cache(CacheConfig {
+            ttl: Duration::from_millis(100),
+            load_timeout: Duration::from_millis(400),
+            ..CacheConfig::default()
+        })
+        .build()
+        .unwrap();
+    let created = kv
+        .create_key(NewKey::new("k"), &Actor::library())
+        .await
+        .unwrap();
+    let key = created.key.expose().to_owned();
+    let digest = keyvault_core::KeyHasher::sha256().digest(&key);
+    assert_eq!(
+        kv.verify(&VerifyRequest::new(&key)).await.unwrap().outcome,
+        Outcome::Valid
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    store.hung.store(true, Ordering::SeqCst);
+    let waiting = {
+        let kv = kv.clone();
+        let key = key.clone();
+        tokio::spawn(async move { kv.verify(&VerifyRequest::new(&key)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    kv.key_cache().invalidate(&digest);
+    let e = waiting
+        .await
+        .unwrap()
+        .expect_err("the invalidated entry is not answered");
+    assert!(matches!(e, keyvault_core::Error::Backend(_)), "{e:?}");
+    let e = kv
+        .verify(&VerifyRequest::new(&key))
+        .await
+        .expect_err("nor later");
+    assert!(matches!(e, keyvault_core::Error::Backend(_)), "{e:?}");
+    assert_eq!(kv.cache_stats().stale, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_misses_make_one_store_read() {
     let store = Arc::new(SlowCountingStore {
