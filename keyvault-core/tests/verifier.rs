@@ -92,6 +92,18 @@ struct SlowCountingStore {
     failing: AtomicBool,
 }
 
+impl SlowCountingStore {
+    /// Answering (slowly), neither hung nor failing.
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: MemoryStore::new(),
+            lookups: AtomicUsize::new(0),
+            hung: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+        })
+    }
+}
+
 #[async_trait]
 impl KeyStore for SlowCountingStore {
     async fn apply(&self, writes: &[KeyWrite], audit: &[AuditEvent]) -> Result<()> {
@@ -127,12 +139,7 @@ impl KeyStore for SlowCountingStore {
 /// a cached key keeps verifying; once the store answers again, so do the lookups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_store_fails_lookups_after_the_load_timeout_and_cached_keys_verify() {
-    let store = Arc::new(SlowCountingStore {
-        inner: MemoryStore::new(),
-        lookups: AtomicUsize::new(0),
-        hung: AtomicBool::new(false),
-        failing: AtomicBool::new(false),
-    });
+    let store = SlowCountingStore::new();
     let kv = Keyvault::builder()
         .key_store(store.clone())
         .credits(Arc::new(MemoryStore::new()))
@@ -188,12 +195,7 @@ async fn a_hung_store_fails_lookups_after_the_load_timeout_and_cached_keys_verif
 /// flush fails closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_keys_verify_stale_while_the_store_fails_within_the_window() {
-    let store = Arc::new(SlowCountingStore {
-        inner: MemoryStore::new(),
-        lookups: AtomicUsize::new(0),
-        hung: AtomicBool::new(false),
-        failing: AtomicBool::new(false),
-    });
+    let store = SlowCountingStore::new();
     let config = CacheConfig {
         ttl: Duration::from_millis(200),
         stale_if_error: Duration::from_millis(2_500),
@@ -279,12 +281,7 @@ async fn cached_keys_verify_stale_while_the_store_fails_within_the_window() {
 /// lookup after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_invalidated_during_a_hung_read_is_never_answered_stale() {
-    let store = Arc::new(SlowCountingStore {
-        inner: MemoryStore::new(),
-        lookups: AtomicUsize::new(0),
-        hung: AtomicBool::new(false),
-        failing: AtomicBool::new(false),
-    });
+    let store = SlowCountingStore::new();
     let kv = Keyvault::builder()
         .key_store(store.clone())
         .credits(Arc::new(MemoryStore::new()))
@@ -329,12 +326,7 @@ async fn a_key_invalidated_during_a_hung_read_is_never_answered_stale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_misses_make_one_store_read() {
-    let store = Arc::new(SlowCountingStore {
-        inner: MemoryStore::new(),
-        lookups: AtomicUsize::new(0),
-        hung: AtomicBool::new(false),
-        failing: AtomicBool::new(false),
-    });
+    let store = SlowCountingStore::new();
     let kv = Keyvault::builder()
         .key_store(store.clone())
         .credits(Arc::new(MemoryStore::new()))
@@ -374,12 +366,7 @@ async fn a_thousand_concurrent_misses_make_one_store_read() {
 
 #[tokio::test]
 async fn cache_entries_expire_and_invalidation_wins_over_a_load_in_flight() {
-    let store = Arc::new(SlowCountingStore {
-        inner: MemoryStore::new(),
-        lookups: AtomicUsize::new(0),
-        hung: AtomicBool::new(false),
-        failing: AtomicBool::new(false),
-    });
+    let store = SlowCountingStore::new();
     let cache = Arc::new(CachedKeyStore::new(
         store.clone(),
         CacheConfig {

@@ -42,6 +42,58 @@ struct Sample {
     limited: Result<Outcome, ()>,
 }
 
+/// How long after `since` the key with credits verifies again; at most 5 s.
+async fn credits_back(kv: &Keyvault, with_credits: &str, since: Instant) -> Duration {
+    loop {
+        if let Ok(v) = kv.verify(&VerifyRequest::new(with_credits)).await {
+            assert_eq!(v.outcome, Outcome::Valid);
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "credits still failing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lets the load run a little longer, then stops it.
+async fn end_load(
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    load: Vec<tokio::task::JoinHandle<()>>,
+) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.expect("no panic under load");
+    }
+}
+
+/// A redis-server of the test's own, one instance on it sharing its limits with another
+/// (`KEYVAULT_INSTANCES=2`), a key with credits and one with a limit of 100 an hour.
+async fn under_load_setup() -> (OwnRedis, common::Instance, String, String) {
+    let server = OwnRedis::start().await;
+    let durable = Arc::new(MemoryStore::new());
+    let inst = common::instance(
+        lazy(&server.url()),
+        &durable,
+        RedisCreditConfig::default(),
+        RedisLimiterConfig::default().instances(NonZeroU32::new(2).unwrap()),
+    )
+    .await;
+    let with_credits = create(
+        &inst.kv,
+        NewKey::new("credits").credits(Credits::new(100_000)),
+    )
+    .await;
+    let with_limit = create(
+        &inst.kv,
+        NewKey::new("limited").ratelimit(RateLimit::new("h", 100, HOUR).unwrap()),
+    )
+    .await;
+    (server, inst, with_credits, with_limit)
+}
+
 type Load = (
     Arc<std::sync::atomic::AtomicBool>,
     Vec<tokio::task::JoinHandle<()>>,
@@ -91,22 +143,8 @@ fn spawn_load(kv: &Keyvault, with_credits: &str, with_limit: &str) -> Load {
 /// answers again within 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_mid_load_answers_within_the_budget_per_fail_mode_and_recovers() {
-    let server = OwnRedis::start().await;
-    let durable = Arc::new(MemoryStore::new());
-    let inst = common::instance(
-        lazy(&server.url()),
-        &durable,
-        RedisCreditConfig::default(),
-        RedisLimiterConfig::default().instances(NonZeroU32::new(2).unwrap()),
-    )
-    .await;
+    let (server, inst, with_credits, with_limit) = under_load_setup().await;
     let kv = inst.kv.clone();
-    let with_credits = create(&kv, NewKey::new("credits").credits(Credits::new(100_000))).await;
-    let with_limit = create(
-        &kv,
-        NewKey::new("limited").ratelimit(RateLimit::new("h", 100, HOUR).unwrap()),
-    )
-    .await;
     let (stop, load, mut rx) = spawn_load(&kv, &with_credits, &with_limit);
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.stop();
@@ -114,22 +152,8 @@ async fn hung_mid_load_answers_within_the_budget_per_fail_mode_and_recovers() {
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     let resuming = Instant::now();
     server.resume();
-    let back = loop {
-        if let Ok(v) = kv.verify(&VerifyRequest::new(&with_credits)).await {
-            assert_eq!(v.outcome, Outcome::Valid);
-            break resuming.elapsed();
-        }
-        assert!(
-            resuming.elapsed() < Duration::from_secs(5),
-            "credits still failing"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for l in load {
-        l.await.expect("no panic under load");
-    }
+    let back = credits_back(&kv, &with_credits, resuming).await;
+    end_load(stop, load).await;
     let (mut during, mut admitted, mut slowest) = (0, 0, Duration::ZERO);
     while let Some(s) = rx.recv().await {
         if s.started < hung + Duration::from_millis(50) || s.finished > resuming {
@@ -166,22 +190,8 @@ async fn hung_mid_load_answers_within_the_budget_per_fail_mode_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_load_credits_refuse_limits_fall_back_and_enforcement_returns() {
-    let mut server = OwnRedis::start().await;
-    let durable = Arc::new(MemoryStore::new());
-    let inst = common::instance(
-        lazy(&server.url()),
-        &durable,
-        RedisCreditConfig::default(),
-        RedisLimiterConfig::default().instances(NonZeroU32::new(2).unwrap()),
-    )
-    .await;
+    let (mut server, inst, with_credits, with_limit) = under_load_setup().await;
     let kv = inst.kv.clone();
-    let with_credits = create(&kv, NewKey::new("credits").credits(Credits::new(100_000))).await;
-    let with_limit = create(
-        &kv,
-        NewKey::new("limited").ratelimit(RateLimit::new("h", 100, HOUR).unwrap()),
-    )
-    .await;
 
     let (stop, load, mut rx) = spawn_load(&kv, &with_credits, &with_limit);
 
@@ -193,23 +203,8 @@ async fn killed_mid_load_credits_refuse_limits_fall_back_and_enforcement_returns
     server.restart().await;
     let restarted = Instant::now();
     // Enforcement is back within 5 s of the restart.
-    let back = loop {
-        let v = kv.verify(&VerifyRequest::new(&with_credits)).await;
-        if let Ok(v) = v {
-            assert_eq!(v.outcome, Outcome::Valid);
-            break restarted.elapsed();
-        }
-        assert!(
-            restarted.elapsed() < Duration::from_secs(5),
-            "credits still failing"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for l in load {
-        l.await.expect("no panic under load");
-    }
+    let back = credits_back(&kv, &with_credits, restarted).await;
+    end_load(stop, load).await;
 
     let (mut down_credits, mut down_limited_valid, mut down_limited_err) = (0, 0, 0);
     let mut before = 0;

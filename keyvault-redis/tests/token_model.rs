@@ -14,26 +14,10 @@ mod model;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use keyvault_core::{
-    Clock, FakeClock, KeyId, LimitRequest, LimitState, MAX_LIMIT, MAX_PERIOD_MS, RateLimit,
-    RateLimiter,
-};
+use keyvault_core::{Clock, FakeClock, KeyId, LimitRequest, LimitState, RateLimit, RateLimiter};
 use keyvault_redis::{RedisLimiterConfig, RedisRateLimiter, redis};
-use model::TokenBucket;
+use model::{TokenBucket, limit_params};
 use proptest::prelude::*;
-
-/// A limit's size and period: small buckets that empty and refill within a few steps, mid-size
-/// ones, and anything within the contract's bounds.
-fn limit_params() -> impl Strategy<Value = (u32, u64)> {
-    prop_oneof![
-        (1..=10u32, 1..=2_000u64),
-        (1..=1_000u32, 1..=60_000u64),
-        (1..=MAX_PERIOD_MS).prop_flat_map(|p| {
-            let max = u64::from(MAX_LIMIT).min(p * 1_000) as u32;
-            (1..=max, Just(p))
-        }),
-    ]
-}
 
 /// How far time moves in one step, in microseconds, resolved against one of the limits so
 /// that the interesting spans (a microsecond, about one token's interval, about a period) all

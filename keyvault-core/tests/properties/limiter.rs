@@ -5,25 +5,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keyvault_core::{
-    Clock, FakeClock, KeyId, LimitRequest, LimitState, MAX_LIMIT, MAX_PERIOD_MS, RateLimit,
-    RateLimiter, gcra::Bucket, memory::MemoryRateLimiter,
+    Clock, FakeClock, KeyId, LimitRequest, LimitState, RateLimit, RateLimiter, gcra::Bucket,
+    memory::MemoryRateLimiter,
 };
 use proptest::prelude::*;
 
-use crate::model::{TokenBucket, at};
-
-/// A limit's size and period: small buckets that empty and refill within a few steps, mid-size
-/// ones, and anything within the contract's bounds.
-pub(crate) fn limit_params() -> impl Strategy<Value = (u32, u64)> {
-    prop_oneof![
-        (1..=10u32, 1..=2_000u64),
-        (1..=1_000u32, 1..=60_000u64),
-        (1..=MAX_PERIOD_MS).prop_flat_map(|p| {
-            let max = u64::from(MAX_LIMIT).min(p * 1_000) as u32;
-            (1..=max, Just(p))
-        }),
-    ]
-}
+use crate::model::{TokenBucket, at, limit_params};
 
 /// How far time moves in one step, resolved against a limit so that the interesting spans
 /// (a nanosecond, about one token's interval, about a period) all come up.

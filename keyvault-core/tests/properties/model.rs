@@ -1,6 +1,8 @@
 //! Reference models, written from the contract's words and sharing no code with the crate.
 
 use chrono::{DateTime, TimeZone, Utc};
+use keyvault_core::{MAX_LIMIT, MAX_PERIOD_MS};
+use proptest::prelude::*;
 
 /// CONTRACT §1's base62 alphabet, digit values 0..61.
 pub(crate) const BASE62: &str = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -166,4 +168,17 @@ fn the_reference_calendar_knows_month_starts() {
         );
         assert_eq!(Interval::Daily.start_of(t), day * 86_400);
     }
+}
+
+/// A limit's size and period: small buckets that empty and refill within a few steps, mid-size
+/// ones, and anything within the contract's bounds.
+pub(crate) fn limit_params() -> impl Strategy<Value = (u32, u64)> {
+    prop_oneof![
+        (1..=10u32, 1..=2_000u64),
+        (1..=1_000u32, 1..=60_000u64),
+        (1..=MAX_PERIOD_MS).prop_flat_map(|p| {
+            let max = u64::from(MAX_LIMIT).min(p * 1_000) as u32;
+            (1..=max, Just(p))
+        }),
+    ]
 }
