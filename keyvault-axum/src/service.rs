@@ -155,7 +155,7 @@ where
         // scope) included, so their state is read (without taking anything) for those too.
         .report_state(true);
     if let Some(u) = &usage {
-        verify = verify.request_id(&u.request_id);
+        verify = verify.unique_request_id(&u.request_id);
     }
     // Boxed on its own, as is the inner service's future: inline, the largest of them sets the
     // size of this future, which then exceeds what the allocator keeps in its per-thread cache

@@ -28,6 +28,8 @@ pub struct VerifyRequest<'a> {
     ip: Option<IpAddr>,
     report_state: bool,
     request_id: Option<&'a str>,
+    /// The id was made for this verification alone and is never retried.
+    unique_id: bool,
 }
 
 impl<'a> VerifyRequest<'a> {
@@ -40,6 +42,7 @@ impl<'a> VerifyRequest<'a> {
             ip: None,
             report_state: true,
             request_id: None,
+            unique_id: false,
         }
     }
 
@@ -72,6 +75,16 @@ impl<'a> VerifyRequest<'a> {
     /// An id for this verification, carried to limiters so that a retry is applied once.
     pub fn request_id(mut self, id: &'a str) -> Self {
         self.request_id = Some(id);
+        self.unique_id = false;
+        self
+    }
+
+    /// An id made for this verification alone, never sent again (middleware's id for the
+    /// request's usage event): the credit store spends under it, and rate limits, with no
+    /// retry to recognise, may admit from tokens leased in advance.
+    pub fn unique_request_id(mut self, id: &'a str) -> Self {
+        self.request_id = Some(id);
+        self.unique_id = true;
         self
     }
 }
@@ -326,19 +339,27 @@ impl Keyvault {
             credits_remaining: None,
             ratelimits: Vec::new(),
         };
+        // A caller's request id makes a retry count once everywhere. Without one, credits get
+        // an id of their own for the refund of a spend whose answer was lost; rate limits need
+        // none (a release follows only its own admitted check), which lets a limiter admit
+        // from tokens it took in advance.
         let generated;
         let request_id = match req.request_id {
             Some(id) => id,
-            None if record.ratelimits.is_empty() && record.credits.is_none() => "",
+            None if record.credits.is_none() => "",
             None => {
                 generated = uuid::Uuid::now_v7().to_string();
                 &generated
             }
         };
+        let limit_id = match req.request_id {
+            Some(id) if !req.unique_id => id,
+            _ => "",
+        };
         if let Some(code) = early {
             v.outcome = code;
             if req.report_state {
-                self.peek(&record, request_id, &mut v).await?;
+                self.peek(&record, limit_id, request_id, &mut v).await?;
             }
             v.key = Some(record);
             return Ok(v);
@@ -349,7 +370,7 @@ impl Keyvault {
             limits: &record.ratelimits,
             since: &record.ratelimits_since,
             take,
-            request_id,
+            request_id: limit_id,
         };
         if !record.ratelimits.is_empty() {
             let decision = self.inner.limiter.check(&limit_req).await?;
@@ -492,7 +513,13 @@ impl Keyvault {
             .await
     }
 
-    async fn peek(&self, record: &KeyRecord, request_id: &str, v: &mut Verification) -> Result<()> {
+    async fn peek(
+        &self,
+        record: &KeyRecord,
+        limit_id: &str,
+        request_id: &str,
+        v: &mut Verification,
+    ) -> Result<()> {
         if !record.ratelimits.is_empty() {
             let d = self
                 .inner
@@ -502,7 +529,7 @@ impl Keyvault {
                     limits: &record.ratelimits,
                     since: &record.ratelimits_since,
                     take: false,
-                    request_id,
+                    request_id: limit_id,
                 })
                 .await?;
             v.ratelimits = d.states;

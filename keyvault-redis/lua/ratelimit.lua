@@ -10,7 +10,11 @@
 -- KEYS[1 + i]  the bucket of limit i (one key per quota id + name + limit + period, so that a
 --              changed limit starts full), i = 1..n
 -- KEYS[1 + n + j]  the idempotency record of request 1 + j, j = 1..k
--- ARGV[1]      1: take a token from each limit when all admit; 0: a pure check
+-- ARGV[1]      how many tokens the request wants: 0 a pure check, 1 one token from each limit
+--              when all admit, w > 1 a lease (at most 2^20): w tokens from each limit when
+--              every limit holds at least HEADROOM · w, fewer when they hold less, and one
+--              token alone when they hold less than HEADROOM · 2 (near exhaustion every token
+--              goes through here one at a time)
 -- ARGV[2]      the request id ('' for none)
 -- ARGV[3]      how long the idempotency record lives, in ms
 -- ARGV[2 + 2i], ARGV[3 + 2i]   limit i's size L and period in ms
@@ -21,7 +25,8 @@
 --              since the server's time does not pass with that clock
 --
 -- Returns, per request in order: {admitted, now_us, then per limit: remaining, reset_in_us,
--- retry_in_us or -1}.
+-- retry_in_us or -1}, where admitted is 0 when refused and otherwise the tokens taken from
+-- each limit (1 for a single token or a pure check, more for a lease).
 --
 -- Exactness with Lua's doubles (exact integers only below 2^53):
 -- gcra.rs keeps the scaled TAT x = tat·L so that a token adds exactly the period P and no
@@ -37,6 +42,10 @@
 local function fmt(n)
   return string.format('%.0f', n)
 end
+
+-- A lease leaves every limit at least this many leases' worth of tokens.
+local HEADROOM = 4
+local MAX_LEASE = 1048576
 
 -- floor((a·b − c) / m) for 0 <= a <= m < 2^45, 0 <= b < 2^30, 0 <= c < m.
 local function muldiv(a, b, c, m)
@@ -114,7 +123,9 @@ end
 
 local reply = {}
 
-local function apply(record, take, request_id, record_ms)
+local function apply(record, want, request_id, record_ms)
+  want = math.min(math.floor(tonumber(want) or 0), MAX_LEASE)
+  local take = want >= 1
   -- A retry of a request that already took its tokens takes nothing more and stays admitted.
   local replay = false
   if take and request_id ~= '' then
@@ -129,6 +140,7 @@ local function apply(record, take, request_id, record_ms)
 
   local base = {}
   local admitted = true
+  local fewest = nil
   for i = 1, n do
     local b = buckets[i]
     -- base = max(tat, now): a bucket idle long enough is full.
@@ -151,6 +163,9 @@ local function apply(record, take, request_id, record_ms)
     if available < 1 then
       admitted = false
     end
+    if fewest == nil or available < fewest then
+      fewest = available
+    end
     base[i] = { q = q, r = r, available = available }
   end
 
@@ -158,20 +173,38 @@ local function apply(record, take, request_id, record_ms)
     admitted = true
   end
   local commit = admitted and take
+  -- Tokens taken from each limit: one, or a lease far from exhaustion.
+  local count = 1
+  if commit and want > 1 then
+    local lease = math.min(want, math.floor(fewest / HEADROOM))
+    if lease >= 2 then
+      count = lease
+    end
+  end
 
-  reply[#reply + 1] = admitted and 1 or 0
+  reply[#reply + 1] = admitted and (commit and count or 1) or 0
   reply[#reply + 1] = now
   for i = 1, n do
     local b = buckets[i]
     local q, r, remaining = base[i].q, base[i].r, base[i].available
     if commit then
-      q = q + b.t
-      r = r + b.s
+      -- count · T = count·t + count·s / L, with count·s < 2^50: exact in doubles.
+      local whole = math.floor(count * b.s / b.limit)
+      local rest = count * b.s - whole * b.limit
+      if rest < 0 then
+        whole = whole - 1
+        rest = rest + b.limit
+      elseif rest >= b.limit then
+        whole = whole + 1
+        rest = rest - b.limit
+      end
+      q = q + count * b.t + whole
+      r = r + rest
       if r >= b.limit then
         q = q + 1
         r = r - b.limit
       end
-      remaining = remaining - 1
+      remaining = remaining - count
       b.q, b.r, b.dirty = q, r, true
     end
     -- Full again at tat: ceil(tat − now).
@@ -203,10 +236,10 @@ local function apply(record, take, request_id, record_ms)
   end
 end
 
-apply(KEYS[1], ARGV[1] == '1', ARGV[2], ARGV[3])
+apply(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 for j = 1, k do
   local a = 1 + 2 * n + 3 * j
-  apply(KEYS[1 + n + j], ARGV[a] == '1', ARGV[a + 1], ARGV[a + 2])
+  apply(KEYS[1 + n + j], ARGV[a], ARGV[a + 1], ARGV[a + 2])
 end
 
 for i = 1, n do

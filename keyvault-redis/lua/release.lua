@@ -5,7 +5,9 @@
 -- KEYS[1 + i]  the bucket of limit i
 -- ARGV[1]      the request id ('' for none: give back unconditionally)
 -- ARGV[2]      how long the idempotency record lives, in ms
--- ARGV[1 + 2i], ARGV[2 + 2i]   limit i's size L and period in ms
+-- ARGV[3]      how many tokens to give back to each limit: 1 for a check, the unused part of
+--              a lease when it ends (at most 2^20)
+-- ARGV[2 + 2i], ARGV[3 + 2i]   limit i's size L and period in ms
 -- ARGV[#ARGV]  optionally '@<now in µs>', as in ratelimit.lua
 --
 -- Returns 1 when tokens were given back, 0 when this request had none to give back.
@@ -29,11 +31,12 @@ else
   local time = redis.call('TIME')
   now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 end
+local count = math.min(math.max(math.floor(tonumber(ARGV[3]) or 1), 0), 1048576)
 for i = 1, #KEYS - 1 do
   local stored = redis.call('GET', KEYS[1 + i])
   if stored then
-    local limit = tonumber(ARGV[1 + 2 * i])
-    local period = tonumber(ARGV[2 + 2 * i]) * 1000
+    local limit = tonumber(ARGV[2 + 2 * i])
+    local period = tonumber(ARGV[3 + 2 * i]) * 1000
     local t = math.floor(period / limit)
     local s = period - t * limit
     if s < 0 then
@@ -46,8 +49,18 @@ for i = 1, #KEYS - 1 do
     local q, r = string.match(stored, '^(%d+):(%d+)$')
     q, r = tonumber(q), tonumber(r)
     if q and r then
-      q = q - t
-      r = r - s
+      -- count · T = count·t + count·s / L, with count·s < 2^50: exact in doubles.
+      local whole = math.floor(count * s / limit)
+      local rest = count * s - whole * limit
+      if rest < 0 then
+        whole = whole - 1
+        rest = rest + limit
+      elseif rest >= limit then
+        whole = whole + 1
+        rest = rest - limit
+      end
+      q = q - count * t - whole
+      r = r - rest
       if r < 0 then
         q = q - 1
         r = r + limit

@@ -29,7 +29,8 @@ pub(crate) type Answer = Result<Vec<i64>, Error>;
 /// A check waiting for the call in flight on its lane to return.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    pub(crate) take: bool,
+    /// Tokens wanted: 0 a pure check, 1 a token, more a lease.
+    pub(crate) want: u64,
     pub(crate) request_id: String,
     pub(crate) answer: oneshot::Sender<Answer>,
 }
@@ -112,11 +113,11 @@ impl Lanes {
         self.busy.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One script call applying `checks` (take flag, request id) in order.
+    /// One script call applying `checks` (tokens wanted, request id) in order.
     pub(crate) async fn call(
         &self,
         lane: &LaneKey,
-        checks: &[(bool, &str)],
+        checks: &[(u64, &str)],
     ) -> Result<Vec<Vec<i64>>, Error> {
         let (quota, limits, since) = lane;
         let Some(((first_take, first_id), rest)) = checks.split_first() else {
@@ -148,12 +149,12 @@ impl Lanes {
             record(&mut cmd, id);
         }
         let ttl = self.redis.idempotency_ms();
-        cmd.arg(take_arg(*first_take)).arg(*first_id).arg(ttl);
+        cmd.arg(*first_take).arg(*first_id).arg(ttl);
         for l in limits {
             cmd.arg(l.limit()).arg(l.period_ms());
         }
         for (take, id) in rest {
-            cmd.arg(take_arg(*take)).arg(*id).arg(ttl);
+            cmd.arg(*take).arg(*id).arg(ttl);
         }
         if let Some(now) = fixed_now(self.clock.as_deref()) {
             cmd.arg(now);
@@ -205,9 +206,9 @@ impl Lanes {
                     }
                 }
             };
-            let checks: Vec<(bool, &str)> = batch
+            let checks: Vec<(u64, &str)> = batch
                 .iter()
-                .map(|p| (p.take, p.request_id.as_str()))
+                .map(|p| (p.want, p.request_id.as_str()))
                 .collect();
             match self.call(&lane, &checks).await {
                 Ok(replies) => {
@@ -235,10 +236,6 @@ pub(crate) fn bucket_name(l: &RateLimit, since: u64) -> String {
     } else {
         format!("rl@{since}:{}:{}:{}", l.limit(), l.period_ms(), l.name())
     }
-}
-
-fn take_arg(take: bool) -> &'static str {
-    if take { "1" } else { "0" }
 }
 
 /// Held by a check that sends its own call: when it is done (or given up), the checks queued

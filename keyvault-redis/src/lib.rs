@@ -52,6 +52,7 @@ mod credits;
 mod error;
 mod fail;
 mod lanes;
+mod lease;
 mod limiter;
 mod live;
 
@@ -61,7 +62,10 @@ pub use credit_config::RedisCreditConfig;
 pub use credits::RedisCreditStore;
 pub use error::Error;
 pub use fail::{FailMode, FallbackStats};
-pub use limiter::{BatchStats, MAX_BATCH, RedisLimiterConfig, RedisRateLimiter};
+pub use lease::{LeaseStats, MAX_LEASE_LIFETIME};
+pub use limiter::{
+    BatchStats, DEFAULT_LEASE_LIFETIME, MAX_BATCH, RedisLimiterConfig, RedisRateLimiter,
+};
 pub use live::{LiveCounters, LivePoint, LiveScope, LiveSink, LiveSnapshot};
 
 // Re-exported so hosts name the same version.

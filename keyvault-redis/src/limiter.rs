@@ -7,6 +7,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -21,9 +22,8 @@ use crate::{
     backend::RedisBackend,
     error::Error,
     fail::{FailCounters, FailMode, FallbackStats},
-    lanes::{
-        Lane, Lanes, Lead, MAX_CALLS_PER_LANE, Pending, SECOND_CALL_AT, bucket_name, lane_mut,
-    },
+    lanes::{Lane, Lanes, Lead, MAX_CALLS_PER_LANE, Pending, SECOND_CALL_AT, lane_mut},
+    lease::{LeaseStats, Leases, MAX_LEASE_LIFETIME, Take},
 };
 
 /// How [`RedisRateLimiter`] behaves when Redis is unavailable. Each limit states its own
@@ -51,15 +51,20 @@ pub struct RedisLimiterConfig {
     per_limit: HashMap<String, FailMode>,
     instances: NonZeroU32,
     clock: Option<Arc<dyn Clock>>,
+    lease_lifetime: Duration,
 }
 
+/// How long a lease lives by default ([`RedisLimiterConfig::lease_lifetime`]).
+pub const DEFAULT_LEASE_LIFETIME: Duration = Duration::from_millis(50);
+
 impl Default for RedisLimiterConfig {
-    /// Each limit's own fail mode, with N = 1.
+    /// Each limit's own fail mode, with N = 1; leases of [`DEFAULT_LEASE_LIFETIME`].
     fn default() -> Self {
         Self {
             per_limit: HashMap::new(),
             instances: NonZeroU32::MIN,
             clock: None,
+            lease_lifetime: DEFAULT_LEASE_LIFETIME,
         }
     }
 }
@@ -87,6 +92,15 @@ impl RedisLimiterConfig {
         self
     }
 
+    /// How long a lease of tokens lives (default [`DEFAULT_LEASE_LIFETIME`], at most
+    /// 100 ms: longer is taken as 100 ms; zero: no leases, every token is taken in Redis).
+    /// A longer lease takes Redis less often for a busy key; a shorter one gives unused
+    /// tokens back sooner to the other instances.
+    pub fn lease_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lease_lifetime = lifetime.min(MAX_LEASE_LIFETIME);
+        self
+    }
+
     /// The fail mode applied to `limit`: the override for its name, else its own.
     pub fn mode_of(&self, limit: &RateLimit) -> FailMode {
         self.per_limit
@@ -106,6 +120,14 @@ impl RedisLimiterConfig {
 /// Cluster slot. A request id is
 /// remembered for [`crate::RedisConfig::idempotency_ttl`]: a retried check takes nothing more
 /// and a release gives back only what its check took, once.
+///
+/// A check without a request id of the caller's (a verification's own, never retried) may be
+/// admitted from a lease: far from exhaustion a busy key's checks take a batch of tokens in
+/// one script call and admit from it in process for at most the lease lifetime
+/// ([`RedisLimiterConfig::lease_lifetime`], CONTRACT §3), giving back what was not used when
+/// it ends; near exhaustion every token goes through Redis on its own, so the limit is used to
+/// its last token and never exceeded. [`RedisRateLimiter::lease_stats`] counts what leases did;
+/// [`RedisRateLimiter::end_leases`] gives their tokens back before a process stops.
 ///
 /// Concurrent checks of one key with the same limits are coalesced: while one script call for
 /// them is on its way, the checks that arrive queue up, and the next call carries up to
@@ -129,10 +151,9 @@ impl RedisLimiterConfig {
 /// ```
 #[derive(Debug)]
 pub struct RedisRateLimiter {
-    redis: RedisBackend,
     config: RedisLimiterConfig,
     lanes: Arc<Lanes>,
-    release: redis::Script,
+    leases: Arc<Leases>,
     local: MemoryRateLimiter,
     counters: FailCounters,
 }
@@ -160,9 +181,15 @@ impl RedisRateLimiter {
             Some(c) => MemoryRateLimiter::with_clock(c.clone()),
             None => MemoryRateLimiter::new(),
         };
+        let leases = Leases::new(
+            redis,
+            redis::Script::new(include_str!("../lua/release.lua")),
+            config.lease_lifetime,
+            clock.clone(),
+        );
         Self {
-            redis: redis.clone(),
             config,
+            leases,
             lanes: Arc::new(Lanes {
                 redis: redis.clone(),
                 script: redis::Script::new(include_str!("../lua/ratelimit.lua")),
@@ -172,7 +199,6 @@ impl RedisRateLimiter {
                 calls: AtomicU64::new(0),
                 largest: AtomicU64::new(0),
             }),
-            release: redis::Script::new(include_str!("../lua/release.lua")),
             local,
             counters: FailCounters::new("ratelimit"),
         }
@@ -192,29 +218,48 @@ impl RedisRateLimiter {
         }
     }
 
-    fn release_invocation<'s>(&'s self, req: &LimitRequest<'_>) -> redis::ScriptInvocation<'s> {
-        let mut inv = self.release.prepare_invoke();
-        inv.key(
-            self.redis
-                .quota_key(req.quota_id, &format!("rl:req:{}", req.request_id)),
-        );
-        for (i, l) in req.limits.iter().enumerate() {
-            inv.key(
-                self.redis
-                    .quota_key(req.quota_id, &bucket_name(l, req.since_of(i))),
-            );
-        }
-        inv
+    /// What the leases did: taken, checks admitted from them, tokens given back or lost.
+    pub fn lease_stats(&self) -> LeaseStats {
+        self.leases.stats()
     }
 
-    async fn check_redis(&self, req: &LimitRequest<'_>) -> Result<LimitDecision, Error> {
+    /// Ends every lease now and gives the unused tokens back: for a process about to stop
+    /// (those of a process that stops without it are forfeited, never handed out twice).
+    pub async fn end_leases(&self) {
+        self.leases.end_all().await;
+        let (l, b) = (self.lease_stats(), self.batch_stats());
+        tracing::info!(
+            leases = l.leases,
+            largest = l.largest,
+            local = l.local,
+            returned = l.returned,
+            forfeited = l.forfeited,
+            redis_checks = b.checks,
+            script_calls = b.script_calls,
+            "rate-limit leases ended"
+        );
+    }
+
+    /// Ends the leases of one quota now, giving their unused tokens back (its key changed).
+    pub async fn end_leases_of(&self, quota_id: keyvault_core::KeyId) {
+        self.leases.end(quota_id).await;
+    }
+
+    /// A check on Redis taking `want` tokens (0: a pure check; more than 1: a lease, which
+    /// the script may grant smaller or not at all). Returns the decision and how many tokens
+    /// were taken from each limit.
+    async fn check_redis(
+        &self,
+        req: &LimitRequest<'_>,
+        want: u64,
+    ) -> Result<(LimitDecision, u64), Error> {
         let queued = {
             let mut busy = self.lanes.busy();
             match lane_mut(&mut busy, req.quota_id, req.limits, req.since) {
                 Some(l) => {
                     let (answer, rx) = oneshot::channel();
                     l.queue.push(Pending {
-                        take: req.take,
+                        want,
                         request_id: req.request_id.to_owned(),
                         answer,
                     });
@@ -252,10 +297,7 @@ impl RedisRateLimiter {
                     lanes: self.lanes.clone(),
                     lane: (req.quota_id, req.limits.to_vec(), req.since.to_vec()),
                 };
-                let replies = self
-                    .lanes
-                    .call(&lead.lane, &[(req.take, req.request_id)])
-                    .await;
+                let replies = self.lanes.call(&lead.lane, &[(want, req.request_id)]).await;
                 // Hands the queued checks on before this one is answered.
                 drop(lead);
                 let mut replies = replies?;
@@ -264,24 +306,19 @@ impl RedisRateLimiter {
                 ))?
             }
         };
-        decision(req.limits, &reply)
+        let d = decision(req.limits, &reply)?;
+        let taken = if d.admitted && want > 0 {
+            u64::try_from(reply[0]).unwrap_or(1)
+        } else {
+            0
+        };
+        Ok((d, taken))
     }
 
     async fn release_redis(&self, req: &LimitRequest<'_>) -> Result<(), Error> {
-        let mut inv = self.release_invocation(req);
-        inv.arg(req.request_id).arg(self.redis.idempotency_ms());
-        for l in req.limits {
-            inv.arg(l.limit()).arg(l.period_ms());
-        }
-        if let Some(now) = fixed_now(self.config.clock.as_deref()) {
-            inv.arg(now);
-        }
-        let mut conn = self.redis.conn();
-        let _: i64 = self
-            .redis
-            .run(async { inv.invoke_async(&mut conn).await })
-            .await?;
-        Ok(())
+        self.leases
+            .release_call(req.quota_id, req.limits, req.since, req.request_id, 1)
+            .await
     }
 
     /// The in-process share of a limit: ⌈L/N⌉ tokens per period.
@@ -381,7 +418,7 @@ fn decision(limits: &[RateLimit], reply: &[i64]) -> Result<LimitDecision, Error>
         })
         .collect();
     Ok(LimitDecision {
-        admitted: reply[0] == 1,
+        admitted: reply[0] >= 1,
         states,
     })
 }
@@ -395,8 +432,33 @@ impl RateLimiter for RedisRateLimiter {
                 states: Vec::new(),
             });
         }
-        match self.check_redis(req).await {
-            Ok(d) => Ok(d),
+        if self.leases.applies(req) {
+            if !req.take {
+                if let Some(d) = self.leases.peek(req) {
+                    return Ok(d);
+                }
+            } else {
+                match self.leases.take(req) {
+                    Take::Admitted(d) => return Ok(d),
+                    // Served by the renewal it waited for, or checked on its own.
+                    Take::Wait(rx) => {
+                        if let Ok(Some(d)) = rx.await {
+                            return Ok(d);
+                        }
+                    }
+                    Take::Renew(size) => {
+                        let reply = self.check_redis(req, size).await;
+                        return match self.leases.renewed(req, reply) {
+                            Ok(d) => Ok(d),
+                            Err(e) if e.is_unavailable() => self.check_fallback(req, e).await,
+                            Err(e) => Err(e.into()),
+                        };
+                    }
+                }
+            }
+        }
+        match self.check_redis(req, u64::from(req.take)).await {
+            Ok((d, _)) => Ok(d),
             Err(e) if e.is_unavailable() => self.check_fallback(req, e).await,
             Err(e) => Err(e.into()),
         }
@@ -404,6 +466,9 @@ impl RateLimiter for RedisRateLimiter {
 
     async fn release(&self, req: &LimitRequest<'_>) -> keyvault_core::Result<()> {
         if req.limits.is_empty() || !req.take {
+            return Ok(());
+        }
+        if self.leases.applies(req) && self.leases.give_back(req) {
             return Ok(());
         }
         match self.release_redis(req).await {

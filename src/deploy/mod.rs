@@ -440,13 +440,14 @@ impl Deployment {
         Ok(())
     }
 
-    /// Writes back credit spends cached in Redis and the client signals gathered (on
-    /// shutdown).
+    /// Gives back the rate-limit tokens leased and unused, writes back credit spends cached
+    /// in Redis and the client signals gathered (on shutdown).
     ///
     /// # Errors
     /// The backend's error when a balance or the signals could not be written.
     pub async fn flush(&self) -> Result<()> {
         if let Some(r) = &self.redis {
+            r.limiter.end_leases().await;
             r.credits.flush().await?;
         }
         self.flush_signals().await
