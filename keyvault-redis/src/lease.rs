@@ -134,9 +134,60 @@ pub(crate) enum Take {
     Admitted(LimitDecision),
     /// Another check is renewing the lease: wait for it (`None`: check on your own).
     Wait(oneshot::Receiver<Option<LimitDecision>>),
-    /// Renew: ask the script for this many tokens (1: a single check), then report with
-    /// [`Leases::renewed`].
-    Renew(u64),
+    /// Renew: ask the script for [`Renewal::size`] tokens (1: a single check), then report
+    /// with [`Renewal::finish`].
+    Renew(Renewal),
+}
+
+/// A renewal under way. Given up before it finishes (its check's future dropped: the client
+/// went away), it lets the checks that waited for it go on their own, and what its call may
+/// have taken in Redis is forfeited.
+#[derive(Debug)]
+pub(crate) struct Renewal {
+    leases: Arc<Leases>,
+    quota: KeyId,
+    size: u64,
+    done: bool,
+}
+
+impl Renewal {
+    /// How many tokens to ask for.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reports the renewal's answer (see [`Leases::renewed`]).
+    pub(crate) fn finish(
+        mut self,
+        req: &LimitRequest<'_>,
+        reply: Result<(LimitDecision, u64), Error>,
+    ) -> Result<LimitDecision, Error> {
+        self.done = true;
+        self.leases.asking.fetch_sub(self.size, Ordering::Relaxed);
+        self.leases.renewed(req, reply)
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.leases.asking.fetch_sub(self.size, Ordering::Relaxed);
+        self.leases
+            .stats
+            .abandoned
+            .fetch_add(self.size, Ordering::Relaxed);
+        let mut held = self.leases.held();
+        for h in held.lanes.get_mut(&self.quota).into_iter().flatten() {
+            if h.renewing {
+                h.renewing = false;
+                for w in h.waiters.drain(..) {
+                    let _ = w.send(None);
+                }
+            }
+        }
+    }
 }
 
 /// Leftover tokens to give back: a lane and how many of each limit.
@@ -175,6 +226,8 @@ pub(crate) struct Leases {
     lifetime: Duration,
     held: Mutex<Table>,
     generation: AtomicU64,
+    /// Tokens asked for by the renewals in flight.
+    asking: AtomicU64,
     redis: RedisBackend,
     release: redis::Script,
     clock: Option<Arc<dyn keyvault_core::Clock>>,
@@ -189,6 +242,7 @@ struct LeaseCounters {
     returning: AtomicU64,
     returned: AtomicU64,
     forfeited: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 /// What the leases of a [`crate::RedisRateLimiter`] did.
@@ -204,10 +258,15 @@ pub struct LeaseStats {
     pub held: u64,
     /// Unused tokens on their way back to Redis now.
     pub returning: u64,
+    /// Tokens asked for by the renewals in flight now.
+    pub asking: u64,
     /// Unused tokens given back when their lease ended.
     pub returned: u64,
     /// Unused tokens that could not be given back (Redis unavailable): lost, never reused.
     pub forfeited: u64,
+    /// Tokens asked for by renewals given up midway (their checks' futures dropped), which
+    /// Redis may have taken: lost if it did, never reused.
+    pub abandoned: u64,
 }
 
 impl Leases {
@@ -224,6 +283,7 @@ impl Leases {
                 swept: Instant::now(),
             }),
             generation: AtomicU64::new(0),
+            asking: AtomicU64::new(0),
             redis: redis.clone(),
             release,
             clock,
@@ -251,8 +311,10 @@ impl Leases {
             local: self.stats.local.load(Ordering::Relaxed),
             held,
             returning: self.stats.returning.load(Ordering::Relaxed),
+            asking: self.asking.load(Ordering::Relaxed),
             returned: self.stats.returned.load(Ordering::Relaxed),
             forfeited: self.stats.forfeited.load(Ordering::Relaxed),
+            abandoned: self.stats.abandoned.load(Ordering::Relaxed),
         }
     }
 
@@ -318,7 +380,7 @@ impl Leases {
                             ));
                         }
                         h.renewing = true;
-                        Take::Renew(self.size(h, now))
+                        Take::Renew(self.renewal(req.quota_id, self.size(h, now)))
                     }
                 }
                 None => {
@@ -337,12 +399,22 @@ impl Leases {
                         renewing: true,
                         waiters: Vec::new(),
                     });
-                    Take::Renew(1)
+                    Take::Renew(self.renewal(req.quota_id, 1))
                 }
             }
         };
         self.give_back_later(ended);
         take
+    }
+
+    fn renewal(self: &Arc<Self>, quota: KeyId, size: u64) -> Renewal {
+        self.asking.fetch_add(size, Ordering::Relaxed);
+        Renewal {
+            leases: self.clone(),
+            quota,
+            size,
+            done: false,
+        }
     }
 
     /// The next lease's size for `h`: its request rate times the lifetime (1: no lease).
@@ -362,7 +434,7 @@ impl Leases {
     /// renewed (0: refused; 1: its own token only), `decision` as the script reported it.
     /// Installs the lease and serves the checks that waited. Returns the renewing check's
     /// answer.
-    pub(crate) fn renewed(
+    fn renewed(
         self: &Arc<Self>,
         req: &LimitRequest<'_>,
         reply: Result<(LimitDecision, u64), Error>,

@@ -446,9 +446,9 @@ impl RateLimiter for RedisRateLimiter {
                             return Ok(d);
                         }
                     }
-                    Take::Renew(size) => {
-                        let reply = self.check_redis(req, size).await;
-                        return match self.leases.renewed(req, reply) {
+                    Take::Renew(renewal) => {
+                        let reply = self.check_redis(req, renewal.size()).await;
+                        return match renewal.finish(req, reply) {
                             Ok(d) => Ok(d),
                             Err(e) if e.is_unavailable() => self.check_fallback(req, e).await,
                             Err(e) => Err(e.into()),
