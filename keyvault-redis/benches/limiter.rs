@@ -4,7 +4,8 @@
 //! BENCH_SECS per measurement, default 2; BENCH_ROUNDS, default 3). Workloads are interleaved
 //! in rounds so drift hits all of them alike; the median of the rounds is reported. The
 //! limiter workloads check one quota (concurrent checks coalesce into shared script calls),
-//! or spread over 64 quotas (nothing to coalesce).
+//! or spread over 64 quotas (nothing to coalesce); the leased workload checks without a
+//! request id, so a lease serves most checks in process.
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
 use std::{
@@ -43,6 +44,8 @@ enum Op {
     Check1,
     Check3,
     Check1Spread,
+    /// A check without a request id of the caller's: admitted from leases.
+    Check1Leased,
     Spend,
 }
 
@@ -58,7 +61,7 @@ async fn run_op(ctx: &Ctx, op: Op) {
                 .await
                 .unwrap();
         }
-        Op::Check1 | Op::Check3 | Op::Check1Spread => {
+        Op::Check1 | Op::Check3 | Op::Check1Spread | Op::Check1Leased => {
             let limits = if op == Op::Check3 {
                 &ctx.three
             } else {
@@ -76,7 +79,7 @@ async fn run_op(ctx: &Ctx, op: Op) {
                     limits,
                     since: &[],
                     take: true,
-                    request_id: &id,
+                    request_id: if op == Op::Check1Leased { "" } else { &id },
                 })
                 .await
                 .unwrap();
@@ -194,6 +197,7 @@ fn main() {
             (Op::Check1, 64),
             (Op::Check3, 64),
             (Op::Check1Spread, 64),
+            (Op::Check1Leased, 64),
             (Op::Spend, 64),
         ];
         // Warm-up: load the scripts, open the connections.
@@ -220,6 +224,9 @@ fn main() {
                 Op::Check1 => "`RedisRateLimiter::check`, 1 limit, one quota",
                 Op::Check3 => "`RedisRateLimiter::check`, 3 limits, one quota",
                 Op::Check1Spread => "`RedisRateLimiter::check`, 1 limit, 64 quotas",
+                Op::Check1Leased => {
+                    "`RedisRateLimiter::check`, 1 limit, one quota, no request id (leases)"
+                }
                 Op::Spend => "`RedisCreditStore::spend` (cached balance)",
             };
             println!(

@@ -456,7 +456,7 @@ impl Deployment {
 
 #[cfg(test)]
 mod tests {
-    use keyvault_core::{Actor, Credits, NewKey, Outcome, VerifyRequest};
+    use keyvault_core::{Actor, Credits, NewKey, Outcome, RateLimit, VerifyRequest};
 
     use super::*;
 
@@ -551,6 +551,75 @@ mod tests {
             .unwrap();
         assert_eq!(v.credits_remaining, Some(0));
         drop((vault, again));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    /// `flush` gives back the rate-limit tokens a busy key leased: afterwards Redis holds the
+    /// limit less exactly what was admitted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_gives_leased_tokens_back() {
+        let path = std::env::temp_dir().join(format!("keyvault-deploy-{}.db", uuid_like()));
+        let url = format!("sqlite://{}", path.display());
+        let redis_url =
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let deployment = Deployment::connect(Durable::open(&url).await.unwrap(), Some(&redis_url))
+            .await
+            .unwrap();
+        let vault = deployment.builder().build().unwrap();
+        // A year's limit: no refill worth a token within the test.
+        let limit = RateLimit::new("y", 100_000, 31_536_000_000).unwrap();
+        let created = vault
+            .create_key(
+                NewKey::new("busy").ratelimit(limit.clone()),
+                &Actor::library(),
+            )
+            .await
+            .unwrap();
+        let key = created.key.expose().to_owned();
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let (vault, key) = (vault.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..100 {
+                    let v = vault.verify(&VerifyRequest::new(&key)).await.unwrap();
+                    assert_eq!(v.outcome, Outcome::Valid);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let redis = deployment.redis().unwrap();
+        assert!(
+            redis.limiter().lease_stats().leases > 0,
+            "no lease was taken"
+        );
+        deployment.flush().await.unwrap();
+        let s = redis.limiter().lease_stats();
+        assert_eq!((s.held, s.returning, s.forfeited), (0, 0, 0), "{s:?}");
+        let plain = RedisRateLimiter::new(
+            redis.backend(),
+            keyvault_redis::RedisLimiterConfig::default().lease_lifetime(Duration::ZERO),
+        );
+        let limits = [limit];
+        let left = plain
+            .check(&keyvault_core::LimitRequest {
+                quota_id: created.record.quota_id,
+                limits: &limits,
+                since: &[],
+                take: false,
+                request_id: "",
+            })
+            .await
+            .unwrap();
+        let remaining = left.states[0].remaining;
+        assert!(
+            (96_800..=96_801).contains(&remaining),
+            "Redis holds {remaining} after 3,200 admitted of 100,000"
+        );
+        drop((vault, deployment));
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
