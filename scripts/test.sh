@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace, doctests included, against real PostgreSQL and Redis.
-# Starts either service if it is down and creates what the tests need.
+# Runs every test of the workspace, doctests included, against real PostgreSQL and Redis (and
+# the Redis tests that matter across nodes against a local Redis Cluster as well). Starts
+# either service if it is down and creates what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,5 +42,13 @@ if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname
     psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE \"$db\"" postgres >/dev/null
 fi
 
+# A local Redis Cluster of three masters: the Redis conformance suite and the cross-instance
+# tests run against it too.
+cluster_dir="$(mktemp -d)"
+trap 'scripts/redis-cluster.sh stop "$cluster_dir"' EXIT
+cluster_url="$(scripts/redis-cluster.sh start "$cluster_dir")"
+
 cargo nextest run --workspace --all-targets --all-features --no-fail-fast
+REDIS_URL="$cluster_url" cargo nextest run -p keyvault-redis --all-features --no-fail-fast \
+    --test conformance --test multi_instance --test leases --test live
 cargo test --workspace --all-features --doc

@@ -95,7 +95,12 @@ impl Config {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|url| {
-                if url.starts_with("redis://") || url.starts_with("rediss://") {
+                // Several node URLs, comma-separated, name a Redis Cluster (CONTRACT §4).
+                let node = |u: &str| {
+                    let u = u.trim();
+                    u.starts_with("redis://") || u.starts_with("rediss://")
+                };
+                if url.split(',').all(node) {
                     let namespace = RedisConfig::new(g.redis_namespace.trim())
                         .map_err(|e| Error::input("KEYVAULT_REDIS_NAMESPACE", e.message))?;
                     Ok(RedisSettings::new(url)
@@ -105,7 +110,7 @@ impl Config {
                 } else {
                     Err(Error::input(
                         "REDIS_URL",
-                        "must start with redis:// or rediss://",
+                        "must start with redis:// or rediss:// (for a Redis Cluster: node URLs separated by commas, each so)",
                     ))
                 }
             })

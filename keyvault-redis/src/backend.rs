@@ -3,7 +3,12 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use keyvault_core::{InvalidInput, KeyId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    Cmd, Pipeline, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
+};
 
 use crate::error::Error;
 
@@ -97,6 +102,11 @@ impl RedisConfig {
 /// A multiplexed, self-reconnecting connection to Redis with its settings. Cheap to clone;
 /// every component built from one handle shares its connection.
 ///
+/// Several node URLs, comma-separated (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`), name
+/// a Redis Cluster (CONTRACT §4): commands follow the cluster's slots, every script touches
+/// the keys of one quota only (one hash tag, one slot), and change notifications go through
+/// the cluster's pub/sub, heard on any node.
+///
 /// ```no_run
 /// use keyvault_redis::{RedisBackend, RedisConfig};
 /// # async fn demo() -> Result<(), keyvault_redis::Error> {
@@ -110,9 +120,46 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// One client per node URL: what pub/sub subscribes through (any node hears every
+    /// message of a cluster).
+    clients: Vec<redis::Client>,
+    conn: Conn,
     config: RedisConfig,
+}
+
+/// The shared connection: to one server, or to a cluster.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -125,10 +172,35 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
-fn client(url: &str) -> Result<redis::Client, Error> {
-    // The parse error may quote the URL (and its password): replace it.
-    redis::Client::open(url)
-        .map_err(|_| Error::Invalid(InvalidInput::new("redis_url", "not a valid Redis URL")))
+/// One client per comma-separated node URL (one URL: a single server).
+fn clients(urls: &str) -> Result<Vec<redis::Client>, Error> {
+    let invalid = |why| Error::Invalid(InvalidInput::new("redis_url", why));
+    let clients = urls
+        .split(',')
+        .map(str::trim)
+        // The parse error may quote the URL (and its password): replace it.
+        .map(|url| redis::Client::open(url).map_err(|_| invalid("not a valid Redis URL")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if clients.is_empty() {
+        return Err(invalid("names no Redis server"));
+    }
+    Ok(clients)
+}
+
+fn cluster_client(clients: &[redis::Client], config: &RedisConfig) -> Result<ClusterClient, Error> {
+    ClusterClientBuilder::new(clients.iter().map(|c| c.get_connection_info().clone()))
+        .connection_timeout(config.timeout)
+        .response_timeout(config.timeout)
+        .min_retry_wait(20)
+        .max_retry_wait(500)
+        .retries(4)
+        .build()
+        .map_err(|_| {
+            Error::Invalid(InvalidInput::new(
+                "redis_url",
+                "the cluster's node URLs must agree on their settings",
+            ))
+        })
 }
 
 fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
@@ -143,19 +215,30 @@ fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
 }
 
 impl RedisBackend {
-    /// Connects, failing if Redis does not answer within the time budget.
+    /// Connects, failing if Redis does not answer within the time budget. `url` is one
+    /// server's URL, or several node URLs, comma-separated, of a Redis Cluster.
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, Error> {
-        let client = client(url)?;
+        let clients = clients(url)?;
         let budget = config.timeout;
-        let conn = tokio::time::timeout(
-            budget,
-            ConnectionManager::new_with_config(client.clone(), manager_config(&config)),
-        )
-        .await
-        .map_err(|_| Error::Timeout(budget))??;
+        let conn = if let [one] = clients.as_slice() {
+            let connecting =
+                ConnectionManager::new_with_config(one.clone(), manager_config(&config));
+            Conn::One(
+                tokio::time::timeout(budget, connecting)
+                    .await
+                    .map_err(|_| Error::Timeout(budget))??,
+            )
+        } else {
+            let cluster = cluster_client(&clients, &config)?;
+            Conn::Cluster(
+                tokio::time::timeout(budget, cluster.get_async_connection())
+                    .await
+                    .map_err(|_| Error::Timeout(budget))??,
+            )
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                clients,
                 conn,
                 config,
             }),
@@ -163,18 +246,32 @@ impl RedisBackend {
     }
 
     /// A handle that connects on first use: an instance can start while Redis is down (its
-    /// components answer with their fail modes until it is back). Needs a Tokio runtime.
+    /// components answer with their fail modes until it is back). Needs a Tokio runtime. One
+    /// server only: a cluster's layout is read when connecting ([`Self::connect`]).
     pub fn connect_lazy(url: &str, config: RedisConfig) -> Result<Self, Error> {
-        let client = client(url)?;
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(&config))?;
+        let clients = clients(url)?;
+        if clients.len() > 1 {
+            return Err(Error::Invalid(InvalidInput::new(
+                "redis_url",
+                "a Redis Cluster connects at once, not lazily",
+            )));
+        }
+        let conn = Conn::One(ConnectionManager::new_lazy_with_config(
+            clients[0].clone(),
+            manager_config(&config),
+        )?);
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                clients,
                 conn,
                 config,
             }),
         })
+    }
+
+    /// Whether this handle talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.conn, Conn::Cluster(_))
     }
 
     /// The settings.
@@ -189,12 +286,14 @@ impl RedisBackend {
             .await
     }
 
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.inner.client
+    /// The client to subscribe through on the `attempt`-th try: the nodes in turn, so that a
+    /// cluster node that is down does not stop change notifications.
+    pub(crate) fn pubsub_client(&self, attempt: usize) -> &redis::Client {
+        &self.inner.clients[attempt % self.inner.clients.len()]
     }
 
     /// A key of one quota: `<namespace>:{<quota id>}:<rest>`. The hash tag keeps every key of

@@ -133,9 +133,12 @@ async fn listen(
     let budget = redis.config().call_timeout();
     let mut backoff = Duration::from_millis(50);
     let mut gap = false;
+    let mut attempt = 0;
     loop {
+        let client = redis.pubsub_client(attempt).clone();
+        attempt += 1;
         let subscribed = async {
-            let mut ps = redis.client().get_async_pubsub().await?;
+            let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(ps)
         };

@@ -161,13 +161,20 @@ impl LiveCounters {
         self.add(sums).await
     }
 
-    /// Adds the sums to their buckets in one pipelined round trip.
+    /// Adds the sums to their buckets in one pipelined round trip; on a Redis Cluster one per
+    /// scope (a scope's buckets share its hash tag, so one node serves each), sent together.
     async fn add(&self, sums: HashMap<(String, char, i64), Counts>) -> keyvault_core::Result<()> {
         if sums.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut pipes: HashMap<String, redis::Pipeline> = HashMap::new();
         for ((scope, unit, n), sum) in sums {
+            let group = if self.redis.is_cluster() {
+                scope.as_str()
+            } else {
+                ""
+            };
+            let pipe = pipes.entry(group.to_owned()).or_insert_with(redis::pipe);
             let key = self.bucket_key(&scope, unit, n);
             for (field, v) in [("c", sum.calls), ("e", sum.errors), ("r", sum.rejected)] {
                 if v > 0 {
@@ -182,10 +189,11 @@ impl LiveCounters {
             };
             pipe.cmd("EXPIREAT").arg(&key).arg(horizon).ignore();
         }
-        let mut conn = self.redis.conn();
-        self.redis
-            .run(async { pipe.query_async::<()>(&mut conn).await })
-            .await?;
+        let calls = pipes.into_values().map(|pipe| {
+            let mut conn = self.redis.conn();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        self.redis.run(futures::future::try_join_all(calls)).await?;
         Ok(())
     }
 

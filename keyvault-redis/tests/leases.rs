@@ -26,10 +26,13 @@ async fn instances(n: usize) -> (String, Arc<MemoryStore>, Vec<common::Instance>
     let ns = common::namespace();
     let durable = Arc::new(MemoryStore::new());
     let mut all = Vec::new();
+    // On a Redis Cluster each instance subscribes through another node.
+    let mut url = common::redis_url();
     for _ in 0..n {
+        url = common::rotated(&url);
         all.push(
             common::instance(
-                common::backend(&common::redis_url(), &ns, common::TEST_BUDGET).await,
+                common::backend(&url, &ns, common::TEST_BUDGET).await,
                 &durable,
                 RedisCreditConfig::default(),
                 RedisLimiterConfig::default(),

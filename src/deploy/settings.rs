@@ -92,7 +92,8 @@ impl DatabaseUrl {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisSettings {
-    /// `redis://…` or `rediss://…`.
+    /// `redis://…` or `rediss://…`; several node URLs, comma-separated, name a Redis
+    /// Cluster.
     pub url: String,
     /// The rate limiter's fail modes and instance count.
     pub limiter: RedisLimiterConfig,

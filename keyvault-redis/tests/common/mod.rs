@@ -63,7 +63,16 @@ pub async fn instance(
     }
 }
 
-/// Two instances on one Redis namespace and one durable store.
+/// A cluster's node URLs starting from the next node (one server's URL unchanged): an
+/// instance connected through it subscribes to changes on another node than the first.
+pub fn rotated(url: &str) -> String {
+    let mut nodes: Vec<&str> = url.split(',').collect();
+    nodes.rotate_left(1);
+    nodes.join(",")
+}
+
+/// Two instances on one Redis namespace and one durable store (on a Redis Cluster, the
+/// second subscribes to changes through another node).
 pub async fn two_instances() -> (Arc<MemoryStore>, Instance, Instance) {
     let ns = namespace();
     let durable = Arc::new(MemoryStore::new());
@@ -75,7 +84,7 @@ pub async fn two_instances() -> (Arc<MemoryStore>, Instance, Instance) {
     )
     .await;
     let b = instance(
-        backend(&redis_url(), &ns, TEST_BUDGET).await,
+        backend(&rotated(&redis_url()), &ns, TEST_BUDGET).await,
         &durable,
         RedisCreditConfig::default(),
         RedisLimiterConfig::default(),
@@ -95,6 +104,23 @@ pub async fn wait_subscribed(bus: &RedisChangeBus) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the change bus never subscribed");
+}
+
+/// One command on `url` (one server, or a cluster's comma-separated nodes), outside keyvault.
+pub async fn query<T: keyvault_redis::redis::FromRedisValue>(
+    url: &str,
+    cmd: &keyvault_redis::redis::Cmd,
+) -> T {
+    use keyvault_redis::redis;
+    if url.contains(',') {
+        let client = redis::cluster::ClusterClient::new(url.split(',')).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        cmd.query_async(&mut conn).await.unwrap()
+    } else {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        cmd.query_async(&mut conn).await.unwrap()
+    }
 }
 
 /// A redis-server of our own on a free port, so that tests may kill or flush it.
