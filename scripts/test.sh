@@ -50,5 +50,5 @@ cluster_url="$(scripts/redis-cluster.sh start "$cluster_dir")"
 
 cargo nextest run --workspace --all-targets --all-features --no-fail-fast
 REDIS_URL="$cluster_url" cargo nextest run -p keyvault-redis --all-features --no-fail-fast \
-    --test conformance --test multi_instance --test leases --test live
+    --test conformance --test multi_instance --test leases --test credit_leases --test live
 cargo test --workspace --all-features --doc

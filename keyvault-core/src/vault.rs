@@ -72,7 +72,8 @@ impl<'a> VerifyRequest<'a> {
         self
     }
 
-    /// An id for this verification, carried to limiters so that a retry is applied once.
+    /// An id for this verification, carried to limiters and credit stores so that a retry is
+    /// applied once (on every instance: such checks are never admitted from a lease).
     pub fn request_id(mut self, id: &'a str) -> Self {
         self.request_id = Some(id);
         self.unique_id = false;
@@ -80,8 +81,8 @@ impl<'a> VerifyRequest<'a> {
     }
 
     /// An id made for this verification alone, never sent again (middleware's id for the
-    /// request's usage event): the credit store spends under it, and rate limits, with no
-    /// retry to recognise, may admit from tokens leased in advance.
+    /// request's usage event): with no retry to recognise, rate limits and credits are
+    /// checked without it, and may be admitted from tokens or credits leased in advance.
     pub fn unique_request_id(mut self, id: &'a str) -> Self {
         self.request_id = Some(id);
         self.unique_id = true;
@@ -339,27 +340,17 @@ impl Keyvault {
             credits_remaining: None,
             ratelimits: Vec::new(),
         };
-        // A caller's request id makes a retry count once everywhere. Without one, credits get
-        // an id of their own for the refund of a spend whose answer was lost; rate limits need
-        // none (a release follows only its own admitted check), which lets a limiter admit
-        // from tokens it took in advance.
-        let generated;
+        // A caller's request id makes a retry count once everywhere. A verification without
+        // one (or with an id made for it alone) is never retried, so its limits and credits
+        // need no id: a limiter or credit cache may then admit it from a lease.
         let request_id = match req.request_id {
-            Some(id) => id,
-            None if record.credits.is_none() => "",
-            None => {
-                generated = uuid::Uuid::now_v7().to_string();
-                &generated
-            }
-        };
-        let limit_id = match req.request_id {
             Some(id) if !req.unique_id => id,
             _ => "",
         };
         if let Some(code) = early {
             v.outcome = code;
             if req.report_state {
-                self.peek(&record, limit_id, request_id, &mut v).await?;
+                self.peek(&record, request_id, &mut v).await?;
             }
             v.key = Some(record);
             return Ok(v);
@@ -370,7 +361,7 @@ impl Keyvault {
             limits: &record.ratelimits,
             since: &record.ratelimits_since,
             take,
-            request_id: limit_id,
+            request_id,
         };
         if !record.ratelimits.is_empty() {
             let decision = self.inner.limiter.check(&limit_req).await?;
@@ -513,13 +504,7 @@ impl Keyvault {
             .await
     }
 
-    async fn peek(
-        &self,
-        record: &KeyRecord,
-        limit_id: &str,
-        request_id: &str,
-        v: &mut Verification,
-    ) -> Result<()> {
+    async fn peek(&self, record: &KeyRecord, request_id: &str, v: &mut Verification) -> Result<()> {
         if !record.ratelimits.is_empty() {
             let d = self
                 .inner
@@ -529,7 +514,7 @@ impl Keyvault {
                     limits: &record.ratelimits,
                     since: &record.ratelimits_since,
                     take: false,
-                    request_id: limit_id,
+                    request_id,
                 })
                 .await?;
             v.ratelimits = d.states;

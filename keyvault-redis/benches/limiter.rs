@@ -47,6 +47,8 @@ enum Op {
     /// A check without a request id of the caller's: admitted from leases.
     Check1Leased,
     Spend,
+    /// A spend without a request id of the caller's: spent from leases.
+    SpendLeased,
 }
 
 async fn run_op(ctx: &Ctx, op: Op) {
@@ -85,14 +87,14 @@ async fn run_op(ctx: &Ctx, op: Op) {
                 .unwrap();
             assert!(d.admitted);
         }
-        Op::Spend => {
+        Op::Spend | Op::SpendLeased => {
             let credits = Credits::new(keyvault_core::MAX_CREDITS);
             ctx.credits
                 .spend(&CreditRequest {
                     quota_id: ctx.quota,
                     credits: &credits,
                     cost: 1,
-                    request_id: &id,
+                    request_id: if op == Op::SpendLeased { "" } else { &id },
                     now: chrono::Utc::now(),
                 })
                 .await
@@ -199,6 +201,7 @@ fn main() {
             (Op::Check1Spread, 64),
             (Op::Check1Leased, 64),
             (Op::Spend, 64),
+            (Op::SpendLeased, 64),
         ];
         // Warm-up: load the scripts, open the connections.
         for (op, _) in configs {
@@ -228,6 +231,7 @@ fn main() {
                     "`RedisRateLimiter::check`, 1 limit, one quota, no request id (leases)"
                 }
                 Op::Spend => "`RedisCreditStore::spend` (cached balance)",
+                Op::SpendLeased => "`RedisCreditStore::spend`, no request id (leases)",
             };
             println!(
                 "| {name} | {depth} | {:.0} | {:.2} |",

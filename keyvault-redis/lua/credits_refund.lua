@@ -7,6 +7,9 @@
 -- ARGV[2]  cost ('' with a request id: the amount that request spent)
 -- ARGV[3]  request id ('' for none: give back unconditionally)
 -- ARGV[4]  how long the idempotency record lives, in ms
+-- ARGV[5]  optionally, the load stamp of the balance a lease was taken from: its leftover goes
+--          back only to that balance (never to a reloaded or reset one, nor to the durable
+--          store)
 --
 -- Returns {status, amount}: 1 given back here; 0 nothing to give back (no such spend, already
 -- given back, or superseded by a reset); 2 the balance is no longer cached: give `amount` back
@@ -30,6 +33,10 @@ if cost <= 0 then
 end
 
 local fp = redis.call('HGET', KEYS[1], 'fp')
+local lease = ARGV[5] or ''
+if lease ~= '' and (not fp or redis.call('HGET', KEYS[1], 'ld') ~= lease) then
+  return { 0, 0 }
+end
 if not fp then
   return { 2, cost }
 end

@@ -20,19 +20,29 @@ use crate::fail::FailMode;
 pub struct RedisCreditConfig {
     pub(crate) fail_mode: FailMode,
     pub(crate) writeback_interval: Duration,
+    pub(crate) lease_lifetime: Duration,
 }
 
 impl Default for RedisCreditConfig {
-    /// `closed` (an unavailable Redis answers 503), written back every 500 ms.
+    /// `closed` (an unavailable Redis answers 503), written back every 500 ms, leases of
+    /// [`crate::DEFAULT_LEASE_LIFETIME`].
     fn default() -> Self {
         Self {
             fail_mode: FailMode::Closed,
             writeback_interval: Duration::from_millis(500),
+            lease_lifetime: crate::DEFAULT_LEASE_LIFETIME,
         }
     }
 }
 
 impl RedisCreditConfig {
+    /// How long a lease of credits lives (at most 100 ms: longer is taken as 100 ms; zero: no
+    /// leases, every spend is a script call). A process that dies loses what its lease held.
+    pub fn lease_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lease_lifetime = lifetime.min(crate::MAX_LEASE_LIFETIME);
+        self
+    }
+
     /// What a spend answers while Redis is unavailable: `closed` (an error, the default),
     /// `open` (admitted, nothing counted; the configured balance is reported) or `local`
     /// (spent on the durable store directly, exact but at its speed; the cached balance is

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::{
     backend::RedisBackend,
     credit_config::RedisCreditConfig,
+    credit_lease::{CreditLeaseStats, CreditLeases, CreditTake},
     error::Error,
     fail::{FailCounters, FailMode, FallbackStats},
 };
@@ -75,7 +76,8 @@ struct Inner {
     refund: redis::Script,
     writeback: redis::Script,
     /// Quotas this instance spent on since the last write-back.
-    dirty: Mutex<HashSet<KeyId>>,
+    dirty: Arc<Mutex<HashSet<KeyId>>>,
+    leases: Arc<CreditLeases>,
     /// Quotas spent on the durable store while Redis was unavailable: their cached balance is
     /// stale and is reloaded before the next spend in Redis.
     stale: Mutex<HashSet<KeyId>>,
@@ -84,7 +86,7 @@ struct Inner {
 
 /// The configuration a cached balance belongs to: `remaining:interval:amount`, the refill in
 /// its text form ([`Refill::parse_spec`]).
-fn fingerprint(c: &Credits) -> String {
+pub(crate) fn fingerprint(c: &Credits) -> String {
     match c.refill {
         Some(r) => format!("{}:{r}", c.remaining),
         None => format!("{}:-:-", c.remaining),
@@ -112,14 +114,18 @@ impl RedisCreditStore {
         config: RedisCreditConfig,
     ) -> Self {
         let every = config.writeback_interval;
+        let refund = redis::Script::new(include_str!("../lua/credits_refund.lua"));
+        let dirty = Arc::new(Mutex::new(HashSet::new()));
+        let leases = CreditLeases::new(redis, refund.clone(), config.lease_lifetime, dirty.clone());
         let inner = Arc::new(Inner {
             redis: redis.clone(),
             durable,
             config,
             spend: redis::Script::new(include_str!("../lua/credits_spend.lua")),
-            refund: redis::Script::new(include_str!("../lua/credits_refund.lua")),
+            refund,
             writeback: redis::Script::new(include_str!("../lua/credits_writeback.lua")),
-            dirty: Mutex::new(HashSet::new()),
+            dirty,
+            leases,
             stale: Mutex::new(HashSet::new()),
             counters: FailCounters::new("credits"),
         });
@@ -130,8 +136,16 @@ impl RedisCreditStore {
         }
     }
 
-    /// Writes back every spend this instance made that is not written back yet.
+    /// What the credit leases did: taken, spends answered from them, credits given back or
+    /// lost.
+    pub fn lease_stats(&self) -> CreditLeaseStats {
+        self.inner.leases.stats()
+    }
+
+    /// Gives back what this instance's credit leases hold, then writes back every spend it
+    /// made that is not written back yet.
     pub async fn flush(&self) -> keyvault_core::Result<()> {
+        self.inner.leases.end_all().await;
         self.inner.write_back().await
     }
 
@@ -140,6 +154,7 @@ impl RedisCreditStore {
     /// [`CreditStore::balance_set`]) when it sets a key's credits; call it after writing a
     /// balance to the durable store by other means (a restore).
     pub async fn invalidate(&self, quota_id: KeyId) -> keyvault_core::Result<()> {
+        self.inner.leases.forfeit(quota_id);
         let key = self.inner.balance_key(quota_id);
         let mut conn = self.inner.redis.conn();
         self.inner
@@ -191,11 +206,18 @@ async fn write_back_loop(inner: Weak<Inner>, every: Duration) {
 }
 
 enum Spend {
-    Done(CreditDecision),
+    Done(CreditDecision, Taken),
     /// Nothing cached: load.
     Miss,
     /// Cached for another configuration, or a new refill interval began: write back, load.
     Stale,
+}
+
+/// What a spend in Redis took: the cost, or a lease; and the balance's load stamp.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Taken {
+    pub(crate) spent: u64,
+    pub(crate) loaded: i64,
 }
 
 /// What failed: the durable store (its error is returned as it is) or Redis (a spend may fall
@@ -223,7 +245,12 @@ impl Inner {
         set.lock().unwrap_or_else(|e| e.into_inner()).insert(quota);
     }
 
-    async fn call_spend(&self, req: &CreditRequest<'_>, load: Option<u64>) -> Result<Spend, Error> {
+    async fn call_spend(
+        &self,
+        req: &CreditRequest<'_>,
+        load: Option<u64>,
+        lease: Option<u64>,
+    ) -> Result<Spend, Error> {
         let mut inv = self.spend.prepare_invoke();
         inv.key(self.balance_key(req.quota_id)).key(
             self.redis
@@ -242,15 +269,22 @@ impl Inner {
             .arg(self.redis.idempotency_ms())
             .arg(load.map(|b| b.to_string()).unwrap_or_default())
             .arg(self.redis.cache_ttl_ms());
+        if let Some(want) = lease {
+            inv.arg(want);
+        }
         let mut conn = self.redis.conn();
-        let (status, balance): (i64, i64) = self
+        let (status, balance, spent, loaded): (i64, i64, i64, i64) = self
             .redis
             .run(async { inv.invoke_async(&mut conn).await })
             .await?;
         let remaining = u64::try_from(balance).unwrap_or(0);
+        let taken = Taken {
+            spent: u64::try_from(spent).unwrap_or(0),
+            loaded,
+        };
         Ok(match status {
-            1 => Spend::Done(CreditDecision::Spent { remaining }),
-            0 => Spend::Done(CreditDecision::Insufficient { remaining }),
+            1 => Spend::Done(CreditDecision::Spent { remaining }, taken),
+            0 => Spend::Done(CreditDecision::Insufficient { remaining }, taken),
             -2 => Spend::Stale,
             _ => Spend::Miss,
         })
@@ -266,7 +300,8 @@ impl Inner {
         &self,
         req: &CreditRequest<'_>,
         write_back: bool,
-    ) -> Result<CreditDecision, Failure> {
+        lease: Option<u64>,
+    ) -> Result<(CreditDecision, Taken), Failure> {
         if write_back {
             self.write_back_one(req.quota_id, "claim").await?;
         }
@@ -276,8 +311,8 @@ impl Inner {
             .await
             .map_err(Failure::Durable)?
             .remaining();
-        match self.call_spend(req, Some(loaded)).await {
-            Ok(Spend::Done(d)) => Ok(d),
+        match self.call_spend(req, Some(loaded), lease).await {
+            Ok(Spend::Done(d, t)) => Ok((d, t)),
             Ok(Spend::Miss | Spend::Stale) => Err(Failure::Redis(Error::Reply(
                 "credit script missed after a load",
             ))),
@@ -394,6 +429,59 @@ impl Inner {
         Ok(dropped?)
     }
 
+    /// A spend in Redis, asking for a lease of `lease` when given. Returns the decision and
+    /// what Redis took (nothing when the durable store or a fail mode answered).
+    async fn spend(
+        &self,
+        req: &CreditRequest<'_>,
+        lease: Option<u64>,
+    ) -> keyvault_core::Result<(CreditDecision, Taken)> {
+        let inner = self;
+        let open = CreditDecision::Spent {
+            remaining: req.credits.remaining,
+        };
+        let local = async { inner.durable.spend(req).await };
+        if let Err(e) = inner.resync(req.quota_id).await {
+            // Only `local` marks balances stale: keep spending on the durable store.
+            tracing::warn!(error = %e, "stale credit balance not resynchronised yet");
+            inner.counters.fallback(FailMode::Local);
+            return inner
+                .durable
+                .spend(req)
+                .await
+                .map(|d| (d, Taken::default()));
+        }
+        let first = match inner.call_spend(req, None, lease).await {
+            Ok(s) => s,
+            Err(e) => {
+                return inner
+                    .fallback(e, local, open, req.quota_id)
+                    .await
+                    .map(|d| (d, Taken::default()));
+            }
+        };
+        let (decision, taken) = match first {
+            Spend::Done(d, t) => (d, t),
+            miss => match inner
+                .load_and_spend(req, matches!(miss, Spend::Stale), lease)
+                .await
+            {
+                Ok(r) => r,
+                Err(Failure::Durable(e)) => return Err(e),
+                Err(Failure::Redis(e)) => {
+                    return inner
+                        .fallback(e, local, open, req.quota_id)
+                        .await
+                        .map(|d| (d, Taken::default()));
+                }
+            },
+        };
+        if req.cost > 0 && matches!(decision, CreditDecision::Spent { .. }) {
+            Inner::mark(&inner.dirty, req.quota_id);
+        }
+        Ok((decision, taken))
+    }
+
     async fn fallback<T>(
         &self,
         error: Error,
@@ -421,38 +509,18 @@ impl Inner {
 #[async_trait]
 impl CreditStore for RedisCreditStore {
     async fn spend(&self, req: &CreditRequest<'_>) -> keyvault_core::Result<CreditDecision> {
-        let inner = &*self.inner;
-        let open = CreditDecision::Spent {
-            remaining: req.credits.remaining,
-        };
-        let local = async { inner.durable.spend(req).await };
-        if let Err(e) = inner.resync(req.quota_id).await {
-            // Only `local` marks balances stale: keep spending on the durable store.
-            tracing::warn!(error = %e, "stale credit balance not resynchronised yet");
-            inner.counters.fallback(FailMode::Local);
-            return inner.durable.spend(req).await;
+        let inner = &self.inner;
+        if !inner.leases.applies(req) {
+            return inner.spend(req, None).await.map(|(d, _)| d);
         }
-        let first = match inner.call_spend(req, None).await {
-            Ok(s) => s,
-            Err(e) => return inner.fallback(e, local, open, req.quota_id).await,
-        };
-        let decision = match first {
-            Spend::Done(d) => d,
-            miss => match inner
-                .load_and_spend(req, matches!(miss, Spend::Stale))
-                .await
-            {
-                Ok(d) => d,
-                Err(Failure::Durable(e)) => return Err(e),
-                Err(Failure::Redis(e)) => {
-                    return inner.fallback(e, local, open, req.quota_id).await;
-                }
-            },
-        };
-        if req.cost > 0 && matches!(decision, CreditDecision::Spent { .. }) {
-            Inner::mark(&inner.dirty, req.quota_id);
+        match inner.leases.take(req) {
+            CreditTake::Admitted(d) => Ok(d),
+            CreditTake::Alone => inner.spend(req, None).await.map(|(d, _)| d),
+            CreditTake::Renew(renewal) => {
+                let spent = inner.spend(req, Some(renewal.size())).await;
+                renewal.finish(req, spent)
+            }
         }
-        Ok(decision)
     }
 
     async fn refund(&self, req: &CreditRequest<'_>) -> keyvault_core::Result<()> {

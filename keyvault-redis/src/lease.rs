@@ -419,9 +419,11 @@ impl Leases {
 
     /// The next lease's size for `h`: its request rate times the lifetime (1: no lease).
     fn size(&self, h: &Held, now: Instant) -> u64 {
+        // At least a tenth of a lifetime: a burst of first requests is not a rate.
         let elapsed = now
             .saturating_duration_since(h.since_grant)
             .as_nanos()
+            .max(self.lifetime.as_nanos() / 10)
             .max(1);
         let want = u128::from(h.seen) * self.lifetime.as_nanos() / elapsed;
         let want = u64::try_from(want).unwrap_or(MAX_LEASE);

@@ -48,6 +48,7 @@
 mod backend;
 mod bus;
 mod credit_config;
+mod credit_lease;
 mod credits;
 mod error;
 mod fail;
@@ -59,6 +60,7 @@ mod live;
 pub use backend::{MAX_NAMESPACE_LEN, RedisBackend, RedisConfig};
 pub use bus::RedisChangeBus;
 pub use credit_config::RedisCreditConfig;
+pub use credit_lease::CreditLeaseStats;
 pub use credits::RedisCreditStore;
 pub use error::Error;
 pub use fail::{FailMode, FallbackStats};

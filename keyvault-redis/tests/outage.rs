@@ -213,8 +213,11 @@ async fn killed_mid_load_credits_refuse_limits_fall_back_and_enforcement_returns
             before += 1;
             assert_eq!(s.credits, Ok(Outcome::Valid));
             assert!(s.limited.is_ok());
-        } else if s.started >= killed && s.finished < restarting {
-            // Down for the whole of this verification.
+        } else if s.started >= killed + keyvault_redis::DEFAULT_LEASE_LIFETIME
+            && s.finished < restarting
+        {
+            // Down for the whole of this verification, and past any lease taken before the
+            // kill (credits already taken may be spent from it for one lease lifetime).
             down_credits += 1;
             // Credits are `closed`: an error (503), never an admission.
             assert_eq!(s.credits, Err(()), "credits answered while Redis was down");
