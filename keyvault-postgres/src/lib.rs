@@ -180,9 +180,10 @@ impl PgStore {
     }
 
     /// Removes raw usage events older than `before` (the retention setting); returns how many,
-    /// exactly. Whole UTC days go by dropping their partition (about as fast for a day of
-    /// ten million events as for ten); the events before `before` in the day that straddles
-    /// it, and those waiting in the DEFAULT partition, are deleted. Statistics are
+    /// exactly. Whole UTC days go by dropping their partition (no row is deleted one by one;
+    /// the time left is mostly the `count(*)` that keeps the number exact); the events
+    /// before `before` in the day that straddles it, and those waiting in the DEFAULT
+    /// partition, are deleted. Statistics are
     /// unaffected: they read the minute, hour and day rollups. Only the partial minutes at
     /// the ends of a statistics range are read from raw events, and a retried batch older
     /// than the retention would be counted again, so keep at least a day.
