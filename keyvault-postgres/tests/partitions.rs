@@ -431,4 +431,19 @@ async fn events_for_days_without_a_partition_wait_in_default_and_move_in_later(p
         4
     );
     assert_eq!(rolled_up(&pool).await, vec![4; 3]);
+    // A purge up to a day still to come drops today's and the next days' partitions too,
+    // and creates them again, so today's events do not go to DEFAULT afterwards.
+    let removed = s
+        .purge_usage_before(future + TimeDelta::days(1))
+        .await
+        .unwrap();
+    assert_eq!(removed, 4);
+    let parts = partitions(&pool).await;
+    assert!(!parts.contains(&partition_of(future)), "{parts:?}");
+    assert!(parts.contains(&partition_of(Utc::now())), "{parts:?}");
+    s.write(&[event(5, None, Utc::now())]).await.unwrap();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM kv_usage_events_default").await,
+        0
+    );
 }

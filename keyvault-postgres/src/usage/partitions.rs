@@ -91,6 +91,11 @@ impl PgStore {
     /// call it with [`USAGE_PARTITION_DAYS_AHEAD`]; a host that does neither for a week
     /// should call it from its own scheduler.
     pub async fn ensure_usage_partitions(&self, days_ahead: u32) -> Result<u64> {
+        self.ensure_partitions(days_ahead, LOCK_ATTEMPTS).await
+    }
+
+    /// [`PgStore::ensure_usage_partitions`] with at most `attempts` lock timeouts.
+    async fn ensure_partitions(&self, days_ahead: u32, attempts: u32) -> Result<u64> {
         let today = Utc::now().date_naive();
         let last = today + TimeDelta::days(i64::from(days_ahead));
         let mut conn = self.pool.acquire().await.map_err(db)?;
@@ -102,25 +107,23 @@ impl PgStore {
                         .store(day_number(Utc::now()), Ordering::Relaxed);
                     return Ok(u64::try_from(n).unwrap_or(0));
                 }
-                Err(e) if lock_timed_out(&e) && attempt < LOCK_ATTEMPTS => attempt += 1,
+                Err(e) if lock_timed_out(&e) && attempt < attempts => attempt += 1,
                 Err(e) => return Err(db(e)),
             }
         }
     }
 
-    /// The ingest path's share: once per UTC day and process, before the day's first batch.
-    /// A failure is logged, not returned: the batch goes in anyway (into DEFAULT for a day
-    /// without a partition), and the next day, the jobs or a restart try again.
+    /// The ingest path's share: once per UTC day and process, before the day's first batch,
+    /// one attempt (the batch waits for it: at most [`LOCK_TIMEOUT`] when the tables are
+    /// busy). A failure is logged, not returned: the batch goes in anyway (into DEFAULT for a
+    /// day without a partition), and the next day, the jobs or a restart try again.
     pub(crate) async fn ensure_usage_partitions_daily(&self) {
         let today = day_number(Utc::now());
         let seen = self.partitions_day.swap(today, Ordering::Relaxed);
         if seen == today {
             return;
         }
-        if let Err(e) = self
-            .ensure_usage_partitions(USAGE_PARTITION_DAYS_AHEAD)
-            .await
-        {
+        if let Err(e) = self.ensure_partitions(USAGE_PARTITION_DAYS_AHEAD, 1).await {
             tracing::warn!(target: "keyvault::postgres", error = %e, "usage partitions not created; events for days without one wait in the DEFAULT partition");
         }
     }
@@ -129,16 +132,23 @@ impl PgStore {
     /// `before`, then deletes the older events left in the partition that straddles it and
     /// in DEFAULT (a day per statement). Returns the events removed, counted exactly
     /// (`count(*)` of each partition once it is detached, so no event can enter it between
-    /// the count and the drop). First creates partitions as
-    /// [`PgStore::ensure_usage_partitions`] does, so that old events waiting in DEFAULT are
-    /// dropped with their day too (a failure there is logged and the purge goes on).
+    /// the count and the drop). Then creates partitions as
+    /// [`PgStore::ensure_usage_partitions`] does (a failure there is logged, not returned):
+    /// the retention job's share of that work, and today's partition again after a purge up
+    /// to a time still to come.
     pub(crate) async fn purge_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
+        let removed = self.delete_events_before(before).await?;
         if let Err(e) = self
             .ensure_usage_partitions(USAGE_PARTITION_DAYS_AHEAD)
             .await
         {
-            tracing::warn!(target: "keyvault::postgres", error = %e, "usage partitions not created before the purge");
+            tracing::warn!(target: "keyvault::postgres", error = %e, "usage partitions not created after the purge");
         }
+        Ok(removed)
+    }
+
+    /// The removal of [`PgStore::purge_events_before`]: partitions, then rows.
+    async fn delete_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
         let mut removed = self.drop_partitions_before(before).await?;
         // What is left before `before`: the straddling day's first hours and DEFAULT's
         // events, a day of the oldest per statement so that no statement holds its locks
