@@ -58,6 +58,7 @@ const TWINS: &[&str] = &[
     "docs/quickstart.md",
     "docs/server.md",
     "docs/deployment.md",
+    "docs/scaling.md",
     "docs/api.md",
     "docs/library.md",
     "docs/plugins.md",
