@@ -17,26 +17,22 @@ use uuid::Uuid;
 
 use crate::{PgStore, Result, db, to_i64};
 
-/// The fast path: the batch in PostgreSQL's binary COPY format, the way bulk loads go in
-/// (routed to the partitions of the events' days). COPY has no `ON CONFLICT`: an event
-/// already stored aborts it (unique violation on `(request_id, ts)`, in the partition of its
-/// day) and the batch goes through [`INSERT_NEW`] instead, so a retried batch still counts
-/// once.
+/// The fast path: the batch in PostgreSQL's binary COPY format, the way bulk loads go in.
+/// COPY has no `ON CONFLICT`: a `request_id` already stored aborts it (unique violation) and
+/// the batch goes through [`INSERT_NEW`] instead, so a retried batch still counts once.
 const COPY: &str = "COPY kv_usage_events (request_id, key_id, owner_id, ts, provider, route, \
     method, status, latency_us, latency_bucket, outcome, cost) FROM STDIN (FORMAT binary)";
 
 /// The careful path, for batches that repeat a `request_id` (a retry after a timeout, or a
-/// duplicate inside the batch): inserts what is new and returns which events those were.
-/// The key is `(request_id, ts)`, as the partitioned table requires: a retried event carries
-/// its first attempt's ts, so it is the same row.
+/// duplicate inside the batch): inserts what is new and returns which ids those were.
 const INSERT_NEW: &str = "\
 INSERT INTO kv_usage_events (request_id, key_id, owner_id, ts, provider, route, method,
     status, latency_us, latency_bucket, outcome, cost)
 SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
     $6::text[], $7::text[], $8::integer[], $9::bigint[], $10::smallint[], $11::text[],
     $12::bigint[])
-ON CONFLICT (request_id, ts) DO NOTHING
-RETURNING request_id, ts";
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id";
 
 /// Adds the inserted events, aggregated per cell by [`Rollups`], to the minute, hour and day
 /// rollups and moves the keys' `last_used_at`: one statement, ~one row per cell and level
@@ -325,6 +321,9 @@ fn encode(events: &[UsageEvent], buckets: &[i16]) -> Result<Vec<u8>> {
         }
         Ok(())
     }
+    // PostgreSQL counts timestamps in microseconds from 2000-01-01 UTC.
+    const PG_EPOCH_SECS: i64 = 946_684_800;
+    let pg_epoch = DateTime::<Utc>::from_timestamp(PG_EPOCH_SECS, 0).unwrap_or_default();
     let mut buf = Vec::with_capacity(19 + events.len() * 160 + 2);
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     buf.extend_from_slice(&0i32.to_be_bytes()); // flags
@@ -332,7 +331,8 @@ fn encode(events: &[UsageEvent], buckets: &[i16]) -> Result<Vec<u8>> {
     for (i, (e, &b)) in events.iter().zip(buckets).enumerate() {
         let latency = event_i64(e.latency_us, i, "latency_us")?;
         let cost = event_i64(e.cost, i, "cost")?;
-        let micros = pg_micros(e.ts)
+        let micros = (e.ts - pg_epoch)
+            .num_microseconds()
             .ok_or_else(|| Error::invalid(format!("events[{i}].ts"), "out of range"))?;
         buf.extend_from_slice(&12i16.to_be_bytes());
         field(&mut buf, Some(e.request_id.as_bytes()))?;
@@ -353,14 +353,6 @@ fn encode(events: &[UsageEvent], buckets: &[i16]) -> Result<Vec<u8>> {
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
     Ok(buf)
-}
-
-/// A time as PostgreSQL stores it: microseconds from 2000-01-01 UTC, truncated as sqlx's
-/// own encoding truncates them (None: out of range).
-fn pg_micros(t: DateTime<Utc>) -> Option<i64> {
-    const PG_EPOCH_SECS: i64 = 946_684_800;
-    let pg_epoch = DateTime::<Utc>::from_timestamp(PG_EPOCH_SECS, 0).unwrap_or_default();
-    (t - pg_epoch).num_microseconds()
 }
 
 /// An event's number as a `bigint`. The field is named (`events[i].name`) only when the value
@@ -461,7 +453,7 @@ impl PgStore {
     async fn write_some(&self, events: &[UsageEvent], buckets: &[i16]) -> Result<()> {
         let c = Columns::of(events)?;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let inserted: Vec<(String, DateTime<Utc>)> = sqlx::query_as(INSERT_NEW)
+        let inserted: Vec<String> = sqlx::query_scalar(INSERT_NEW)
             .bind(&c.request_id)
             .bind(&c.key_id)
             .bind(&c.owner_id)
@@ -477,15 +469,11 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
-        // Times as stored: microseconds, as sqlx and the COPY encoding both truncate them.
-        let mut new: HashSet<(&str, Option<i64>)> = inserted
-            .iter()
-            .map(|(id, ts)| (id.as_str(), pg_micros(*ts)))
-            .collect();
+        let mut new: HashSet<&str> = inserted.iter().map(String::as_str).collect();
         let mut r = Rollups::default();
         for (e, &b) in events.iter().zip(buckets) {
             // UNNEST keeps the batch's order, so the first of duplicates was inserted.
-            if new.remove(&(e.request_id.as_str(), pg_micros(e.ts))) {
+            if new.remove(e.request_id.as_str()) {
                 r.add(e, b);
             }
         }
@@ -504,7 +492,6 @@ impl UsageSink for PgStore {
         if events.is_empty() {
             return Ok(());
         }
-        self.ensure_usage_partitions_daily().await;
         let buckets: Vec<i16> = events.iter().map(bucket).collect();
         let mut seen = HashSet::with_capacity(events.len());
         let distinct = events.iter().all(|e| seen.insert(e.request_id.as_str()));
@@ -514,33 +501,34 @@ impl UsageSink for PgStore {
         self.write_some(events, &buckets).await
     }
 
-    /// Raw events through [`PgStore::purge_usage_before`] (whole day partitions dropped,
-    /// the rest deleted); minute rollups a day of the oldest per statement, so that no one
-    /// statement holds locks (or bloats the table) for long however far behind the retention
-    /// is.
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<keyvault_core::Purged> {
-        let events = self.purge_usage_before(before).await?;
-        let mut minute_rollups = 0;
-        loop {
-            let first: Option<DateTime<Utc>> =
-                sqlx::query_scalar("SELECT min(minute) FROM kv_usage_rollup")
-                    .fetch_one(&self.pool)
+        let mut purged = keyvault_core::Purged::default();
+        // A day of the oldest usage per statement, so that no one statement holds locks
+        // (or bloats the table) for long however far behind the retention is.
+        for (table, column, count) in [
+            ("kv_usage_events", "ts", &mut purged.events),
+            ("kv_usage_rollup", "minute", &mut purged.minute_rollups),
+        ] {
+            let oldest = format!("SELECT min({column}) FROM {table}");
+            let delete = format!("DELETE FROM {table} WHERE {column} < $1");
+            loop {
+                let first: Option<DateTime<Utc>> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(oldest.clone()))
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db)?;
+                let Some(first) = first.filter(|&t| t < before) else {
+                    break;
+                };
+                let upto = (first + chrono::TimeDelta::days(1)).min(before);
+                let done = sqlx::query(sqlx::AssertSqlSafe(delete.clone()))
+                    .bind(upto)
+                    .execute(&self.pool)
                     .await
                     .map_err(db)?;
-            let Some(first) = first.filter(|&t| t < before) else {
-                break;
-            };
-            let upto = (first + chrono::TimeDelta::days(1)).min(before);
-            let done = sqlx::query("DELETE FROM kv_usage_rollup WHERE minute < $1")
-                .bind(upto)
-                .execute(&self.pool)
-                .await
-                .map_err(db)?;
-            minute_rollups += done.rows_affected();
+                *count += done.rows_affected();
+            }
         }
-        Ok(keyvault_core::Purged {
-            events,
-            minute_rollups,
-        })
+        Ok(purged)
     }
 }
