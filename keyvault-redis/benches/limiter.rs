@@ -177,7 +177,8 @@ fn main() {
             credits: Arc::new(RedisCreditStore::new(
                 &backend,
                 Arc::new(MemoryStore::new()),
-                RedisCreditConfig::default(),
+                // Spends with a request id never lease; the leased workload has none.
+                RedisCreditConfig::default().lease_lifetime(keyvault_redis::DEFAULT_LEASE_LIFETIME),
             )),
             // Big enough that every check is admitted and commits (the costly path).
             one: Arc::new(vec![RateLimit::new("s", 1_000_000, 1_000).unwrap()]),

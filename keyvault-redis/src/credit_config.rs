@@ -24,20 +24,21 @@ pub struct RedisCreditConfig {
 }
 
 impl Default for RedisCreditConfig {
-    /// `closed` (an unavailable Redis answers 503), written back every 500 ms, leases of
-    /// [`crate::DEFAULT_LEASE_LIFETIME`].
+    /// `closed` (an unavailable Redis answers 503), written back every 500 ms, no leases.
     fn default() -> Self {
         Self {
             fail_mode: FailMode::Closed,
             writeback_interval: Duration::from_millis(500),
-            lease_lifetime: crate::DEFAULT_LEASE_LIFETIME,
+            lease_lifetime: Duration::ZERO,
         }
     }
 }
 
 impl RedisCreditConfig {
-    /// How long a lease of credits lives (at most 100 ms: longer is taken as 100 ms; zero: no
-    /// leases, every spend is a script call). A process that dies loses what its lease held.
+    /// How long a lease of credits lives (at most 100 ms: longer is taken as 100 ms; zero, the
+    /// default: no leases, every spend is a script call). A process that dies loses what its
+    /// lease held. Opt-in for now: a key's credits set while spends are leased can read one
+    /// spend too low right after (see `docs/library.md`).
     pub fn lease_lifetime(mut self, lifetime: Duration) -> Self {
         self.lease_lifetime = lifetime.min(crate::MAX_LEASE_LIFETIME);
         self

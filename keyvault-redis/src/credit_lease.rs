@@ -90,7 +90,7 @@ type Giveback = (KeyId, Credits, i64, u64);
 /// What a spend does about leases.
 #[derive(Debug)]
 pub(crate) enum CreditTake {
-    /// Spent from the lease (or, at cost 0, read from it).
+    /// Spent from the lease.
     Admitted(CreditDecision),
     /// Spend in Redis, as without leases.
     Alone,
@@ -199,7 +199,9 @@ impl CreditLeases {
                 Some(h) if h.credits == *req.credits && h.interval == interval => {
                     h.seen = h.seen.saturating_add(req.cost);
                     h.touched = now;
-                    if h.live(now) && h.left >= req.cost {
+                    // A read (cost 0) goes to Redis: the lease's view of the balance misses
+                    // what this process spent beside it.
+                    if req.cost > 0 && h.live(now) && h.left >= req.cost {
                         h.left -= req.cost;
                         h.used += req.cost;
                         self.local.fetch_add(1, Ordering::Relaxed);

@@ -32,7 +32,7 @@ async fn instances(n: usize) -> (Arc<MemoryStore>, Vec<common::Instance>) {
             common::instance(
                 common::backend(&url, &ns, common::TEST_BUDGET).await,
                 &durable,
-                RedisCreditConfig::default(),
+                RedisCreditConfig::default().lease_lifetime(DEFAULT_LEASE_LIFETIME),
                 RedisLimiterConfig::default(),
             )
             .await,
