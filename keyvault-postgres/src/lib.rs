@@ -42,12 +42,20 @@
 //!   wait), so two admins demoting each other at once cannot both succeed.
 //! - A credit spend is one conditional `INSERT … ON CONFLICT DO UPDATE`: the refill, the check
 //!   and the subtraction happen in one row update, exact with any number of instances.
-//! - Usage batches are written in one transaction that inserts the raw events (binary `COPY`
-//!   for a batch of new request ids, `INSERT … ON CONFLICT DO NOTHING` when one is already
-//!   stored) and adds only the rows actually inserted to the minute, hour and day rollups, so a
-//!   retried batch counts nothing twice and statistics are as fresh as the last flush. The
+//! - Usage batches are written in one transaction that claims their request ids in
+//!   `kv_usage_ids` (binary `COPY` for a batch of new ids, `INSERT … ON CONFLICT DO NOTHING`
+//!   when one is already stored), inserts the events whose ids were new and adds only those
+//!   to the minute, hour and day rollups, so a retried batch, or one id reported to several
+//!   instances with different times, counts once, and statistics are as fresh as the last
+//!   flush. The
 //!   rollup cost is per cell (key × minute × provider × status class), not per event: feed
 //!   the sink large batches (`RecorderConfig::batch_size` of 10 000 or so) under heavy load.
+//! - Raw usage events are partitioned by UTC day; their ids are kept unpartitioned beside
+//!   them (a partitioned table's unique keys must include its time). Partitions are created ahead
+//!   ([`PgStore::ensure_usage_partitions`]: at [`PgStore::migrate`], on the first batch of
+//!   each UTC day, at each retention run); an event for a day without one waits in a DEFAULT
+//!   partition and is moved into its day's partition when that is created. Retention drops
+//!   whole days and then deletes the ids of their events ([`PgStore::purge_usage_before`]).
 //! - A failure of the database is keyvault-core's `Backend` error, named "postgres", whose
 //!   source is this crate's [`Error`] (a failed statement with sqlx's error, whose `code()`
 //!   is the SQLSTATE; a stored value that does not decode, with its column).
@@ -73,6 +81,7 @@ use sqlx::{
 
 pub use bus::{CHANNEL, PgChangeBus};
 pub use error::Error;
+pub use usage::USAGE_PARTITION_DAYS_AHEAD;
 
 use error::{corrupt, db};
 
@@ -94,6 +103,9 @@ pub const MIGRATIONS_TABLE: &str = "kv_schema_migrations";
 pub struct PgStore {
     pool: PgPool,
     asynchronous_usage: bool,
+    /// The UTC day (days since the epoch) whose usage partitions this process last ensured,
+    /// shared by clones: the ingest path ensures them once a day.
+    partitions_day: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl PgStore {
@@ -105,6 +117,7 @@ impl PgStore {
         Self {
             pool,
             asynchronous_usage: false,
+            partitions_day: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
         }
     }
 
@@ -156,23 +169,28 @@ impl PgStore {
             .map_err(db)
     }
 
-    /// Creates or upgrades keyvault's tables. Safe to run from several instances at once
-    /// (the migrator takes an advisory lock) and beside the host's own sqlx migrations.
+    /// Creates or upgrades keyvault's tables, then the raw usage events' daily partitions
+    /// up to [`USAGE_PARTITION_DAYS_AHEAD`] days ahead
+    /// ([`PgStore::ensure_usage_partitions`]). Safe to run from several instances at once
+    /// (the migrator takes an advisory lock, and so does the partition maintenance) and
+    /// beside the host's own sqlx migrations.
     pub async fn migrate(&self) -> Result<()> {
-        migrator().run(&self.pool).await.map_err(db)
+        migrator().run(&self.pool).await.map_err(db)?;
+        self.ensure_usage_partitions(USAGE_PARTITION_DAYS_AHEAD)
+            .await
+            .map(drop)
     }
 
-    /// Deletes raw usage events older than `before` (the retention setting); returns how many.
-    /// Statistics are unaffected: they read the minute, hour and day rollups. Only the partial
-    /// minutes at the ends of a statistics range are read from raw events, and a retried
-    /// batch older than the retention would be counted again, so keep at least a day.
+    /// Removes raw usage events older than `before` (the retention setting); returns how many,
+    /// exactly. Whole UTC days go by dropping their partition (no row is deleted one by one;
+    /// the time left is mostly the `count(*)` that keeps the number exact); the events
+    /// before `before` in the day that straddles it, and those waiting in the DEFAULT
+    /// partition, are deleted. Statistics are
+    /// unaffected: they read the minute, hour and day rollups. Only the partial minutes at
+    /// the ends of a statistics range are read from raw events, and a retried batch older
+    /// than the retention would be counted again, so keep at least a day.
     pub async fn purge_usage_before(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM kv_usage_events WHERE ts < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(done.rows_affected())
+        self.purge_events_before(before).await
     }
 }
 

@@ -17,20 +17,25 @@ use uuid::Uuid;
 
 use crate::{PgStore, Result, db, to_i64};
 
-/// The fast path: the batch in PostgreSQL's binary COPY format, the way bulk loads go in.
-/// COPY has no `ON CONFLICT`: a `request_id` already stored aborts it (unique violation) and
-/// the batch goes through [`INSERT_NEW`] instead, so a retried batch still counts once.
+/// The fast path's claim: the batch's request ids, with the times they are stored under, in
+/// binary COPY format. COPY has no `ON CONFLICT`: an id already stored aborts it (unique
+/// violation on `kv_usage_ids`' primary key) and the batch goes through [`CLAIM_NEW`]
+/// instead, so a retried batch still counts once.
+const COPY_IDS: &str = "COPY kv_usage_ids (request_id, ts) FROM STDIN (FORMAT binary)";
+
+/// The events whose ids were claimed, the way bulk loads go in (routed to the partitions of
+/// their days). The events table has no unique key (a partitioned table can only have one
+/// that includes `ts`); [`COPY_IDS`] or [`CLAIM_NEW`] decided what is new.
 const COPY: &str = "COPY kv_usage_events (request_id, key_id, owner_id, ts, provider, route, \
     method, status, latency_us, latency_bucket, outcome, cost) FROM STDIN (FORMAT binary)";
 
-/// The careful path, for batches that repeat a `request_id` (a retry after a timeout, or a
-/// duplicate inside the batch): inserts what is new and returns which ids those were.
-const INSERT_NEW: &str = "\
-INSERT INTO kv_usage_events (request_id, key_id, owner_id, ts, provider, route, method,
-    status, latency_us, latency_bucket, outcome, cost)
-SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
-    $6::text[], $7::text[], $8::integer[], $9::bigint[], $10::smallint[], $11::text[],
-    $12::bigint[])
+/// The careful path, for batches that repeat a `request_id` (a retry after a timeout, a
+/// duplicate inside the batch, or one id reported to several instances, each of which
+/// stamped its own time): claims the ids not stored yet and returns them. UNNEST keeps the
+/// batch's order, so of duplicates inside the batch the first is claimed.
+const CLAIM_NEW: &str = "\
+INSERT INTO kv_usage_ids (request_id, ts)
+SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id";
 
@@ -306,53 +311,93 @@ fn bind_cells<'q>(
         .bind(&c.len)
 }
 
-/// The batch in PostgreSQL's binary COPY format (header, one tuple per event, trailer), in
-/// [`COPY`]'s column order. Checks the values that `bigint` cannot hold, naming the field.
-fn encode(events: &[UsageEvent], buckets: &[i16]) -> Result<Vec<u8>> {
-    fn field(buf: &mut Vec<u8>, bytes: Option<&[u8]>) -> Result<()> {
+/// A table's rows in PostgreSQL's binary COPY format: the header, then [`Copy::tuple`]
+/// and its fields per row, then [`Copy::finish`].
+struct Copy(Vec<u8>);
+
+impl Copy {
+    fn with_capacity(rows: usize, row_bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(19 + rows * row_bytes + 2);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        Self(buf)
+    }
+
+    fn tuple(&mut self, fields: i16) {
+        self.0.extend_from_slice(&fields.to_be_bytes());
+    }
+
+    /// One field: its length and bytes, or NULL.
+    fn field(&mut self, bytes: Option<&[u8]>) -> Result<()> {
         match bytes {
             Some(b) => {
                 let len = i32::try_from(b.len())
                     .map_err(|_| Error::invalid("events", "a text field is too long"))?;
-                buf.extend_from_slice(&len.to_be_bytes());
-                buf.extend_from_slice(b);
+                self.0.extend_from_slice(&len.to_be_bytes());
+                self.0.extend_from_slice(b);
             }
-            None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+            None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
         }
         Ok(())
     }
-    // PostgreSQL counts timestamps in microseconds from 2000-01-01 UTC.
-    const PG_EPOCH_SECS: i64 = 946_684_800;
-    let pg_epoch = DateTime::<Utc>::from_timestamp(PG_EPOCH_SECS, 0).unwrap_or_default();
-    let mut buf = Vec::with_capacity(19 + events.len() * 160 + 2);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-    for (i, (e, &b)) in events.iter().zip(buckets).enumerate() {
+
+    fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&(-1i16).to_be_bytes());
+        self.0
+    }
+}
+
+/// An event's time as COPY sends it, or an error naming the event.
+fn copy_ts(e: &UsageEvent, i: usize) -> Result<[u8; 8]> {
+    pg_micros(e.ts)
+        .map(i64::to_be_bytes)
+        .ok_or_else(|| Error::invalid(format!("events[{i}].ts"), "out of range"))
+}
+
+/// The batch's ids and times in [`COPY_IDS`]' column order.
+fn encode_ids(events: &[UsageEvent]) -> Result<Vec<u8>> {
+    let mut c = Copy::with_capacity(events.len(), 60);
+    for (i, e) in events.iter().enumerate() {
+        c.tuple(2);
+        c.field(Some(e.request_id.as_bytes()))?;
+        c.field(Some(&copy_ts(e, i)?))?;
+    }
+    Ok(c.finish())
+}
+
+/// Events (with their indexes in the batch, which errors name) in [`COPY`]'s column order.
+/// Checks the values that `bigint` cannot hold, naming the field.
+fn encode<'a>(
+    events: impl ExactSizeIterator<Item = (usize, &'a UsageEvent, i16)>,
+) -> Result<Vec<u8>> {
+    let mut c = Copy::with_capacity(events.len(), 160);
+    for (i, e, b) in events {
         let latency = event_i64(e.latency_us, i, "latency_us")?;
         let cost = event_i64(e.cost, i, "cost")?;
-        let micros = (e.ts - pg_epoch)
-            .num_microseconds()
-            .ok_or_else(|| Error::invalid(format!("events[{i}].ts"), "out of range"))?;
-        buf.extend_from_slice(&12i16.to_be_bytes());
-        field(&mut buf, Some(e.request_id.as_bytes()))?;
-        field(
-            &mut buf,
-            e.key_id.as_ref().map(|k| k.as_uuid().as_bytes().as_slice()),
-        )?;
-        field(&mut buf, e.owner_id.as_deref().map(str::as_bytes))?;
-        field(&mut buf, Some(&micros.to_be_bytes()))?;
-        field(&mut buf, e.provider.as_deref().map(str::as_bytes))?;
-        field(&mut buf, e.route.as_deref().map(str::as_bytes))?;
-        field(&mut buf, e.method.as_deref().map(str::as_bytes))?;
-        field(&mut buf, Some(&i32::from(e.status).to_be_bytes()))?;
-        field(&mut buf, Some(&latency.to_be_bytes()))?;
-        field(&mut buf, Some(&b.to_be_bytes()))?;
-        field(&mut buf, e.outcome.map(|o| o.as_str().as_bytes()))?;
-        field(&mut buf, Some(&cost.to_be_bytes()))?;
+        c.tuple(12);
+        c.field(Some(e.request_id.as_bytes()))?;
+        c.field(e.key_id.as_ref().map(|k| k.as_uuid().as_bytes().as_slice()))?;
+        c.field(e.owner_id.as_deref().map(str::as_bytes))?;
+        c.field(Some(&copy_ts(e, i)?))?;
+        c.field(e.provider.as_deref().map(str::as_bytes))?;
+        c.field(e.route.as_deref().map(str::as_bytes))?;
+        c.field(e.method.as_deref().map(str::as_bytes))?;
+        c.field(Some(&i32::from(e.status).to_be_bytes()))?;
+        c.field(Some(&latency.to_be_bytes()))?;
+        c.field(Some(&b.to_be_bytes()))?;
+        c.field(e.outcome.map(|o| o.as_str().as_bytes()))?;
+        c.field(Some(&cost.to_be_bytes()))?;
     }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
-    Ok(buf)
+    Ok(c.finish())
+}
+
+/// A time as PostgreSQL stores it: microseconds from 2000-01-01 UTC, truncated as sqlx's
+/// own encoding truncates them (None: out of range).
+fn pg_micros(t: DateTime<Utc>) -> Option<i64> {
+    const PG_EPOCH_SECS: i64 = 946_684_800;
+    let pg_epoch = DateTime::<Utc>::from_timestamp(PG_EPOCH_SECS, 0).unwrap_or_default();
+    (t - pg_epoch).num_microseconds()
 }
 
 /// An event's number as a `bigint`. The field is named (`events[i].name`) only when the value
@@ -361,77 +406,29 @@ fn event_i64(value: u64, i: usize, name: &str) -> Result<i64> {
     i64::try_from(value).or_else(|_| to_i64(value, &format!("events[{i}].{name}")))
 }
 
-/// Streams a batch into `kv_usage_events` with [`COPY`].
-async fn copy(conn: &mut PgConnection, data: &[u8]) -> sqlx::Result<()> {
-    let mut copy = conn.copy_in_raw(COPY).await?;
+/// Streams rows in binary COPY format with `statement` ([`COPY_IDS`] or [`COPY`]).
+async fn copy(conn: &mut PgConnection, statement: &'static str, data: &[u8]) -> sqlx::Result<()> {
+    let mut copy = conn.copy_in_raw(statement).await?;
     copy.send(data).await?;
     copy.finish().await?;
     Ok(())
 }
 
-/// Columns of a batch, as UNNEST takes them.
-#[derive(Default)]
-struct Columns<'a> {
-    request_id: Vec<&'a str>,
-    key_id: Vec<Option<Uuid>>,
-    owner_id: Vec<Option<&'a str>>,
-    ts: Vec<DateTime<Utc>>,
-    provider: Vec<Option<&'a str>>,
-    route: Vec<Option<&'a str>>,
-    method: Vec<Option<&'a str>>,
-    status: Vec<i32>,
-    latency_us: Vec<i64>,
-    bucket: Vec<i16>,
-    outcome: Vec<Option<&'static str>>,
-    cost: Vec<i64>,
-}
-
-impl<'a> Columns<'a> {
-    fn of(events: &'a [UsageEvent]) -> Result<Self> {
-        let n = events.len();
-        let mut c = Columns {
-            request_id: Vec::with_capacity(n),
-            key_id: Vec::with_capacity(n),
-            owner_id: Vec::with_capacity(n),
-            ts: Vec::with_capacity(n),
-            provider: Vec::with_capacity(n),
-            route: Vec::with_capacity(n),
-            method: Vec::with_capacity(n),
-            status: Vec::with_capacity(n),
-            latency_us: Vec::with_capacity(n),
-            bucket: Vec::with_capacity(n),
-            outcome: Vec::with_capacity(n),
-            cost: Vec::with_capacity(n),
-        };
-        for (i, e) in events.iter().enumerate() {
-            c.request_id.push(&e.request_id);
-            c.key_id.push(e.key_id.map(|k| *k.as_uuid()));
-            c.owner_id.push(e.owner_id.as_deref());
-            c.ts.push(e.ts);
-            c.provider.push(e.provider.as_deref());
-            c.route.push(e.route.as_deref());
-            c.method.push(e.method.as_deref());
-            c.status.push(i32::from(e.status));
-            c.latency_us.push(event_i64(e.latency_us, i, "latency_us")?);
-            c.bucket.push(
-                LatencyHistogram::bucket_of(e.latency_us)
-                    .try_into()
-                    .unwrap_or(i16::MAX),
-            );
-            c.outcome.push(e.outcome.map(|o| o.as_str()));
-            c.cost.push(event_i64(e.cost, i, "cost")?);
-        }
-        Ok(c)
-    }
-}
-
 impl PgStore {
-    /// Inserts a batch whose request ids are all distinct with one binary COPY and adds it
-    /// to the rollups. `Ok(false)`: an id is already stored; nothing was written.
+    /// Claims the ids of a batch whose request ids are all distinct and inserts its events,
+    /// two binary COPYs, and adds it to the rollups. `Ok(false)`: an id is already stored;
+    /// nothing was written.
     async fn write_new(&self, events: &[UsageEvent], buckets: &[i16]) -> Result<bool> {
-        let data = encode(events, buckets)?;
+        let ids = encode_ids(events)?;
+        let data = encode(
+            events
+                .iter()
+                .zip(buckets)
+                .enumerate()
+                .map(|(i, (e, &b))| (i, e, b)),
+        )?;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        match copy(&mut tx, &data).await {
+        match copy(&mut tx, COPY_IDS, &ids).await {
             Ok(()) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 tx.rollback().await.map_err(db)?;
@@ -439,6 +436,7 @@ impl PgStore {
             }
             Err(e) => return Err(db(e)),
         }
+        copy(&mut tx, COPY, &data).await.map_err(db)?;
         let mut r = Rollups::default();
         for (e, &b) in events.iter().zip(buckets) {
             r.add(e, b);
@@ -448,34 +446,31 @@ impl PgStore {
         Ok(true)
     }
 
-    /// Inserts the events of a batch whose `request_id` is not stored yet (the first of
-    /// duplicates inside the batch) and adds exactly those to the rollups.
+    /// Claims the ids of a batch that are not stored yet (the first of duplicates inside the
+    /// batch), inserts those events and adds exactly those to the rollups.
     async fn write_some(&self, events: &[UsageEvent], buckets: &[i16]) -> Result<()> {
-        let c = Columns::of(events)?;
+        let ids: Vec<&str> = events.iter().map(|e| e.request_id.as_str()).collect();
+        let ts: Vec<DateTime<Utc>> = events.iter().map(|e| e.ts).collect();
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let inserted: Vec<String> = sqlx::query_scalar(INSERT_NEW)
-            .bind(&c.request_id)
-            .bind(&c.key_id)
-            .bind(&c.owner_id)
-            .bind(&c.ts)
-            .bind(&c.provider)
-            .bind(&c.route)
-            .bind(&c.method)
-            .bind(&c.status)
-            .bind(&c.latency_us)
-            .bind(&c.bucket)
-            .bind(&c.outcome)
-            .bind(&c.cost)
+        let claimed: Vec<String> = sqlx::query_scalar(CLAIM_NEW)
+            .bind(&ids)
+            .bind(&ts)
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
-        let mut new: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+        let mut new: HashSet<&str> = claimed.iter().map(String::as_str).collect();
         let mut r = Rollups::default();
-        for (e, &b) in events.iter().zip(buckets) {
-            // UNNEST keeps the batch's order, so the first of duplicates was inserted.
+        let mut inserted = Vec::with_capacity(new.len());
+        for (i, (e, &b)) in events.iter().zip(buckets).enumerate() {
             if new.remove(e.request_id.as_str()) {
                 r.add(e, b);
+                inserted.push((i, e, b));
             }
+        }
+        if !inserted.is_empty() {
+            copy(&mut tx, COPY, &encode(inserted.into_iter())?)
+                .await
+                .map_err(db)?;
         }
         r.write(&mut tx, self.asynchronous_usage).await?;
         tx.commit().await.map_err(db)?;
@@ -485,13 +480,15 @@ impl PgStore {
 
 #[async_trait]
 impl UsageSink for PgStore {
-    /// The common case, a batch of new events, goes in with binary COPY; a batch that
-    /// repeats a stored or in-batch `request_id` falls back to `INSERT … ON CONFLICT DO
-    /// NOTHING`. Either way only inserted events reach the rollups, in the same transaction.
+    /// The common case, a batch of new events, goes in with binary COPY (its ids, then its
+    /// events); a batch that repeats a stored or in-batch `request_id` claims its ids with
+    /// `INSERT … ON CONFLICT DO NOTHING`. Either way only the events whose ids were new are
+    /// stored and reach the rollups, in the same transaction.
     async fn write(&self, events: &[UsageEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
+        self.ensure_usage_partitions_daily().await;
         let buckets: Vec<i16> = events.iter().map(bucket).collect();
         let mut seen = HashSet::with_capacity(events.len());
         let distinct = events.iter().all(|e| seen.insert(e.request_id.as_str()));
@@ -501,34 +498,33 @@ impl UsageSink for PgStore {
         self.write_some(events, &buckets).await
     }
 
+    /// Raw events through [`PgStore::purge_usage_before`] (whole day partitions dropped,
+    /// the rest deleted); minute rollups a day of the oldest per statement, so that no one
+    /// statement holds locks (or bloats the table) for long however far behind the retention
+    /// is.
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<keyvault_core::Purged> {
-        let mut purged = keyvault_core::Purged::default();
-        // A day of the oldest usage per statement, so that no one statement holds locks
-        // (or bloats the table) for long however far behind the retention is.
-        for (table, column, count) in [
-            ("kv_usage_events", "ts", &mut purged.events),
-            ("kv_usage_rollup", "minute", &mut purged.minute_rollups),
-        ] {
-            let oldest = format!("SELECT min({column}) FROM {table}");
-            let delete = format!("DELETE FROM {table} WHERE {column} < $1");
-            loop {
-                let first: Option<DateTime<Utc>> =
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(oldest.clone()))
-                        .fetch_one(&self.pool)
-                        .await
-                        .map_err(db)?;
-                let Some(first) = first.filter(|&t| t < before) else {
-                    break;
-                };
-                let upto = (first + chrono::TimeDelta::days(1)).min(before);
-                let done = sqlx::query(sqlx::AssertSqlSafe(delete.clone()))
-                    .bind(upto)
-                    .execute(&self.pool)
+        let events = self.purge_usage_before(before).await?;
+        let mut minute_rollups = 0;
+        loop {
+            let first: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT min(minute) FROM kv_usage_rollup")
+                    .fetch_one(&self.pool)
                     .await
                     .map_err(db)?;
-                *count += done.rows_affected();
-            }
+            let Some(first) = first.filter(|&t| t < before) else {
+                break;
+            };
+            let upto = (first + chrono::TimeDelta::days(1)).min(before);
+            let done = sqlx::query("DELETE FROM kv_usage_rollup WHERE minute < $1")
+                .bind(upto)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+            minute_rollups += done.rows_affected();
         }
-        Ok(purged)
+        Ok(keyvault_core::Purged {
+            events,
+            minute_rollups,
+        })
     }
 }
