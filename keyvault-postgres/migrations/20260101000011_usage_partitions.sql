@@ -7,18 +7,23 @@
 -- - `kv_usage_events_default` (the DEFAULT partition) takes an event for a day that has no
 --   partition yet, so that no event is ever refused; creating that day's partition later
 --   moves them out of it.
+-- - The primary key is (request_id, ts): PostgreSQL requires the partition key in every
+--   unique constraint. A retried event carries the same ts, so ingest stays idempotent
+--   (`ON CONFLICT (request_id, ts)`), and both events of a pair land in the same partition.
 -- - A request id counts once, whatever time each report gave it (CONTRACT §4: a request_id
 --   already seen by any instance is not counted again; two instances given one id without a
---   ts each stamp their own). PostgreSQL puts the partition key into every unique constraint
---   of a partitioned table, so the events table cannot say this itself: `kv_usage_ids`, one
---   narrow unpartitioned row per id with the time it was stored under, is claimed first in
---   the ingest transaction, and only the events whose id was new are inserted. Retention
---   deletes ids by that time after dropping their events' partitions.
+--   ts each stamp their own), which (request_id, ts) cannot say. `kv_usage_ids`, one narrow
+--   unpartitioned row per id with the time it was stored under, is claimed first in the
+--   ingest transaction for every id that keyvault did not generate itself (a generated id
+--   is never reused, so its event only comes back as itself, with its ts), and only events
+--   whose ids were new are inserted. Retention deletes ids by that time after dropping
+--   their events' partitions.
 --
 -- Existing rows are copied once into the partitions of their days (one pass over the old
 -- table, the indexes built afterwards, which is faster than maintaining them row by row),
--- their ids into kv_usage_ids; the old table is then dropped. All in the migration's one
--- transaction.
+-- and every id into kv_usage_ids (which ids keyvault generated was not recorded, so all are
+-- claimed; retention removes them with their events); the old table is then dropped. All
+-- in the migration's one transaction.
 
 ALTER TABLE kv_usage_events RENAME TO kv_usage_events_unpartitioned;
 
@@ -110,9 +115,10 @@ SELECT request_id, ts FROM kv_usage_events_unpartitioned;
 DROP TABLE kv_usage_events_unpartitioned;
 
 -- Built over the copied rows (and, for the events, created with every partition from now on).
+ALTER TABLE kv_usage_events ADD CONSTRAINT kv_usage_events_pkey PRIMARY KEY (request_id, ts);
+CREATE INDEX kv_usage_events_ts ON kv_usage_events (ts);
 ALTER TABLE kv_usage_ids ADD CONSTRAINT kv_usage_ids_pkey PRIMARY KEY (request_id);
 CREATE INDEX kv_usage_ids_ts ON kv_usage_ids (ts);
-CREATE INDEX kv_usage_events_ts ON kv_usage_events (ts);
 
 ANALYZE kv_usage_events;
 ANALYZE kv_usage_ids;

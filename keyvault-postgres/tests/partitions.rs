@@ -488,3 +488,50 @@ async fn events_for_days_without_a_partition_wait_in_default_and_move_in_later(p
         0
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn generated_ids_are_recognised_by_their_events_and_given_ones_by_their_claims(
+    pool: PgPool,
+) {
+    let s = PgStore::new(pool.clone());
+    s.migrate().await.unwrap();
+    let keys = [KeyId::new(), KeyId::new()];
+    let start = Utc::now() - TimeDelta::hours(1);
+    // Half the batch with ids keyvault generated (as the layer records them), half given.
+    let mut events = spread(400, start, TimeDelta::seconds(7), keys);
+    for e in events.iter_mut().step_by(2) {
+        e.request_id = keyvault_core::RequestId::generate();
+    }
+    s.write(&events).await.unwrap();
+    let stored = || count(&pool, "SELECT count(*) FROM kv_usage_events");
+    let claimed = || count(&pool, "SELECT count(*) FROM kv_usage_ids");
+    assert_eq!(stored().await, 400);
+    // Only the given ids are claimed.
+    assert_eq!(claimed().await, 200);
+    let rolled = rolled_up(&pool).await;
+    assert_eq!(rolled, vec![400; 3]);
+    // Retried whole, in part with an in-batch duplicate of each kind, and the generated
+    // events alone (the COPY of events refused, no claim at all).
+    s.write(&events).await.unwrap();
+    let mut dup = events[50..150].to_vec();
+    dup.push(events[60].clone());
+    dup.push(events[61].clone());
+    s.write(&dup).await.unwrap();
+    let generated: Vec<UsageEvent> = events.iter().step_by(2).cloned().collect();
+    s.write(&generated).await.unwrap();
+    assert_eq!(stored().await, 400);
+    assert_eq!(claimed().await, 200);
+    assert_eq!(rolled_up(&pool).await, rolled);
+    // A given id with another time counts once, beside a new generated one.
+    let mut again = events[1].clone();
+    again.ts += TimeDelta::minutes(5);
+    let mut fresh = events[0].clone();
+    fresh.request_id = keyvault_core::RequestId::generate();
+    s.write(&[again, fresh.clone()]).await.unwrap();
+    assert_eq!(stored().await, 401);
+    assert_eq!(claimed().await, 200);
+    let mem = MemoryStore::new();
+    mem.write(&events).await.unwrap();
+    mem.write(&[fresh]).await.unwrap();
+    same_statistics(&s, &mem, &queries(start, 1, keys)).await;
+}

@@ -20,7 +20,11 @@ use std::{
 
 use keyvault_core::{CreditDecision, CreditRequest, Credits, KeyId};
 
-use crate::{backend::RedisBackend, credits::Taken, lease::MAX_LEASE_LIFETIME};
+use crate::{
+    backend::RedisBackend,
+    credits::Taken,
+    lease::{MAX_LEASE_LIFETIME, lease_size},
+};
 
 /// The most credits one lease takes.
 const MAX_CREDIT_LEASE: u64 = 1 << 40;
@@ -257,19 +261,9 @@ impl CreditLeases {
         take
     }
 
-    /// Twice the credits asked for in one lifetime, at the rate seen since the last lease.
+    /// The next lease's size for `h` ([`lease_size`]).
     fn size(&self, h: &Held, now: Instant) -> u64 {
-        // At least a tenth of a lifetime: a burst of first requests is not a rate.
-        let elapsed = now
-            .saturating_duration_since(h.since_grant)
-            .as_nanos()
-            .max(self.lifetime.as_nanos() / 10)
-            .max(1);
-        let want = u128::from(h.seen) * self.lifetime.as_nanos() / elapsed;
-        u64::try_from(want)
-            .unwrap_or(MAX_CREDIT_LEASE)
-            .saturating_mul(2)
-            .min(MAX_CREDIT_LEASE)
+        lease_size(h.seen, h.since_grant, now, self.lifetime, MAX_CREDIT_LEASE)
     }
 
     /// Installs a lease the renewing spend `req` got (`taken.spent` above its cost), or

@@ -139,6 +139,29 @@ pub(crate) enum Take {
     Renew(Renewal),
 }
 
+/// The size of a key's next lease, tokens or credits: twice what it asked for in one
+/// `lifetime` at the rate seen since its last lease (`seen` since `since_grant`), at most
+/// `max`. A lease used up early renews less often, and what is left goes back.
+pub(crate) fn lease_size(
+    seen: u64,
+    since_grant: Instant,
+    now: Instant,
+    lifetime: Duration,
+    max: u64,
+) -> u64 {
+    // At least a tenth of a lifetime: a burst of first requests is not a rate.
+    let elapsed = now
+        .saturating_duration_since(since_grant)
+        .as_nanos()
+        .max(lifetime.as_nanos() / 10)
+        .max(1);
+    let want = u128::from(seen) * lifetime.as_nanos() / elapsed;
+    u64::try_from(want)
+        .unwrap_or(max)
+        .saturating_mul(2)
+        .min(max)
+}
+
 /// A renewal under way. Given up before it finishes (its check's future dropped: the client
 /// went away), it lets the checks that waited for it go on their own, and what its call may
 /// have taken in Redis is forfeited.
@@ -417,19 +440,9 @@ impl Leases {
         }
     }
 
-    /// The next lease's size for `h`: its request rate times the lifetime (1: no lease).
+    /// The next lease's size for `h` (1: no lease).
     fn size(&self, h: &Held, now: Instant) -> u64 {
-        // At least a tenth of a lifetime: a burst of first requests is not a rate.
-        let elapsed = now
-            .saturating_duration_since(h.since_grant)
-            .as_nanos()
-            .max(self.lifetime.as_nanos() / 10)
-            .max(1);
-        let want = u128::from(h.seen) * self.lifetime.as_nanos() / elapsed;
-        let want = u64::try_from(want).unwrap_or(MAX_LEASE);
-        // Twice the rate's share: a lease used up early renews less often, and what is left
-        // goes back.
-        want.saturating_mul(2).clamp(1, MAX_LEASE)
+        lease_size(h.seen, h.since_grant, now, self.lifetime, MAX_LEASE).max(1)
     }
 
     /// The renewal's answer: `granted` tokens were taken from each limit for the check that

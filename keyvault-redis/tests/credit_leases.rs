@@ -19,26 +19,9 @@ use keyvault_core::{
 use keyvault_redis::{DEFAULT_LEASE_LIFETIME, RedisCreditConfig, RedisLimiterConfig};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-/// `n` instances on one namespace and one durable store, each subscribing through its own
-/// node on a Redis Cluster.
-async fn instances(n: usize) -> (Arc<MemoryStore>, Vec<common::Instance>) {
-    let ns = common::namespace();
-    let durable = Arc::new(MemoryStore::new());
-    let mut all = Vec::new();
-    let mut url = common::redis_url();
-    for _ in 0..n {
-        url = common::rotated(&url);
-        all.push(
-            common::instance(
-                common::backend(&url, &ns, common::TEST_BUDGET).await,
-                &durable,
-                RedisCreditConfig::default().lease_lifetime(DEFAULT_LEASE_LIFETIME),
-                RedisLimiterConfig::default(),
-            )
-            .await,
-        );
-    }
-    (durable, all)
+/// Credits with leases on (they are off by default).
+fn leased() -> RedisCreditConfig {
+    RedisCreditConfig::default().lease_lifetime(DEFAULT_LEASE_LIFETIME)
 }
 
 async fn create(kv: &Keyvault, balance: u64) -> (String, KeyId) {
@@ -145,7 +128,7 @@ async fn spends_outlasting_the_lease_lifetime_spend_exactly_the_balance() {
     let seed = rand::rng().random::<u64>();
     for n in [2, 3] {
         for balance in [1u64, 7, 100, 10_000, 200_000] {
-            let (durable, inst) = instances(n).await;
+            let (_, durable, inst) = common::instances(n, leased()).await;
             let kvs: Vec<Keyvault> = inst.iter().map(|i| i.kv.clone()).collect();
             let (key, quota) = create(&kvs[0], balance).await;
             let spent = hammer(&kvs, &key, seed, |s| {
@@ -177,7 +160,7 @@ async fn spends_outlasting_the_lease_lifetime_spend_exactly_the_balance() {
 /// balance less what was spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_balance_is_spent_from_leases_and_every_unused_credit_goes_back() {
-    let (durable, inst) = instances(3).await;
+    let (_, durable, inst) = common::instances(3, leased()).await;
     let kvs: Vec<Keyvault> = inst.iter().map(|i| i.kv.clone()).collect();
     let balance = 1_000_000_000;
     let (key, quota) = create(&kvs[0], balance).await;

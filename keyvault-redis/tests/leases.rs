@@ -21,28 +21,6 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 const YEAR: u64 = 31_536_000_000;
 
-/// `n` instances on one namespace and one durable store, leases on (the default).
-async fn instances(n: usize) -> (String, Arc<MemoryStore>, Vec<common::Instance>) {
-    let ns = common::namespace();
-    let durable = Arc::new(MemoryStore::new());
-    let mut all = Vec::new();
-    // On a Redis Cluster each instance subscribes through another node.
-    let mut url = common::redis_url();
-    for _ in 0..n {
-        url = common::rotated(&url);
-        all.push(
-            common::instance(
-                common::backend(&url, &ns, common::TEST_BUDGET).await,
-                &durable,
-                RedisCreditConfig::default(),
-                RedisLimiterConfig::default(),
-            )
-            .await,
-        );
-    }
-    (ns, durable, all)
-}
-
 async fn create(kv: &Keyvault, limit: u64, period_ms: u64) -> (String, KeyId) {
     let c = kv
         .create_key(
@@ -163,7 +141,7 @@ async fn requests_outlasting_the_lease_lifetime_take_exactly_the_limit() {
     let seed = rand::rng().random::<u64>();
     for n in [2, 3] {
         for limit in [1u64, 2, 7, 64, 1_000, 20_000, 100_000] {
-            let (_, _, inst) = instances(n).await;
+            let (_, _, inst) = common::instances(n, RedisCreditConfig::default()).await;
             let kvs: Vec<Keyvault> = inst.iter().map(|i| i.kv.clone()).collect();
             let (key, _) = create(&kvs[0], limit, YEAR).await;
             let taken = hammer(&kvs, &key, seed, |c| {
@@ -194,7 +172,7 @@ async fn requests_outlasting_the_lease_lifetime_take_exactly_the_limit() {
 /// no token lost, none admitted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_key_is_served_from_leases_and_every_unused_token_goes_back() {
-    let (ns, _, inst) = instances(3).await;
+    let (ns, _, inst) = common::instances(3, RedisCreditConfig::default()).await;
     let kvs: Vec<Keyvault> = inst.iter().map(|i| i.kv.clone()).collect();
     let limit = 1_000_000;
     let (key, quota) = create(&kvs[0], limit, YEAR).await;
@@ -230,7 +208,7 @@ async fn a_busy_key_is_served_from_leases_and_every_unused_token_goes_back() {
 /// A lease nobody uses goes back on its own once its lifetime is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unused_lease_goes_back_when_it_lapses() {
-    let (ns, _, inst) = instances(1).await;
+    let (ns, _, inst) = common::instances(1, RedisCreditConfig::default()).await;
     let limit = 10_000;
     let (key, quota) = create(&inst[0].kv, limit, YEAR).await;
     let seed = rand::rng().random::<u64>();
@@ -267,7 +245,7 @@ fn a_killed_instance_forfeits_only_its_own_unused_lease() {
         .unwrap();
     let limit = 50_000;
     let (ns, durable, survivor, key) = main.block_on(async {
-        let (ns, durable, mut inst) = instances(1).await;
+        let (ns, durable, mut inst) = common::instances(1, RedisCreditConfig::default()).await;
         let survivor = inst.pop().unwrap();
         let (key, _) = create(&survivor.kv, limit, YEAR).await;
         (ns, durable, survivor, key)

@@ -50,19 +50,21 @@ impl UsageEvent {
     }
 }
 
-/// Defines an immutable text type over [`SmolStr`]: text of up to 23 bytes is kept inline, so
-/// making, cloning and dropping one neither allocates nor touches a shared counter (longer
-/// text shares one allocation between clones).
-macro_rules! text_type {
-    ($(#[$meta:meta])* $name:ident) => {
-        $(#[$meta])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(SmolStr);
-
+/// The impls of an immutable text type over [`SmolStr`]: text of up to 23 bytes is kept
+/// inline, so making, cloning and dropping one neither allocates nor touches a shared counter
+/// (longer text shares one allocation between clones). `$s => $text` reads the text of `$s`;
+/// `$t => $make` makes a value of the SmolStr `$t`.
+macro_rules! text_impls {
+    ($name:ident, $s:ident => $text:expr, $t:ident => $make:expr) => {
         impl $name {
             /// The text.
             pub fn as_str(&self) -> &str {
-                &self.0
+                let $s = self;
+                $text
+            }
+
+            fn of_text($t: SmolStr) -> Self {
+                $make
             }
         }
 
@@ -70,49 +72,49 @@ macro_rules! text_type {
             type Target = str;
 
             fn deref(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
-                Self(SmolStr::new(s))
+                Self::of_text(SmolStr::new(s))
             }
         }
 
         impl From<String> for $name {
             fn from(s: String) -> Self {
-                Self(SmolStr::from(s))
+                Self::of_text(SmolStr::from(s))
             }
         }
 
         impl From<Arc<str>> for $name {
             fn from(s: Arc<str>) -> Self {
-                Self(SmolStr::from(&*s))
+                Self::of_text(SmolStr::from(&*s))
             }
         }
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                self.as_str() == other
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                self.as_str() == *other
             }
         }
 
@@ -124,53 +126,97 @@ macro_rules! text_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
         impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
                 String::deserialize(d).map(Self::from)
             }
         }
     };
 }
 
-text_type! {
-    /// An immutable string for the few distinct values a usage event repeats on every request
-    /// (provider, route template, method): short ones (up to 23 bytes) are copied inline, longer
-    /// ones share one allocation, so a clone never allocates.
-    ///
-    /// ```
-    /// # use keyvault_core::Label;
-    /// let demo = Label::from("demo");
-    /// let again = demo.clone(); // no allocation
-    /// assert_eq!(again, "demo");
-    /// assert_eq!(again.as_str(), "demo");
-    /// ```
-    Label
+/// An immutable string for the few distinct values a usage event repeats on every request
+/// (provider, route template, method): short ones (up to 23 bytes) are copied inline, longer
+/// ones share one allocation, so a clone never allocates.
+///
+/// ```
+/// # use keyvault_core::Label;
+/// let demo = Label::from("demo");
+/// let again = demo.clone(); // no allocation
+/// assert_eq!(again, "demo");
+/// assert_eq!(again.as_str(), "demo");
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Label(SmolStr);
+
+text_impls!(Label, s => &s.0, t => Label(t));
+
+/// A request's id, unique per request: sinks count an id once however often it is written.
+/// Ids of up to 23 bytes (those [`RequestId::generate`] makes) are kept inline, so an id
+/// per request costs no allocation.
+///
+/// An id also knows whether keyvault generated it ([`RequestId::is_generated`]): such an id
+/// is never given to two requests, so an event carrying it is only ever written again as
+/// itself (a retried batch), with the same time. Ids made from text (a caller's, or read
+/// back from a store) are not generated. Ids compare, hash and order by their text alone.
+///
+/// ```
+/// # use keyvault_core::RequestId;
+/// let given = RequestId::from("req-1");
+/// assert_eq!(given, "req-1");
+/// assert!(!given.is_generated());
+/// let (a, b) = (RequestId::generate(), RequestId::generate());
+/// assert_ne!(a, b);
+/// assert_eq!(a.len(), 23);
+/// assert!(a.is_generated());
+/// assert_eq!(a, RequestId::from(a.as_str()));
+/// ```
+#[derive(Clone)]
+pub struct RequestId {
+    text: SmolStr,
+    generated: bool,
 }
 
-text_type! {
-    /// A request's id, unique per request: sinks count an id once however often it is written.
-    /// Ids of up to 23 bytes (those [`RequestId::generate`] makes) are kept inline, so an id
-    /// per request costs no allocation.
-    ///
-    /// ```
-    /// # use keyvault_core::RequestId;
-    /// let given = RequestId::from("req-1");
-    /// assert_eq!(given, "req-1");
-    /// let (a, b) = (RequestId::generate(), RequestId::generate());
-    /// assert_ne!(a, b);
-    /// assert_eq!(a.len(), 23);
-    /// ```
-    RequestId
+text_impls!(RequestId, s => &s.text, t => RequestId { text: t, generated: false });
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for RequestId {}
+
+impl std::hash::Hash for RequestId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+impl PartialOrd for RequestId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RequestId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
 }
 
 impl RequestId {
@@ -198,7 +244,15 @@ impl RequestId {
             *c = ALPHABET[((n >> (5 * (11 - i))) & 31) as usize];
         }
         // Only ASCII was written.
-        Self(SmolStr::new(std::str::from_utf8(&id).unwrap_or_default()))
+        Self {
+            text: SmolStr::new(std::str::from_utf8(&id).unwrap_or_default()),
+            generated: true,
+        }
+    }
+
+    /// Whether [`RequestId::generate`] made this id (see the type's documentation).
+    pub fn is_generated(&self) -> bool {
+        self.generated
     }
 }
 

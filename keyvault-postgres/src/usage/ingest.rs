@@ -17,27 +17,46 @@ use uuid::Uuid;
 
 use crate::{PgStore, Result, db, to_i64};
 
-/// The fast path's claim: the batch's request ids, with the times they are stored under, in
+/// Request ids are claimed in `kv_usage_ids` before their events are inserted, except the
+/// ids keyvault generated ([`RequestId::is_generated`](keyvault_core::RequestId)): such an
+/// event is only ever written again as itself, so the events' own key `(request_id, ts)`
+/// recognises it. A caller's id may come back with another time (reported to two instances
+/// that each stamped it), which only the claim recognises.
+///
+/// The fast path's claim: the given ids of a batch, with the times they are stored under, in
 /// binary COPY format. COPY has no `ON CONFLICT`: an id already stored aborts it (unique
 /// violation on `kv_usage_ids`' primary key) and the batch goes through [`CLAIM_NEW`]
 /// instead, so a retried batch still counts once.
 const COPY_IDS: &str = "COPY kv_usage_ids (request_id, ts) FROM STDIN (FORMAT binary)";
 
-/// The events whose ids were claimed, the way bulk loads go in (routed to the partitions of
-/// their days). The events table has no unique key (a partitioned table can only have one
-/// that includes `ts`); [`COPY_IDS`] or [`CLAIM_NEW`] decided what is new.
+/// The fast path's events, the way bulk loads go in (routed to the partitions of their
+/// days). An event already stored aborts it (unique violation on `(request_id, ts)`, in the
+/// partition of its day), and the batch goes through [`CLAIM_NEW`] and [`INSERT_NEW`].
 const COPY: &str = "COPY kv_usage_events (request_id, key_id, owner_id, ts, provider, route, \
     method, status, latency_us, latency_bucket, outcome, cost) FROM STDIN (FORMAT binary)";
 
-/// The careful path, for batches that repeat a `request_id` (a retry after a timeout, a
-/// duplicate inside the batch, or one id reported to several instances, each of which
-/// stamped its own time): claims the ids not stored yet and returns them. UNNEST keeps the
-/// batch's order, so of duplicates inside the batch the first is claimed.
+/// The careful path's claim, for batches that repeat a `request_id` (a retry after a
+/// timeout, a duplicate inside the batch, or one id reported to several instances, each of
+/// which stamped its own time): claims the given ids not stored yet and returns them.
+/// UNNEST keeps the batch's order, so of duplicates inside the batch the first is claimed.
 const CLAIM_NEW: &str = "\
 INSERT INTO kv_usage_ids (request_id, ts)
 SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id";
+
+/// The careful path's insert: the events of generated ids and of newly claimed ones, those
+/// not stored yet, returning which those were. The key is `(request_id, ts)`, as the
+/// partitioned table requires: a retried event carries its first attempt's ts, so it is the
+/// same row.
+const INSERT_NEW: &str = "\
+INSERT INTO kv_usage_events (request_id, key_id, owner_id, ts, provider, route, method,
+    status, latency_us, latency_bucket, outcome, cost)
+SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
+    $6::text[], $7::text[], $8::integer[], $9::bigint[], $10::smallint[], $11::text[],
+    $12::bigint[])
+ON CONFLICT (request_id, ts) DO NOTHING
+RETURNING request_id, ts";
 
 /// Adds the inserted events, aggregated per cell by [`Rollups`], to the minute, hour and day
 /// rollups and moves the keys' `last_used_at`: one statement, ~one row per cell and level
@@ -355,10 +374,11 @@ fn copy_ts(e: &UsageEvent, i: usize) -> Result<[u8; 8]> {
         .ok_or_else(|| Error::invalid(format!("events[{i}].ts"), "out of range"))
 }
 
-/// The batch's ids and times in [`COPY_IDS`]' column order.
-fn encode_ids(events: &[UsageEvent]) -> Result<Vec<u8>> {
+/// Ids and times (with the events' indexes in the batch, which errors name) in
+/// [`COPY_IDS`]' column order.
+fn encode_ids(events: &[(usize, &UsageEvent)]) -> Result<Vec<u8>> {
     let mut c = Copy::with_capacity(events.len(), 60);
-    for (i, e) in events.iter().enumerate() {
+    for &(i, e) in events {
         c.tuple(2);
         c.field(Some(e.request_id.as_bytes()))?;
         c.field(Some(&copy_ts(e, i)?))?;
@@ -414,12 +434,93 @@ async fn copy(conn: &mut PgConnection, statement: &'static str, data: &[u8]) -> 
     Ok(())
 }
 
+/// Columns of a batch, as UNNEST takes them.
+#[derive(Default)]
+struct Columns<'a> {
+    request_id: Vec<&'a str>,
+    key_id: Vec<Option<Uuid>>,
+    owner_id: Vec<Option<&'a str>>,
+    ts: Vec<DateTime<Utc>>,
+    provider: Vec<Option<&'a str>>,
+    route: Vec<Option<&'a str>>,
+    method: Vec<Option<&'a str>>,
+    status: Vec<i32>,
+    latency_us: Vec<i64>,
+    bucket: Vec<i16>,
+    outcome: Vec<Option<&'static str>>,
+    cost: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: &[(usize, &'a UsageEvent)]) -> Result<Self> {
+        let n = events.len();
+        let mut c = Columns {
+            request_id: Vec::with_capacity(n),
+            key_id: Vec::with_capacity(n),
+            owner_id: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            provider: Vec::with_capacity(n),
+            route: Vec::with_capacity(n),
+            method: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            latency_us: Vec::with_capacity(n),
+            bucket: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+            cost: Vec::with_capacity(n),
+        };
+        for &(i, e) in events {
+            c.request_id.push(&e.request_id);
+            c.key_id.push(e.key_id.map(|k| *k.as_uuid()));
+            c.owner_id.push(e.owner_id.as_deref());
+            c.ts.push(e.ts);
+            c.provider.push(e.provider.as_deref());
+            c.route.push(e.route.as_deref());
+            c.method.push(e.method.as_deref());
+            c.status.push(i32::from(e.status));
+            c.latency_us.push(event_i64(e.latency_us, i, "latency_us")?);
+            c.bucket.push(
+                LatencyHistogram::bucket_of(e.latency_us)
+                    .try_into()
+                    .unwrap_or(i16::MAX),
+            );
+            c.outcome.push(e.outcome.map(|o| o.as_str()));
+            c.cost.push(event_i64(e.cost, i, "cost")?);
+        }
+        Ok(c)
+    }
+}
+
+/// The events of a batch whose ids are claimed in `kv_usage_ids` (not generated), with
+/// their indexes in the batch.
+fn given(events: &[UsageEvent]) -> Vec<(usize, &UsageEvent)> {
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.request_id.is_generated())
+        .collect()
+}
+
+/// A fast-path COPY that failed: on a unique violation (something already stored) the
+/// transaction is rolled back and the batch goes the careful way (`Ok(false)`).
+async fn refused(tx: sqlx::Transaction<'_, Postgres>, e: sqlx::Error) -> Result<bool> {
+    match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            tx.rollback().await.map_err(db)?;
+            Ok(false)
+        }
+        e => Err(db(e)),
+    }
+}
+
 impl PgStore {
-    /// Claims the ids of a batch whose request ids are all distinct and inserts its events,
-    /// two binary COPYs, and adds it to the rollups. `Ok(false)`: an id is already stored;
-    /// nothing was written.
+    /// Writes a batch whose request ids are all distinct with binary COPY (the given ids,
+    /// then the events) and adds it to the rollups. `Ok(false)`: an id or event is already
+    /// stored; nothing was written.
     async fn write_new(&self, events: &[UsageEvent], buckets: &[i16]) -> Result<bool> {
-        let ids = encode_ids(events)?;
+        let given = given(events);
+        let ids = (!given.is_empty())
+            .then(|| encode_ids(&given))
+            .transpose()?;
         let data = encode(
             events
                 .iter()
@@ -428,15 +529,14 @@ impl PgStore {
                 .map(|(i, (e, &b))| (i, e, b)),
         )?;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        match copy(&mut tx, COPY_IDS, &ids).await {
-            Ok(()) => {}
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                tx.rollback().await.map_err(db)?;
-                return Ok(false);
-            }
-            Err(e) => return Err(db(e)),
+        if let Some(ids) = &ids
+            && let Err(e) = copy(&mut tx, COPY_IDS, ids).await
+        {
+            return refused(tx, e).await;
         }
-        copy(&mut tx, COPY, &data).await.map_err(db)?;
+        if let Err(e) = copy(&mut tx, COPY, &data).await {
+            return refused(tx, e).await;
+        }
         let mut r = Rollups::default();
         for (e, &b) in events.iter().zip(buckets) {
             r.add(e, b);
@@ -446,31 +546,58 @@ impl PgStore {
         Ok(true)
     }
 
-    /// Claims the ids of a batch that are not stored yet (the first of duplicates inside the
-    /// batch), inserts those events and adds exactly those to the rollups.
+    /// Claims the given ids of a batch that are not stored yet, inserts the events of those
+    /// and of generated ids that are not stored yet (the first of duplicates inside the
+    /// batch), and adds exactly those to the rollups.
     async fn write_some(&self, events: &[UsageEvent], buckets: &[i16]) -> Result<()> {
-        let ids: Vec<&str> = events.iter().map(|e| e.request_id.as_str()).collect();
-        let ts: Vec<DateTime<Utc>> = events.iter().map(|e| e.ts).collect();
+        let given = given(events);
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let claimed: Vec<String> = sqlx::query_scalar(CLAIM_NEW)
-            .bind(&ids)
-            .bind(&ts)
+        let claimed: Vec<String> = if given.is_empty() {
+            Vec::new()
+        } else {
+            let ids: Vec<&str> = given.iter().map(|(_, e)| e.request_id.as_str()).collect();
+            let ts: Vec<DateTime<Utc>> = given.iter().map(|(_, e)| e.ts).collect();
+            sqlx::query_scalar(CLAIM_NEW)
+                .bind(&ids)
+                .bind(&ts)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?
+        };
+        let mut claimed: HashSet<&str> = claimed.iter().map(String::as_str).collect();
+        let candidates: Vec<(usize, &UsageEvent)> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.request_id.is_generated() || claimed.remove(e.request_id.as_str()))
+            .collect();
+        let c = Columns::of(&candidates)?;
+        let inserted: Vec<(String, DateTime<Utc>)> = sqlx::query_as(INSERT_NEW)
+            .bind(&c.request_id)
+            .bind(&c.key_id)
+            .bind(&c.owner_id)
+            .bind(&c.ts)
+            .bind(&c.provider)
+            .bind(&c.route)
+            .bind(&c.method)
+            .bind(&c.status)
+            .bind(&c.latency_us)
+            .bind(&c.bucket)
+            .bind(&c.outcome)
+            .bind(&c.cost)
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
-        let mut new: HashSet<&str> = claimed.iter().map(String::as_str).collect();
+        // Times as stored: microseconds, as sqlx and the COPY encoding both truncate them.
+        let mut new: HashSet<(&str, Option<i64>)> = inserted
+            .iter()
+            .map(|(id, ts)| (id.as_str(), pg_micros(*ts)))
+            .collect();
         let mut r = Rollups::default();
-        let mut inserted = Vec::with_capacity(new.len());
-        for (i, (e, &b)) in events.iter().zip(buckets).enumerate() {
-            if new.remove(e.request_id.as_str()) {
-                r.add(e, b);
-                inserted.push((i, e, b));
+        for &(i, e) in &candidates {
+            // UNNEST keeps the batch's order, so the first of duplicates was inserted.
+            if new.remove(&(e.request_id.as_str(), pg_micros(e.ts))) {
+                r.add(e, buckets[i]);
             }
-        }
-        if !inserted.is_empty() {
-            copy(&mut tx, COPY, &encode(inserted.into_iter())?)
-                .await
-                .map_err(db)?;
         }
         r.write(&mut tx, self.asynchronous_usage).await?;
         tx.commit().await.map_err(db)?;
@@ -480,10 +607,10 @@ impl PgStore {
 
 #[async_trait]
 impl UsageSink for PgStore {
-    /// The common case, a batch of new events, goes in with binary COPY (its ids, then its
-    /// events); a batch that repeats a stored or in-batch `request_id` claims its ids with
-    /// `INSERT … ON CONFLICT DO NOTHING`. Either way only the events whose ids were new are
-    /// stored and reach the rollups, in the same transaction.
+    /// The common case, a batch of new events, goes in with binary COPY (its given ids, then
+    /// its events); a batch that repeats a stored or in-batch `request_id` claims its given
+    /// ids and inserts its events with `INSERT … ON CONFLICT DO NOTHING`. Either way only the
+    /// events whose ids were new are stored and reach the rollups, in the same transaction.
     async fn write(&self, events: &[UsageEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());

@@ -71,25 +71,36 @@ pub fn rotated(url: &str) -> String {
     nodes.join(",")
 }
 
-/// Two instances on one Redis namespace and one durable store (on a Redis Cluster, the
-/// second subscribes to changes through another node).
-pub async fn two_instances() -> (Arc<MemoryStore>, Instance, Instance) {
+/// `n` instances on one new namespace and one durable store, with `credits` and the default
+/// limiter (leases on); on a Redis Cluster each instance subscribes through another node.
+/// Returns the namespace too.
+pub async fn instances(
+    n: usize,
+    credits: RedisCreditConfig,
+) -> (String, Arc<MemoryStore>, Vec<Instance>) {
     let ns = namespace();
     let durable = Arc::new(MemoryStore::new());
-    let a = instance(
-        backend(&redis_url(), &ns, TEST_BUDGET).await,
-        &durable,
-        RedisCreditConfig::default(),
-        RedisLimiterConfig::default(),
-    )
-    .await;
-    let b = instance(
-        backend(&rotated(&redis_url()), &ns, TEST_BUDGET).await,
-        &durable,
-        RedisCreditConfig::default(),
-        RedisLimiterConfig::default(),
-    )
-    .await;
+    let mut all = Vec::new();
+    let mut url = redis_url();
+    for _ in 0..n {
+        all.push(
+            instance(
+                backend(&url, &ns, TEST_BUDGET).await,
+                &durable,
+                credits.clone(),
+                RedisLimiterConfig::default(),
+            )
+            .await,
+        );
+        url = rotated(&url);
+    }
+    (ns, durable, all)
+}
+
+/// Two of [`instances`], with default credits, their subscriptions settled.
+pub async fn two_instances() -> (Arc<MemoryStore>, Instance, Instance) {
+    let (_, durable, mut all) = instances(2, RedisCreditConfig::default()).await;
+    let (b, a) = (all.pop().unwrap(), all.pop().unwrap());
     // Let both subscriptions settle before anything is published.
     wait_subscribed(&a.bus).await;
     wait_subscribed(&b.bus).await;
