@@ -75,6 +75,13 @@ async fn fresh_database() -> (PgPool, PgConnectOptions, String) {
     (pool, opts, name)
 }
 
+/// Whether the events carry given request ids (`KV_BENCH_IDS=given`: as reported over
+/// `POST /v1/usage`, claimed in `kv_usage_ids`) rather than generated ones (the default: as
+/// the layer records them).
+fn given_ids() -> bool {
+    std::env::var("KV_BENCH_IDS").is_ok_and(|v| v == "given")
+}
+
 fn events(n: usize, keys: &[KeyId], now: DateTime<Utc>) -> Vec<UsageEvent> {
     let providers = ["openai", "anthropic", "mistral"];
     (0..n)
@@ -82,7 +89,11 @@ fn events(n: usize, keys: &[KeyId], now: DateTime<Utc>) -> Vec<UsageEvent> {
             // A skewed latency spread (1–400 ms) and about 5 % errors.
             let x = (i.wrapping_mul(2_654_435_761) % 1_000) as u64;
             UsageEvent {
-                request_id: format!("bench-{i:09}").into(),
+                request_id: if given_ids() {
+                    format!("bench-{i:09}").into()
+                } else {
+                    keyvault_core::RequestId::generate()
+                },
                 key_id: Some(keys[i % keys.len()]),
                 owner_id: Some(format!("owner-{}", i % 10)),
                 ts: now - TimeDelta::milliseconds((n - i) as i64 / 4),
@@ -589,20 +600,30 @@ async fn plain_store(pool: &PgPool, opts: &PgConnectOptions, keys: &[KeyId]) -> 
     PgStore::new(plain)
 }
 
-/// Binary COPY into the partitioned table against the plain one, interleaved rounds,
-/// medians: what routing rows to their day's partition costs. The recorder's whole path
-/// (ids claimed, then events, then rollups) is compared with the previous version's, which
-/// had no ids to claim, by running this binary's and that version's `ingest` section in
-/// turn (docs/benchmarks-postgres.md): this version's code cannot write the plain schema.
+/// Ingest into the partitioned table against the plain one: binary COPY and the recorder
+/// with batches of 10 000 and of the core default, interleaved rounds, medians. With
+/// generated ids (the default) the recorder's path is this version's on both sides (it
+/// claims no ids, so the plain schema serves). Given ids (`KV_BENCH_IDS=given`) are claimed
+/// in `kv_usage_ids`, which the plain schema lacks: then only COPY is compared here, and the
+/// recorder against the previous version's binary (docs/benchmarks-postgres.md).
 async fn partitioned_ingest(part: &PgStore, plain: &PgStore, keys: &[KeyId]) {
     let n = env_usize("KV_BENCH_EVENTS", 200_000);
     let evs = events(n, keys, Utc::now());
     let data = binary_copy(&evs);
     let rounds = env_usize("KV_BENCH_ROUNDS", 5);
-    let (mut on_plain, mut on_part) = (Vec::new(), Vec::new());
+    let default_batch = RecorderConfig::default().batch_size;
+    let mut t: [Vec<Duration>; 6] = Default::default();
+    let recorder = !given_ids();
     for _ in 0..rounds {
-        on_plain.push(copy_once(plain.pool(), &data, n).await);
-        on_part.push(copy_once(part.pool(), &data, n).await);
+        t[0].push(copy_once(plain.pool(), &data, n).await);
+        t[1].push(copy_once(part.pool(), &data, n).await);
+        if !recorder {
+            continue;
+        }
+        t[2].push(recorder_once(plain, &evs, default_batch).await);
+        t[3].push(recorder_once(part, &evs, default_batch).await);
+        t[4].push(recorder_once(plain, &evs, 2_000).await);
+        t[5].push(recorder_once(part, &evs, 2_000).await);
     }
     // Where the partitioned side's rows went: all into today's partition, none to DEFAULT.
     let in_default: i64 = sqlx::query_scalar("SELECT count(*) FROM kv_usage_events_default")
@@ -613,20 +634,46 @@ async fn partitioned_ingest(part: &PgStore, plain: &PgStore, keys: &[KeyId]) {
         v.sort();
         v[v.len() / 2]
     };
-    let (plain_t, part_t) = (median(&mut on_plain), median(&mut on_part));
+    let m: Vec<Duration> = t
+        .iter_mut()
+        .map(|v| {
+            if v.is_empty() {
+                Duration::ZERO
+            } else {
+                median(v)
+            }
+        })
+        .collect();
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
-        "usage events by binary COPY, partitioned (daily) against plain kv_usage_events, {n} \
-         events over {} keys (median of {rounds} interleaved rounds; {in_default} rows in DEFAULT)",
-        keys.len()
+        "usage ingest, partitioned (daily) against plain kv_usage_events, {n} events over {} keys \
+         (median of {rounds} interleaved rounds; {in_default} rows in DEFAULT; {} ids)",
+        keys.len(),
+        if recorder { "generated" } else { "given" }
     );
-    println!(
-        "  plain (primary key request_id) {:>9.0} events/s, partitioned (no unique key) {:>9.0} \
-         events/s, ratio {:.2}",
-        rate(plain_t),
-        rate(part_t),
-        plain_t.as_secs_f64() / part_t.as_secs_f64()
-    );
+    for (what, plain, part) in [
+        ("binary COPY".to_owned(), m[0], m[1]),
+        (
+            format!("UsageRecorder + PgStore, batches of {default_batch}"),
+            m[2],
+            m[3],
+        ),
+        (
+            "UsageRecorder + PgStore, batches of 2000".to_owned(),
+            m[4],
+            m[5],
+        ),
+    ]
+    .into_iter()
+    .take(if recorder { 3 } else { 1 })
+    {
+        println!(
+            "  {what:<42} plain {:>9.0} events/s, partitioned {:>9.0} events/s, ratio {:.2}",
+            rate(plain),
+            rate(part),
+            plain.as_secs_f64() / part.as_secs_f64()
+        );
+    }
 }
 
 /// `n` events over the 30 UTC days ending with today, written straight with SQL (the
@@ -678,8 +725,8 @@ async fn retention(pool: &PgPool, part: &PgStore, plain: &PgStore) {
             .execute(store.pool())
             .await
             .unwrap();
-        if what == "partitioned" {
-            // The events' ids, as the ingest claims them: the purge deletes them too.
+        if what == "partitioned" && given_ids() {
+            // The events' ids, as the ingest claims given ones: the purge deletes them too.
             run(
                 store.pool(),
                 &[

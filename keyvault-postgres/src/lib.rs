@@ -42,20 +42,21 @@
 //!   wait), so two admins demoting each other at once cannot both succeed.
 //! - A credit spend is one conditional `INSERT … ON CONFLICT DO UPDATE`: the refill, the check
 //!   and the subtraction happen in one row update, exact with any number of instances.
-//! - Usage batches are written in one transaction that claims their request ids in
-//!   `kv_usage_ids` (binary `COPY` for a batch of new ids, `INSERT … ON CONFLICT DO NOTHING`
-//!   when one is already stored), inserts the events whose ids were new and adds only those
-//!   to the minute, hour and day rollups, so a retried batch, or one id reported to several
-//!   instances with different times, counts once, and statistics are as fresh as the last
-//!   flush. The
+//! - Usage batches are written in one transaction that inserts the raw events (binary `COPY`
+//!   for a batch of new request ids, `INSERT … ON CONFLICT DO NOTHING` when one is already
+//!   stored) and adds only the rows actually inserted to the minute, hour and day rollups, so a
+//!   retried batch counts nothing twice and statistics are as fresh as the last flush. A
+//!   caller's request id (one keyvault did not generate, which may come back with another
+//!   time) is first claimed in `kv_usage_ids`, and its event inserted only if the claim was
+//!   new: one id reported to several instances counts once. The
 //!   rollup cost is per cell (key × minute × provider × status class), not per event: feed
 //!   the sink large batches (`RecorderConfig::batch_size` of 10 000 or so) under heavy load.
-//! - Raw usage events are partitioned by UTC day; their ids are kept unpartitioned beside
-//!   them (a partitioned table's unique keys must include its time). Partitions are created ahead
+//! - Raw usage events are partitioned by UTC day, keyed by `(request_id, ts)` (a retried
+//!   event carries the same time, so it is the same row). Partitions are created ahead
 //!   ([`PgStore::ensure_usage_partitions`]: at [`PgStore::migrate`], on the first batch of
 //!   each UTC day, at each retention run); an event for a day without one waits in a DEFAULT
 //!   partition and is moved into its day's partition when that is created. Retention drops
-//!   whole days and then deletes the ids of their events ([`PgStore::purge_usage_before`]).
+//!   whole days, then deletes the claimed ids as old ([`PgStore::purge_usage_before`]).
 //! - A failure of the database is keyvault-core's `Backend` error, named "postgres", whose
 //!   source is this crate's [`Error`] (a failed statement with sqlx's error, whose `code()`
 //!   is the SQLSTATE; a stored value that does not decode, with its column).

@@ -490,9 +490,7 @@ async fn events_for_days_without_a_partition_wait_in_default_and_move_in_later(p
 }
 
 #[sqlx::test(migrations = false)]
-async fn generated_ids_are_recognised_by_their_events_and_given_ones_by_their_claims(
-    pool: PgPool,
-) {
+async fn generated_ids_are_recognised_by_their_events_and_given_ones_by_their_claims(pool: PgPool) {
     let s = PgStore::new(pool.clone());
     s.migrate().await.unwrap();
     let keys = [KeyId::new(), KeyId::new()];

@@ -99,15 +99,7 @@ local buckets = {}
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local period = tonumber(ARGV[3 + 2 * i]) * 1000
-  local t = math.floor(period / limit)
-  local s = period - t * limit
-  if s < 0 then
-    t = t - 1
-    s = s + limit
-  elseif s >= limit then
-    t = t + 1
-    s = s - limit
-  end
+  local t, s = interval(period, limit)
   -- An absent or unreadable bucket is full: its tat is at most now.
   local q, r = 0, 0
   local stored = redis.call('GET', KEYS[1 + i])
@@ -188,18 +180,9 @@ local function apply(record, want, request_id, record_ms)
     local b = buckets[i]
     local q, r, remaining = base[i].q, base[i].r, base[i].available
     if commit then
-      -- count · T = count·t + count·s / L, with count·s < 2^50: exact in doubles.
-      local whole = math.floor(count * b.s / b.limit)
-      local rest = count * b.s - whole * b.limit
-      if rest < 0 then
-        whole = whole - 1
-        rest = rest + b.limit
-      elseif rest >= b.limit then
-        whole = whole + 1
-        rest = rest - b.limit
-      end
-      q = q + count * b.t + whole
-      r = r + rest
+      local dq, dr = times(count, b.t, b.s, b.limit)
+      q = q + dq
+      r = r + dr
       if r >= b.limit then
         q = q + 1
         r = r - b.limit

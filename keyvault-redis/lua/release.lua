@@ -37,30 +37,13 @@ for i = 1, #KEYS - 1 do
   if stored then
     local limit = tonumber(ARGV[2 + 2 * i])
     local period = tonumber(ARGV[3 + 2 * i]) * 1000
-    local t = math.floor(period / limit)
-    local s = period - t * limit
-    if s < 0 then
-      t = t - 1
-      s = s + limit
-    elseif s >= limit then
-      t = t + 1
-      s = s - limit
-    end
+    local t, s = interval(period, limit)
     local q, r = string.match(stored, '^(%d+):(%d+)$')
     q, r = tonumber(q), tonumber(r)
     if q and r then
-      -- count · T = count·t + count·s / L, with count·s < 2^50: exact in doubles.
-      local whole = math.floor(count * s / limit)
-      local rest = count * s - whole * limit
-      if rest < 0 then
-        whole = whole - 1
-        rest = rest + limit
-      elseif rest >= limit then
-        whole = whole + 1
-        rest = rest - limit
-      end
-      q = q - count * t - whole
-      r = r - rest
+      local dq, dr = times(count, t, s, limit)
+      q = q - dq
+      r = r - dr
       if r < 0 then
         q = q - 1
         r = r + limit

@@ -183,7 +183,10 @@ impl RedisRateLimiter {
         };
         let leases = Leases::new(
             redis,
-            redis::Script::new(include_str!("../lua/release.lua")),
+            redis::Script::new(concat!(
+                include_str!("../lua/tokens.lua"),
+                include_str!("../lua/release.lua")
+            )),
             config.lease_lifetime,
             clock.clone(),
         );
@@ -192,7 +195,10 @@ impl RedisRateLimiter {
             leases,
             lanes: Arc::new(Lanes {
                 redis: redis.clone(),
-                script: redis::Script::new(include_str!("../lua/ratelimit.lua")),
+                script: redis::Script::new(concat!(
+                    include_str!("../lua/tokens.lua"),
+                    include_str!("../lua/ratelimit.lua")
+                )),
                 clock,
                 busy: Mutex::new(HashMap::new()),
                 checks: AtomicU64::new(0),

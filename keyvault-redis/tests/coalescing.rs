@@ -158,7 +158,7 @@ async fn a_batched_call_matches_the_reference_maths_check_by_check() {
 
     let client = redis::Client::open(common::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let script = redis::Script::new(include_str!("../lua/ratelimit.lua"));
+    let script = redis::Script::new(common::RATELIMIT_LUA);
     let ns = common::namespace();
     let seed = rand::rng().random::<u64>();
     let mut rng = StdRng::seed_from_u64(seed);

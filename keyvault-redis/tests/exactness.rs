@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 async fn lua_matches_the_reference_maths() {
     let client = redis::Client::open(common::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let script = redis::Script::new(include_str!("../lua/ratelimit.lua"));
+    let script = redis::Script::new(common::RATELIMIT_LUA);
     let ns = common::namespace();
     let year = 31_536_000_000u64;
     let mut cases = vec![
@@ -70,7 +70,7 @@ async fn lua_matches_the_reference_maths() {
 /// counts whose numerator d·L − r is a multiple of P, or one off it, with d·L up to ~3·10^22.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn muldiv_is_exact_where_doubles_are_not() {
-    let source = include_str!("../lua/ratelimit.lua");
+    let source = common::RATELIMIT_LUA;
     let start = source.find("local function muldiv").unwrap();
     let end = start + source[start..].find("\nend\n").unwrap() + 5;
     let harness = format!(
@@ -133,7 +133,7 @@ async fn muldiv_is_exact_where_doubles_are_not() {
 async fn buckets_expire_once_full_on_redis_time_only() {
     let client = redis::Client::open(common::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let script = redis::Script::new(include_str!("../lua/ratelimit.lua"));
+    let script = redis::Script::new(common::RATELIMIT_LUA);
     let ns = common::namespace();
     for fixed in [None, Some("@1900000000000000")] {
         let key = format!("{ns}:{{{}}}:rl:2:3000:x", KeyId::new());

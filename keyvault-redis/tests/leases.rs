@@ -14,7 +14,6 @@ use std::{
 
 use keyvault_core::{
     Actor, KeyId, Keyvault, LimitRequest, NewKey, Outcome, RateLimit, RateLimiter, VerifyRequest,
-    memory::MemoryStore,
 };
 use keyvault_redis::{RedisCreditConfig, RedisLimiterConfig, RedisRateLimiter};
 use rand::{RngExt, SeedableRng, rngs::StdRng};

@@ -9,6 +9,12 @@ use keyvault_redis::{
     RedisLimiterConfig, RedisRateLimiter,
 };
 
+/// The rate-limit script as the limiter loads it: the shared token arithmetic, then the script.
+pub const RATELIMIT_LUA: &str = concat!(
+    include_str!("../../lua/tokens.lua"),
+    include_str!("../../lua/ratelimit.lua")
+);
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
