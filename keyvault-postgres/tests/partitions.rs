@@ -533,3 +533,61 @@ async fn generated_ids_are_recognised_by_their_events_and_given_ones_by_their_cl
     mem.write(&[fresh]).await.unwrap();
     same_statistics(&s, &mem, &queries(start, 1, keys)).await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn ingest_goes_on_while_its_days_partition_is_created(pool: PgPool) {
+    let s = PgStore::new(pool.clone());
+    s.migrate().await.unwrap();
+    let keys = [KeyId::new(), KeyId::new()];
+    // A day without a partition yet: its events go to DEFAULT until the partition is made,
+    // while batches keep arriving, then to the partition.
+    let d = Utc::now()
+        .date_naive()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        + TimeDelta::days(i64::from(USAGE_PARTITION_DAYS_AHEAD) + 5);
+    let mut events = spread(3_000, d, TimeDelta::seconds(11), keys);
+    for e in events.iter_mut().step_by(2) {
+        e.request_id = keyvault_core::RequestId::generate();
+    }
+    let writer = {
+        let (s, events) = (s.clone(), events.clone());
+        tokio::spawn(async move {
+            // As the recorder does: a failed batch is written again until it goes in.
+            let mut failed = 0;
+            for batch in events.chunks(50) {
+                while let Err(e) = s.write(batch).await {
+                    failed += 1;
+                    assert!(failed < 100, "{e}");
+                }
+            }
+            failed
+        })
+    };
+    let mut created = 0;
+    while !writer.is_finished() && created == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        created = s
+            .ensure_usage_partitions(USAGE_PARTITION_DAYS_AHEAD + 5)
+            .await
+            .unwrap();
+    }
+    // A batch whose COPY looked up the partitions before the attach and routed rows to
+    // DEFAULT is refused there (SQLSTATE 23514) and goes in by the careful path instead:
+    // no write fails.
+    assert_eq!(writer.await.unwrap(), 0);
+    // The five days after the week ahead, the batches' day among them.
+    assert_eq!(created, 5);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM kv_usage_events").await,
+        3_000
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM kv_usage_events_default").await,
+        0
+    );
+    assert_eq!(rolled_up(&pool).await, vec![3_000; 3]);
+    let mem = MemoryStore::new();
+    mem.write(&events).await.unwrap();
+    same_statistics(&s, &mem, &queries(d, 1, keys)).await;
+}

@@ -500,11 +500,16 @@ fn given(events: &[UsageEvent]) -> Vec<(usize, &UsageEvent)> {
         .collect()
 }
 
-/// A fast-path COPY that failed: on a unique violation (something already stored) the
-/// transaction is rolled back and the batch goes the careful way (`Ok(false)`).
+/// A fast-path COPY that failed: on a unique violation (something already stored), or a row
+/// routed to the DEFAULT partition while its day's partition was being attached (a check
+/// violation, SQLSTATE 23514: the COPY had looked up the partitions before the attach), the
+/// transaction is rolled back and the batch goes the careful way (`Ok(false)`), whose
+/// statements route afresh.
 async fn refused(tx: sqlx::Transaction<'_, Postgres>, e: sqlx::Error) -> Result<bool> {
     match e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => {
+        sqlx::Error::Database(d)
+            if d.is_unique_violation() || d.code().as_deref() == Some("23514") =>
+        {
             tx.rollback().await.map_err(db)?;
             Ok(false)
         }
